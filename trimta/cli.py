@@ -1,0 +1,43 @@
+"""The `trimta` command: one entry point, a subcommand per job.
+
+Each subcommand lives in a module of `trimta.commands` that exposes
+``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("serve", "check_config", "resolve_site")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trimta", description="A multi-tenant mail transfer agent.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"trimta.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"trimta.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A queued message: one recipient of one accepted transaction, and its metadata.
+
+Every recipient of a transaction becomes its own `Message`; the transaction's data is
+stored once and shared through `data_id`. Metadata is plain data that round-trips
+through a dict (the spool stores it as JSON).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from trimta.core.queues import queue_name, routing_domain
+
+
+@dataclass(frozen=True, slots=True)
+class Reception:
+    """How a message came in: who sent it, through which listener, how protected."""
+
+    peer_address: str = ""
+    listener: str = ""
+    helo: str = ""
+    protocol: str = "ESMTP"  # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (RFC 3848), HTTP
+    tls: str | None = None  # negotiated TLS version, e.g. "TLSv1.3"
+    auth_identity: str | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """Metadata of one queued message (one recipient)."""
+
+    id: str
+    data_id: str
+    sender: str
+    recipient: str
+    tenant: str | None
+    campaign: str | None
+    domain: str
+    queue: str
+    size: int
+    created: float
+    reception: Reception = field(default_factory=Reception)
+    attempts: int = 0
+    due: float | None = None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        data_id: str,
+        sender: str,
+        recipient: str,
+        tenant: str | None,
+        campaign: str | None,
+        size: int,
+        created: float,
+        reception: Reception,
+        id: str | None = None,
+    ) -> Message:
+        domain = routing_domain(recipient)
+        return cls(
+            id=id or new_id(created),
+            data_id=data_id,
+            sender=sender,
+            recipient=recipient,
+            tenant=tenant,
+            campaign=campaign,
+            domain=domain,
+            queue=queue_name(campaign, tenant, domain),
+            size=size,
+            created=created,
+            reception=reception,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Message:
+        """Rebuild from `to_dict` output; raises ValueError/KeyError/TypeError on damage."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["reception"] = Reception(**(d.get("reception") or {}))
+        msg = cls(**kwargs)
+        if not isinstance(msg.id, str) or not isinstance(msg.recipient, str):
+            raise ValueError("message metadata has no id or recipient")
+        return msg
+
+
+_id_lock = threading.Lock()
+_id_last = 0
+_id_node = os.urandom(4).hex()
+
+
+def new_id(now: float | None = None) -> str:
+    """A unique id that sorts by creation time: 16 hex digits of microseconds, a node part.
+
+    Ids from one process are strictly increasing even when the clock stalls; the node
+    part (random per process) keeps ids from processes sharing a spool apart.
+    """
+    global _id_last
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    with _id_lock:
+        micros = max(micros, _id_last + 1)
+        _id_last = micros
+    return f"{micros:016x}{_id_node}"

@@ -1,0 +1,33 @@
+"""Queue names: scheduled queues per campaign, tenant and domain; ready queues per path.
+
+A scheduled queue is named KumoMTA's way: ``campaign:tenant@domain``, with absent parts
+left out (``tenant@domain``, ``campaign:@domain``, ``domain``). A ready queue is named
+``source->site@smtp``.
+"""
+
+from __future__ import annotations
+
+
+def routing_domain(address: str) -> str:
+    """The domain part of an address, lowercased; a domain literal keeps its brackets."""
+    at = address.rfind("@")
+    if at < 0:
+        return ""
+    domain = address[at + 1 :]
+    return domain.lower().rstrip(".")
+
+
+def queue_name(campaign: str | None, tenant: str | None, domain: str) -> str:
+    """The scheduled queue for a message, e.g. ``"spring:acme@gmail.com"``."""
+    if tenant:
+        base = f"{tenant}@{domain}"
+    elif campaign:
+        base = f"@{domain}"
+    else:
+        return domain
+    return f"{campaign}:{base}" if campaign else base
+
+
+def ready_queue_name(source: str, site: str) -> str:
+    """The ready queue for an egress path, e.g. ``"ip-1->(alt1|alt2)?.mx.example@smtp"``."""
+    return f"{source}->{site}@smtp"

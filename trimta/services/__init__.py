@@ -1,0 +1,1 @@
+"""Long-running trio tasks: listeners, spool writer, log sinks."""
