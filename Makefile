@@ -1,0 +1,39 @@
+# trimta: the two commands a newcomer needs are `make run` and `make test`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast deps system-deps bench-reception bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# Debian packages the interop tests use (swaks, Postfix's smtp-source/smtp-sink, dnsmasq, openssl).
+system-deps:
+	sh scripts/install-system-deps.sh
+
+## run: create the virtualenv, install, start `trimta serve` on the embedded default
+run: deps
+	$(BIN)/trimta serve
+
+## test: install what the tests need (Debian packages too) and run the whole suite
+test: deps system-deps
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## test-fast: unit and service tests only (no real peers)
+test-fast: deps
+	$(BIN)/pytest -q -m "not interop"
+
+## bench-reception: durable accepts/s of trimta and Postfix side by side
+bench-reception: deps system-deps
+	$(BIN)/python bench/reception.py
+
+clean:
+	rm -rf $(VENV) trimta-data .pytest_cache

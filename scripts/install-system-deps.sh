@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the Debian packages the interop tests and benchmarks use, when missing.
+set -eu
+missing=""
+command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
+{ command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || missing="$missing postfix"
+{ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing="$missing dnsmasq-base"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != "0" ]; then
+    echo "install-system-deps: need root to install:$missing (tests using them will be skipped)" >&2
+    exit 0
+fi
+echo "install-system-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,146 @@
+"""The composition root: wires the services of `trimta serve` into one nursery tree.
+
+```
+root nursery
+├── spool writer (group commit)
+├── log sink
+└── ingress nursery: one ESMTP listener per [[listener]], a task per connection
+```
+
+Shutdown (SIGTERM or SIGINT): the listeners stop accepting, sessions in flight get
+`grace_s` to finish their transaction, then the rest is cancelled; the spool writer and
+the log sink stop last, so every message acknowledged before then is on disk and every
+record written.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from trimta.adapters.config import Config
+from trimta.adapters.logfile import JsonLinesWriter
+from trimta.adapters.spool import Spool
+from trimta.core.message import Message
+from trimta.services.acceptance import Acceptor
+from trimta.services.logs import LogSink
+from trimta.services.smtp_listener import SmtpListener
+
+log = logging.getLogger("trimta")
+
+
+@dataclass
+class Running:
+    """What a started daemon exposes to its caller (tests, the CLI)."""
+
+    config: Config
+    spool: Spool
+    logs: LogSink
+    listeners: list[SmtpListener]
+    addresses: list[list[tuple]]
+    queued: dict[str, Message] = field(default_factory=dict)
+    shutdown: trio.Event = field(default_factory=trio.Event)
+
+
+class App:
+    def __init__(self, config: Config, *, grace_s: float = 10.0) -> None:
+        self.config = config
+        self.grace_s = grace_s
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        spool = Spool.open(config.spool.path)
+        started = time.monotonic()
+        restored = spool.restore()
+        for entry in restored.damaged:
+            log.warning("damaged spool entry moved aside: %s", entry)
+        log.info(
+            "restored %d messages from %s in %.2fs",
+            len(restored.messages), config.spool.path, time.monotonic() - started,
+        )
+        logs = LogSink(
+            JsonLinesWriter(
+                config.logs.path,
+                max_file_size_bytes=config.logs.max_file_size_bytes,
+                max_segment_duration_s=config.logs.max_segment_duration_s,
+            ),
+            flush_interval_s=config.logs.flush_interval_s,
+        )
+        queued = {m.id: m for m in restored.messages}
+
+        def hold(messages: Sequence[Message]) -> None:
+            # Delivery (a later part of the engine) takes messages from here.
+            for m in messages:
+                queued[m.id] = m
+
+        acceptor = Acceptor(spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=hold)
+        listeners = [SmtpListener(lc, acceptor=acceptor, logs=logs) for lc in config.listeners]
+        try:
+            async with trio.open_nursery() as root:
+                await root.start(spool.run)
+                await root.start(logs.run)
+                async with trio.open_nursery() as ingress:
+                    sessions_scope = trio.CancelScope()
+                    handlers = await ingress.start(_handler_nursery, sessions_scope)
+                    accept_scope = trio.CancelScope()
+                    addresses = []
+                    for listener in listeners:
+                        addresses.append(await ingress.start(_serve_in_scope, listener, handlers, accept_scope))
+                    running = Running(config, spool, logs, listeners, addresses, queued)
+                    for listener, addrs in zip(listeners, addresses):
+                        log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
+                    task_status.started(running)
+                    await _wait_for_shutdown(running)
+                    log.info("shutting down: no new connections, %.0fs grace for sessions", self.grace_s)
+                    accept_scope.cancel()
+                    with trio.move_on_after(self.grace_s):
+                        while any(lst.statistics().connections_open for lst in listeners):
+                            await trio.sleep(0.05)
+                    sessions_scope.cancel()
+                root.cancel_scope.cancel()
+        finally:
+            spool.close()
+        log.info("stopped")
+
+
+async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskStatus) -> None:
+    """A nursery for connection tasks that outlives the accept loops, inside `scope`."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
+
+
+async def _serve_in_scope(
+    listener: SmtpListener, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
+) -> None:
+    with scope:
+        await listener.serve(handler_nursery=handlers, task_status=task_status)
+
+
+async def _wait_for_shutdown(running: Running) -> None:
+    async def signals() -> None:
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        except RuntimeError:  # not the main thread (embedded use): the caller stops us
+            return
+        with receiver as received:
+            async for signum in received:
+                log.info("received %s", signal.Signals(signum).name)
+                running.shutdown.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(signals)
+        await running.shutdown.wait()
+        nursery.cancel_scope.cancel()
+
+
+def _fmt(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

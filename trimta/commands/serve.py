@@ -1,0 +1,37 @@
+"""``trimta serve``: run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from trimta.adapters.config import ConfigError, load_config
+from trimta.app import App
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the MTA daemon")
+    p.add_argument("--config", metavar="FILE", help="config file (default: ./trimta.toml, else the embedded default)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"trimta: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("trimta").info("configuration: %s", config.source)
+    try:
+        trio.run(App(config).run)
+    except OSError as exc:  # e.g. the listen address is in use
+        print(f"trimta: {exc}", file=sys.stderr)
+        return 1
+    return 0

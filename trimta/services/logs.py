@@ -1,0 +1,89 @@
+"""The log sink: records are queued in memory by the hot path and written in batches.
+
+`emit` never blocks and never awaits, so logging costs a list append on the path of a
+message. The sink task encodes and writes the batch in a worker thread every
+`flush_interval_s`. Records are not part of the durability promise (the spool is), but
+on an orderly shutdown every emitted record is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from trimta.adapters.logfile import JsonLinesWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSinkStatistics:
+    emitted: int
+    written: int
+    pending: int
+    write_errors: int
+
+
+class LogSink:
+    """Collects log records and writes them as JSON lines."""
+
+    def __init__(self, writer: JsonLinesWriter, *, flush_interval_s: float = 0.2) -> None:
+        self.writer = writer
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[dict[str, Any]] = []
+        self._emitted = 0
+        self._written = 0
+        self._errors = 0
+        self._wakeup = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel] = []
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self._pending.append(record)
+        self._emitted += 1
+        for channel in self._subscribers:
+            try:
+                channel.send_nowait(record)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def subscribe(self, max_buffer: int = 10_000) -> trio.MemoryReceiveChannel:
+        """A channel receiving every record emitted from now on (for webhooks, tests)."""
+        send, receive = trio.open_memory_channel(max_buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def statistics(self) -> LogSinkStatistics:
+        return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors)
+
+    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+        dumps = json.dumps
+        payload = "".join([dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in batch])
+        self.writer.write(payload.encode("utf-8"))
+
+    async def flush(self) -> None:
+        """Write everything emitted so far."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await trio.to_thread.run_sync(self._write_batch, batch)
+            self._written += len(batch)
+        except OSError as exc:
+            self._errors += 1
+            log.error("log write failed, %d records lost: %s", len(batch), exc)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Flush periodically until cancelled; a final flush happens on the way out."""
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.flush_interval_s)
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()
+                self.writer.close()
