@@ -115,3 +115,25 @@ MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 PATH_TOO_LONG = reply(501, "5.1.3", "Path too long")
 NO_VALID_RECIPIENTS = reply(554, "5.5.1", "No valid recipients")
 BARE_LINE_ENDING = reply(554, "5.6.0", "Bare CR or LF in message data is not allowed (RFC 5321 2.3.8)")
+
+# Added for the ESMTP server state machine (trimta/protocol/server.py).
+GOODBYE = reply(221, "2.0.0", "Bye")
+HELP = reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY STARTTLS AUTH HELP QUIT")
+AUTH_EMPTY_CHALLENGE = reply(334, None, "")
+AUTH_USERNAME_PROMPT = reply(334, None, "VXNlcm5hbWU6")  # base64 of "Username:"
+AUTH_PASSWORD_PROMPT = reply(334, None, "UGFzc3dvcmQ6")  # base64 of "Password:"
+SEND_HELLO_FIRST = reply(503, "5.5.1", "Send EHLO/HELO first")
+NESTED_MAIL = reply(503, "5.5.1", "Sender already specified")
+NEED_MAIL = reply(503, "5.5.1", "Need MAIL command first")
+DATA_AFTER_BDAT = reply(503, "5.5.1", "DATA not allowed after BDAT in one transaction")
+TLS_ALREADY_ACTIVE = reply(503, "5.5.1", "TLS already active")
+NOT_IN_TRANSACTION = reply(503, "5.5.1", "Not allowed during a mail transaction")
+ALREADY_AUTHENTICATED = reply(503, "5.5.1", "Already authenticated")
+AUTH_MECHANISM_UNKNOWN = reply(504, "5.5.4", "Unrecognized authentication mechanism")
+AUTH_BAD_BASE64 = reply(501, "5.5.2", "Cannot decode authentication response")
+AUTH_CANCELLED = reply(501, "5.7.0", "Authentication cancelled")
+ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+BAD_SENDER_SYNTAX = reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = reply(501, "5.1.3", "Bad recipient address syntax")
+PARAM_UNRECOGNIZED = reply(555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented")
+SMTPUTF8_REQUIRED = reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
