@@ -1,0 +1,457 @@
+"""The durable spool: accepted messages and their data, made durable in group commits.
+
+The SMTP listener and the HTTP injector answer 250 / 200 only after `Spool.store`
+returns, so `store` returns only once the data and every recipient's metadata are on
+disk and fsynced. Durability is paid for per *batch*, not per message: callers queue
+their operations and one writer task (`Spool.run`) takes everything pending, hands it
+to a worker thread that writes it as one transaction and fsyncs once, then wakes every
+caller of that batch. While one batch is being fsynced the next one collects, so the
+batch size follows the load by itself: one message alone is committed at once, twenty
+concurrent sessions share one fsync. The event loop never blocks on the disk.
+
+What is on disk, and how, is the business of a `SpoolStorage` (sync, called from
+worker threads); `Spool.open` uses SQLite (`trimta.adapters.spool_sqlite`), chosen by
+measurement (`bench/spool_designs.py`, `docs/spool.md`). Other storages plug in through
+the constructor: the benchmark's alternative designs, and tests' failing disks.
+
+Errors: a disk that refuses a batch (full, read-only, I/O error) fails every operation
+of that batch with `SpoolError`, and nothing of it is on disk; the writer carries on
+and the next batch is tried afresh, so the spool recovers by itself when space is back.
+An operation that is wrong on its own (a duplicate id) is refused alone. If the writer
+task is gone (cancelled, or crashed on a bug), waiting and later callers get
+`SpoolError` instead of hanging.
+
+Cancellation: a caller cancelled while waiting leaves its operation behind. If the
+writer has not taken it yet it is dropped; otherwise it is committed with its batch
+and the caller simply does not hear about it, so a cancelled store is either wholly on
+disk or not at all, and never damages the batch of the others. (An SMTP client that
+got no 250 sends again: at worst a message is delivered twice, never lost.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from trimta.core.message import Message, Reception
+
+log = logging.getLogger("trimta.spool")
+
+
+class SpoolError(Exception):
+    """An operation could not be made durable: disk full, I/O error, permission, writer gone.
+
+    The listener answers ``452 4.3.1`` to it; the operation must not be acknowledged.
+    """
+
+
+# --- What a storage is given and gives back -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message as stored: its id, the data it uses and its metadata (JSON text)."""
+
+    id: str
+    data_id: str
+    meta: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreData:
+    """Store new data and the messages (recipients) that use it."""
+
+    data_id: str
+    data: bytes
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEntry:
+    """Replace a stored message's metadata; a message no longer stored is left alone."""
+
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveEntries:
+    """Delete messages; data no message uses any more is deleted with them."""
+
+    ids: tuple[str, ...]
+
+
+Operation = StoreData | UpdateEntry | RemoveEntries
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What one durable batch changed, as counts, and which operations it refused alone.
+
+    `refused` maps an operation's index in the batch to the reason; every other
+    operation of the batch is durable.
+    """
+
+    refused: dict[int, str] = field(default_factory=dict)
+    messages_delta: int = 0
+    data_objects_delta: int = 0
+    data_bytes_delta: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """A message read back at restore; `has_data` is false when its data is missing."""
+
+    id: str
+    data_id: str
+    meta: str | bytes
+    has_data: bool
+
+
+class SpoolStorage(Protocol):
+    """The on-disk half of a spool. Every method is sync and may block on the disk.
+
+    Disk trouble is reported as `SpoolError` (or `OSError`), each storage translating its
+    own library's errors once, here at the seam.
+    """
+
+    def commit(self, batch: Sequence[Operation]) -> CommitResult:
+        """Apply `batch` atomically and durably (fsynced) before returning."""
+        ...
+
+    def entries(self) -> Iterator[StoredEntry]:
+        """Every stored message, oldest id first."""
+        ...
+
+    def move_aside(self, damaged: Sequence[tuple[str, str]]) -> None:
+        """Durably move `(id, reason)` entries out of the spool, keeping them for the operator."""
+        ...
+
+    def totals(self) -> tuple[int, int, int]:
+        """(messages, data objects, data bytes) currently stored."""
+        ...
+
+    def load_data(self, data_id: str) -> bytes:
+        """The data stored as `data_id`; KeyError if there is none. Thread-safe."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- What callers see ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """The spool's content at start: messages to queue again, and entries moved aside.
+
+    `damaged` holds the ids of entries that could not be restored (bad metadata,
+    missing data); they are kept out of the spool, not deleted. `reasons` says why,
+    per id.
+    """
+
+    messages: list[Message]
+    damaged: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStatistics:
+    """A snapshot of the spool, for the admin API and metrics.
+
+    `commits` counts durable batches (each one fsync of the spool's log) and
+    `operations` the stores, updates and removes they carried, so the mean batch size
+    is `operations / commits`.
+    """
+
+    messages: int
+    data_objects: int
+    data_bytes: int
+    commits: int
+    operations: int
+    largest_batch: int
+    last_batch: int
+    failed_commits: int
+    pending: int
+    damaged: int
+    writer_running: bool
+
+
+class _Job:
+    """One caller's operation on its way through the writer."""
+
+    __slots__ = ("op", "done", "error", "abandoned")
+
+    def __init__(self, op: Operation) -> None:
+        self.op = op
+        self.done = trio.Event()
+        self.error: str | None = None
+        self.abandoned = False
+
+
+_IDLE, _RUNNING, _STOPPED, _CLOSED = "idle", "running", "stopped", "closed"
+
+
+class Spool:
+    """Durable storage of accepted messages, shared by all sessions through group commit.
+
+    Lifecycle: `Spool.open(path)` (sync), `restore()` (sync, before serving), then
+    ``await nursery.start(spool.run)`` and the async operations; `close()` after `run`
+    has ended.
+    """
+
+    def __init__(self, storage: SpoolStorage) -> None:
+        self._storage = storage
+        self._state = _IDLE
+        self._pending: list[_Job] = []
+        self._wakeup = trio.Event()
+        self._counted = False
+        self._messages = 0
+        self._data_objects = 0
+        self._data_bytes = 0
+        self._commits = 0
+        self._operations = 0
+        self._largest_batch = 0
+        self._last_batch = 0
+        self._failed_commits = 0
+        self._damaged = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, max_size_bytes: int | None = None) -> Spool:
+        """Open (creating if needed) the spool directory `path`. Cheap: reads no messages.
+
+        `max_size_bytes` caps the spool's database: past it, stores fail with SpoolError
+        as on a full disk, leaving the rest of the disk to the logs and the system.
+        Raises SpoolError when the directory or its database cannot be opened.
+        """
+        from trimta.adapters.spool_sqlite import SqliteStorage
+
+        return cls(SqliteStorage(path, max_size_bytes=max_size_bytes))
+
+    # --- start and stop --------------------------------------------------------------
+
+    def restore(self) -> RestoreResult:
+        """Read every stored message back, moving damaged entries aside. Sync; call before serving.
+
+        Entries whose metadata does not decode, or whose data is missing, are moved out
+        of the spool (kept for the operator, see docs/spool.md), logged and reported;
+        they never stop the start. Raises SpoolError only when the storage as a whole
+        cannot be read.
+        """
+        if self._state == _RUNNING:
+            raise RuntimeError("restore() must be called before the spool's writer runs")
+        messages: list[Message] = []
+        damaged: list[tuple[str, str]] = []
+        decoder = _Decoder()
+        try:
+            for stored in self._storage.entries():
+                reason = None
+                if not stored.has_data:
+                    reason = f"its data {stored.data_id!r} is missing"
+                else:
+                    try:
+                        message = decoder.decode(stored.meta)
+                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                        reason = f"its metadata does not decode: {exc}"
+                    else:
+                        if message.id != stored.id or message.data_id != stored.data_id:
+                            reason = "its metadata names another message or data"
+                if reason is None:
+                    messages.append(message)
+                else:
+                    damaged.append((stored.id, reason))
+            if damaged:
+                self._storage.move_aside(damaged)
+            totals = self._storage.totals()
+        except OSError as exc:
+            raise SpoolError(f"cannot read the spool: {exc}") from exc
+        for id, reason in damaged:
+            log.warning("spool entry %s moved aside: %s", id, reason)
+        self._messages, self._data_objects, self._data_bytes = totals
+        self._counted = True
+        self._damaged = len(damaged)
+        return RestoreResult(
+            messages=messages, damaged=[id for id, _ in damaged], reasons=dict(damaged)
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The group-commit writer. Start it with ``nursery.start``; it runs until cancelled.
+
+        On cancellation it commits what callers had already queued (shielded: the disk is
+        given the time it takes), then fails anything later with SpoolError.
+        """
+        if self._state != _IDLE:
+            raise RuntimeError(f"the spool's writer cannot start: it is {self._state}")
+        if not self._counted:
+            counts = await trio.to_thread.run_sync(self._storage.totals)
+            self._messages, self._data_objects, self._data_bytes = counts
+            self._counted = True
+        self._state = _RUNNING
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                await self._commit_pending()
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._commit_pending()
+            raise
+        finally:
+            self._state = _STOPPED
+            self._fail(self._pending, "the spool's writer has stopped")
+            self._pending = []
+
+    def close(self) -> None:
+        """Release the storage. The writer must have stopped; later operations raise SpoolError."""
+        if self._state == _RUNNING:
+            raise RuntimeError("close() while the spool's writer runs: cancel it first")
+        if self._state != _CLOSED:
+            self._state = _CLOSED
+            self._storage.close()
+
+    # --- operations ------------------------------------------------------------------
+
+    async def store(self, data: bytes, messages: Sequence[Message]) -> None:
+        """Store one transaction's data and its messages; return once all of it is durable.
+
+        The messages share the data (same `data_id`). Raises SpoolError if it could not
+        be made durable; then none of it is stored.
+        """
+        if not messages:
+            raise ValueError("store() needs at least one message")
+        data_id = messages[0].data_id
+        if any(m.data_id != data_id for m in messages):
+            raise ValueError("the messages of one store() must share one data_id")
+        entries = tuple(_encode(m) for m in messages)
+        await self._submit(StoreData(data_id, bytes(data), entries))
+
+    async def update(self, message: Message) -> None:
+        """Durably replace a message's metadata (attempts, due); a removed message stays removed."""
+        await self._submit(UpdateEntry(_encode(message)))
+
+    async def remove(self, ids: Sequence[str]) -> None:
+        """Durably delete messages; their data goes too once no message uses it."""
+        if isinstance(ids, str):
+            raise TypeError("remove() takes a sequence of ids, not one id")
+        if ids:
+            await self._submit(RemoveEntries(tuple(ids)))
+
+    async def load_data(self, data_id: str) -> bytes:
+        """The data of a stored message. KeyError if unknown, SpoolError if unreadable."""
+        if self._state == _CLOSED:
+            raise SpoolError("the spool is closed")
+        try:
+            return await trio.to_thread.run_sync(self._storage.load_data, data_id)
+        except OSError as exc:
+            raise SpoolError(f"cannot read data {data_id!r}: {exc}") from exc
+
+    def statistics(self) -> SpoolStatistics:
+        return SpoolStatistics(
+            messages=self._messages,
+            data_objects=self._data_objects,
+            data_bytes=self._data_bytes,
+            commits=self._commits,
+            operations=self._operations,
+            largest_batch=self._largest_batch,
+            last_batch=self._last_batch,
+            failed_commits=self._failed_commits,
+            pending=len(self._pending),
+            damaged=self._damaged,
+            writer_running=self._state == _RUNNING,
+        )
+
+    # --- the writer ------------------------------------------------------------------
+
+    async def _submit(self, op: Operation) -> None:
+        if self._state != _RUNNING:
+            raise SpoolError(f"the spool's writer is not running ({self._state})")
+        job = _Job(op)
+        self._pending.append(job)
+        self._wakeup.set()
+        try:
+            await job.done.wait()
+        except BaseException:
+            # Not yet taken: the writer drops it. Already taken: it is committed with its
+            # batch regardless; either way the batch of the others is untouched.
+            job.abandoned = True
+            raise
+        if job.error is not None:
+            raise SpoolError(job.error)
+
+    async def _commit_pending(self) -> None:
+        jobs = [job for job in self._pending if not job.abandoned]
+        self._pending = []
+        if not jobs:
+            return
+        batch = [job.op for job in jobs]
+        try:
+            result = await trio.to_thread.run_sync(self._storage.commit, batch)
+        except (SpoolError, OSError) as exc:
+            self._failed_commits += 1
+            log.error("spool commit of %d operations failed: %s", len(jobs), exc)
+            self._fail(jobs, f"the spool could not store: {exc}")
+            return
+        except BaseException as exc:
+            self._failed_commits += 1
+            self._fail(jobs, f"the spool's writer failed: {exc!r}")
+            raise
+        self._commits += 1
+        self._operations += len(jobs)
+        self._last_batch = len(jobs)
+        self._largest_batch = max(self._largest_batch, len(jobs))
+        self._messages += result.messages_delta
+        self._data_objects += result.data_objects_delta
+        self._data_bytes += result.data_bytes_delta
+        for index, job in enumerate(jobs):
+            job.error = result.refused.get(index)
+            job.done.set()
+
+    @staticmethod
+    def _fail(jobs: Sequence[_Job], reason: str) -> None:
+        for job in jobs:
+            job.error = reason
+            job.done.set()
+
+
+# --- metadata encoding -----------------------------------------------------------------
+
+
+def _encode(message: Message) -> Entry:
+    # Encoded on the caller's side, at call time: what is stored is the message as it
+    # was when store()/update() was called, whatever the caller does with it afterwards.
+    meta = json.dumps(message.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    return Entry(message.id, message.data_id, meta)
+
+
+class _Decoder:
+    """Decodes metadata at restore, sharing equal strings and receptions between messages.
+
+    A restored spool of a million messages holds a million `Message`s; most of their
+    strings (sender, tenant, campaign, domain, queue) and every `Reception` of one
+    transaction repeat, so sharing them keeps memory per message small.
+    """
+
+    _SHARED = ("sender", "tenant", "campaign", "domain", "queue")
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._receptions: dict[Reception, Reception] = {}
+
+    def decode(self, meta: str | bytes) -> Message:
+        d = json.loads(meta)
+        if not isinstance(d, dict):
+            raise ValueError("metadata is not a JSON object")
+        message = Message.from_dict(d)
+        strings = self._strings
+        for name in self._SHARED:
+            value = getattr(message, name)
+            if isinstance(value, str):
+                setattr(message, name, strings.setdefault(value, value))
+        message.reception = self._receptions.setdefault(message.reception, message.reception)
+        return message
