@@ -1,0 +1,497 @@
+"""The SMTP client as a sans-IO state machine (RFC 5321, with RFC 2920, 1870, 3030, 3207, 6531).
+
+The shell (the trio delivery code) owns the socket; this object owns the protocol::
+
+    client = ClientConnection("mta.example.net")
+    client.receive_data(bytes_from_server)      # b"" when the server closed
+    event = client.next_event()                 # an event, or NEED_DATA
+    stream.send_all(client.send_ehlo())         # methods return the bytes to send
+
+One transaction is one call, `start_transaction`, after which the machine drives
+itself: with PIPELINING the MAIL and every RCPT go out in one write, otherwise one at
+a time; DATA (or BDAT with CHUNKING) follows only when at least one RCPT was
+accepted; each follow-up arrives as a `BytesToSend` event, and the transaction ends
+with a `TransactionResult` naming every recipient's fate. `awaiting` says which reply
+is expected, so the shell can pick the timeout for that phase.
+
+Errors: `ClientProtocolError` when the server breaks the protocol (raised by
+`next_event`, and again on every later call); `ClientUsageError` when the caller asks
+for something the protocol state does not allow (a bug in the shell);
+`MessageNotSendable` when a message cannot go to this server at all (over its SIZE,
+or needing SMTPUTF8 it lacks): the caller bounces it, with the `Reply` it carries.
+
+A 421 ends the session whenever it comes (RFC 5321 3.8): it answers every command
+still waiting, and the machine moves to CLOSED.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from trimta.protocol import _client_commands as commands
+from trimta.protocol._reply_parser import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINES, ReplyParser
+from trimta.protocol.client_errors import (
+    ClientProtocolError,
+    ClientUsageError,
+    MessageNotSendable,
+)
+from trimta.protocol.client_events import (
+    NEED_DATA,
+    BytesToSend,
+    Command,
+    ConnectionClosed,
+    EhloResult,
+    Event,
+    Greeting,
+    HeloResult,
+    RecipientResult,
+    ReplyReceived,
+    ServiceClosing,
+    StartTlsResult,
+    TransactionResult,
+    _NeedData,
+)
+from trimta.protocol.dotstuff import dot_stuff, prepare_message
+from trimta.protocol.replies import Reply, reply
+
+__all__ = [
+    "CONNECTION_LOST",
+    "NEED_DATA",
+    "ClientConnection",
+    "ClientProtocolError",
+    "ClientState",
+    "ClientUsageError",
+    "MessageNotSendable",
+]
+
+CRLF = commands.CRLF
+
+CONNECTION_LOST = reply(451, "4.4.2", "Connection closed by the remote host before it replied")
+"""The reason given to recipients whose transaction the server hung up on."""
+
+
+class ClientState(Enum):
+    """Where the session stands. Commands in flight are separate: see `awaiting`."""
+
+    GREETING = auto()  # connected, waiting for the banner
+    HELLO = auto()  # EHLO or HELO is due: after the banner, after TLS, after EHLO 5xx
+    READY = auto()  # session open: transactions, STARTTLS, RSET, NOOP, QUIT
+    TRANSACTION = auto()  # from start_transaction until its TransactionResult
+    TLS_HANDSHAKE = auto()  # STARTTLS got 220: the shell runs TLS, then tls_started()
+    REFUSED = auto()  # the banner refused service: only QUIT is left
+    CLOSED = auto()  # QUIT answered, 421 received, or the connection is gone
+    ERROR = auto()  # the server broke the protocol
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    command: Command
+    recipient: str | None = None
+
+
+@dataclass(slots=True)
+class _Transaction:
+    sender: str
+    recipients: tuple[str, ...]
+    rcpt_commands: tuple[bytes, ...]
+    payload: bytes  # what follows the RCPTs: BDAT command and chunk, or DATA's payload
+    use_bdat: bool
+    pipelined: bool
+    mail_reply: Reply | None = None
+    rcpt_replies: list[Reply] = field(default_factory=list)
+    data_reply: Reply | None = None
+    finished_data: bool = False  # the final DATA/BDAT reply came: the server reset itself
+
+
+class ClientConnection:
+    """One SMTP client session, from the banner to QUIT, without I/O."""
+
+    def __init__(
+        self,
+        ehlo_domain: str,
+        *,
+        pipelining_allowed: bool = True,
+        chunking_allowed: bool = True,
+        max_reply_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_reply_lines: int = DEFAULT_MAX_LINES,
+    ) -> None:
+        self.ehlo_domain = ehlo_domain
+        self._ehlo_argument = commands.check_ehlo_domain(ehlo_domain)
+        self.pipelining_allowed = pipelining_allowed
+        self.chunking_allowed = chunking_allowed
+        self._parser = ReplyParser(max_line_bytes=max_reply_line_bytes, max_lines=max_reply_lines)
+        self._state = ClientState.GREETING
+        self._pending: deque[_Pending] = deque([_Pending(Command.BANNER)])
+        self._events: deque[Event] = deque()
+        self._extensions: dict[str, str] = {}
+        self._transaction: _Transaction | None = None
+        self._needs_reset = False
+        self._tls_active = False
+        self._eof = False
+        self._error: ClientProtocolError | None = None
+
+    # --- What the shell reads ------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def awaiting(self) -> Command | None:
+        """The command whose reply is expected next; picks the shell's read timeout."""
+        return self._pending[0].command if self._pending else None
+
+    @property
+    def extensions(self) -> Mapping[str, str]:
+        """What the last successful EHLO advertised (empty after HELO or STARTTLS)."""
+        return dict(self._extensions)
+
+    def offers(self, keyword: str) -> bool:
+        return keyword.upper() in self._extensions
+
+    @property
+    def max_message_size(self) -> int | None:
+        """The server's SIZE limit in bytes (RFC 1870), None when it states none."""
+        return commands.size_limit(self._extensions)
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    @property
+    def needs_reset(self) -> bool:
+        """A transaction the server still holds open: send RSET before the next one."""
+        return self._needs_reset
+
+    # --- Bytes in, events out ------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes received from the server; ``b""`` means it closed the connection."""
+        if self._eof:
+            if data:
+                raise ClientUsageError("data received after the end of the connection")
+            return
+        if not data:
+            self._eof = True
+        elif self._state not in (ClientState.CLOSED, ClientState.ERROR):
+            self._parser.feed(data)
+
+    def next_event(self) -> Event | _NeedData:
+        """The next thing that happened, or `NEED_DATA`. Raises `ClientProtocolError`."""
+        if self._events:
+            return self._events.popleft()
+        if self._error is not None:
+            raise self._error
+        if self._state is ClientState.CLOSED:
+            return ConnectionClosed() if self._eof else NEED_DATA
+        try:
+            received = self._parser.next_reply()
+            if received is not None:
+                self._handle(received)
+        except ClientProtocolError as exc:
+            self._state = ClientState.ERROR
+            self._error = exc
+            self._parser.clear()
+            raise
+        if received is None:
+            if not self._eof:
+                return NEED_DATA
+            self._connection_lost()
+        return self._events.popleft()
+
+    # --- Commands: each returns the bytes to send ----------------------------------
+
+    def send_ehlo(self) -> bytes:
+        self._check_idle("EHLO", ClientState.HELLO)
+        self._pending.append(_Pending(Command.EHLO))
+        return b"EHLO " + self._ehlo_argument + CRLF
+
+    def send_helo(self) -> bytes:
+        """HELO: the fallback when EHLO got 5xx (RFC 5321 3.2). No extensions follow."""
+        self._check_idle("HELO", ClientState.HELLO)
+        self._pending.append(_Pending(Command.HELO))
+        return b"HELO " + self._ehlo_argument + CRLF
+
+    def send_starttls(self) -> bytes:
+        self._check_idle("STARTTLS", ClientState.READY)
+        if self._tls_active:
+            raise ClientUsageError("STARTTLS on a connection that already has TLS")
+        self._pending.append(_Pending(Command.STARTTLS))
+        return b"STARTTLS" + CRLF
+
+    def tls_started(self) -> None:
+        """The TLS handshake succeeded: forget what plaintext EHLO said; EHLO is due again.
+
+        RFC 3207 4.2: nothing learned before TLS may be trusted after it.
+        """
+        if self._state is not ClientState.TLS_HANDSHAKE:
+            raise ClientUsageError(f"tls_started() in state {self._state.name}")
+        self._parser.clear()
+        self._extensions = {}
+        self._tls_active = True
+        self._state = ClientState.HELLO
+
+    def start_transaction(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        smtputf8: bool | None = None,
+        mail_params: Mapping[str, str | None] | None = None,
+    ) -> bytes:
+        """Begin sending `message` from `sender` to `recipients`; returns the first write.
+
+        `message` may have any line endings: they are made CRLF. `smtputf8` says the
+        message needs SMTPUTF8 (RFC 6531); None means "if any address is non-ASCII".
+        SIZE and BODY=8BITMIME are added when the server offers them; `mail_params`
+        adds or overrides MAIL parameters (``{"ENVID": "x", "RET": "HDRS"}``).
+
+        Raises `MessageNotSendable` when the server cannot take the message.
+        """
+        self._check_idle("MAIL", ClientState.READY)
+        if self._needs_reset:
+            raise ClientUsageError("the previous transaction is still open: send RSET first")
+        recipients = tuple(recipients)
+        if not recipients:
+            raise ClientUsageError("a transaction needs at least one recipient")
+        addresses = (sender, *recipients)
+        if smtputf8 is None:
+            smtputf8 = not all(address.isascii() for address in addresses)
+        commands.check_addresses(addresses, smtputf8)
+
+        prepared = prepare_message(message)
+        refusal = commands.refusal(self._extensions, len(prepared), smtputf8)
+        if refusal is not None:
+            raise MessageNotSendable(refusal)
+        params = commands.mail_parameters(self._extensions, prepared, smtputf8, mail_params or {})
+        use_bdat = self.chunking_allowed and self.offers("CHUNKING")
+        transaction = _Transaction(
+            sender=sender,
+            recipients=recipients,
+            rcpt_commands=tuple(commands.rcpt_to(r) for r in recipients),
+            payload=commands.bdat_last(prepared) if use_bdat else dot_stuff(prepared),
+            use_bdat=use_bdat,
+            pipelined=self.pipelining_allowed and self.offers("PIPELINING"),
+        )
+        out = commands.mail_from(sender, params)
+        self._pending.append(_Pending(Command.MAIL_FROM))
+        if transaction.pipelined:
+            out += b"".join(transaction.rcpt_commands)
+            self._pending.extend(_Pending(Command.RCPT_TO, r) for r in recipients)
+        self._transaction = transaction
+        self._state = ClientState.TRANSACTION
+        return out
+
+    def send_rset(self) -> bytes:
+        self._check_idle("RSET", ClientState.READY)
+        self._pending.append(_Pending(Command.RSET))
+        return b"RSET" + CRLF
+
+    def send_noop(self) -> bytes:
+        self._check_idle("NOOP", ClientState.READY, ClientState.HELLO)
+        self._pending.append(_Pending(Command.NOOP))
+        return b"NOOP" + CRLF
+
+    def send_quit(self) -> bytes:
+        self._check_idle("QUIT", ClientState.READY, ClientState.HELLO, ClientState.REFUSED)
+        self._pending.append(_Pending(Command.QUIT))
+        return b"QUIT" + CRLF
+
+    def abort(self, reason: Reply) -> TransactionResult | None:
+        """Give up on the connection (a timeout, a protocol error, a TLS failure).
+
+        Returns the result of the transaction in flight, if any: what the server
+        already answered stands (a recipient refused with 550 stays refused), and
+        everything still open gets `reason`. The machine is CLOSED afterwards.
+        """
+        result = self._finish_transaction(reason, emit=False) if self._transaction else None
+        self._pending.clear()
+        self._events.clear()
+        self._parser.clear()
+        if self._state is not ClientState.ERROR:
+            self._state = ClientState.CLOSED
+        return result
+
+    # --- Replies in ----------------------------------------------------------------
+
+    def _handle(self, received: Reply) -> None:
+        if not self._pending:
+            if received.code != 421:
+                raise ClientProtocolError(f"reply to no command: {received}")
+            self._close()
+            self._events.append(ServiceClosing(received))
+            return
+        closing = received.code == 421
+        self._dispatch(self._pending.popleft(), received, closing)
+        if closing:
+            # The server is going away: this 421 answers every command still waiting.
+            while self._pending:
+                self._dispatch(self._pending.popleft(), received, closing)
+            self._close()
+
+    def _dispatch(self, pending: _Pending, received: Reply, closing: bool) -> None:
+        code_class = received.code // 100
+        match pending.command:
+            case Command.BANNER:
+                if code_class == 3:
+                    raise ClientProtocolError(f"banner with a 3xx code: {received}")
+                self._state = ClientState.HELLO if code_class == 2 else ClientState.REFUSED
+                self._events.append(Greeting(received))
+            case Command.EHLO:
+                self._extensions = {}
+                if code_class == 2:
+                    self._extensions = commands.parse_extensions(received.lines[1:])
+                    self._state = ClientState.READY
+                self._events.append(EhloResult(received, dict(self._extensions)))
+            case Command.HELO:
+                if code_class == 2:
+                    self._extensions = {}
+                    self._state = ClientState.READY
+                self._events.append(HeloResult(received))
+            case Command.STARTTLS:
+                if code_class == 2:
+                    if self._parser.buffered:
+                        # Sent in plaintext after the 220 yet meant to be read as if
+                        # it came over TLS: a response injection (RFC 3207 4.2).
+                        raise ClientProtocolError("data after the 220 to STARTTLS, before TLS")
+                    self._state = ClientState.TLS_HANDSHAKE
+                self._events.append(StartTlsResult(received))
+            case Command.MAIL_FROM:
+                self._on_mail(received)
+            case Command.RCPT_TO:
+                self._on_rcpt(received, pending.recipient, closing)
+            case Command.DATA:
+                self._on_data(received)
+            case Command.DATA_DOT | Command.BDAT:
+                if code_class == 3:
+                    raise ClientProtocolError(f"3xx reply to the end of the message: {received}")
+                transaction = self._current()
+                transaction.data_reply = received
+                transaction.finished_data = True
+                self._finish_transaction(received)
+            case Command.RSET:
+                if code_class == 2:
+                    self._needs_reset = False
+                self._events.append(ReplyReceived(Command.RSET, received))
+            case Command.NOOP:
+                self._events.append(ReplyReceived(Command.NOOP, received))
+            case Command.QUIT:
+                self._close()
+                self._events.append(ReplyReceived(Command.QUIT, received))
+
+    def _on_mail(self, received: Reply) -> None:
+        transaction = self._current()
+        transaction.mail_reply = received
+        self._events.append(ReplyReceived(Command.MAIL_FROM, received))
+        if transaction.pipelined:
+            return  # the RCPT replies are on their way
+        if _accepted(received):
+            self._send_next_rcpt(transaction)
+        else:
+            self._finish_transaction(received)
+
+    def _on_rcpt(self, received: Reply, recipient: str | None, closing: bool) -> None:
+        transaction = self._current()
+        transaction.rcpt_replies.append(received)
+        self._events.append(ReplyReceived(Command.RCPT_TO, received, recipient))
+        if closing:
+            # No DATA to a server that is leaving, and no RCPT it would not read.
+            if not self._pending:
+                self._finish_transaction(received)
+            return
+        if len(transaction.rcpt_replies) < len(transaction.recipients):
+            if not transaction.pipelined:
+                self._send_next_rcpt(transaction)
+            return
+        if _accepted(transaction.mail_reply) and any(map(_accepted, transaction.rcpt_replies)):
+            if transaction.use_bdat:
+                self._pending.append(_Pending(Command.BDAT))
+                self._events.append(BytesToSend(transaction.payload))
+            else:
+                self._pending.append(_Pending(Command.DATA))
+                self._events.append(BytesToSend(b"DATA" + CRLF))
+        else:
+            self._finish_transaction(None)
+
+    def _on_data(self, received: Reply) -> None:
+        transaction = self._current()
+        if received.code == 354:
+            self._events.append(ReplyReceived(Command.DATA, received))
+            self._pending.append(_Pending(Command.DATA_DOT))
+            self._events.append(BytesToSend(transaction.payload))
+            return
+        if received.code // 100 != 4 and received.code // 100 != 5:
+            raise ClientProtocolError(f"DATA answered with neither 354 nor an error: {received}")
+        transaction.data_reply = received
+        self._finish_transaction(received)
+
+    def _send_next_rcpt(self, transaction: _Transaction) -> None:
+        index = len(transaction.rcpt_replies)
+        self._pending.append(_Pending(Command.RCPT_TO, transaction.recipients[index]))
+        self._events.append(BytesToSend(transaction.rcpt_commands[index]))
+
+    def _finish_transaction(self, reason: Reply | None, *, emit: bool = True) -> TransactionResult:
+        """Close the books on the transaction; `reason` stands for every missing reply."""
+        transaction = self._current()
+        mail_ok = _accepted(transaction.mail_reply)
+        data_ok = _accepted(transaction.data_reply)
+        answered = transaction.rcpt_replies
+        results = []
+        for index, recipient in enumerate(transaction.recipients):
+            rcpt = answered[index] if index < len(answered) else None
+            if not mail_ok:
+                decided_by = transaction.mail_reply
+            elif not _accepted(rcpt):
+                decided_by = rcpt
+            else:
+                decided_by = transaction.data_reply
+            decided_by = decided_by or reason
+            assert decided_by is not None, "a recipient's fate needs a reply"
+            delivered = mail_ok and _accepted(rcpt) and data_ok
+            results.append(RecipientResult(recipient, decided_by, rcpt, delivered))
+        result = TransactionResult(
+            sender=transaction.sender,
+            mail_reply=transaction.mail_reply,
+            recipients=tuple(results),
+            data_reply=transaction.data_reply,
+        )
+        self._transaction = None
+        self._needs_reset = mail_ok and not transaction.finished_data
+        if self._state is ClientState.TRANSACTION:
+            self._state = ClientState.READY
+        if emit:
+            self._events.append(result)
+        return result
+
+    def _connection_lost(self) -> None:
+        unanswered = tuple(p.command for p in self._pending)
+        if self._transaction is not None:
+            self._finish_transaction(CONNECTION_LOST)
+        self._pending.clear()
+        self._close()
+        self._events.append(ConnectionClosed(unanswered))
+
+    # --- Helpers -------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._state = ClientState.CLOSED
+        self._parser.clear()
+
+    def _current(self) -> _Transaction:
+        if self._transaction is None:
+            raise ClientProtocolError("transaction reply outside a transaction")
+        return self._transaction
+
+    def _check_idle(self, command: str, *states: ClientState) -> None:
+        if self._state not in states:
+            raise ClientUsageError(f"cannot send {command} in state {self._state.name}")
+        if self._pending:
+            raise ClientUsageError(f"cannot send {command} while awaiting {self.awaiting}")
+
+
+def _accepted(received: Reply | None) -> bool:
+    return received is not None and received.code // 100 == 2
