@@ -41,7 +41,13 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
         if proc.poll() is not None:
             raise RuntimeError(f"daemon exited with {proc.returncode}")
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            # A whole polite session, so the probe is gone from the server's
+            # connection count when this returns.
+            with socket.create_connection((host, port), timeout=5) as probe:
+                probe.recv(1024)
+                probe.sendall(b"QUIT\r\n")
+                while probe.recv(1024):
+                    pass
                 return
         except OSError:
             time.sleep(0.05)

@@ -7,6 +7,8 @@ import time
 
 from .conftest import restored_spool
 
+BODY = b"x" * 76 + b"\r\n" * 1 + (b"y" * 76 + b"\r\n") * 25  # about 2 KB in lines
+
 
 def test_every_acknowledged_message_survives_kill_9(make_daemon):
     d = make_daemon().start()
@@ -22,7 +24,7 @@ def test_every_acknowledged_message_survives_kill_9(make_daemon):
                 while not stop.is_set():
                     smtp.mail("sender@example.com")
                     smtp.rcpt(f"user{n}-{i}@example.net")
-                    code, text = smtp.data(f"Subject: {n}-{i}\r\n\r\n{'x' * 2000}\r\n".encode())
+                    code, text = smtp.data(f"Subject: {n}-{i}\r\n\r\n".encode() + BODY)
                     if code == 250:
                         (ids,) = re.findall(rb"ids=(\w+)", text)
                         with lock:

@@ -102,7 +102,7 @@ def test_openssl_s_client_starttls_handshake(make_daemon, tls_files):
     d = make_daemon(extra_listener=f'tls_certificate = "{cert}"\ntls_private_key = "{key}"').start()
     result = subprocess.run(
         [tool("openssl"), "s_client", "-starttls", "smtp", "-connect", f"{d.host}:{d.port}",
-         "-servername", "localhost", "-quiet", "-no_ign_eof"],
+         "-servername", "localhost", "-quiet", "-ign_eof"],
         input=b"EHLO tls.example\r\nQUIT\r\n", capture_output=True, timeout=30,
     )
     out = result.stdout.replace(b"\r", b"")

@@ -1,6 +1,8 @@
 import trio
 import trio.testing
 
+from trimta.adapters.spool import Spool
+
 from .conftest import Harness, read_reply
 
 
@@ -36,9 +38,10 @@ async def test_idle_client_does_not_block_others(tmp_path, autojump_clock):
 async def test_connections_beyond_max_get_421(tmp_path):
     async with trio.open_nursery() as nursery:
         h = Harness(tmp_path, nursery, max_connections=1)
-        first, second = h.connect(), h.connect()
+        first = h.connect()
         with trio.fail_after(10):
             assert (await read_reply(first, bytearray())).startswith(b"220")
+            second = h.connect()
             assert (await read_reply(second, bytearray())).startswith(b"421 4.3.2")
         assert h.listener.statistics().connections_refused == 1
         nursery.cancel_scope.cancel()
@@ -63,8 +66,11 @@ async def test_pipelined_transaction_is_spooled_and_replies_come_in_order(tmp_pa
             done = await read_reply(client, buf)
             assert done.startswith(b"250 2.0.0 OK ids=")
             assert (await read_reply(client, buf)).startswith(b"221")
-        restored = h.spool.restore()
-        assert sorted((m.recipient, m.tenant) for m in restored.messages) == [
-            ("r1@example.net", "acme"), ("r2@example.org", "acme")]
         nursery.cancel_scope.cancel()
+    h.spool.close()
+    reopened = Spool.open(tmp_path / "spool")
+    restored = reopened.restore()
+    reopened.close()
+    assert sorted((m.recipient, m.tenant) for m in restored.messages) == [
+        ("r1@example.net", "acme"), ("r2@example.org", "acme")]
 

@@ -23,9 +23,11 @@ from typing import Any
 from trimta.core import units
 
 DEFAULT_CONFIG_NAME = "trimta.toml"
-LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 
 class ConfigError(Exception):
@@ -56,7 +58,7 @@ class ListenerConfig:
     port: int = 2525
     hostname: str = "localhost"
     banner: str = "ESMTP trimta"
-    relay_hosts: tuple[Network, ...] = ()
+    relay_hosts: tuple[Network, ...] = LOOPBACK_NETWORKS
     max_message_size_bytes: int = 20_000_000
     max_recipients_per_message: int = 1024
     max_messages_per_connection: int = 10_000
@@ -270,7 +272,7 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         port=port,
         hostname=t.string("hostname", hostname),
         banner=t.string("banner", "ESMTP trimta"),
-        relay_hosts=t.get("relay_hosts", tuple(ipaddress.ip_network(n) for n in LOOPBACK_NETWORKS), parse_networks),
+        relay_hosts=t.get("relay_hosts", LOOPBACK_NETWORKS, parse_networks),
         max_message_size_bytes=t.get("max_message_size", 20_000_000, units.parse_size),
         max_recipients_per_message=t.positive_int("max_recipients_per_message", 1024),
         max_messages_per_connection=t.positive_int("max_messages_per_connection", 10_000),

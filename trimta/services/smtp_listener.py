@@ -97,6 +97,7 @@ class SmtpListener:
         """One client connection, start to end."""
         self._total += 1
         self._open += 1
+        counted = True
         try:
             if self._open > self.config.max_connections:
                 self._refused += 1
@@ -105,12 +106,19 @@ class SmtpListener:
                 return
             session = Session(self, stream)
             await session.run()
+            # An orderly end (221, 421): the slot is free now; say goodbye properly
+            # (TLS close_notify) before the socket closes.
+            self._open -= 1
+            counted = False
+            with trio.move_on_after(1):
+                await session.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
             pass
         except Exception:
             log.exception("SMTP session failed on %s", self.config.name)
         finally:
-            self._open -= 1
+            if counted:
+                self._open -= 1
             await trio.aclose_forcefully(stream)
 
     def relay_allowed(self, address: str) -> bool:
