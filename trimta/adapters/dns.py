@@ -1,0 +1,567 @@
+"""DNS for delivery: MX and address lookups through dnspython on trio, behind a cache.
+
+Three layers, each replaceable on its own:
+
+- `DnspythonLookup` asks real nameservers one question (MX, A or AAAA) with
+  ``dns.asyncresolver`` on its trio backend, and translates every dnspython
+  outcome into an `Answer` value: records, NODATA, NXDOMAIN, SERVFAIL or TIMEOUT.
+  No dnspython exception leaves this module.
+- `CachingLookup` sits in front of any lookup. It keeps answers for their TTL
+  (clamped to a configured floor and ceiling), negative answers for
+  `negative_ttl_s`, failures briefly (RFC 9520 asks resolvers to remember them
+  for at least a second); it lets one question per name be in flight, the other
+  askers waiting for its answer; it evicts least recently used entries beyond
+  `cache_size`; and a `trio.CapacityLimiter` bounds how many questions are out at
+  once, so resolving 10,000 domains never opens 10,000 sockets. Each question
+  gets `timeout_s` in a trio cancel scope, counted from when it is sent (time
+  spent waiting for the limiter does not count).
+- `DnsResolver` turns answers into an `MxResolution` (RFC 5321 5.1, RFC 7505):
+  MX set, connection order, addresses per `IpLookupStrategy`, site name. It
+  implements `trimta.core.mx.Resolver`; the fake resolver in
+  `trimta.testing.resolver` is the same class over a table of answers.
+
+Configuration is the ``[dns]`` table of trimta.toml, parsed by `parse_dns_table`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import random
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.asyncbackend
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import trio
+
+from trimta.adapters.config import ConfigError
+from trimta.core.mx import (
+    IpLookupStrategy,
+    MxFailure,
+    MxHost,
+    MxRecord,
+    MxResolution,
+    connection_order,
+    parse_domain_literal,
+)
+from trimta.core.sites import normalize_host
+from trimta.core.units import DURATION_FORMS, parse_duration
+
+# --- Configuration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    """Resolver settings, units in the names. No nameservers means the system's resolv.conf."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout_s: float = 5.0
+    cache_size: int = 10_000
+    ttl_floor_s: float = 30.0
+    ttl_ceiling_s: float = 3600.0
+    negative_ttl_s: float = 300.0
+    failure_ttl_s: float = 5.0
+    max_concurrency: int = 100
+    ip_lookup_strategy: IpLookupStrategy = IpLookupStrategy.IPV4_AND_IPV6
+
+
+_DURATION_KEYS = {
+    "timeout": "timeout_s",
+    "ttl_floor": "ttl_floor_s",
+    "ttl_ceiling": "ttl_ceiling_s",
+    "negative_ttl": "negative_ttl_s",
+    "failure_ttl": "failure_ttl_s",
+}
+_COUNT_KEYS = {"cache_size": 0, "max_concurrency": 1}  # key -> smallest accepted value
+_KNOWN_KEYS = ("nameservers", *_DURATION_KEYS, *_COUNT_KEYS, "ip_lookup_strategy")
+_NAMESERVER_FORMS = 'an IP address, optionally with a port: "192.0.2.53", "127.0.0.1:5353", "::1", "[::1]:5353"'
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``(address, port)`` from ``"host"``, ``"host:port"`` or ``"[v6]:port"``; ValueError otherwise."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        inner, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected {_NAMESERVER_FORMS}, got {text!r}")
+        host, port = inner, rest[1:] or port
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"expected {_NAMESERVER_FORMS}, got {text!r}") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535 in {text!r}")
+    return address, int(port)
+
+
+def parse_dns_table(table: Mapping, file: str | None = None) -> ResolverConfig:
+    """A `ResolverConfig` from the ``[dns]`` table; `ConfigError` names the bad key.
+
+    Keys: ``nameservers`` (list of addresses), ``timeout``, ``ttl_floor``,
+    ``ttl_ceiling``, ``negative_ttl``, ``failure_ttl`` (durations),
+    ``cache_size``, ``max_concurrency`` (integers), ``ip_lookup_strategy``.
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError("expected a table: [dns]", file=file, key="dns")
+    values: dict = {}
+    for key, value in table.items():
+        where = f"dns.{key}"
+        if key not in _KNOWN_KEYS:
+            known = ", ".join(_KNOWN_KEYS)
+            raise ConfigError(f"unknown key {key!r}; known keys are {known}", file=file, key=where)
+        if key == "nameservers":
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ConfigError(f"expected a list of {_NAMESERVER_FORMS}", file=file, key=where)
+            try:
+                values["nameservers"] = tuple(parse_nameserver(str(v)) for v in value)
+            except ValueError as exc:
+                raise ConfigError(str(exc), file=file, key=where) from None
+        elif key in _DURATION_KEYS:
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc), file=file, key=where) from None
+            if key == "timeout" and seconds <= 0:
+                raise ConfigError(f"must be more than zero; expected {DURATION_FORMS}", file=file, key=where)
+            values[_DURATION_KEYS[key]] = seconds
+        elif key in _COUNT_KEYS:
+            least = _COUNT_KEYS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"expected an integer of at least {least}, got {value!r}", file=file, key=where)
+            values[key] = int(value)
+        else:
+            try:
+                values["ip_lookup_strategy"] = IpLookupStrategy.parse(str(value))
+            except ValueError as exc:
+                raise ConfigError(str(exc), file=file, key=where) from None
+    config = ResolverConfig(**values)
+    if config.ttl_floor_s > config.ttl_ceiling_s:
+        raise ConfigError(
+            f"ttl_floor ({config.ttl_floor_s:g}s) is above ttl_ceiling ({config.ttl_ceiling_s:g}s)",
+            file=file,
+            key="dns.ttl_floor",
+        )
+    return config
+
+
+# --- Answers: the seam every lookup implements ------------------------------------
+
+
+class Status(enum.Enum):
+    """How one question was answered."""
+
+    ANSWER = "answer"
+    NODATA = "nodata"  # the name exists, without records of that type
+    NXDOMAIN = "nxdomain"
+    SERVFAIL = "servfail"  # also REFUSED, other error codes and network errors
+    TIMEOUT = "timeout"
+
+    @property
+    def is_failure(self) -> bool:
+        return self in (Status.SERVFAIL, Status.TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to one question: `MxRecord` values for MX, address strings for A/AAAA."""
+
+    status: Status
+    records: tuple = ()
+    ttl_s: float = 0.0
+    detail: str = ""
+
+
+class RecordLookup(Protocol):
+    """Asks one question. Never raises for DNS trouble: it is an `Answer` status."""
+
+    async def lookup(self, name: str, rdtype: str) -> Answer: ...
+
+
+# --- The real thing: dnspython on trio -------------------------------------------
+
+
+class DnspythonLookup:
+    """Questions to real nameservers through ``dns.asyncresolver`` on the trio backend.
+
+    dnspython's own cache is off (`CachingLookup` is the cache) and its deadline
+    is set past `timeout_s`, so the trio cancel scope in `CachingLookup` is what
+    ends a slow lookup. Each nameserver gets a share of the timeout, so a dead
+    first server leaves time to ask the next.
+    """
+
+    def __init__(self, config: ResolverConfig) -> None:
+        if config.nameservers:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(a, p) for a, p in config.nameservers]
+        else:
+            try:
+                resolver = dns.asyncresolver.Resolver(configure=True)
+            except dns.exception.DNSException as exc:
+                raise ConfigError(
+                    f"no nameservers configured and the system has none ({exc}); set [dns] nameservers",
+                    key="dns.nameservers",
+                ) from None
+        resolver.cache = None
+        resolver.timeout = config.timeout_s / max(2, len(resolver.nameservers))
+        resolver.lifetime = config.timeout_s + 1.0
+        self._resolver = resolver
+        # Explicitly trio: dnspython's sniffed default is remembered process-wide.
+        self._backend = dns.asyncbackend.get_backend("trio")
+
+    @property
+    def nameservers(self) -> list[str]:
+        return [str(ns) for ns in self._resolver.nameservers]
+
+    async def lookup(self, name: str, rdtype: str) -> Answer:
+        try:
+            qname = dns.name.from_text(name)
+            answer = await self._resolver.resolve(
+                qname, rdtype, raise_on_no_answer=False, search=False, backend=self._backend
+            )
+        except dns.resolver.NXDOMAIN:
+            return Answer(Status.NXDOMAIN)
+        except dns.resolver.NoNameservers as exc:
+            return Answer(Status.SERVFAIL, detail=_server_errors(exc))
+        except dns.resolver.LifetimeTimeout:
+            return Answer(Status.TIMEOUT)
+        except (dns.exception.DNSException, OSError, ValueError) as exc:
+            return Answer(Status.SERVFAIL, detail=f"{type(exc).__name__}: {exc}")
+        if answer.rrset is None:
+            return Answer(Status.NODATA)
+        ttl_s = float(answer.chaining_result.minimum_ttl)
+        if rdtype == "MX":
+            records = []
+            for rdata in answer.rrset:
+                try:
+                    records.append(MxRecord.parse(rdata.preference, rdata.exchange.to_text()))
+                except ValueError:
+                    continue  # a target that is no host name cannot be connected to
+            return Answer(Status.ANSWER, tuple(records), ttl_s)
+        return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s)
+
+
+def _server_errors(exc: dns.resolver.NoNameservers) -> str:
+    """``"REFUSED"``, ``"SERVFAIL"``: what the servers said, for operators."""
+    said = []
+    for error in exc.kwargs.get("errors", []):
+        what = error[3]
+        text = what if isinstance(what, str) else type(what).__name__
+        if text not in said:
+            said.append(text)
+    return ", ".join(said) or "all nameservers failed"
+
+
+# --- The cache in front ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LookupStatistics:
+    """A snapshot for the admin API and metrics."""
+
+    queries_sent: int
+    cache_hits: int
+    coalesced: int
+    in_flight: int
+    cached_entries: int
+    max_concurrency: int
+
+
+class _Flight:
+    """One question in flight; askers of the same question wait on `done`."""
+
+    __slots__ = ("done", "answer")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: Answer | None = None
+
+
+class CachingLookup:
+    """A cache, one flight per question, a concurrency bound and a deadline around any lookup.
+
+    Time is `trio.current_time()`, so tests run it under `MockClock`. If the
+    task asking a question is cancelled, the askers waiting for it do not hang:
+    they wake up and one of them asks again.
+    """
+
+    def __init__(self, inner: RecordLookup, config: ResolverConfig = ResolverConfig()) -> None:
+        self._inner = inner
+        self._config = config
+        self._entries: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._limiter = trio.CapacityLimiter(config.max_concurrency)
+        self._queries_sent = 0
+        self._cache_hits = 0
+        self._coalesced = 0
+
+    def statistics(self) -> LookupStatistics:
+        return LookupStatistics(
+            queries_sent=self._queries_sent,
+            cache_hits=self._cache_hits,
+            coalesced=self._coalesced,
+            in_flight=self._limiter.borrowed_tokens,
+            cached_entries=len(self._entries),
+            max_concurrency=self._config.max_concurrency,
+        )
+
+    async def lookup(self, name: str, rdtype: str) -> Answer:
+        key = (name.lower().removesuffix("."), rdtype)
+        while True:
+            cached = self._cached(key)
+            if cached is not None:
+                self._cache_hits += 1
+                return cached
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            self._coalesced += 1
+            await flight.done.wait()
+            if flight.answer is not None:
+                return flight.answer
+            # The asker was cancelled before an answer came: loop, maybe ask ourselves.
+        flight = self._flights[key] = _Flight()
+        try:
+            answer = await self._ask(*key)
+            flight.answer = answer
+            self._store(key, answer)
+            return answer
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    async def _ask(self, name: str, rdtype: str) -> Answer:
+        async with self._limiter:
+            self._queries_sent += 1
+            with trio.move_on_after(self._config.timeout_s):
+                return await self._inner.lookup(name, rdtype)
+            return Answer(Status.TIMEOUT)
+
+    def _cached(self, key: tuple[str, str]) -> Answer | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, answer = entry
+        if trio.current_time() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return answer
+
+    def _store(self, key: tuple[str, str], answer: Answer) -> None:
+        ttl_s = self._ttl_s(answer)
+        if ttl_s <= 0 or self._config.cache_size <= 0:
+            return
+        self._entries[key] = (trio.current_time() + ttl_s, answer)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._config.cache_size:
+            self._entries.popitem(last=False)
+
+    def _ttl_s(self, answer: Answer) -> float:
+        config = self._config
+        if answer.status is Status.ANSWER:
+            return min(max(answer.ttl_s, config.ttl_floor_s), config.ttl_ceiling_s)
+        if answer.status.is_failure:
+            return config.failure_ttl_s
+        return config.negative_ttl_s
+
+
+# --- From answers to an MxResolution ---------------------------------------------
+
+_WORST_FIRST = (Status.TIMEOUT, Status.SERVFAIL, Status.NXDOMAIN, Status.NODATA)
+
+
+# Record types asked in turn, stopping at the first that has addresses.
+_ASK_ORDER = {
+    IpLookupStrategy.IPV4_ONLY: ("A",),
+    IpLookupStrategy.IPV6_ONLY: ("AAAA",),
+    IpLookupStrategy.IPV4_THEN_IPV6: ("A", "AAAA"),
+    IpLookupStrategy.IPV6_THEN_IPV4: ("AAAA", "A"),
+}
+
+
+def _worst(*answers: Answer) -> Status:
+    """The status that best explains why answers hold no records."""
+    statuses = {a.status for a in answers}
+    return next((s for s in _WORST_FIRST if s in statuses), Status.NODATA)
+
+
+class DnsResolver:
+    """Resolves destination domains to an `MxResolution`: hosts, addresses, site.
+
+    Implements `trimta.core.mx.Resolver`. The MX hosts of a domain are resolved
+    concurrently; each question goes through `lookup` (in production a
+    `CachingLookup`, so repeated and concurrent questions are cheap). `rng`
+    shuffles MX hosts of equal preference; pass a seeded one for repeatable order.
+    """
+
+    def __init__(
+        self,
+        lookup: RecordLookup,
+        *,
+        ip_lookup_strategy: IpLookupStrategy = IpLookupStrategy.IPV4_AND_IPV6,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.lookup = lookup
+        self.ip_lookup_strategy = ip_lookup_strategy
+        self._rng = rng or random.Random()
+
+    @classmethod
+    def from_config(cls, config: ResolverConfig, *, rng: random.Random | None = None) -> DnsResolver:
+        """The production stack: dnspython, behind a `CachingLookup`, as `config` says."""
+        lookup = CachingLookup(DnspythonLookup(config), config)
+        return cls(lookup, ip_lookup_strategy=config.ip_lookup_strategy, rng=rng)
+
+    def statistics(self) -> LookupStatistics | None:
+        """The cache's counters, when the lookup is a `CachingLookup`."""
+        return self.lookup.statistics() if isinstance(self.lookup, CachingLookup) else None
+
+    async def resolve_mx(self, domain: str, *, mx_rollup: bool = True) -> MxResolution:
+        """For `domain`: hosts in connection order, their addresses and the site, or a failure."""
+        resolution = await self._resolve_mx(domain.strip().lower().removesuffix("."))
+        return resolution.with_rollup(mx_rollup)
+
+    async def resolve_addresses(self, host: str) -> list[str]:
+        """A single host's addresses under the strategy; IP addresses and literals as themselves."""
+        text = host.strip().lower().removesuffix(".")
+        try:
+            literal = parse_domain_literal(text)
+            if literal is not None:
+                return [literal]
+            return [str(ipaddress.ip_address(text))]
+        except ValueError:
+            pass
+        try:
+            name = _ascii_domain(text)
+        except ValueError:
+            return []
+        addresses, _ = await self._host_addresses(name)
+        return list(addresses)
+
+    async def _resolve_mx(self, domain: str) -> MxResolution:
+        try:
+            address = parse_domain_literal(domain)
+        except ValueError as exc:
+            return MxResolution.failed(domain, MxFailure.INVALID_DOMAIN, str(exc))
+        if address is not None:
+            return MxResolution.for_literal(domain, address)
+        try:
+            name = _ascii_domain(domain)
+        except ValueError as exc:
+            return MxResolution.failed(domain, MxFailure.INVALID_DOMAIN, str(exc))
+
+        mx = await self.lookup.lookup(name, "MX")
+        if mx.status is Status.NXDOMAIN:
+            return MxResolution.failed(domain, MxFailure.NXDOMAIN)
+        if mx.status.is_failure:
+            return _transient(domain, mx.status, mx.detail)
+        if mx.status is Status.NODATA:
+            return await self._implicit_mx(domain, name)
+        usable = [r for r in mx.records if not r.is_null]
+        if not usable:
+            if any(r.is_null for r in mx.records):
+                return MxResolution.failed(domain, MxFailure.NULL_MX)
+            return MxResolution.failed(domain, MxFailure.NO_ADDRESSES, "no MX record names a usable host")
+        # A "." beside real hosts breaks RFC 7505 section 3; the real hosts win.
+        ordered = connection_order(usable, self._rng)
+        found: list[tuple[tuple[str, ...], str | None]] = [((), None)] * len(ordered)
+
+        async def resolve_one(i: int, record: MxRecord) -> None:
+            found[i] = await self._host_addresses(record.host)
+
+        async with trio.open_nursery() as nursery:
+            for i, record in enumerate(ordered):
+                nursery.start_soon(resolve_one, i, record)
+        hosts = [MxHost(r.host, r.preference, a, e) for r, (a, e) in zip(ordered, found, strict=True)]
+        return MxResolution.for_hosts(domain, usable, hosts)
+
+    async def _implicit_mx(self, domain: str, name: str) -> MxResolution:
+        """RFC 5321 5.1: no MX records, so the domain itself is the host, if it has addresses."""
+        v4, v6 = await self._both(name)
+        if not v4.records and not v6.records:
+            worst = _worst(v4, v6)
+            if worst.is_failure:
+                return _transient(domain, worst, v4.detail or v6.detail)
+            if worst is Status.NXDOMAIN:
+                return MxResolution.failed(domain, MxFailure.NXDOMAIN)
+            return MxResolution.failed(domain, MxFailure.NO_RECORDS)
+        addresses = self._choose(v4, v6)
+        error = None if addresses else f"no address allowed by {self.ip_lookup_strategy.value}"
+        record = MxRecord(0, name)
+        return MxResolution.for_hosts(domain, [record], [MxHost(name, 0, addresses, error)], implicit_mx=True)
+
+    async def _host_addresses(self, host: str) -> tuple[tuple[str, ...], str | None]:
+        """A host's addresses under the strategy, or none and the worst status as the reason."""
+        if self.ip_lookup_strategy is IpLookupStrategy.IPV4_AND_IPV6:
+            answers: tuple[Answer, ...] = await self._both(host)
+        else:
+            answers = ()
+            for rdtype in _ASK_ORDER[self.ip_lookup_strategy]:
+                answers += (await self.lookup.lookup(host, rdtype),)
+                if answers[-1].records:
+                    break
+        addresses = tuple(a for answer in answers for a in answer.records)
+        return addresses, (None if addresses else _worst(*answers).value)
+
+    async def _both(self, name: str) -> tuple[Answer, Answer]:
+        """A and AAAA for `name`, asked at the same time."""
+        results: dict[str, Answer] = {}
+
+        async def ask(rdtype: str) -> None:
+            results[rdtype] = await self.lookup.lookup(name, rdtype)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "A")
+            nursery.start_soon(ask, "AAAA")
+        return results["A"], results["AAAA"]
+
+    def _choose(self, v4: Answer, v6: Answer) -> tuple[str, ...]:
+        match self.ip_lookup_strategy:
+            case IpLookupStrategy.IPV4_ONLY:
+                return v4.records
+            case IpLookupStrategy.IPV6_ONLY:
+                return v6.records
+            case IpLookupStrategy.IPV4_THEN_IPV6:
+                return v4.records or v6.records
+            case IpLookupStrategy.IPV6_THEN_IPV4:
+                return v6.records or v4.records
+        return v4.records + v6.records
+
+
+def _transient(domain: str, status: Status, detail: str) -> MxResolution:
+    failure = MxFailure.TIMEOUT if status is Status.TIMEOUT else MxFailure.DNS_ERROR
+    return MxResolution.failed(domain, failure, detail or status.value.upper())
+
+
+def _ascii_domain(domain: str) -> str:
+    """The domain as DNS asks for it: IDNA (punycode) for non-ASCII names; ValueError if invalid."""
+    try:
+        text = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"not a domain name: {domain!r}") from None
+    if ":" in text:
+        raise ValueError(f"not a domain name: {domain!r}")
+    return normalize_host(text)
+
+
+__all__ = [
+    "Answer",
+    "CachingLookup",
+    "DnsResolver",
+    "DnspythonLookup",
+    "LookupStatistics",
+    "RecordLookup",
+    "ResolverConfig",
+    "Status",
+    "parse_dns_table",
+    "parse_nameserver",
+]

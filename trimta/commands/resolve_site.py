@@ -1,0 +1,108 @@
+"""``trimta resolve-site DOMAIN...``: where mail to these domains would go, and under which site.
+
+For each domain it prints the MX hosts with their preferences and addresses, the
+site name (the ready queue's destination part), failures as such (null MX,
+NXDOMAIN, DNS errors), and which of the other domains asked about share the
+site. ``--json`` prints the same as a JSON array for scripts. With ``--config``
+it resolves through the nameservers and settings of that file's ``[dns]`` table,
+as the daemon would.
+
+Exit status: 0 if every domain has somewhere to deliver, 1 if any has not, 2 for
+a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from trimta.adapters.config import ConfigError
+from trimta.adapters.dns import DnsResolver, ResolverConfig
+from trimta.core.mx import MxResolution
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "resolve-site",
+        help="show the MX hosts, addresses and site name of domains",
+        description=(
+            "Resolve each DOMAIN as delivery would: MX hosts by preference, their addresses, "
+            "and the site name they factor into. Exit status 1 if a domain cannot be delivered to."
+        ),
+    )
+    parser.add_argument("domains", nargs="+", metavar="DOMAIN")
+    parser.add_argument("--config", metavar="FILE", help="use the [dns] settings of this trimta.toml")
+    parser.add_argument("--json", action="store_true", help="print a JSON array, one object per domain")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_resolver_config(args.config)
+        domains = list(dict.fromkeys(d.strip().lower().removesuffix(".") for d in args.domains if d.strip()))
+        results = trio.run(resolve_all, config, domains)
+    except ConfigError as exc:
+        print(f"trimta resolve-site: {exc}", file=sys.stderr)
+        return 2
+    shared = shared_sites(results)
+    if args.json:
+        rows = [dict(r.to_dict(), shared_with=shared[r.domain]) for r in results]
+        print(json.dumps(rows, indent=2))
+    else:
+        print("\n\n".join(render(r, shared[r.domain]) for r in results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def load_resolver_config(path: str | None) -> ResolverConfig:
+    """The resolver settings of a config file, or the defaults (resolv.conf) without one."""
+    if path is None:
+        return ResolverConfig()
+    # Imported here: the config loader pulls in every section's parser, which plain
+    # `resolve-site DOMAIN` does not need.
+    from trimta.adapters.config import load_config
+
+    return load_config(path).dns
+
+
+async def resolve_all(config: ResolverConfig, domains: list[str]) -> list[MxResolution]:
+    """Every domain resolved at once, results in the order asked."""
+    resolver = DnsResolver.from_config(config)
+    results: list[MxResolution | None] = [None] * len(domains)
+
+    async def resolve(i: int, domain: str) -> None:
+        results[i] = await resolver.resolve_mx(domain)
+
+    async with trio.open_nursery() as nursery:
+        for i, domain in enumerate(domains):
+            nursery.start_soon(resolve, i, domain)
+    return [r for r in results if r is not None]
+
+
+def shared_sites(results: list[MxResolution]) -> dict[str, list[str]]:
+    """For each domain, the other domains asked about that have the same (non-empty) site."""
+    by_site: dict[str, list[str]] = {}
+    for r in results:
+        if r.site:
+            by_site.setdefault(r.site, []).append(r.domain)
+    return {r.domain: [d for d in by_site.get(r.site, []) if d != r.domain] for r in results}
+
+
+def render(r: MxResolution, shared_with: list[str]) -> str:
+    """The human form: one block per domain."""
+    lines = [r.domain]
+    if r.null_mx:
+        lines.append("  null MX: accepts no mail")
+    if r.site:
+        lines.append(f"  site: {r.site}")
+    for host in sorted(r.hosts, key=lambda h: (h.preference, h.name)):
+        kind = "literal" if r.literal else "implicit" if r.implicit_mx else f"mx {host.preference}"
+        where = " ".join(host.addresses) or f"no address ({host.error or 'none'})"
+        lines.append(f"  {kind:<8} {host.name}  {where}")
+    if r.failure is not None:
+        lines.append(f"  error: {r.failure.value}: {r.reply}")
+    if shared_with:
+        lines.append(f"  same site as: {', '.join(shared_with)}")
+    return "\n".join(lines)
