@@ -1,0 +1,303 @@
+"""The ESMTP server as a sans-IO state machine.
+
+Bytes in, events out; replies in, bytes out. The application feeds what the client
+sent to `receive_data()`, takes events from `next_event()` until it says `NEED_DATA`,
+and answers each event with `send(reply)`, which returns the bytes to write::
+
+    conn = ServerConnection(ServerConfig(hostname="mx.example.net"))
+    out = conn.send(conn.greeting())
+    conn.receive_data(received)            # b"" when the client closed its side
+    while (event := conn.next_event()) is not NEED_DATA:
+        if isinstance(event, ConnectionClosed):
+            break                          # nothing to answer
+        out += conn.send(event.reply)      # or the application's own Reply
+        if conn.closed:
+            break
+
+Every event but `ConnectionClosed` waits for exactly one reply, so replies come out
+in the order of the commands however many a client pipelines (RFC 2920). The state
+moves on according to the reply actually sent, not the one suggested:
+`Session.answered` (in `_session.py`) is the table of what each reply to each event
+does. A 421 may be sent at any time (timeouts, shutdown) and closes the connection.
+
+This module cuts the byte stream into command lines, DATA content and BDAT chunks;
+`_session.py` says what they mean; `_commands.py`, `_abnf.py`, `_data.py` and
+`_sasl.py` hold the grammar, the content checks and the AUTH exchanges.
+
+What the client gets wrong never raises: it becomes a `BadCommand` whose reply is
+the refusal (RFC 5321, 1870, 3030, 3207, 4954, 6531; enhanced codes per RFC 3463).
+Misusing the machine raises `LocalProtocolError`. No I/O and no clock here:
+timeouts belong to whoever owns the socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trimta.protocol import _sasl
+from trimta.protocol import replies as R
+from trimta.protocol._data import ChunkReader, DataReader
+from trimta.protocol._session import ChunkStart, Mode, Session
+from trimta.protocol.errors import LocalProtocolError
+from trimta.protocol.events import NEED_DATA, ConnectionClosed, Event, MailFrom, RcptTo, _NeedData
+from trimta.protocol.replies import Reply
+
+__all__ = ["NEED_DATA", "ServerConfig", "ServerConnection"]
+
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
+MAX_COMMAND_LINE = 512
+# RFC 4954 4: a SASL response line may be up to 12288 octets.
+MAX_SASL_LINE = 12288
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What one listener offers. For every limit, 0 means no limit."""
+
+    hostname: str
+    max_message_size: int = 20_000_000  # octets; advertised as SIZE (RFC 1870)
+    max_recipients: int = 1024  # per transaction; beyond: 452 4.5.3
+    max_errors: int = 10  # refused commands per session; beyond: 421 4.7.0, close
+    max_messages_per_connection: int = 10_000  # beyond: 421 4.7.0 at the next MAIL
+    starttls_available: bool = False  # a certificate is configured
+    auth_mechanisms: tuple[str, ...] = ()  # subset of PLAIN, LOGIN; empty: no AUTH
+    auth_without_tls: bool = False  # offer AUTH on a plaintext session
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.auth_mechanisms if m not in _sasl.MECHANISMS]
+        if unknown:
+            raise ValueError(f"unsupported AUTH mechanisms {unknown}; supported: {list(_sasl.MECHANISMS)}")
+
+
+_TOO_LONG = object()  # what `_read_line` returns for a line beyond the limit
+
+
+class ServerConnection:
+    """One client's ESMTP session, from the greeting to QUIT, EOF or a 421."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._session = Session(config)
+        self._mode = Mode.GREETING
+        self._buffer = bytearray()
+        self._line_scan = 0  # no LF before this offset of the buffer
+        self._discarding = False  # dropping the rest of an over-long line
+        self._eof = False
+        self._pending: Event | None = None
+        self._data: DataReader | None = None
+        self._chunk: ChunkStart | None = None
+        self._chunk_reader: ChunkReader | None = None
+
+    # --- What the application reads. -------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once 221 or a 421 has been sent, or the client's EOF was reported."""
+        return self._mode is Mode.CLOSED
+
+    @property
+    def tls(self) -> str | None:
+        """The TLS version given to `tls_started()`, or None on a plaintext session."""
+        return self._session.tls
+
+    @property
+    def helo_name(self) -> str | None:
+        return self._session.helo_name
+
+    @property
+    def esmtp(self) -> bool:
+        """True after a positive answer to EHLO (rather than HELO)."""
+        return self._session.esmtp
+
+    @property
+    def auth_identity(self) -> str | None:
+        """The username of the AUTH attempt answered 235, if any."""
+        return self._session.auth_identity
+
+    @property
+    def mail_from(self) -> MailFrom | None:
+        """The accepted MAIL FROM of the transaction in progress."""
+        return self._session.mail_from
+
+    @property
+    def recipients(self) -> tuple[RcptTo, ...]:
+        """The accepted RCPT TOs of the transaction in progress."""
+        return tuple(self._session.recipients)
+
+    @property
+    def messages_accepted(self) -> int:
+        """Messages answered with a 2xx on this connection."""
+        return self._session.messages_accepted
+
+    @property
+    def errors(self) -> int:
+        """Refused commands counted toward `max_errors`."""
+        return self._session.errors
+
+    def greeting(self) -> Reply:
+        """The 220 banner (RFC 2034: no enhanced code on it)."""
+        return R.reply(220, None, f"{self._config.hostname} ESMTP trimta")
+
+    # --- Bytes in, events out. -------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """What the client sent; b"" when it closed its side.
+
+        While waiting for the TLS handshake after STARTTLS, plaintext is dropped:
+        nothing sent in the clear before the handshake may act inside TLS.
+        """
+        if self._mode is Mode.CLOSED:
+            return
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("receive_data() after EOF")
+        if self._mode is Mode.TLS:
+            return
+        self._buffer += data
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event, or NEED_DATA; the previous event must have been answered."""
+        if self._pending is not None:
+            raise LocalProtocolError(f"next_event() while {type(self._pending).__name__} awaits its reply")
+        if self._mode is Mode.GREETING:
+            raise LocalProtocolError("next_event() before the greeting was sent")
+        if self._mode is Mode.CLOSED:
+            raise LocalProtocolError("next_event() on a closed connection")
+        event = self._read()
+        if event is NEED_DATA:
+            if self._eof:
+                self._close()
+                return ConnectionClosed()
+            return NEED_DATA
+        self._pending = event
+        return event
+
+    def _read(self) -> Event | _NeedData:
+        session, mode = self._session, self._mode
+        if mode is Mode.COMMAND:
+            line = self._read_line(MAX_COMMAND_LINE)
+            if line is None:
+                return NEED_DATA
+            if line is _TOO_LONG:
+                return session.refuse(R.LINE_TOO_LONG, "")
+            result = session.command(line)  # type: ignore[arg-type]
+            if isinstance(result, ChunkStart):
+                self._mode = Mode.BDAT
+                self._chunk = result
+                self._chunk_reader = ChunkReader(result.size, result.sink)
+                return self._read()
+            return result
+        if mode is Mode.AUTH:
+            line = self._read_line(MAX_SASL_LINE)
+            if line is None:
+                return NEED_DATA
+            self._mode = Mode.COMMAND
+            if line is _TOO_LONG:
+                return session.auth_response_too_long()
+            return session.auth_response(line)  # type: ignore[arg-type]
+        if mode is Mode.DATA:
+            assert self._data is not None
+            message = self._data.read()
+            if message is None:
+                return NEED_DATA
+            self._mode, self._data = Mode.COMMAND, None
+            return session.message_read(*message)
+        if mode is Mode.BDAT:
+            assert self._chunk is not None and self._chunk_reader is not None
+            if not self._chunk_reader.read(self._buffer):
+                return NEED_DATA
+            chunk = self._chunk
+            self._mode, self._chunk, self._chunk_reader = Mode.COMMAND, None, None
+            return session.chunk_read(chunk)
+        return NEED_DATA  # TLS: nothing to read until the handshake is done
+
+    def _read_line(self, limit: int) -> bytes | object | None:
+        """One line without its LF (and the CR before it), `_TOO_LONG`, or None.
+
+        Lines end at LF, with an optional CR before it, as Postfix reads them. A line
+        longer than `limit` (terminator included) is reported as soon as that is
+        certain and its remainder is dropped as it arrives, never buffered.
+        """
+        buf = self._buffer
+        if self._discarding:
+            end = buf.find(b"\n")
+            if end < 0:
+                buf.clear()
+                return None
+            del buf[: end + 1]
+            self._discarding = False
+        end = buf.find(b"\n", self._line_scan)
+        if end < 0:
+            if len(buf) >= limit:
+                buf.clear()
+                self._discarding = True
+                self._line_scan = 0
+                return _TOO_LONG
+            self._line_scan = len(buf)
+            return None
+        self._line_scan = 0
+        if end >= limit:
+            del buf[: end + 1]
+            return _TOO_LONG
+        line = bytes(buf[:end])
+        del buf[: end + 1]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    # --- Replies in, bytes out. ------------------------------------------------
+
+    def send(self, reply: Reply) -> bytes:
+        """The bytes of `reply`, answering the pending event (or a 421 at any time).
+
+        The first reply must be the greeting: 220, or 554 for a session that only
+        accepts QUIT (RFC 5321 3.1), or 421 to refuse the connection.
+        """
+        mode = self._mode
+        if mode is Mode.CLOSED:
+            raise LocalProtocolError("send() on a closed connection")
+        if mode is Mode.GREETING:
+            if reply.code in (220, 554):
+                self._mode = Mode.COMMAND
+                self._session.no_service = reply.code == 554
+            elif reply.code != 421:
+                raise LocalProtocolError(f"the greeting must be 220, 554 or 421, not {reply.code}")
+        elif self._pending is None:
+            if reply.code != 421:
+                raise LocalProtocolError(f"nothing awaits a reply; only a 421 may be sent, not {reply.code}")
+        else:
+            event, self._pending = self._pending, None
+            self._enter(self._session.answered(event, reply))
+        if reply.code == 421:
+            self._close()
+        if reply.code == 334 and reply.lines == ("",):
+            return b"334 \r\n"  # RFC 4954 4: continue-req = "334" SP [base64] CRLF
+        return reply.to_bytes()
+
+    def _enter(self, mode: Mode | None) -> None:
+        if mode is None:
+            return
+        if mode is Mode.CLOSED:
+            self._close()
+            return
+        if mode is Mode.TLS:
+            # Whatever the client pipelined after STARTTLS came in the clear and must
+            # never run inside TLS (CVE-2011-0411).
+            self._buffer.clear()
+            self._line_scan = 0
+            self._discarding = False
+        elif mode is Mode.DATA:
+            self._data = DataReader(self._buffer, self._config.max_message_size)
+        self._mode = mode
+
+    def tls_started(self, version: str) -> None:
+        """The TLS handshake after STARTTLS succeeded: start afresh (RFC 3207 4.2)."""
+        if self._mode is not Mode.TLS:
+            raise LocalProtocolError("tls_started() without an accepted STARTTLS")
+        self._mode = Mode.COMMAND
+        self._session.tls_started(version)
+
+    def _close(self) -> None:
+        self._mode = Mode.CLOSED
+        self._pending = None
+        self._buffer.clear()
