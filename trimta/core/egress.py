@@ -1,0 +1,110 @@
+"""Egress paths: the options that shape delivery on one (egress source, site) path.
+
+Names are KumoMTA's egress path options (`connection_limit`, `max_message_rate`,
+`idle_timeout`, `enable_tls`, ...), with units in the field names once parsed
+(`idle_timeout_s`). Defaults follow KumoMTA's. Where the values come from (built-in
+defaults, a plain override table, shaping files) is the business of an
+`EgressPathProvider`; delivery code only asks it for the path of (source, site, domain).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from trimta.core.mx import IpLookupStrategy
+from trimta.core.units import Rate
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TlsPolicy(enum.Enum):
+    """`enable_tls`: whether and how STARTTLS is used towards a destination."""
+
+    OPPORTUNISTIC = "Opportunistic"  # STARTTLS if offered, certificate verified; plain if not offered
+    OPPORTUNISTIC_INSECURE = "OpportunisticInsecure"  # STARTTLS if offered, no verification
+    REQUIRED = "Required"  # STARTTLS or fail (transient), certificate verified
+    REQUIRED_INSECURE = "RequiredInsecure"  # STARTTLS or fail, no verification
+    DISABLED = "Disabled"  # never STARTTLS
+
+    @property
+    def verify(self) -> bool:
+        return self in (TlsPolicy.OPPORTUNISTIC, TlsPolicy.REQUIRED)
+
+    @property
+    def required(self) -> bool:
+        return self in (TlsPolicy.REQUIRED, TlsPolicy.REQUIRED_INSECURE)
+
+    @classmethod
+    def parse(cls, text: str) -> TlsPolicy:
+        for member in cls:
+            if member.value.lower() == str(text).strip().lower():
+                return member
+        names = ", ".join(f'"{m.value}"' for m in cls)
+        raise ValueError(f"expected one of {names}, got {text!r}")
+
+
+DEFAULT_PROHIBITED_HOSTS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPathConfig:
+    """Every option of one egress path, parsed. Frozen: a reload makes a new one."""
+
+    connection_limit: int = 32
+    max_connection_rate: Rate | None = None
+    max_message_rate: Rate | None = None
+    max_deliveries_per_connection: int = 1024
+    max_ready: int = 1024
+    idle_timeout_s: float = 60.0
+    enable_tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    smtp_port: int = 25
+    prohibited_hosts: tuple[Network, ...] = DEFAULT_PROHIBITED_HOSTS
+    skip_hosts: tuple[Network, ...] = ()
+    ip_lookup_strategy: IpLookupStrategy = IpLookupStrategy.IPV4_AND_IPV6
+    consecutive_connection_failures_before_delay: int = 100
+    # How long a ready queue pauses once that many connections in a row failed.
+    delay_after_connection_failures_s: float = 60.0
+    connect_timeout_s: float = 60.0
+    banner_timeout_s: float = 60.0
+    ehlo_timeout_s: float = 300.0
+    mail_from_timeout_s: float = 300.0
+    rcpt_to_timeout_s: float = 300.0
+    data_timeout_s: float = 300.0
+    data_dot_timeout_s: float = 300.0
+    starttls_timeout_s: float = 5.0
+    rset_timeout_s: float = 5.0
+    enable_pipelining: bool = True
+    ehlo_domain: str | None = None
+    # Provider-wide limits, shared by every ready queue of the provider (shaping issue).
+    provider: str | None = None
+    provider_connection_limit: int | None = None
+    provider_max_message_rate: Rate | None = None
+    extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+    def is_prohibited(self, address: str) -> bool:
+        return _in_networks(address, self.prohibited_hosts)
+
+    def is_skipped(self, address: str) -> bool:
+        return _in_networks(address, self.skip_hosts)
+
+
+def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class EgressPathProvider(Protocol):
+    """Where delivery gets the options of a path. The shaping layer implements it too."""
+
+    def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig: ...
