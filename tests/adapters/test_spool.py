@@ -546,3 +546,26 @@ async def test_metadata_that_is_json_but_not_a_message_is_moved_aside(tmp_path):
     assert restored.damaged == [bad[0].id]
     assert [m.recipient for m in restored.messages] == ["good@gmail.com"]
     spool.close()
+
+
+async def test_draining_a_backlog_gives_disk_space_back(tmp_path):
+    def spool_bytes() -> int:
+        return sum(f.stat().st_size for f in tmp_path.glob("spool.db*"))
+
+    spool = Spool.open(tmp_path)
+    spool.restore()
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.run)
+            backlog = []
+            for n in range(200):
+                messages = transaction(f"r{n}@gmail.com")
+                await spool.store(b"b" * 100_000, messages)
+                backlog.extend(m.id for m in messages)
+            full = spool_bytes()
+            for start in range(0, 200, 20):
+                await spool.remove(backlog[start : start + 20])
+            nursery.cancel_scope.cancel()
+    spool.close()
+    assert full > 20_000_000
+    assert spool_bytes() < full / 2

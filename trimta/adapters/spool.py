@@ -210,6 +210,7 @@ class Spool:
         self._state = _IDLE
         self._pending: list[_Job] = []
         self._wakeup = trio.Event()
+        self._thread: trio.CapacityLimiter | None = None
         self._counted = False
         self._messages = 0
         self._data_objects = 0
@@ -291,6 +292,9 @@ class Spool:
             counts = await trio.to_thread.run_sync(self._storage.totals)
             self._messages, self._data_objects, self._data_bytes = counts
             self._counted = True
+        # The writer's own thread token: reads (load_data) filling trio's default
+        # limiter must never hold a commit back.
+        self._thread = trio.CapacityLimiter(1)
         self._state = _RUNNING
         task_status.started()
         try:
@@ -391,7 +395,7 @@ class Spool:
             return
         batch = [job.op for job in jobs]
         try:
-            result = await trio.to_thread.run_sync(self._storage.commit, batch)
+            result = await trio.to_thread.run_sync(self._storage.commit, batch, limiter=self._thread)
         except (SpoolError, OSError) as exc:
             self._failed_commits += 1
             log.error("spool commit of %d operations failed: %s", len(jobs), exc)

@@ -21,6 +21,7 @@ Every sqlite3 error leaves this module as `SpoolError`, translated once, here.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -37,6 +38,8 @@ from trimta.adapters.spool import (
     StoredEntry,
     UpdateEntry,
 )
+
+log = logging.getLogger("trimta.spool")
 
 DATABASE_NAME = "spool.db"
 SCHEMA_VERSION = 1
@@ -92,7 +95,8 @@ class SqliteStorage:
         self.max_size_bytes = max_size_bytes
         self.database = self.path / DATABASE_NAME
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            # Private: the spool holds other people's mail.
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool directory {self.path}: {exc}") from exc
         self._conn: sqlite3.Connection | None = self._connect_writer()
@@ -203,8 +207,6 @@ class SqliteStorage:
                     conn.execute("ROLLBACK TO op")
                     refused[index] = f"refused: {exc}"
                 conn.execute("RELEASE op")
-            if removed:
-                self._give_back_free_pages(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard_writer()
@@ -212,6 +214,8 @@ class SqliteStorage:
         except BaseException:
             self._discard_writer()
             raise
+        if removed:
+            self._give_back_free_pages(conn)
         return CommitResult(refused, messages, objects, size)
 
     @staticmethod
@@ -244,11 +248,18 @@ class SqliteStorage:
                 size += row[0]
         return messages, objects, size
 
-    @staticmethod
-    def _give_back_free_pages(conn: sqlite3.Connection) -> None:
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        if free > _VACUUM_THRESHOLD_PAGES:
-            conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})").fetchall()
+    def _give_back_free_pages(self, conn: sqlite3.Connection) -> None:
+        # After the batch's COMMIT, in a transaction of its own: executescript() is the
+        # one sqlite3 call that steps incremental_vacuum to the end (execute() frees one
+        # page), and it commits what is open. The batch is durable by now, so a failure
+        # here is logged, not reported to its callers.
+        try:
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > _VACUUM_THRESHOLD_PAGES:
+                conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})")
+        except sqlite3.Error as exc:
+            log.warning("spool: could not give free pages back: %s", _describe(exc))
+            self._discard_writer()
 
     # --- restoring ---------------------------------------------------------------------
 
