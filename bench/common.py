@@ -250,7 +250,8 @@ def machine_summary() -> str:
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
     return f"{cores} cores, {mem_gb:.0f} GB RAM" + (f", {model}" if model else "")

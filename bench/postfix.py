@@ -206,7 +206,8 @@ class PostfixInstance:
             os.close(controller)
         text = output.decode(errors="replace").replace("\r\n", "\n")
         if proc.returncode != 0:
-            raise BenchError(f"{' '.join(argv)} failed ({proc.returncode}):\n{text}{self._log_tail()}")
+            raise BenchError(
+                f"{' '.join(argv)} failed ({proc.returncode}):\n{text}{self._log_tail()}")
         return text
 
     def start(self) -> PostfixInstance:
@@ -222,7 +223,8 @@ class PostfixInstance:
                 self._master_pid = int(pid_file.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 if time.monotonic() > deadline:
-                    raise BenchError(f"Postfix master wrote no pid file{self._log_tail()}") from None
+                    raise BenchError(
+                        f"Postfix master wrote no pid file{self._log_tail()}") from None
                 time.sleep(0.05)
         wait_for_port(self.host, self.port, alive=self._master_alive)
         return self
@@ -298,16 +300,28 @@ class PostfixInstance:
         """Messages in the hold queue: the accepted ones, in hold mode."""
         return self.queue_counts()["hold"]
 
+    def wait_until_settled(self, *, timeout_s: float) -> bool:
+        """Wait until nothing is in flight between queues (maildrop, incoming, active empty).
+
+        The queue manager moves files between directories while `queue_counts` walks
+        them, so a file can be seen twice or not at all; count only once settled. Returns
+        False on timeout.
+        """
+        return self._wait_until(("maildrop", "incoming", "active"), timeout_s)
+
     def wait_until_empty(self, *, timeout_s: float) -> bool:
         """Wait until incoming, active and deferred are empty (relay mode: all delivered).
 
         Returns False on timeout. Deferred mail is only retried on Postfix's own schedule,
         so a relay benchmark should count at its receiver and use this as a backstop.
         """
+        return self._wait_until(("maildrop", "incoming", "active", "deferred"), timeout_s)
+
+    def _wait_until(self, empty: tuple[str, ...], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            c = self.queue_counts()
-            if c["maildrop"] + c["incoming"] + c["active"] + c["deferred"] == 0:
+            counts = self.queue_counts()
+            if not any(counts[q] for q in empty):
                 return True
             time.sleep(0.1)
         return False

@@ -179,7 +179,7 @@ class Profiler:
 
 
 def summarise_profile(path: Path, top: int = 20) -> str:
-    """Where the samples were: by source file and by function (self time), trimta's frames inclusive.
+    """Where trimta's samples were: self time by file and by function; trimta's frames inclusive.
 
     py-spy runs with --gil, so a sample is taken only while some thread holds the GIL:
     the shares are of the Python work, the event loop's and the spool thread's alike,
@@ -275,7 +275,8 @@ def bench_trimta(args: argparse.Namespace) -> Result:
 def bench_postfix(args: argparse.Namespace) -> Result:
     settings = dict(s.split("=", 1) for s in args.postfix_setting)
     instance = PostfixInstance(mode=args.postfix_mode, settings=settings, keep=args.keep)
-    say(f"postfix: starting in {instance.directory} (port {instance.port}, {args.postfix_mode} mode)")
+    say(f"postfix: starting in {instance.directory} "
+        f"(port {instance.port}, {args.postfix_mode} mode)")
     with instance:
         cpu_before = tree_cpu_seconds(instance.master_pid)
         say(f"postfix: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}")
@@ -285,11 +286,14 @@ def bench_postfix(args: argparse.Namespace) -> Result:
         if not source.ok:
             say(f"postfix: smtp-source reported errors (exit {source.returncode}):\n"
                 f"{source.stderr[-2000:]}")
-        queues = instance.queue_counts()
         if args.postfix_mode == "hold":
-            counted = queues["hold"]
+            counted = instance.held()
         else:
-            counted = sum(n for q, n in queues.items() if q != "corrupt")
+            # The queue manager is still moving the last messages to the deferred queue.
+            if not instance.wait_until_settled(timeout_s=300):
+                say("postfix: the queue did not settle in 300 s")
+            counted = instance.queue_counts()["deferred"]
+        queues = instance.queue_counts()
         if queues["corrupt"]:
             say(f"postfix: {queues['corrupt']} corrupt queue files")
     if args.keep:
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reception, {datetime.date.today().isoformat()}, {machine_summary()}")
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}, "
           f"Postfix in {args.postfix_mode} mode" + (" (trimta profiled)" if args.profile else ""))
-    print("load average (1 min) before: {:.2f}, after: {:.2f}".format(load_before[0], os.getloadavg()[0]))
+    print(f"load average (1 min) before: {load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f}")
     print()
     if results:
         print(results_table(results))
