@@ -1,0 +1,240 @@
+"""The network seam: outbound TCP and TLS for the SMTP client, behind a small interface.
+
+Delivery code never touches sockets. It asks a `NetworkBackend` for a
+`NetworkStream` (``connect_tcp``), reads and writes bytes, and upgrades the stream
+in place for STARTTLS (``start_tls`` returns the new, encrypted stream). Two
+backends exist: `TrioNetworkBackend` here, on real trio sockets, and
+`trimta.testing.network.FakeNetwork`, a network of scripted SMTP receivers that
+runs in virtual time.
+
+Error handling: whatever the libraries raise (``OSError``, ``ssl.SSLError``,
+``trio.BrokenResourceError``, a connect deadline passing) is translated once, here,
+into three errors of our own, each with a message fit for a log record:
+
+- `ConnectFailed`: no TCP connection (refused, unreachable, timed out, bad source).
+- `TransportError`: an established connection broke while reading or writing.
+- `TlsFailed`: the TLS handshake failed (certificate not trusted, protocol error).
+
+``trio.Cancelled`` is never translated: cancel scopes are how callers bound waits,
+and a stream operation cut short by one leaves the stream unusable, as in trio.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import ipaddress
+import ssl
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from trimta.core.egress import TlsPolicy
+
+RECEIVE_SIZE = 65536
+
+# Linux: let connect() pick the source port rather than bind(), so thousands of
+# connections from one source address to different peers can share port numbers
+# (the kernel only needs the whole 4-tuple to be unique). Not in `socket` before 3.12.
+_IP_BIND_ADDRESS_NO_PORT = 24
+
+
+class NetworkError(Exception):
+    """Something went wrong on the network; `message` says what, for logs and replies."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConnectFailed(NetworkError):
+    """No connection could be established: refused, unreachable, timed out, bad source."""
+
+
+class TransportError(NetworkError):
+    """An established connection broke (reset, closed under us) while in use."""
+
+
+class TlsFailed(NetworkError):
+    """The TLS handshake failed; the connection is closed and cannot go on in plaintext."""
+
+
+class NetworkStream(Protocol):
+    """A connected byte stream; the shape of `trio.abc.Stream`, plus STARTTLS."""
+
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated TLS version (``"TLSv1.3"``), None on a plaintext stream."""
+        ...
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        """Some bytes from the peer; ``b""`` once it closed its side."""
+        ...
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> NetworkStream:
+        """Run the TLS handshake over this stream and return the encrypted stream.
+
+        The old stream must not be used afterwards. On failure raises `TlsFailed`
+        and closes the connection.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection; under a cancelled scope, without any goodbye."""
+        ...
+
+
+class NetworkBackend(Protocol):
+    """Opens outbound connections. `TrioNetworkBackend` and `FakeNetwork` implement it."""
+
+    async def connect_tcp(
+        self,
+        address: str,
+        port: int,
+        *,
+        source_address: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> NetworkStream:
+        """A connection to `address`:`port` from `source_address` (None: the kernel picks).
+
+        Raises `ConnectFailed` when none can be made within `timeout_s`.
+        """
+        ...
+
+
+class TrioNetworkBackend:
+    """The real network: trio sockets, bound to the egress source address before connecting."""
+
+    async def connect_tcp(
+        self,
+        address: str,
+        port: int,
+        *,
+        source_address: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> NetworkStream:
+        try:
+            family = trio.socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else trio.socket.AF_INET
+        except ValueError:
+            raise ConnectFailed(f"not an IP address: {address!r}") from None
+        where = f"{_bracket(address)}:{port}"
+        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        try:
+            if source_address is not None:
+                if sys.platform == "linux":
+                    try:
+                        sock.setsockopt(trio.socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                    except OSError:
+                        pass
+                try:
+                    await sock.bind((source_address, 0))
+                except OSError as exc:
+                    raise ConnectFailed(f"cannot use source address {source_address}: {_os_reason(exc)}") from exc
+            with trio.move_on_after(timeout_s) as scope:
+                try:
+                    await sock.connect((address, port))
+                except OSError as exc:
+                    raise ConnectFailed(f"connection to {where} failed: {_os_reason(exc)}") from exc
+            if scope.cancelled_caught:
+                raise ConnectFailed(f"connection to {where} timed out after {timeout_s:g}s")
+        except BaseException:
+            sock.close()
+            raise
+        return TrioStream(trio.SocketStream(sock))
+
+
+class TrioStream:
+    """A `NetworkStream` over a trio stream, translating its errors into ours."""
+
+    def __init__(self, stream: trio.abc.Stream, *, tls_version: str | None = None) -> None:
+        self._stream = stream
+        self._tls_version = tls_version
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls_version
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        try:
+            return await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+            raise TransportError(f"receive failed: {_reason(exc)}") from exc
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+            raise TransportError(f"send failed: {_reason(exc)}") from exc
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> NetworkStream:
+        tls = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+            await trio.aclose_forcefully(self._stream)
+            raise TlsFailed(f"TLS handshake failed: {_reason(exc)}") from exc
+        except BaseException:
+            await trio.aclose_forcefully(self._stream)
+            raise
+        return TrioStream(tls, tls_version=tls.version() or "TLS")
+
+    async def aclose(self) -> None:
+        # Sends TLS close_notify when there is time for it; a cancelled scope makes
+        # this a plain socket close, which is what `aclose_forcefully` relies on.
+        try:
+            await self._stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError):
+            pass
+
+
+@functools.lru_cache(maxsize=None)
+def tls_context(policy: TlsPolicy, cafile: Path | str | None = None) -> ssl.SSLContext:
+    """The client context for `policy`: verifying certificates and names, or not at all.
+
+    Verified contexts trust the system's CA store, or only `cafile` when given (tests,
+    private CAs). The insecure forms (``OpportunisticInsecure``, ``RequiredInsecure``)
+    still encrypt but accept any certificate. Contexts are cached: building one reads
+    the CA store, and an `SSLContext` is safe to share between connections.
+    """
+    if policy is TlsPolicy.DISABLED:
+        raise ValueError("enable_tls = Disabled: no TLS context is needed")
+    if policy.verify:
+        return ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.strerror:
+        return exc.strerror
+    if exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return str(exc) or type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling description along `exc`'s chain of causes.
+
+    trio wraps socket and TLS errors in `BrokenResourceError`; the cause says what
+    actually happened (``certificate verify failed: self-signed certificate``).
+    """
+    seen = exc
+    while seen.__cause__ is not None and isinstance(seen, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        seen = seen.__cause__
+    if isinstance(seen, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {seen.verify_message}"
+    if isinstance(seen, ssl.SSLError):
+        return seen.reason or str(seen)
+    if isinstance(seen, OSError):
+        return _os_reason(seen)
+    return str(seen) or type(seen).__name__

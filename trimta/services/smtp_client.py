@@ -1,0 +1,637 @@
+"""One outbound SMTP connection: the trio shell around the sans-IO client.
+
+`OutboundConnection.open` walks a destination's (host, address) targets in MX
+order until one gives a usable session: TCP from the egress source address,
+banner, EHLO (HELO when EHLO is refused with 5xx), STARTTLS as `enable_tls` says,
+EHLO again inside TLS. `send` then runs one transaction per call and says what
+happened as an `Outcome`: delivered (2xx), transient (4xx, timeout, lost
+connection) or permanent (5xx, or a message this server cannot take at all).
+
+Resource handling: the connection owns its stream. Every failure that leaves the
+session unusable (a 421, a timeout, a broken stream, a protocol error) closes the
+stream at once, and `usable` turns False; the caller opens a new connection.
+`quit()` and `aclose()` are safe at any time, any number of times.
+
+Timeouts are trio cancel scopes, one per phase, chosen by the command whose reply
+is awaited (RFC 5321 4.5.3.2 names the phases; the values are the path's
+``*_timeout_s`` options). A phase's clock starts when its command is written and
+covers every read until the reply is complete. The idle time between messages is
+the caller's: it waits for work inside its own cancel scope.
+
+Error handling: nothing the peer does raises out of `send`; it becomes an
+`Outcome`. `open` raises `ConnectionFailed`, carrying the `Outcome` to record for
+the message and the failure of each target tried.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from trimta.adapters.network import (
+    ConnectFailed,
+    NetworkBackend,
+    NetworkError,
+    NetworkStream,
+    TlsFailed,
+    tls_context,
+)
+from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
+from trimta.protocol.client_errors import ClientProtocolError, ClientUsageError, MessageNotSendable
+from trimta.protocol.client_events import (
+    BytesToSend,
+    Command,
+    ConnectionClosed,
+    EhloResult,
+    Event,
+    Greeting,
+    HeloResult,
+    RecipientResult,
+    ReplyReceived,
+    ServiceClosing,
+    StartTlsResult,
+    TransactionResult,
+)
+from trimta.protocol.replies import Reply, reply
+
+log = logging.getLogger(__name__)
+
+QUIT_TIMEOUT_S = 5.0
+"""How long `quit()` waits for the 221 (and a TLS goodbye) before closing anyway."""
+
+# How a command is named in outcomes and log records ("in reply to RCPT TO").
+_SPELLING = {
+    Command.BANNER: "banner",
+    Command.EHLO: "EHLO",
+    Command.HELO: "HELO",
+    Command.STARTTLS: "STARTTLS",
+    Command.MAIL_FROM: "MAIL FROM",
+    Command.RCPT_TO: "RCPT TO",
+    Command.DATA: "DATA",
+    Command.DATA_DOT: ".",
+    Command.BDAT: "BDAT",
+    Command.RSET: "RSET",
+    Command.NOOP: "NOOP",
+    Command.QUIT: "QUIT",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EgressSource:
+    """Where outbound connections come from: a local address and the name it says in EHLO.
+
+    `source_address` None lets the kernel pick. The path's ``ehlo_domain``, when set,
+    wins over the source's (as in KumoMTA); without either, the node's hostname is used.
+    """
+
+    name: str
+    source_address: str | None = None
+    ehlo_domain: str | None = None
+
+
+class OutcomeKind(enum.StrEnum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did for one recipient, with the reply that decided it.
+
+    `command` is what the reply answered (``"RCPT TO"``, ``"."``, ``"banner"``) or
+    ``"connect"`` when there was no session; `connection_failure` is True when no
+    session could be established at all (it counts toward
+    ``consecutive_connection_failures_before_delay``). `peer_address` is None when
+    no TCP connection was ever made.
+    """
+
+    kind: OutcomeKind
+    reply: Reply
+    peer_host: str | None = None
+    peer_address: str | None = None
+    command: str | None = None
+    connection_failure: bool = False
+    recipient: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is OutcomeKind.DELIVERED
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is OutcomeKind.TRANSIENT
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is OutcomeKind.PERMANENT
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFailure:
+    """Why one (host, address) target gave no session; `connected` if TCP got through."""
+
+    host: str
+    address: str
+    reply: Reply
+    command: str
+    connected: bool
+
+
+class ConnectionFailed(Exception):
+    """No target gave a usable session. `outcome` is what the message gets."""
+
+    def __init__(self, outcome: Outcome, failures: Sequence[TargetFailure] = ()) -> None:
+        super().__init__(str(outcome.reply))
+        self.outcome = outcome
+        self.failures = tuple(failures)
+
+
+class _TargetFailed(Exception):
+    def __init__(self, failure: TargetFailure) -> None:
+        super().__init__(str(failure.reply))
+        self.failure = failure
+
+
+class _SessionLost(Exception):
+    """The session cannot go on: timeout, broken stream, protocol error. `reason` stands in
+    for every reply still missing."""
+
+    def __init__(self, reason: Reply, command: Command | None) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.command = command
+
+
+def outcome_kind(answer: Reply, delivered: bool = False) -> OutcomeKind:
+    """2xx delivered; 5xx permanent; anything else (4xx, or an unfinished 2xx) transient."""
+    if delivered:
+        return OutcomeKind.DELIVERED
+    return OutcomeKind.PERMANENT if answer.code >= 500 else OutcomeKind.TRANSIENT
+
+
+def connection_plan(
+    targets: Sequence[tuple[str, str]], path: EgressPathConfig
+) -> tuple[list[tuple[str, str]], Outcome | None]:
+    """The targets to try, in order, or the outcome when there are none.
+
+    Targets in ``skip_hosts`` are left out as if DNS had not listed them; if that
+    leaves nothing, the message waits (451 4.4.4). Targets in ``prohibited_hosts``
+    are never contacted; if only those are left, the destination points at a host
+    we must not deliver to (loopback: a mail loop) and the message bounces (550 5.4.4).
+    """
+    eligible = [(host, address) for host, address in targets if not path.is_skipped(address)]
+    if not targets:
+        return [], Outcome(OutcomeKind.TRANSIENT, reply(451, "4.4.4", "No host to connect to"), command="connect")
+    if not eligible:
+        text = "Every MX host is on the skip_hosts list"
+        return [], Outcome(OutcomeKind.TRANSIENT, reply(451, "4.4.4", text), command="connect")
+    allowed = [(host, address) for host, address in eligible if not path.is_prohibited(address)]
+    if not allowed:
+        names = ", ".join(f"{host}[{address}]" for host, address in eligible)
+        text = f"Every MX host is on the prohibited_hosts list: {names}"
+        return [], Outcome(OutcomeKind.PERMANENT, reply(550, "5.4.4", text), command="connect")
+    return allowed, None
+
+
+class OutboundConnection:
+    """An open SMTP session with one peer, ready for transactions."""
+
+    def __init__(
+        self,
+        stream: NetworkStream,
+        client: ClientConnection,
+        *,
+        host: str,
+        address: str,
+        path: EgressPathConfig,
+        source: EgressSource,
+    ) -> None:
+        self._stream: NetworkStream | None = stream
+        self._client = client
+        self.peer_host = host
+        self.peer_address = address
+        self.path = path
+        self.source = source
+        self.deliveries = 0
+        self._tls_version: str | None = None
+        self._timeouts: dict[Command, float] = {
+            Command.BANNER: path.banner_timeout_s,
+            Command.EHLO: path.ehlo_timeout_s,
+            Command.HELO: path.ehlo_timeout_s,
+            Command.STARTTLS: path.starttls_timeout_s,
+            Command.MAIL_FROM: path.mail_from_timeout_s,
+            Command.RCPT_TO: path.rcpt_to_timeout_s,
+            Command.DATA: path.data_timeout_s,
+            Command.DATA_DOT: path.data_dot_timeout_s,
+            Command.BDAT: path.data_dot_timeout_s,
+            Command.RSET: path.rset_timeout_s,
+            Command.NOOP: path.rset_timeout_s,
+            Command.QUIT: QUIT_TIMEOUT_S,
+        }
+
+    # --- Opening ---------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        network: NetworkBackend,
+        targets: Sequence[tuple[str, str]],
+        *,
+        source: EgressSource,
+        path: EgressPathConfig,
+        hostname: str,
+        tls_contexts: Callable[[TlsPolicy], ssl.SSLContext] = tls_context,
+    ) -> OutboundConnection:
+        """A session with the first target that gives one; raises `ConnectionFailed`.
+
+        `targets` are (host, address) pairs in connection order (`MxResolution.targets`).
+        The next target is tried when one refuses or does not answer the connection,
+        greets with anything but 2xx, refuses EHLO and HELO, or fails the TLS that
+        `path.enable_tls` asks for. `tls_contexts` gives the SSL context for a policy
+        (tests pass one that trusts their own CA).
+        """
+        ehlo_domain = path.ehlo_domain or source.ehlo_domain or hostname
+        plan, refusal = connection_plan(targets, path)
+        if refusal is not None:
+            raise ConnectionFailed(refusal)
+        failures: list[TargetFailure] = []
+        for host, address in plan:
+            try:
+                return await cls._open_target(network, host, address, source, path, ehlo_domain, tls_contexts)
+            except _TargetFailed as exc:
+                log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
+                failures.append(exc.failure)
+        raise ConnectionFailed(_all_failed(failures), failures)
+
+    @classmethod
+    async def _open_target(
+        cls,
+        network: NetworkBackend,
+        host: str,
+        address: str,
+        source: EgressSource,
+        path: EgressPathConfig,
+        ehlo_domain: str,
+        tls_contexts: Callable[[TlsPolicy], ssl.SSLContext],
+    ) -> OutboundConnection:
+        # Made first: a bad EHLO domain (a configuration error) raises before any connection.
+        client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining)
+        try:
+            stream = await network.connect_tcp(
+                address, path.smtp_port, source_address=source.source_address, timeout_s=path.connect_timeout_s
+            )
+        except ConnectFailed as exc:
+            answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
+            raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False)) from None
+        connection = cls(stream, client, host=host, address=address, path=path, source=source)
+        try:
+            await connection._establish(tls_contexts)
+        except BaseException:
+            await connection.aclose()
+            raise
+        return connection
+
+    async def _establish(self, tls_contexts: Callable[[TlsPolicy], ssl.SSLContext]) -> None:
+        """Banner, EHLO/HELO, and STARTTLS per policy; raises `_TargetFailed`."""
+        greeting = await self._expect(Greeting)
+        if greeting.reply.code // 100 != 2:
+            await self._goodbye()
+            self._fail(greeting.reply, Command.BANNER)
+        await self._hello()
+        policy = self.path.enable_tls
+        if policy is TlsPolicy.DISABLED:
+            return
+        if not self._client.offers("STARTTLS"):
+            if policy.required:
+                text = f"TLS is required (enable_tls = {policy.value}) but {self.peer_host} does not offer STARTTLS"
+                await self._goodbye()
+                self._fail(reply(451, "4.7.10", text), Command.EHLO)
+            return
+        await self._write(self._client.send_starttls())
+        answer = (await self._expect(StartTlsResult)).reply
+        if answer.code // 100 != 2:
+            if policy.required or self._client.state is not ClientState.READY:
+                await self._goodbye()
+                self._fail(answer, Command.STARTTLS)
+            return  # Opportunistic: the session goes on in plaintext.
+        await self._start_tls(tls_contexts(policy))
+        await self._hello()
+
+    async def _hello(self) -> None:
+        await self._write(self._client.send_ehlo())
+        answer = (await self._expect(EhloResult)).reply
+        if answer.code // 100 == 2:
+            return
+        command = Command.EHLO
+        if answer.code // 100 == 5 and self._client.state is ClientState.HELLO:
+            # RFC 5321 3.2: a server that does not know EHLO may still know HELO.
+            await self._write(self._client.send_helo())
+            answer = (await self._expect(HeloResult)).reply
+            if answer.code // 100 == 2:
+                return
+            command = Command.HELO
+        await self._goodbye()
+        self._fail(answer, command)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self._stream is not None
+        timeout_s = self.path.starttls_timeout_s
+        where = f"{self.peer_host}[{self.peer_address}]"
+        stream = self._stream
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                self._stream = await stream.start_tls(context, self.peer_host)
+        except TlsFailed as exc:
+            self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS)
+        if scope.cancelled_caught:
+            text = f"TLS handshake with {where} timed out after {timeout_s:g}s"
+            self._fail(reply(451, "4.7.5", text), Command.STARTTLS)
+        self._client.tls_started()
+        self._tls_version = self._stream.tls_version or "TLS"
+
+    def _fail(self, answer: Reply, command: Command) -> None:
+        failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True)
+        raise _TargetFailed(failure)
+
+    async def _expect(self, kind: type) -> object:
+        """The next event during session setup, which must be `kind`; else the target failed."""
+        try:
+            event = await self._next_event()
+        except _SessionLost as lost:
+            self._fail(lost.reason, lost.command or Command.BANNER)
+        if isinstance(event, kind):
+            return event
+        if isinstance(event, ServiceClosing):
+            self._fail(event.reply, self._client.awaiting or Command.BANNER)
+        unanswered = event.unanswered if isinstance(event, ConnectionClosed) else ()
+        command = unanswered[0] if unanswered else Command.BANNER
+        self._fail(self._lost_reply(command), command)
+        raise AssertionError("unreachable")
+
+    # --- What the caller reads ---------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """True while a transaction may be started; False after 421, timeout or breakage."""
+        return self._stream is not None and self._client.state is ClientState.READY
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the session (``"TLSv1.3"``), None if it is plaintext."""
+        return self._tls_version
+
+    @property
+    def extensions(self) -> Mapping[str, str]:
+        """What the peer's last EHLO advertised (inside TLS, when TLS is on)."""
+        return self._client.extensions
+
+    @property
+    def ehlo_domain(self) -> str:
+        return self._client.ehlo_domain
+
+    # --- Transactions ------------------------------------------------------------------
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+        """Send `data` from `sender` to `recipient`: one transaction, one `Outcome`."""
+        (outcome,) = await self.send_many(sender, [recipient], data)
+        return outcome
+
+    async def send_many(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+        """One transaction for several recipients; one `Outcome` each, in order.
+
+        RSET goes first when the previous transaction was left open. A message this
+        server cannot take (over its SIZE, or needing SMTPUTF8 it lacks) is a
+        permanent outcome and nothing is sent. Raises `ClientUsageError` when the
+        connection is not `usable`: the caller checks that first.
+        """
+        if not self.usable:
+            raise ClientUsageError(f"connection to {self.peer_host}[{self.peer_address}] is not usable")
+        self.deliveries += 1
+        client = self._client
+        try:
+            if client.needs_reset:
+                reset = await self._reset()
+                if reset is not None:
+                    return [self._outcome(reset, r, "RSET") for r in recipients]
+            try:
+                first = client.start_transaction(sender, recipients, data)
+            except MessageNotSendable as exc:
+                return [self._outcome(exc.reply, r, "MAIL FROM") for r in recipients]
+            except ClientUsageError as exc:
+                # The state was checked above: what is left is an address or parameter
+                # that cannot be put on a command line. No server will ever take it.
+                refusal = reply(553, "5.1.3", f"Not sendable: {exc}")
+                return [self._outcome(refusal, r, "MAIL FROM") for r in recipients]
+            await self._write(first)
+            result, data_command, last_awaited = await self._run_transaction()
+            cut_at = last_awaited
+        except _SessionLost as lost:
+            result = client.abort(lost.reason)
+            data_command, cut_at = None, lost.command
+            await self.aclose()
+            if result is None:  # lost before MAIL was even written (during RSET)
+                return [self._outcome(lost.reason, r, _SPELLING.get(lost.command, "RSET")) for r in recipients]
+        if client.state is not ClientState.READY:
+            await self.aclose()  # 421 or the peer hung up: nothing more on this connection
+        return [
+            self._outcome(r.reply, r.recipient, _decided_by(result, r, data_command, cut_at), delivered=r.delivered)
+            for r in result.recipients
+        ]
+
+    async def _run_transaction(self) -> tuple[TransactionResult, Command | None, Command | None]:
+        """Drive the machine to its `TransactionResult`.
+
+        Also returns which command carried the message (DATA refused before 354,
+        DATA_DOT after it, or BDAT) and the last command awaited, which is the one a
+        lost connection cut short.
+        """
+        client = self._client
+        data_command: Command | None = None
+        while True:
+            awaited = client.awaiting
+            event = await self._next_event()
+            match event:
+                case BytesToSend(data=data):
+                    await self._write(data)
+                    if client.awaiting in (Command.DATA, Command.DATA_DOT, Command.BDAT):
+                        data_command = client.awaiting
+                case TransactionResult():
+                    return event, data_command, awaited
+                case ReplyReceived() | ServiceClosing():
+                    pass
+                case _:
+                    # The machine finishes the transaction before it reports the end of
+                    # the connection, so anything else here is a broken promise.
+                    raise _SessionLost(_protocol_error(f"unexpected {type(event).__name__}"), awaited)
+
+    async def _reset(self) -> Reply | None:
+        """RSET before a transaction; None when it worked, else the reply to fail with."""
+        await self._write(self._client.send_rset())
+        event = await self._next_event()
+        if isinstance(event, ReplyReceived) and event.reply.code // 100 == 2:
+            return None
+        answer = event.reply if isinstance(event, (ReplyReceived, ServiceClosing)) else CONNECTION_LOST
+        await self.aclose()  # a server that will not reset cannot be trusted with the next MAIL
+        return answer
+
+    def _outcome(self, answer: Reply, recipient: str, command: str, *, delivered: bool = False) -> Outcome:
+        return Outcome(
+            kind=outcome_kind(answer, delivered),
+            reply=answer,
+            peer_host=self.peer_host,
+            peer_address=self.peer_address,
+            command=command,
+            recipient=recipient,
+        )
+
+    # --- Closing -----------------------------------------------------------------------
+
+    async def quit(self) -> None:
+        """Say QUIT and wait briefly for the 221, then close. Safe at any time."""
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            with trio.move_on_after(QUIT_TIMEOUT_S):
+                await self._goodbye()
+                self._stream = None
+                await stream.aclose()  # with a TLS close_notify, when there is time
+        finally:
+            self._stream = stream
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection at once, without a goodbye. Safe at any time."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        self._client.abort(CONNECTION_LOST)
+        await trio.aclose_forcefully(stream)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> OutboundConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.quit()
+
+    async def _goodbye(self) -> None:
+        """QUIT when the session is in a state to take it; errors and timeouts ignored."""
+        if self._stream is None or self._client.awaiting is not None:
+            return
+        if self._client.state not in (ClientState.READY, ClientState.HELLO, ClientState.REFUSED):
+            return
+        try:
+            with trio.move_on_after(QUIT_TIMEOUT_S):
+                await self._write(self._client.send_quit())
+                while True:
+                    event = await self._next_event()
+                    if isinstance(event, ReplyReceived | ConnectionClosed):
+                        break
+        except _SessionLost:
+            pass
+
+    # --- Bytes ------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        """Write `data`, bounded by the timeout of the reply it is waiting for."""
+        stream = self._require_stream()
+        command = self._client.awaiting
+        timeout_s = self._timeouts.get(command, QUIT_TIMEOUT_S) if command else QUIT_TIMEOUT_S
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                await stream.send_all(data)
+        except NetworkError as exc:
+            raise _SessionLost(self._lost_reply(command, exc.message), command) from None
+        if scope.cancelled_caught:
+            raise _SessionLost(self._timeout_reply(command, timeout_s, "sending"), command)
+
+    async def _next_event(self) -> Event:
+        """The machine's next event, reading as needed; raises `_SessionLost`.
+
+        The deadline is set once per call, when the first read is needed: the time
+        the peer has for the reply to `awaiting`, however many reads it takes.
+        """
+        client = self._client
+        deadline: float | None = None
+        while True:
+            try:
+                event = client.next_event()
+            except ClientProtocolError as exc:
+                raise _SessionLost(_protocol_error(str(exc)), client.awaiting) from None
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            command = client.awaiting
+            timeout_s = self._timeouts[command] if command is not None else self.path.rset_timeout_s
+            if deadline is None:
+                deadline = trio.current_time() + timeout_s
+            stream = self._require_stream()
+            try:
+                with trio.move_on_at(deadline) as scope:
+                    data = await stream.receive_some()
+            except NetworkError as exc:
+                raise _SessionLost(self._lost_reply(command, exc.message), command) from None
+            if scope.cancelled_caught:
+                raise _SessionLost(self._timeout_reply(command, timeout_s, "waiting for"), command)
+            client.receive_data(data)
+
+    def _require_stream(self) -> NetworkStream:
+        if self._stream is None:
+            raise _SessionLost(self._lost_reply(self._client.awaiting, "connection closed"), self._client.awaiting)
+        return self._stream
+
+    def _where(self) -> str:
+        return f"{self.peer_host}[{self.peer_address}]"
+
+    def _timeout_reply(self, command: Command | None, timeout_s: float, doing: str) -> Reply:
+        what = "the banner" if command is Command.BANNER else f"the reply to {_SPELLING.get(command, 'a command')}"
+        if doing == "sending":
+            what = f"data before {_SPELLING.get(command, 'a reply')}"
+        return reply(451, "4.4.2", f"Timed out after {timeout_s:g}s {doing} {what} from {self._where()}")
+
+    def _lost_reply(self, command: Command | None, detail: str = "connection closed by the peer") -> Reply:
+        what = _SPELLING.get(command, "a command") if command else "a command"
+        return reply(451, "4.4.2", f"Connection to {self._where()} lost waiting for {what}: {detail}")
+
+
+def _protocol_error(detail: str) -> Reply:
+    return reply(451, "4.5.0", f"SMTP protocol error from peer: {detail}")
+
+
+def _decided_by(
+    result: TransactionResult, recipient: RecipientResult, data_command: Command | None, cut_at: Command | None
+) -> str:
+    """The command whose reply decided a recipient's fate (for the outcome and the log)."""
+    answer = recipient.reply
+    if answer is result.mail_reply:
+        return "MAIL FROM"
+    if answer is recipient.rcpt_reply:
+        return "RCPT TO"
+    if answer is result.data_reply and data_command is not None:
+        return _SPELLING[data_command]
+    # Cut short (timeout, lost connection): the command that was awaiting its reply.
+    return _SPELLING[cut_at] if cut_at is not None else "connect"
+
+
+def _all_failed(failures: Sequence[TargetFailure]) -> Outcome:
+    """The outcome when every target failed: transient, naming the last error."""
+    last = failures[-1]
+    text = f"No session with any of {len(failures)} host(s); last: {last.host}[{last.address}]: {last.reply}"
+    if len(failures) == 1:
+        text = f"No session with {last.host}[{last.address}]: {last.reply}"
+    connected = [f for f in failures if f.connected]
+    peer = connected[-1] if connected else None
+    return Outcome(
+        kind=OutcomeKind.TRANSIENT,
+        reply=reply(451, "4.4.1", text),
+        peer_host=peer.host if peer else None,
+        peer_address=peer.address if peer else None,
+        command=last.command,
+        connection_failure=True,
+    )
