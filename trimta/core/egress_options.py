@@ -1,0 +1,254 @@
+"""Egress path options as operators write them, parsed into `EgressPathConfig` overrides.
+
+This module is the one place that knows the option names (KumoMTA's, so a
+KumoMTA user's settings carry over) and their value forms: durations like
+``"60s"``, rates like ``"100/s"`` or ``"20/min,max_burst=5"``, CIDR lists,
+``enable_tls = "Opportunistic"``. Both the ``[egress]`` tables of ``trimta.toml``
+and the shaping files use it, so the two cannot drift apart.
+
+`parse_path_options` turns one table into a dict of `EgressPathConfig` field
+overrides (only the keys present), `apply_options` lays such a dict over a base
+config, and `StaticPathProvider` answers ``path_config(source, site, domain)`` from
+a default and three override tables.
+
+Options KumoMTA has that trimta does not act on (`IGNORED_KUMOMTA_OPTIONS`) are
+accepted, so existing files load, and collected under ``extra`` where callers can
+warn about them. Anything else unknown is an `OptionError` naming the closest
+valid option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from trimta.core.egress import EgressPathConfig, Network, TlsPolicy
+from trimta.core.mx import IpLookupStrategy
+from trimta.core.units import parse_duration, parse_rate
+
+
+class OptionError(ValueError):
+    """A bad egress path option: which key, what is wrong, what would be accepted."""
+
+    def __init__(self, key: str, message: str, *, where: str = "") -> None:
+        self.key = key
+        self.message = message
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{key}: {message}")
+
+
+# --- Value forms ----------------------------------------------------------------
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise ValueError(f'expected a host name like "mta1.example.com", got {value!r}')
+    return value.strip()
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'expected a list of addresses or CIDRs like ["127.0.0.0/8", "::1"], got {value!r}')
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f'not an address or CIDR: {item!r} (expected e.g. "10.0.0.0/8" or "::1")') from None
+    return tuple(networks)
+
+
+def _tls(value: Any) -> TlsPolicy:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string like "Opportunistic", got {value!r}')
+    return TlsPolicy.parse(value)
+
+
+def _ip_strategy(value: Any) -> IpLookupStrategy:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string like "Ipv4AndIpv6", got {value!r}')
+    return IpLookupStrategy.parse(value)
+
+
+# option name -> (EgressPathConfig field, parser). The names are KumoMTA's, except
+# `delay_after_connection_failures`, trimta's knob for the pause that
+# `consecutive_connection_failures_before_delay` triggers.
+OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
+    "connection_limit": ("connection_limit", _positive_int),
+    "max_connection_rate": ("max_connection_rate", parse_rate),
+    "max_message_rate": ("max_message_rate", parse_rate),
+    "max_deliveries_per_connection": ("max_deliveries_per_connection", _positive_int),
+    "max_ready": ("max_ready", _positive_int),
+    "idle_timeout": ("idle_timeout_s", parse_duration),
+    "enable_tls": ("enable_tls", _tls),
+    "smtp_port": ("smtp_port", _port),
+    "prohibited_hosts": ("prohibited_hosts", _networks),
+    "skip_hosts": ("skip_hosts", _networks),
+    "ip_lookup_strategy": ("ip_lookup_strategy", _ip_strategy),
+    "consecutive_connection_failures_before_delay": (
+        "consecutive_connection_failures_before_delay", _positive_int),
+    "delay_after_connection_failures": ("delay_after_connection_failures_s", parse_duration),
+    "connect_timeout": ("connect_timeout_s", parse_duration),
+    "banner_timeout": ("banner_timeout_s", parse_duration),
+    "ehlo_timeout": ("ehlo_timeout_s", parse_duration),
+    "mail_from_timeout": ("mail_from_timeout_s", parse_duration),
+    "rcpt_to_timeout": ("rcpt_to_timeout_s", parse_duration),
+    "data_timeout": ("data_timeout_s", parse_duration),
+    "data_dot_timeout": ("data_dot_timeout_s", parse_duration),
+    "starttls_timeout": ("starttls_timeout_s", parse_duration),
+    "rset_timeout": ("rset_timeout_s", parse_duration),
+    "enable_pipelining": ("enable_pipelining", _boolean),
+    "ehlo_domain": ("ehlo_domain", _host_name),
+    "provider_connection_limit": ("provider_connection_limit", _positive_int),
+    "provider_max_message_rate": ("provider_max_message_rate", parse_rate),
+}
+
+# KumoMTA egress path options trimta accepts without acting on them yet.
+IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
+    "additional_connection_limits", "additional_message_rate_throttles",
+    "additional_source_selection_rates", "aggressive_connection_opening",
+    "allow_smtp_auth_plain_without_tls", "dispatcher_wakeup_strategy", "enable_dane",
+    "enable_mta_sts", "enable_rset", "ignore_8bit_checks", "low_memory_reduction_policy",
+    "maintainer_wakeup_strategy", "max_recipients_per_batch", "no_memory_reduction_policy",
+    "openssl_cipher_list", "openssl_cipher_suites", "openssl_options",
+    "opportunistic_tls_reconnect_on_failed_handshake", "reconnect_strategy",
+    "refresh_interval", "refresh_strategy", "remember_broken_tls", "rustls_cipher_suites",
+    "smtp_auth_plain_password", "smtp_auth_plain_username", "source_selection_rate",
+    "suspended", "system_shutdown_timeout", "tls_certificate", "tls_prefer_openssl",
+    "tls_private_key", "try_next_host_on_transport_error",
+})
+
+OPTION_NAMES: tuple[str, ...] = tuple(OPTIONS)
+
+
+def parse_path_options(table: Mapping[str, Any], *, where: str) -> dict[str, object]:
+    """`EgressPathConfig` field overrides from one table of raw option values.
+
+    Only the options present appear in the result, keyed by field name
+    (``idle_timeout = "30s"`` gives ``{"idle_timeout_s": 30.0}``). Ignored KumoMTA
+    options are gathered under ``"extra"``. `where` names the table in errors
+    (``"trimta.toml: egress.domains.example.com"``).
+    """
+    if not isinstance(table, Mapping):
+        raise OptionError("", f"expected a table of egress path options, got {table!r}", where=where)
+    overrides: dict[str, object] = {}
+    extra: dict[str, object] = {}
+    for key, value in table.items():
+        key = str(key)
+        if key in OPTIONS:
+            field_name, parse = OPTIONS[key]
+            try:
+                overrides[field_name] = parse(value)
+            except (ValueError, TypeError) as exc:
+                raise OptionError(key, str(exc), where=where) from None
+        elif key in IGNORED_KUMOMTA_OPTIONS:
+            extra[key] = value
+        else:
+            raise OptionError(key, unknown_option_message(key), where=where)
+    if extra:
+        overrides["extra"] = extra
+    return overrides
+
+
+def unknown_option_message(key: str) -> str:
+    """"unknown egress path option" with the closest valid name, for any caller."""
+    hint = difflib.get_close_matches(key, OPTION_NAMES + tuple(sorted(IGNORED_KUMOMTA_OPTIONS)), n=1)
+    if hint:
+        return f"unknown egress path option; did you mean {hint[0]!r}?"
+    return f"unknown egress path option; known options: {', '.join(OPTION_NAMES)}"
+
+
+def apply_options(base: EgressPathConfig, overrides: Mapping[str, object]) -> EgressPathConfig:
+    """`base` with `overrides` (from `parse_path_options`) laid over it.
+
+    ``extra`` is merged rather than replaced, so ignored options from every layer
+    stay visible.
+    """
+    if not overrides:
+        return base
+    changes = dict(overrides)
+    if "extra" in changes:
+        changes["extra"] = {**base.extra, **changes["extra"]}  # type: ignore[dict-item]
+    return dataclasses.replace(base, **changes)
+
+
+class StaticPathProvider:
+    """An `EgressPathProvider` from a default config and plain override tables.
+
+    The path of ``(source, site, domain)`` is built in this order, each layer
+    overriding the ones before it:
+
+    1. `default`;
+    2. `by_site[site]`: the rules for a destination site (e.g. every Google-hosted
+       domain's ``(alt1|...)?.gmail-smtp-in.l.google.com``);
+    3. `by_domain[domain]`: the rules written for the domain whose message opened
+       the path, more specific than its site's;
+    4. `by_source[source]`: what the egress source insists on (its EHLO name, its
+       own limits), which holds on every path it is used for.
+
+    Domain keys are matched case-insensitively. Results are cached per effective
+    combination of layers, so the cache stays as small as the tables.
+    """
+
+    def __init__(
+        self,
+        default: EgressPathConfig | None = None,
+        by_domain: Mapping[str, Mapping[str, object]] | None = None,
+        by_site: Mapping[str, Mapping[str, object]] | None = None,
+        by_source: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> None:
+        self.default = default if default is not None else EgressPathConfig()
+        self.by_domain = {k.lower().rstrip("."): dict(v) for k, v in (by_domain or {}).items()}
+        self.by_site = {k: dict(v) for k, v in (by_site or {}).items()}
+        self.by_source = {k: dict(v) for k, v in (by_source or {}).items()}
+        self._cache: dict[tuple[str | None, str | None, str | None], EgressPathConfig] = {}
+
+    def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig:
+        domain = domain.lower().rstrip(".")
+        key = (
+            site if site in self.by_site else None,
+            domain if domain in self.by_domain else None,
+            source if source in self.by_source else None,
+        )
+        config = self._cache.get(key)
+        if config is None:
+            config = self.default
+            site_key, domain_key, source_key = key
+            if site_key is not None:
+                config = apply_options(config, self.by_site[site_key])
+            if domain_key is not None:
+                config = apply_options(config, self.by_domain[domain_key])
+            if source_key is not None:
+                config = apply_options(config, self.by_source[source_key])
+            self._cache[key] = config
+        return config
