@@ -54,11 +54,11 @@ class App:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        spool = Spool.open(config.spool.path)
+        spool = Spool.open(config.spool.path, max_size_bytes=config.spool.max_size_bytes)
         started = time.monotonic()
         restored = spool.restore()
         for entry in restored.damaged:
-            log.warning("damaged spool entry moved aside: %s", entry)
+            log.warning("damaged spool entry moved aside: %s (%s)", entry, restored.reasons.get(entry, "?"))
         log.info(
             "restored %d messages from %s in %.2fs",
             len(restored.messages), config.spool.path, time.monotonic() - started,

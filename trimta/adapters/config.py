@@ -88,6 +88,7 @@ class TenancyConfig:
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
     path: Path = Path("trimta-data/spool")
+    max_size_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +313,11 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         remove_headers=ten.boolean("remove_headers", True),
     )
 
-    sp = _Table(raw.get("spool", {}), source, "spool", ("path",))
-    spool = SpoolConfig(path=base_dir / sp.string("path", "trimta-data/spool"))
+    sp = _Table(raw.get("spool", {}), source, "spool", ("path", "max_size"))
+    spool = SpoolConfig(
+        path=base_dir / sp.string("path", "trimta-data/spool"),
+        max_size_bytes=sp.get("max_size", None, units.parse_size),
+    )
 
     lg = _Table(raw.get("logs", {}), source, "logs",
                 ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook"))

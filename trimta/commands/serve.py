@@ -9,6 +9,7 @@ import sys
 import trio
 
 from trimta.adapters.config import ConfigError, load_config
+from trimta.adapters.spool import SpoolError
 from trimta.app import App
 
 
@@ -31,7 +32,22 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("trimta").info("configuration: %s", config.source)
     try:
         trio.run(App(config).run)
-    except OSError as exc:  # e.g. the listen address is in use
-        print(f"trimta: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:  # noqa: BLE001 (sorted below; anything else is re-raised)
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, SpoolError):  # e.g. an unreadable spool database
+            print(f"trimta: spool: {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, OSError):  # e.g. the listen address is in use
+            print(f"trimta: {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        raise
     return 0
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (trio nurseries)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

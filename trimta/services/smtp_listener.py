@@ -244,10 +244,9 @@ class Session:
                 return replies.AUTH_FAILED
             self.user = user
             return replies.AUTH_SUCCEEDED
-        if isinstance(event, ev.BadCommand) and event.reply.code in (552, 554, 500):
-            mail = self.conn.mail_from
-            if mail is not None:
-                self.reject(event.reply, "DATA", None)
+        if isinstance(event, ev.BadCommand) and event.command in ("DATA", "BDAT") and self.conn.mail_from:
+            # A refused message (too big, bare CR/LF, long line) is a rejection worth a record.
+            self.reject(event.reply, event.command, None)
         return event.reply
 
     async def accept_message(self, event: ev.MessageComplete) -> Reply:

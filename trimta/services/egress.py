@@ -1,0 +1,167 @@
+"""The egress side of the nursery tree: due messages find their ready queue.
+
+```
+egress nursery
+├── dispatcher workers: resolve the domain's site, pick a source from the pool
+└── one supervised task group per ready queue (source, site)
+    └── connection tasks
+```
+
+A ready queue's group is started on its first message and reaped when it has been
+empty and idle for a while. Supervision: if a ready queue's group dies of a bug, its
+messages go back to their scheduled queues (no attempt counted), the error is logged
+with its traceback, and the daemon keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import trio
+
+from trimta.core.egress import EgressPathProvider
+from trimta.core.message import Message
+from trimta.core.mx import Resolver
+from trimta.core.pools import EgressSource, PoolPicker
+from trimta.core.queues import ready_queue_name
+from trimta.services.outcomes import OutcomeRecorder
+from trimta.services.ready_queue import Connect, ReadyQueue
+from trimta.services.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+DISPATCH_WORKERS = 32
+RETRY_AFTER_BUG_S = 60.0
+RETURN_AFTER_CRASH_S = 10.0
+
+
+class Egress:
+    """Owns the ready queues and the dispatcher that feeds them."""
+
+    def __init__(
+        self,
+        *,
+        resolver: Resolver,
+        paths: EgressPathProvider,
+        sources: dict[str, EgressSource],
+        picker_for: Callable[[Message], PoolPicker],
+        connect: Connect,
+        outcomes: OutcomeRecorder,
+        scheduler: Scheduler,
+        clock: Callable[[], float] = time.time,
+        rollup: Callable[[str], bool] = lambda domain: True,
+        linger_s: float = 10.0,
+    ) -> None:
+        self.resolver = resolver
+        self.paths = paths
+        self.sources = sources
+        self.picker_for = picker_for
+        self.connect = connect
+        self.outcomes = outcomes
+        self.scheduler = scheduler
+        self.clock = clock
+        self.rollup = rollup
+        self.linger_s = linger_s
+        self.ready: dict[str, ReadyQueue] = {}
+        self._due: deque[Message] = deque()
+        self._due_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self.reaped = 0
+        self.crashed = 0
+
+    # --- in: due messages ------------------------------------------------------------------
+
+    def dispatch(self, message: Message) -> None:
+        """The scheduler's hand-off: never blocks."""
+        self._due.append(message)
+        self._due_lot.unpark()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for _ in range(DISPATCH_WORKERS):
+                nursery.start_soon(self._dispatcher)
+            task_status.started()
+
+    async def _dispatcher(self) -> None:
+        while True:
+            while not self._due:
+                await self._due_lot.park()
+            message = self._due.popleft()
+            try:
+                await self._route(message)
+            except Exception:
+                log.exception("routing %s failed; it waits %ds", message.id, RETRY_AFTER_BUG_S)
+                self.scheduler.add(message, self.clock() + RETRY_AFTER_BUG_S)
+
+    async def _route(self, message: Message) -> None:
+        resolution = await self.resolver.resolve_mx(message.domain, mx_rollup=self.rollup(message.domain))
+        if not resolution.ok:
+            reply = resolution.reply
+            assert reply is not None
+            if resolution.is_permanent:
+                await self.outcomes.bounce(message, reply, classification=resolution.bounce_classification)
+            else:
+                await self.outcomes.retry(message, reply)
+            return
+        picker = self.picker_for(message)
+        site = resolution.site
+        source_name = picker.next(skip=lambda name: self._suspended(name, site))
+        if source_name is None:
+            # Every source of the pool has this site suspended: wait without an attempt.
+            self.scheduler.add(message, self.clock() + 60.0)
+            return
+        queue = self.ready_queue(self.sources[source_name], site, message.domain)
+        queue.resolution = resolution
+        if not queue.add(message):  # reaped a moment ago: a fresh one takes it
+            queue = self.ready_queue(self.sources[source_name], site, message.domain)
+            queue.resolution = resolution
+            queue.add(message)
+
+    def _suspended(self, source: str, site: str) -> bool:
+        queue = self.ready.get(ready_queue_name(source, site))
+        return queue is not None and queue.suspended
+
+    # --- ready queues ------------------------------------------------------------------------
+
+    def ready_queue(self, source: EgressSource, site: str, domain: str) -> ReadyQueue:
+        name = ready_queue_name(source.name, site)
+        queue = self.ready.get(name)
+        if queue is None or queue._closed:
+            queue = ReadyQueue(
+                source=source,
+                site=site,
+                path=self.paths.path_config(source.name, site, domain),
+                connect=self.connect,
+                outcomes=self.outcomes,
+                expires_at=self.outcomes.expires_at,
+                clock=self.clock,
+            )
+            self.ready[name] = queue
+            assert self._nursery is not None, "Egress.run must be started first"
+            self._nursery.start_soon(self._supervise, queue)
+        return queue
+
+    async def _supervise(self, queue: ReadyQueue) -> None:
+        try:
+            await queue.run(linger_s=self.linger_s)
+        except Exception:
+            self.crashed += 1
+            queue._closed = True
+            returned = queue.drain()
+            log.exception("ready queue %s failed; %d messages go back to their scheduled queues",
+                          queue.name, len(returned))
+            # Back without an attempt counted, after a pause so a bug cannot spin.
+            due = self.clock() + RETURN_AFTER_CRASH_S
+            for message in returned:
+                self.scheduler.add(message, due)
+        finally:
+            if self.ready.get(queue.name) is queue:
+                del self.ready[queue.name]
+                self.reaped += 1
+
+    def queues(self) -> Sequence[ReadyQueue]:
+        return list(self.ready.values())

@@ -1,0 +1,138 @@
+"""What happens to a message after an attempt: the log record, the spool, the schedule.
+
+- delivered: a `Delivery` record; the message leaves the spool.
+- transient: attempts + 1; rescheduled after the backoff, or, when the next attempt
+  would fall past `max_age`, an `Expiration` record and removal.
+- permanent: a `Bounce` record with its classification; removal.
+
+Spool changes are awaited (group-committed with everyone else's), so a message is
+never rescheduled in memory ahead of its state on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from trimta.adapters.spool import Spool, SpoolError
+from trimta.core import records
+from trimta.core.bounce import classify
+from trimta.core.message import Message
+from trimta.core.retry import QueueConfig, expiration_reply, expires_before, next_attempt_delay
+from trimta.protocol.replies import Reply
+from trimta.services.logs import LogSink
+from trimta.services.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeRecorder:
+    """Turns attempt outcomes into records, spool changes and new due times."""
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        logs: LogSink,
+        scheduler: Scheduler,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        pool_name: Callable[[Message], str | None] = lambda message: None,
+    ) -> None:
+        self.spool = spool
+        self.logs = logs
+        self.scheduler = scheduler
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.pool_name = pool_name
+        self.delivered_count = 0
+        self.transient_count = 0
+        self.bounced_count = 0
+        self.expired_count = 0
+
+    def config_for(self, message: Message) -> QueueConfig:
+        return self.scheduler.queue_for(message).config
+
+    def expires_at(self, message: Message) -> float:
+        return message.created + self.config_for(message).max_age_s
+
+    async def load_data(self, message: Message) -> bytes:
+        return await self.spool.load_data(message.data_id)
+
+    async def delivered(self, message: Message, outcome, queue) -> None:
+        self.delivered_count += 1
+        message.attempts += 1
+        self._emit(records.DELIVERY, message, outcome.reply, queue, outcome)
+        await self._remove(message)
+
+    async def failed(self, message: Message, outcome, queue) -> None:
+        if outcome.kind == "permanent":
+            await self.bounce(message, outcome.reply, queue, outcome)
+        else:
+            await self.retry(message, outcome.reply, queue, outcome)
+
+    async def bounce(self, message: Message, reply: Reply, queue=None, outcome=None,
+                     classification: str | None = None) -> None:
+        self.bounced_count += 1
+        message.attempts += 1
+        self._emit(records.BOUNCE, message, reply, queue, outcome,
+                   bounce_classification=classification or classify(reply))
+        await self._remove(message)
+
+    async def retry(self, message: Message, reply: Reply, queue=None, outcome=None) -> None:
+        """A transient failure: back to the scheduled queue after the backoff, or expire."""
+        now = self.clock()
+        config = self.config_for(message)
+        delay = next_attempt_delay(config, message.attempts, self.rng)
+        message.attempts += 1
+        due = now + delay
+        if expires_before(config, message.created, due):
+            self._emit(records.TRANSIENT_FAILURE, message, reply, queue, outcome)
+            await self._expire(message, queue)
+            return
+        self.transient_count += 1
+        self._emit(records.TRANSIENT_FAILURE, message, reply, queue, outcome, next_due=int(due))
+        message.due = due
+        try:
+            await self.spool.update(message)
+        except SpoolError as exc:
+            # The old state on disk is still a valid one (fewer attempts): keep going.
+            log.error("could not record attempt %d of %s: %s", message.attempts, message.id, exc)
+        self.scheduler.add(message, due)
+
+    async def expired(self, message: Message, queue=None) -> None:
+        await self._expire(message, queue)
+
+    async def _expire(self, message: Message, queue) -> None:
+        self.expired_count += 1
+        self._emit(records.EXPIRATION, message, expiration_reply(message.attempts), queue, None)
+        await self._remove(message)
+
+    async def _remove(self, message: Message) -> None:
+        try:
+            await self.spool.remove([message.id])
+        except SpoolError as exc:
+            # Still on disk: after a restart it would be tried again (at least once).
+            log.error("could not remove %s from the spool: %s", message.id, exc)
+
+    def _emit(self, kind: str, message: Message, reply: Reply, queue, outcome, **extra) -> None:
+        peer = None
+        if outcome is not None and getattr(outcome, "peer_address", None):
+            peer = {"name": outcome.peer_host or "", "addr": outcome.peer_address}
+        record = records.message_record(
+            kind,
+            message,
+            reply,
+            self.clock(),
+            site=queue.site if queue is not None else "",
+            egress_pool=self.pool_name(message),
+            egress_source=queue.source.name if queue is not None else None,
+            peer_address=peer if peer is not None else ({"name": "", "addr": ""} if queue is not None else None),
+            command=getattr(outcome, "command", None),
+            ready_queue=queue.name if queue is not None else None,
+            **extra,
+        )
+        self.logs.emit(record)
+

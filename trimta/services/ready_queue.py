@@ -1,0 +1,345 @@
+"""Ready queues: one per (egress source, site), each its own supervised task group.
+
+A ready queue holds messages that are due for one egress path and runs the
+connections that deliver them:
+
+- Connection tasks number at most the path's `connection_limit`, and a new one starts
+  only while there is work no idle connection can take.
+- Each connection lives in a cancel scope whose deadline is `idle_timeout` from its last
+  activity: the deadline is lifted while a transaction runs and set again when the
+  connection goes back to waiting, so an idle connection closes at exactly that time.
+- A connection sends at most `max_deliveries_per_connection` messages, then QUITs.
+- `max_connection_rate` and `max_message_rate` are GCRA limiters; a connection does not
+  sit open through a wait longer than its idle timeout.
+- `consecutive_connection_failures_before_delay` failed connections in a row pause the
+  whole queue for `delay_after_connection_failures_s`.
+- Fairness: messages are kept per scheduled queue and taken from those in turn, so a
+  small tenant's message is not stuck behind a large tenant's backlog for the same site.
+
+Failures are outcomes: a refused connection, a timeout, a TLS or protocol error gives
+the message a transient (or permanent) outcome through `Outcomes`; nothing a peer
+does raises out of a connection task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from trimta.core.egress import EgressPathConfig
+from trimta.core.message import Message
+from trimta.core.mx import MxResolution
+from trimta.core.pools import EgressSource
+from trimta.core.queues import ready_queue_name
+from trimta.core.throttle import Gcra
+from trimta.services.smtp_client import ConnectionFailed
+
+log = logging.getLogger(__name__)
+
+
+class Connection(Protocol):
+    """What a ready queue needs of an outbound SMTP connection."""
+
+    @property
+    def usable(self) -> bool: ...
+    async def send(self, sender: str, recipient: str, data: bytes): ...
+    async def quit(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class Outcomes(Protocol):
+    """Where a ready queue reports what happened to each message."""
+
+    async def delivered(self, message: Message, outcome, queue: ReadyQueue) -> None: ...
+    async def failed(self, message: Message, outcome, queue: ReadyQueue) -> None: ...
+    async def expired(self, message: Message, queue: ReadyQueue) -> None: ...
+    async def load_data(self, message: Message) -> bytes: ...
+
+
+Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig], Awaitable[Connection]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyQueueStatistics:
+    name: str
+    source: str
+    site: str
+    ready: int
+    connections: int
+    idle_connections: int
+    connection_limit: int
+    delivered: int
+    failed: int
+    consecutive_connection_failures: int
+    paused_until: float | None
+    suspended: bool
+
+
+class ReadyQueue:
+    """The messages due on one egress path, and the connections delivering them."""
+
+    def __init__(
+        self,
+        *,
+        source: EgressSource,
+        site: str,
+        path: EgressPathConfig,
+        connect: Connect,
+        outcomes: Outcomes,
+        expires_at: Callable[[Message], float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.source = source
+        self.site = site
+        self.name = ready_queue_name(source.name, site)
+        self.path = path
+        self.connect = connect
+        self.outcomes = outcomes
+        self.expires_at = expires_at
+        self.clock = clock
+        self.resolution: MxResolution | None = None
+        self._by_queue: OrderedDict[str, deque[Message]] = OrderedDict()
+        self._count = 0
+        self._in_flight: dict[str, Message] = {}
+        self._waiting = trio.lowlevel.ParkingLot()
+        self._connections = 0
+        self._idle = 0
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._failures = 0
+        self._paused_until = -math.inf
+        self.suspended = False
+        self._connection_rate = Gcra.from_rate(path.max_connection_rate) if path.max_connection_rate else None
+        self._message_rate = Gcra.from_rate(path.max_message_rate) if path.max_message_rate else None
+        self._delivered = 0
+        self._failed = 0
+        self._changed = trio.Event()
+
+    # --- messages in --------------------------------------------------------------------
+
+    def add(self, message: Message) -> bool:
+        """Queue a due message; False if this ready queue has shut down (ask for a new one)."""
+        if self._closed:
+            return False
+        bucket = self._by_queue.get(message.queue)
+        if bucket is None:
+            bucket = self._by_queue[message.queue] = deque()
+        bucket.append(message)
+        self._count += 1
+        self._changed.set()
+        if self._waiting:
+            self._waiting.unpark()
+        return True
+
+    def _take(self) -> Message | None:
+        """The next message, taking each scheduled queue in turn."""
+        while self._by_queue:
+            name, bucket = next(iter(self._by_queue.items()))
+            message = bucket.popleft()
+            self._count -= 1
+            if bucket:
+                self._by_queue.move_to_end(name)
+            else:
+                del self._by_queue[name]
+            return message
+        return None
+
+    def drain(self) -> list[Message]:
+        """Remove and return every queued and in-flight message (for supervision)."""
+        out = list(self._in_flight.values())
+        self._in_flight.clear()
+        while (m := self._take()) is not None:
+            out.append(m)
+        return out
+
+    def messages(self) -> Iterator[Message]:
+        for bucket in self._by_queue.values():
+            yield from bucket
+
+    def __len__(self) -> int:
+        return self._count
+
+    def statistics(self) -> ReadyQueueStatistics:
+        paused = self._paused_until if self._paused_until > self.clock() else None
+        return ReadyQueueStatistics(
+            self.name, self.source.name, self.site, self._count, self._connections, self._idle,
+            self.path.connection_limit, self._delivered, self._failed, self._failures, paused,
+            self.suspended,
+        )
+
+    # --- the task group ---------------------------------------------------------------------
+
+    async def run(self, *, linger_s: float = 10.0) -> None:
+        """Run connections while there is work; return once empty and idle for `linger_s`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                self._changed = trio.Event()
+                await self._sweep_expired()
+                self._start_connections()
+                if self._count == 0 and self._connections == 0:
+                    with trio.move_on_after(linger_s):
+                        await self._changed.wait()
+                    if self._count == 0 and self._connections == 0:
+                        self._closed = True
+                        return
+                    continue
+                # Wake on news, or in a while to sweep expired messages and retry after pauses.
+                with trio.move_on_after(self._next_check_s()):
+                    await self._changed.wait()
+
+    def _next_check_s(self) -> float:
+        now = self.clock()
+        if self._paused_until > now:
+            return min(self._paused_until - now, 60.0)
+        if self._connection_rate is not None and self._count:
+            return max(0.001, min(self._connection_rate.wait_s(now), 60.0))
+        return 60.0
+
+    def _start_connections(self) -> None:
+        """Start connections for work that no idle connection can take."""
+        assert self._nursery is not None
+        now = self.clock()
+        if self.suspended or self._paused_until > now:
+            return
+        while (
+            self._count > self._idle
+            and self._connections < self.path.connection_limit
+        ):
+            if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
+                return
+            self._connections += 1
+            self._nursery.start_soon(self._connection)
+
+    async def _sweep_expired(self) -> None:
+        """max_age holds in the ready queue too: expire what waited here too long."""
+        now = self.clock()
+        expired = [m for m in self.messages() if self.expires_at(m) <= now]
+        if not expired:
+            return
+        ids = {m.id for m in expired}
+        for name in list(self._by_queue):
+            kept = deque(m for m in self._by_queue[name] if m.id not in ids)
+            if kept:
+                self._by_queue[name] = kept
+            else:
+                del self._by_queue[name]
+        self._count -= len(expired)
+        for m in expired:
+            await self.outcomes.expired(m, self)
+
+    async def _next_message(self, scope: trio.CancelScope) -> Message | None:
+        """Wait (idle) for a message; None when the idle deadline passes first."""
+        while True:
+            if self.suspended or self._paused_until > self.clock():
+                return None
+            message = self._take()
+            if message is not None:
+                if self.expires_at(message) <= self.clock():
+                    await self.outcomes.expired(message, self)
+                    continue
+                return message
+            scope.deadline = trio.current_time() + self.path.idle_timeout_s
+            self._idle += 1
+            try:
+                await self._waiting.park()
+            finally:
+                self._idle -= 1
+            if scope.cancel_called:
+                return None
+
+    async def _connection(self) -> None:
+        """One outbound connection, from connect to QUIT."""
+        conn: Connection | None = None
+        try:
+            with trio.CancelScope() as scope:
+                message = await self._next_message(scope)
+                if message is None:
+                    return
+                scope.deadline = math.inf
+                conn = await self._open(message)
+                if conn is None:
+                    return
+                sent = 0
+                while message is not None:
+                    await self._throttle_messages(scope)
+                    scope.deadline = math.inf
+                    await self._deliver(conn, message)
+                    sent += 1
+                    if not conn.usable or sent >= self.path.max_deliveries_per_connection:
+                        break
+                    message = await self._next_message(scope)
+        except Exception:
+            log.exception("connection task of %s failed", self.name)
+        finally:
+            self._connections -= 1
+            self._changed.set()
+            if conn is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.path.rset_timeout_s):
+                    await conn.quit()
+                await conn.aclose()
+
+    async def _throttle_messages(self, scope: trio.CancelScope) -> None:
+        if self._message_rate is None:
+            return
+        wait = self._message_rate.try_acquire(self.clock())
+        while wait > 0:
+            scope.deadline = math.inf
+            await trio.sleep(wait)
+            wait = self._message_rate.try_acquire(self.clock())
+
+    async def _open(self, message: Message) -> Connection | None:
+        """Connect for `message`; on failure its outcome is recorded and None returned."""
+        self._in_flight[message.id] = message
+        resolution = self.resolution
+        targets = resolution.targets if resolution is not None else ()
+        try:
+            conn = await self.connect(targets, self.source, self.path)
+        except ConnectionFailed as failure:
+            self._in_flight.pop(message.id, None)
+            self._failed += 1
+            if failure.outcome.connection_failure:
+                self._failures += 1
+            if self._failures >= self.path.consecutive_connection_failures_before_delay:
+                self._paused_until = self.clock() + self.path.delay_after_connection_failures_s
+                log.warning("%s: %d connection failures in a row, pausing %.0fs",
+                            self.name, self._failures, self.path.delay_after_connection_failures_s)
+                self._failures = 0
+            await self.outcomes.failed(message, failure.outcome, self)
+            return None
+        self._failures = 0
+        return conn
+
+    async def _deliver(self, conn: Connection, message: Message) -> None:
+        self._in_flight[message.id] = message
+        try:
+            data = await self.outcomes.load_data(message)
+            outcome = await conn.send(message.sender, message.recipient, data)
+        finally:
+            self._in_flight.pop(message.id, None)
+        if outcome.kind == "delivered":
+            self._delivered += 1
+            await self.outcomes.delivered(message, outcome, self)
+        else:
+            self._failed += 1
+            await self.outcomes.failed(message, outcome, self)
+
+    # --- operator actions ----------------------------------------------------------------------
+
+    def set_path(self, path: EgressPathConfig) -> None:
+        """New options (a reload); a lower connection_limit takes effect as connections end."""
+        self.path = path
+        self._changed.set()
+
+    def suspend(self, suspended: bool) -> None:
+        self.suspended = suspended
+        self._changed.set()
+        if suspended:
+            self._waiting.unpark_all()
+

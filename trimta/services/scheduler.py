@@ -1,0 +1,195 @@
+"""Scheduled queues: where every message waits until it is due, one queue per
+``campaign:tenant@domain``.
+
+All waiting messages share one timer structure, a heap of (due, sequence, message),
+and one task sleeps until the earliest due time, so a hundred thousand queues cost a
+dict entry each, not a task each. A queue exists while it holds messages: created on
+first use, reaped when empty.
+
+Time comes from `clock` (wall-clock seconds in production; trio's virtual clock in
+tests), and the task sleeps on trio's clock for the difference, so both agree.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import trio
+
+from trimta.core.message import Message
+from trimta.core.retry import QueueConfig
+from trimta.core.throttle import Gcra
+
+log = logging.getLogger(__name__)
+
+
+class ScheduledQueue:
+    """One ``campaign:tenant@domain`` queue: its config, throttle and count."""
+
+    __slots__ = ("name", "tenant", "campaign", "domain", "config", "throttle", "count", "oldest_created")
+
+    def __init__(self, name: str, tenant: str | None, campaign: str | None, domain: str, config: QueueConfig) -> None:
+        self.name = name
+        self.tenant = tenant
+        self.campaign = campaign
+        self.domain = domain
+        self.config = config
+        self.throttle = Gcra.from_rate(config.max_message_rate) if config.max_message_rate else None
+        self.count = 0
+        self.oldest_created = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    name: str
+    tenant: str | None
+    campaign: str | None
+    domain: str
+    count: int
+    oldest_created: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    queues: int
+    scheduled: int
+    dispatched: int
+    next_due: float | None
+
+
+class Scheduler:
+    """Holds messages until due, then hands each to `dispatch` (synchronously)."""
+
+    def __init__(
+        self,
+        *,
+        queue_config: Callable[[str | None, str | None, str], QueueConfig],
+        dispatch: Callable[[Message], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue_config = queue_config
+        self._dispatch = dispatch
+        self.clock = clock
+        self._queues: dict[str, ScheduledQueue] = {}
+        self._heap: list[tuple[float, int, Message]] = []
+        self._seq = itertools.count()
+        self._scheduled: dict[str, Message] = {}
+        self._wakeup = trio.Event()
+        self._dispatched = 0
+
+    # --- adding and removing -----------------------------------------------------------
+
+    def queue_for(self, message: Message) -> ScheduledQueue:
+        queue = self._queues.get(message.queue)
+        if queue is None:
+            config = self._queue_config(message.tenant, message.campaign, message.domain)
+            queue = ScheduledQueue(message.queue, message.tenant, message.campaign, message.domain, config)
+            self._queues[message.queue] = queue
+        return queue
+
+    def add(self, message: Message, due: float | None = None) -> None:
+        """Schedule `message` at `due` (now if None). Never blocks."""
+        due = self.clock() if due is None else due
+        message.due = due
+        queue = self.queue_for(message)
+        if message.id not in self._scheduled:
+            queue.count += 1
+            queue.oldest_created = min(queue.oldest_created, message.created)
+        self._scheduled[message.id] = message
+        heapq.heappush(self._heap, (due, next(self._seq), message))
+        if self._heap[0][2] is message:
+            self._wakeup.set()
+
+    def discard(self, message_id: str) -> Message | None:
+        """Take a waiting message out (admin bounce, ...); its heap entry dies lazily."""
+        message = self._scheduled.pop(message_id, None)
+        if message is not None:
+            self._left(message)
+        return message
+
+    def _left(self, message: Message) -> None:
+        queue = self._queues.get(message.queue)
+        if queue is None:
+            return
+        queue.count -= 1
+        if queue.count <= 0:
+            del self._queues[message.queue]
+
+    # --- the timer task ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch messages as they fall due, until cancelled."""
+        task_status.started()
+        while True:
+            self.dispatch_due()
+            self._wakeup = trio.Event()
+            if self._heap:
+                delay = self._heap[0][0] - self.clock()
+                with trio.move_on_after(max(delay, 0.0)):
+                    await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
+
+    def dispatch_due(self) -> int:
+        """Hand every due message to `dispatch`; returns how many went."""
+        heap = self._heap
+        now = self.clock()
+        sent = 0
+        while heap and heap[0][0] <= now:
+            due, _, message = heapq.heappop(heap)
+            if self._scheduled.get(message.id) is not message or message.due != due:
+                continue  # discarded, or rescheduled since: a stale entry
+            queue = self._queues[message.queue]
+            if queue.throttle is not None:
+                wait = queue.throttle.try_acquire(now)
+                if wait > 0:
+                    # The queue's max_message_rate says not yet: no attempt is counted.
+                    message.due = now + wait
+                    heapq.heappush(heap, (message.due, next(self._seq), message))
+                    continue
+            del self._scheduled[message.id]
+            self._left(message)
+            self._dispatched += 1
+            sent += 1
+            try:
+                self._dispatch(message)
+            except Exception:
+                log.exception("dispatch of %s failed; retrying in 60s", message.id)
+                self.add(message, now + 60.0)
+            if sent % 1000 == 0:
+                now = self.clock()
+        return sent
+
+    # --- observation -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._scheduled)
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._scheduled
+
+    def messages(self) -> Iterator[Message]:
+        return iter(list(self._scheduled.values()))
+
+    def queues(self) -> list[QueueSummary]:
+        return [
+            QueueSummary(q.name, q.tenant, q.campaign, q.domain, q.count,
+                         None if q.oldest_created == math.inf else q.oldest_created)
+            for q in self._queues.values()
+        ]
+
+    def statistics(self) -> SchedulerStatistics:
+        while self._heap and self._scheduled.get(self._heap[0][2].id) is not self._heap[0][2]:
+            heapq.heappop(self._heap)
+        return SchedulerStatistics(
+            queues=len(self._queues),
+            scheduled=len(self._scheduled),
+            dispatched=self._dispatched,
+            next_due=self._heap[0][0] if self._heap else None,
+        )
