@@ -4,6 +4,7 @@
 root nursery
 ├── spool writer (group commit)
 ├── log sink
+├── delivery engine: scheduler; egress nursery with one task group per ready queue
 └── ingress nursery: one ESMTP listener per [[listener]], a task per connection
 ```
 
@@ -18,16 +19,18 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass, field
 
 import trio
 
 from trimta.adapters.config import Config
+from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
+from trimta.adapters.network import TrioNetworkBackend
 from trimta.adapters.spool import Spool
-from trimta.core.message import Message
 from trimta.services.acceptance import Acceptor
+from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import SmtpListener
 
@@ -43,7 +46,7 @@ class Running:
     logs: LogSink
     listeners: list[SmtpListener]
     addresses: list[list[tuple]]
-    queued: dict[str, Message] = field(default_factory=dict)
+    engine: DeliveryEngine
     shutdown: trio.Event = field(default_factory=trio.Event)
 
 
@@ -71,19 +74,24 @@ class App:
             ),
             flush_interval_s=config.logs.flush_interval_s,
         )
-        queued = {m.id: m for m in restored.messages}
-
-        def hold(messages: Sequence[Message]) -> None:
-            # Delivery (a later part of the engine) takes messages from here.
-            for m in messages:
-                queued[m.id] = m
-
-        acceptor = Acceptor(spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=hold)
+        engine = DeliveryEngine(
+            spool=spool,
+            logs=logs,
+            resolver=DnsResolver.from_config(config.dns),
+            network=TrioNetworkBackend(),
+            delivery=config.delivery,
+            hostname=config.hostname,
+        )
+        expired = engine.restore(restored.messages)
+        acceptor = Acceptor(
+            spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept
+        )
         listeners = [SmtpListener(lc, acceptor=acceptor, logs=logs) for lc in config.listeners]
         try:
             async with trio.open_nursery() as root:
                 await root.start(spool.run)
                 await root.start(logs.run)
+                await root.start(partial(engine.run, restored_expired=expired))
                 async with trio.open_nursery() as ingress:
                     sessions_scope = trio.CancelScope()
                     handlers = await ingress.start(_handler_nursery, sessions_scope)
@@ -91,7 +99,7 @@ class App:
                     addresses = []
                     for listener in listeners:
                         addresses.append(await ingress.start(_serve_in_scope, listener, handlers, accept_scope))
-                    running = Running(config, spool, logs, listeners, addresses, queued)
+                    running = Running(config, spool, logs, listeners, addresses, engine)
                     for listener, addrs in zip(listeners, addresses):
                         log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                     task_status.started(running)

@@ -77,6 +77,9 @@ class Daemon:
     host: str = "127.0.0.1"
     extra_listener: str = ""
     extra_config: str = ""
+    # Tests never ask a DNS server off this machine: by default nothing answers on this
+    # loopback port, so delivery waits (transient DNS failure) and the spool keeps mail.
+    dns: str = 'nameservers = ["127.0.0.1:9"]\ntimeout = "1s"'
     proc: subprocess.Popen | None = None
     stderr_path: Path = field(init=False)
 
@@ -87,6 +90,7 @@ class Daemon:
         self.config_path.write_text(
             f'hostname = "mx.trimta.test"\n'
             f"{self.extra_config}\n"
+            f"[dns]\n{self.dns}\n"
             f"[[listener]]\n"
             f'listen = "{self.host}:{self.port}"\n'
             f"{self.extra_listener}\n"

@@ -110,6 +110,7 @@ class Config:
     spool: SpoolConfig = SpoolConfig()
     logs: LogsConfig = LogsConfig()
     dns: Any = None  # trimta.adapters.dns.ResolverConfig
+    delivery: Any = None  # trimta.adapters.delivery_config.DeliveryConfig
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -331,7 +332,11 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
     from trimta.adapters.dns import parse_dns_table  # noqa: PLC0415 (keeps dnspython off the import path of tools that don't need it)
 
     dns = parse_dns_table(raw.get("dns", {}), source)
+
+    from trimta.adapters.delivery_config import parse_delivery_config  # noqa: PLC0415 (it imports this module)
+
+    delivery = parse_delivery_config(raw, source)
     return Config(
         source=source, hostname=hostname, listeners=listeners, tenancy=tenancy,
-        spool=spool, logs=logs, dns=dns, raw=raw,
+        spool=spool, logs=logs, dns=dns, delivery=delivery, raw=raw,
     )

@@ -26,4 +26,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  listener {lc.name} ({tls}, max message size {lc.max_message_size_bytes} bytes)")
     print(f"  spool {config.spool.path}")
     print(f"  logs {config.logs.path}")
+    for warning in config.delivery.warnings:
+        print(f"warning: {warning}")
     return 0
