@@ -54,9 +54,9 @@ async def open_failure(net: FakeNetwork, targets: Sequence[tuple[str, str]] = (M
     return info.value
 
 
-def plain(hostname: str, **options) -> ScriptedReceiver:
+def plain(hostname: str, *, without: Sequence[str] = (), **options) -> ScriptedReceiver:
     """A receiver that speaks DATA (no CHUNKING), so payloads are visible with their dot."""
-    return accepting(hostname, without=("CHUNKING",), **options)
+    return accepting(hostname, without=("CHUNKING", *without), **options)
 
 
 # --- The whole exchange, byte for byte ---------------------------------------------
@@ -111,7 +111,11 @@ async def test_failover_past_a_refused_host_and_a_421_greeting_to_the_third():
     conn = await open_connection(net, [MX1, MX2, MX3])
 
     assert (conn.peer_host, conn.peer_address) == ("mx3.example.com", "10.0.0.3")
-    assert net.connect_attempts == [("10.1.0.1", "10.0.0.1", 25), ("10.1.0.1", "10.0.0.2", 25), ("10.1.0.1", "10.0.0.3", 25)]
+    assert net.connect_attempts == [
+        ("10.1.0.1", "10.0.0.1", 25),
+        ("10.1.0.1", "10.0.0.2", 25),
+        ("10.1.0.1", "10.0.0.3", 25),
+    ]
     # mx2 said 421 and the client left without a word.
     assert bytes(mx2.connections[0].server_bytes) == b"421 4.3.2 Too busy, try again later\r\n"
     assert bytes(mx2.connections[0].client_bytes) == b""

@@ -21,9 +21,9 @@ and a stream operation cut short by one leaves the stream unusable, as in trio.
 
 from __future__ import annotations
 
-import errno
 import functools
 import ipaddress
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -171,10 +171,11 @@ class TrioStream:
             raise TransportError(f"send failed: {_reason(exc)}") from exc
 
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> NetworkStream:
-        tls = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
         try:
+            tls = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
             await tls.do_handshake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError, ValueError) as exc:
+            # ValueError: a server_hostname the ssl module will not take.
             await trio.aclose_forcefully(self._stream)
             raise TlsFailed(f"TLS handshake failed: {_reason(exc)}") from exc
         except BaseException:
@@ -215,11 +216,10 @@ def _bracket(address: str) -> str:
 
 
 def _os_reason(exc: OSError) -> str:
-    if exc.strerror:
-        return exc.strerror
+    # From the errno when there is one: trio's connect() wraps the text with the address.
     if exc.errno is not None:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    return str(exc) or type(exc).__name__
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 import trio
 
@@ -61,6 +62,8 @@ from trimta.protocol.client_events import (
 from trimta.protocol.replies import Reply, reply
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E")
 
 QUIT_TIMEOUT_S = 5.0
 """How long `quit()` waits for the 221 (and a TLS goodbye) before closing anyway."""
@@ -219,7 +222,7 @@ class OutboundConnection:
         self.peer_address = address
         self.path = path
         self.source = source
-        self.deliveries = 0
+        self.deliveries = 0  # messages handed to `send` here: what max_deliveries_per_connection counts
         self._tls_version: str | None = None
         self._timeouts: dict[Command, float] = {
             Command.BANNER: path.banner_timeout_s,
@@ -343,11 +346,11 @@ class OutboundConnection:
     async def _start_tls(self, context: ssl.SSLContext) -> None:
         assert self._stream is not None
         timeout_s = self.path.starttls_timeout_s
-        where = f"{self.peer_host}[{self.peer_address}]"
+        where = self._where()
         stream = self._stream
         try:
             with trio.move_on_after(timeout_s) as scope:
-                self._stream = await stream.start_tls(context, self.peer_host)
+                self._stream = await stream.start_tls(context, _tls_server_name(self.peer_host))
         except TlsFailed as exc:
             self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS)
         if scope.cancelled_caught:
@@ -356,11 +359,11 @@ class OutboundConnection:
         self._client.tls_started()
         self._tls_version = self._stream.tls_version or "TLS"
 
-    def _fail(self, answer: Reply, command: Command) -> None:
+    def _fail(self, answer: Reply, command: Command) -> NoReturn:
         failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True)
         raise _TargetFailed(failure)
 
-    async def _expect(self, kind: type) -> object:
+    async def _expect(self, kind: type[_E]) -> _E:
         """The next event during session setup, which must be `kind`; else the target failed."""
         try:
             event = await self._next_event()
@@ -373,7 +376,6 @@ class OutboundConnection:
         unanswered = event.unanswered if isinstance(event, ConnectionClosed) else ()
         command = unanswered[0] if unanswered else Command.BANNER
         self._fail(self._lost_reply(command), command)
-        raise AssertionError("unreachable")
 
     # --- What the caller reads ---------------------------------------------------------
 
@@ -412,14 +414,15 @@ class OutboundConnection:
         connection is not `usable`: the caller checks that first.
         """
         if not self.usable:
-            raise ClientUsageError(f"connection to {self.peer_host}[{self.peer_address}] is not usable")
+            raise ClientUsageError(f"connection to {self._where()} is not usable")
         self.deliveries += 1
         client = self._client
         try:
             if client.needs_reset:
                 reset = await self._reset()
                 if reset is not None:
-                    return [self._outcome(reset, r, "RSET") for r in recipients]
+                    # Whatever RSET got, this message was never offered: try it again later.
+                    return [self._outcome(reset, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
             try:
                 first = client.start_transaction(sender, recipients, data)
             except MessageNotSendable as exc:
@@ -437,7 +440,7 @@ class OutboundConnection:
             data_command, cut_at = None, lost.command
             await self.aclose()
             if result is None:  # lost before MAIL was even written (during RSET)
-                return [self._outcome(lost.reason, r, _SPELLING.get(lost.command, "RSET")) for r in recipients]
+                return [self._outcome(lost.reason, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
         if client.state is not ClientState.READY:
             await self.aclose()  # 421 or the peer hung up: nothing more on this connection
         return [
@@ -481,9 +484,11 @@ class OutboundConnection:
         await self.aclose()  # a server that will not reset cannot be trusted with the next MAIL
         return answer
 
-    def _outcome(self, answer: Reply, recipient: str, command: str, *, delivered: bool = False) -> Outcome:
+    def _outcome(
+        self, answer: Reply, recipient: str, command: str, *, delivered: bool = False, kind: OutcomeKind | None = None
+    ) -> Outcome:
         return Outcome(
-            kind=outcome_kind(answer, delivered),
+            kind=kind or outcome_kind(answer, delivered),
             reply=answer,
             peer_host=self.peer_host,
             peer_address=self.peer_address,
@@ -501,11 +506,9 @@ class OutboundConnection:
         try:
             with trio.move_on_after(QUIT_TIMEOUT_S):
                 await self._goodbye()
-                self._stream = None
                 await stream.aclose()  # with a TLS close_notify, when there is time
         finally:
-            self._stream = stream
-            await self.aclose()
+            await self.aclose()  # streams close idempotently; this one just forgets it
 
     async def aclose(self) -> None:
         """Close the connection at once, without a goodbye. Safe at any time."""
@@ -550,7 +553,8 @@ class OutboundConnection:
         except NetworkError as exc:
             raise _SessionLost(self._lost_reply(command, exc.message), command) from None
         if scope.cancelled_caught:
-            raise _SessionLost(self._timeout_reply(command, timeout_s, "sending"), command)
+            what = f"sending to {self._where()} before {_spell(command)}"
+            raise _SessionLost(reply(451, "4.4.2", f"Timed out after {timeout_s:g}s {what}"), command)
 
     async def _next_event(self) -> Event:
         """The machine's next event, reading as needed; raises `_SessionLost`.
@@ -578,7 +582,9 @@ class OutboundConnection:
             except NetworkError as exc:
                 raise _SessionLost(self._lost_reply(command, exc.message), command) from None
             if scope.cancelled_caught:
-                raise _SessionLost(self._timeout_reply(command, timeout_s, "waiting for"), command)
+                awaited = "the banner" if command is Command.BANNER else f"the reply to {_spell(command)}"
+                text = f"Timed out after {timeout_s:g}s waiting for {awaited} from {self._where()}"
+                raise _SessionLost(reply(451, "4.4.2", text), command)
             client.receive_data(data)
 
     def _require_stream(self) -> NetworkStream:
@@ -589,15 +595,24 @@ class OutboundConnection:
     def _where(self) -> str:
         return f"{self.peer_host}[{self.peer_address}]"
 
-    def _timeout_reply(self, command: Command | None, timeout_s: float, doing: str) -> Reply:
-        what = "the banner" if command is Command.BANNER else f"the reply to {_SPELLING.get(command, 'a command')}"
-        if doing == "sending":
-            what = f"data before {_SPELLING.get(command, 'a reply')}"
-        return reply(451, "4.4.2", f"Timed out after {timeout_s:g}s {doing} {what} from {self._where()}")
-
     def _lost_reply(self, command: Command | None, detail: str = "connection closed by the peer") -> Reply:
-        what = _SPELLING.get(command, "a command") if command else "a command"
-        return reply(451, "4.4.2", f"Connection to {self._where()} lost waiting for {what}: {detail}")
+        return reply(451, "4.4.2", f"Connection to {self._where()} lost waiting for {_spell(command)}: {detail}")
+
+
+def _spell(command: Command | None) -> str:
+    return _SPELLING[command] if command is not None else "a reply"
+
+
+def _tls_server_name(host: str) -> str:
+    """The name the certificate must match: the MX host, or the address of a literal.
+
+    A domain literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``, RFC 5321 4.1.3) is its own
+    host; its certificate can only name the address.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        return inner[5:] if inner[:5].lower() == "ipv6:" else inner
+    return host
 
 
 def _protocol_error(detail: str) -> Reply:

@@ -77,7 +77,8 @@ REJECT = reply(550, "5.1.1", "Mailbox unavailable")
 TOO_BUSY = reply(421, "4.3.2", "Too busy, try again later")
 
 PHASES = frozenset(
-    {"connect", "banner", "ehlo", "helo", "starttls", "mail_from", "rcpt_to", "data", "data_dot", "rset", "noop", "quit"}
+    {"connect", "banner", "ehlo", "helo", "starttls", "mail_from", "rcpt_to", "data", "data_dot", "rset", "noop",
+     "quit"}
 )
 
 
@@ -237,14 +238,22 @@ class ScriptedReceiver:
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Run the script over a real stream (``trio.serve_tcp(receiver.serve, ...)``).
 
-        STARTTLS is offered when the receiver has an `ssl_context`. Ends when either
-        side closes; never raises for what the client does.
+        STARTTLS is offered when the receiver has an `ssl_context`. A listener cannot
+        refuse a connection it has accepted: a ``connect`` rule's `REFUSE` closes it at
+        once, and `STALL` holds it without a word. Ends when either side closes; never
+        raises for what the client does.
         """
         local, port, peer = _socket_names(stream)
         record = self._open_connection(local, port, peer)
         session = _Session(self, record, tls_offered=self.ssl_context is not None)
         try:
-            session.start()
+            on_connect = self.decide("connect")
+            if on_connect is REFUSE or on_connect is DROP:
+                return
+            if on_connect is STALL:
+                session.stalled = True
+            else:
+                session.start()
             while True:
                 if session.outbox:
                     if self.latency_s:
@@ -361,9 +370,10 @@ class _Session:
             )
             subject = message
         default = event.reply
-        if isinstance(event, ev.Hello) and event.extended and default.code == 250 and self.receiver.without:
-            kept = [default.lines[0], *(x for x in default.lines[1:] if x.split()[0].upper() not in self.receiver.without)]
-            default = default.with_text(*kept)
+        without = self.receiver.without
+        if isinstance(event, ev.Hello) and event.extended and default.code == 250 and without:
+            kept = [line for line in default.lines[1:] if line.split()[0].upper() not in without]
+            default = default.with_text(default.lines[0], *kept)
         sent = self._act(self.receiver.decide(phase, subject) if phase else None, default=default)
         if sent is None:
             return
@@ -595,7 +605,12 @@ def accepting(hostname: str = "mx.fake.test", **options: object) -> ScriptedRece
 
 
 def deferring(
-    at: str = "rcpt_to", *, first: int | None = None, answer: Reply = DEFER, hostname: str = "mx.fake.test", **options: object
+    at: str = "rcpt_to",
+    *,
+    first: int | None = None,
+    answer: Reply = DEFER,
+    hostname: str = "mx.fake.test",
+    **options: object,
 ) -> ScriptedReceiver:
     """Answers `answer` (451) at `at`: always, or only the `first` times and then accepts."""
     return ScriptedReceiver(hostname, rules=[Rule(at, answer, times=first)], **options)  # type: ignore[arg-type]
