@@ -164,9 +164,8 @@ def test_every_message_arrives_once_with_its_envelope(relay, receivers):
 def test_egress_source_address_is_what_the_receiver_sees(relay, receivers):
     with smtplib.SMTP(relay.host, relay.port, timeout=10) as client:
         client.sendmail("s@example.com", ["eve@c.test"], "Subject: x\r\nX-Tenant: bound\r\n\r\nhi\r\n")
-    wait_for(lambda: receivers["c"].messages, what="delivery")
+    (delivery,) = wait_for(lambda: relay.records("Delivery"), what="delivery")
     assert receivers["c"].messages[0]["peer"] == "127.0.0.2"
-    (delivery,) = relay.records("Delivery")
     assert delivery["egress_source"] == "s1" and delivery["egress_pool"] == "p1"
 
 
@@ -181,7 +180,7 @@ def test_451_then_250_is_retried_and_delivered(relay, receivers):
     with smtplib.SMTP(relay.host, relay.port, timeout=10) as client:
         client.sendmail("s@example.com", ["dee@defer.test"], "Subject: x\r\n\r\nhi\r\n")
     wait_for(lambda: relay.records("Delivery"), what="delivery after retry")
-    (failure,) = relay.records("TransientFailure")
+    (failure,) = wait_for(lambda: relay.records("TransientFailure"), what="the deferral's record")
     assert failure["response"]["code"] == 451
     (delivery,) = relay.records("Delivery")
     assert delivery["num_attempts"] == 2
