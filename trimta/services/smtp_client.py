@@ -43,6 +43,7 @@ from trimta.adapters.network import (
     tls_context,
 )
 from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.pools import EgressSource
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
 from trimta.protocol.client_errors import ClientProtocolError, ClientUsageError, MessageNotSendable
 from trimta.protocol.client_events import (
@@ -60,6 +61,18 @@ from trimta.protocol.client_events import (
     TransactionResult,
 )
 from trimta.protocol.replies import Reply, reply
+
+__all__ = [
+    "QUIT_TIMEOUT_S",
+    "ConnectionFailed",
+    "EgressSource",
+    "OutboundConnection",
+    "Outcome",
+    "OutcomeKind",
+    "TargetFailure",
+    "connection_plan",
+    "outcome_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +96,6 @@ _SPELLING = {
     Command.NOOP: "NOOP",
     Command.QUIT: "QUIT",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class EgressSource:
-    """Where outbound connections come from: a local address and the name it says in EHLO.
-
-    `source_address` None lets the kernel pick. The path's ``ehlo_domain``, when set,
-    wins over the source's (as in KumoMTA); without either, the node's hostname is used.
-    """
-
-    name: str
-    source_address: str | None = None
-    ehlo_domain: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):
@@ -260,6 +260,7 @@ class OutboundConnection:
         `path.enable_tls` asks for. `tls_contexts` gives the SSL context for a policy
         (tests pass one that trusts their own CA).
         """
+        # The path's ehlo_domain wins over the source's, as in KumoMTA; the node's name last.
         ehlo_domain = path.ehlo_domain or source.ehlo_domain or hostname
         plan, refusal = connection_plan(targets, path)
         if refusal is not None:
