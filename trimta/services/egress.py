@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -54,6 +54,8 @@ class Egress:
         clock: Callable[[], float] = time.time,
         rollup: Callable[[str], bool] = lambda domain: True,
         linger_s: float = 10.0,
+        admission: Callable[[Message], Awaitable[bool]] | None = None,
+        ready_queue_suspended: Callable[[str], bool] = lambda name: False,
     ) -> None:
         self.resolver = resolver
         self.paths = paths
@@ -65,6 +67,10 @@ class Egress:
         self.clock = clock
         self.rollup = rollup
         self.linger_s = linger_s
+        # Operator rules (admin bounces, suspensions, expiry) get a say before routing:
+        # False means the message was dealt with and is not to be routed.
+        self.admission = admission
+        self.ready_queue_suspended = ready_queue_suspended
         self.ready: dict[str, ReadyQueue] = {}
         self._due: deque[Message] = deque()
         self._due_lot = trio.lowlevel.ParkingLot()
@@ -98,6 +104,8 @@ class Egress:
                 self.scheduler.add(message, self.clock() + RETRY_AFTER_BUG_S)
 
     async def _route(self, message: Message) -> None:
+        if self.admission is not None and not await self.admission(message):
+            return
         resolution = await self.resolver.resolve_mx(message.domain, mx_rollup=self.rollup(message.domain))
         if not resolution.ok:
             reply = resolution.reply
@@ -122,8 +130,7 @@ class Egress:
             queue.add(message)
 
     def _suspended(self, source: str, site: str) -> bool:
-        queue = self.ready.get(ready_queue_name(source, site))
-        return queue is not None and queue.suspended
+        return self.ready_queue_suspended(ready_queue_name(source, site))
 
     # --- ready queues ------------------------------------------------------------------------
 
@@ -140,6 +147,7 @@ class Egress:
                 expires_at=self.outcomes.expires_at,
                 clock=self.clock,
             )
+            queue.suspended = self.ready_queue_suspended(name)
             self.ready[name] = queue
             assert self._nursery is not None, "Egress.run must be started first"
             self._nursery.start_soon(self._supervise, queue)

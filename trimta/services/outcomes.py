@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from trimta.adapters.spool import Spool, SpoolError
@@ -51,9 +52,13 @@ class OutcomeRecorder:
         self.transient_count = 0
         self.bounced_count = 0
         self.expired_count = 0
+        self.admin_bounced_count = 0
+        # Records by type, by tenant ("" for none) and by site, for metrics.
+        self.by_tenant: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.by_site: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def config_for(self, message: Message) -> QueueConfig:
-        return self.scheduler.queue_for(message).config
+        return self.scheduler.config_for(message)
 
     def expires_at(self, message: Message) -> float:
         return message.created + self.config_for(message).max_age_s
@@ -102,6 +107,12 @@ class OutcomeRecorder:
             log.error("could not record attempt %d of %s: %s", message.attempts, message.id, exc)
         self.scheduler.add(message, due)
 
+    async def admin_bounce(self, message: Message, reply: Reply) -> None:
+        """An operator's bounce: an `AdminBounce` record, and the message is gone."""
+        self.admin_bounced_count += 1
+        self._emit(records.ADMIN_BOUNCE, message, reply, None, None)
+        await self._remove(message)
+
     async def expired(self, message: Message, queue=None) -> None:
         await self._expire(message, queue)
 
@@ -134,5 +145,8 @@ class OutcomeRecorder:
             ready_queue=queue.name if queue is not None else None,
             **extra,
         )
+        self.by_tenant[kind][message.tenant or ""] += 1
+        if queue is not None:
+            self.by_site[kind][queue.site] += 1
         self.logs.emit(record)
 

@@ -150,6 +150,28 @@ class ReadyQueue:
             return message
         return None
 
+    def remove_matching(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Take out (and return) the queued messages `predicate` accepts; in-flight ones stay."""
+        taken: list[Message] = []
+        for name in list(self._by_queue):
+            kept: deque[Message] = deque()
+            for m in self._by_queue[name]:
+                (taken if predicate(m) else kept).append(m)
+            if kept:
+                self._by_queue[name] = kept
+            else:
+                del self._by_queue[name]
+        self._count -= len(taken)
+        return taken
+
+    def find(self, message_id: str) -> tuple[Message, str] | None:
+        if message_id in self._in_flight:
+            return self._in_flight[message_id], "in_flight"
+        for m in self.messages():
+            if m.id == message_id:
+                return m, "ready"
+        return None
+
     def drain(self) -> list[Message]:
         """Remove and return every queued and in-flight message (for supervision)."""
         out = list(self._in_flight.values())
@@ -220,18 +242,7 @@ class ReadyQueue:
     async def _sweep_expired(self) -> None:
         """max_age holds in the ready queue too: expire what waited here too long."""
         now = self.clock()
-        expired = [m for m in self.messages() if self.expires_at(m) <= now]
-        if not expired:
-            return
-        ids = {m.id for m in expired}
-        for name in list(self._by_queue):
-            kept = deque(m for m in self._by_queue[name] if m.id not in ids)
-            if kept:
-                self._by_queue[name] = kept
-            else:
-                del self._by_queue[name]
-        self._count -= len(expired)
-        for m in expired:
+        for m in self.remove_matching(lambda m: self.expires_at(m) <= now):
             await self.outcomes.expired(m, self)
 
     async def _next_message(self, scope: trio.CancelScope) -> Message | None:

@@ -80,10 +80,21 @@ class Scheduler:
         self._heap: list[tuple[float, int, Message]] = []
         self._seq = itertools.count()
         self._scheduled: dict[str, Message] = {}
+        # Suspended messages, by the suspension holding them: out of the heap, still
+        # counted in their scheduled queue, released when the suspension ends.
+        self._held: dict[str, dict[str, Message]] = {}
+        self._held_by: dict[str, str] = {}
         self._wakeup = trio.Event()
         self._dispatched = 0
 
     # --- adding and removing -----------------------------------------------------------
+
+    def config_for(self, message: Message) -> QueueConfig:
+        """The message's queue config, without creating the queue."""
+        queue = self._queues.get(message.queue)
+        if queue is not None:
+            return queue.config
+        return self._queue_config(message.tenant, message.campaign, message.domain)
 
     def queue_for(self, message: Message) -> ScheduledQueue:
         queue = self._queues.get(message.queue)
@@ -109,9 +120,39 @@ class Scheduler:
     def discard(self, message_id: str) -> Message | None:
         """Take a waiting message out (admin bounce, ...); its heap entry dies lazily."""
         message = self._scheduled.pop(message_id, None)
+        if message is None:
+            key = self._held_by.pop(message_id, None)
+            if key is not None:
+                message = self._held[key].pop(message_id)
         if message is not None:
             self._left(message)
         return message
+
+    def hold(self, message: Message, key: str) -> None:
+        """Keep `message` aside under suspension `key` (no attempt counted)."""
+        if self._scheduled.pop(message.id, None) is None and message.id not in self._held_by:
+            queue = self.queue_for(message)
+            queue.count += 1
+            queue.oldest_created = min(queue.oldest_created, message.created)
+        self._held.setdefault(key, {})[message.id] = message
+        self._held_by[message.id] = key
+
+    def release(self, key: str, due: float | None = None) -> int:
+        """Put every message held under `key` back on the timer (due now by default)."""
+        held = self._held.pop(key, {})
+        due = self.clock() if due is None else due
+        for message_id, message in held.items():
+            del self._held_by[message_id]
+            message.due = due
+            self._scheduled[message_id] = message
+            heapq.heappush(self._heap, (due, next(self._seq), message))
+        if held:
+            self._wakeup.set()
+        return len(held)
+
+    def held(self) -> Iterator[tuple[str, Message]]:
+        """(suspension id, message) for every held message."""
+        return iter([(key, m) for key, group in self._held.items() for m in group.values()])
 
     def _left(self, message: Message) -> None:
         queue = self._queues.get(message.queue)
@@ -169,13 +210,23 @@ class Scheduler:
     # --- observation -----------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._scheduled)
+        return len(self._scheduled) + len(self._held_by)
 
     def __contains__(self, message_id: str) -> bool:
-        return message_id in self._scheduled
+        return message_id in self._scheduled or message_id in self._held_by
+
+    def find(self, message_id: str) -> tuple[Message, str] | None:
+        """A waiting message and its state: ``"scheduled"`` or ``"suspended"``."""
+        if message_id in self._scheduled:
+            return self._scheduled[message_id], "scheduled"
+        key = self._held_by.get(message_id)
+        if key is not None:
+            return self._held[key][message_id], "suspended"
+        return None
 
     def messages(self) -> Iterator[Message]:
-        return iter(list(self._scheduled.values()))
+        """Every waiting message, suspended ones included."""
+        return iter([*self._scheduled.values(), *(m for g in self._held.values() for m in g.values())])
 
     def queues(self) -> list[QueueSummary]:
         return [
@@ -189,7 +240,7 @@ class Scheduler:
             heapq.heappop(self._heap)
         return SchedulerStatistics(
             queues=len(self._queues),
-            scheduled=len(self._scheduled),
+            scheduled=len(self._scheduled) + len(self._held_by),
             dispatched=self._dispatched,
             next_due=self._heap[0][0] if self._heap else None,
         )

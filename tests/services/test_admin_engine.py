@@ -1,0 +1,106 @@
+"""Operator actions on the running engine, in virtual time."""
+
+import trio
+
+from trimta.testing.harness import DeliveryHarness
+from trimta.testing.network import accepting, refusing
+
+BASE = """
+[egress.default]
+prohibited_hosts = []
+[queues]
+retry_interval = "10m"
+"""
+
+
+def harness() -> DeliveryHarness:
+    h = DeliveryHarness(config=BASE)
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    return h
+
+
+async def test_suspended_tenant_waits_while_another_flows_then_flows_after_cancel(autojump_clock):
+    h = harness()
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(3600):
+        async with h.running():
+            rule = h.engine.suspend(tenant="acme", duration_s=3600, reason="complaints")
+            (held,) = await h.inject(recipients=["a@example.net"], tenant="acme")
+            await h.inject(recipients=["b@example.net"], tenant="globex")
+            await h.network.wait_messages(1)
+            await trio.sleep(300)
+            assert [m.recipients for m in mx.messages] == [("b@example.net",)]
+            assert h.engine.find_message(held.id)[1] == "suspended"
+            summary = {q.name: q.count for q in h.engine.queue_summary().scheduled}
+            assert summary == {"acme@example.net": 1}
+            assert h.engine.cancel_suspension(rule.id)
+            await h.wait_until_settled()
+    assert sorted(m.recipients[0] for m in mx.messages) == ["a@example.net", "b@example.net"]
+    delivery = next(r for r in h.records("Delivery") if r["tenant"] == "acme")
+    assert delivery["num_attempts"] == 1  # the suspension was not an attempt
+    assert h.records("TransientFailure") == []
+
+
+async def test_suspension_ends_by_itself(autojump_clock):
+    h = harness()
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(3600):
+        async with h.running():
+            start = trio.current_time()
+            h.engine.suspend(campaign="spring", duration_s=600, reason="")
+            await h.inject(recipients=["a@example.net"], tenant="acme", campaign="spring")
+            await h.wait_until_settled()
+            finished = trio.current_time()
+    assert len(mx.messages) == 1
+    assert 600 <= finished - start <= 602
+
+
+async def test_admin_bounce_by_campaign_removes_exactly_that_campaign(autojump_clock):
+    h = harness()
+    h.network.add_receiver("127.0.0.10", 25, refusing())  # everything stays queued
+    with trio.fail_after(3600):
+        async with h.running():
+            spring = await h.inject(recipients=[f"s{i}@example.net" for i in range(3)], tenant="acme", campaign="spring")
+            summer = await h.inject(recipients=[f"u{i}@example.net" for i in range(2)], tenant="acme", campaign="summer")
+            await trio.sleep(5)
+            result = await h.engine.admin_bounce(campaign="spring", duration_s=3600, reason="bad list")
+            assert result.total_bounced == 3
+            assert result.bounced == {"spring:acme@example.net": 3}
+            late = await h.inject(recipients=["late@example.net"], tenant="acme", campaign="spring")
+            await trio.sleep(5)
+    bounced = h.records("AdminBounce")
+    assert sorted(r["id"] for r in bounced) == sorted(m.id for m in spring + late)
+    assert all(r["campaign"] == "spring" and r["response"]["code"] == 551 for r in bounced)
+    assert set(h.spool.messages) == {m.id for m in summer}
+
+
+async def test_suspended_ready_queue_holds_its_mail_until_cancelled(autojump_clock):
+    h = harness()
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    name = "unspecified->mx.example.net@smtp"
+    with trio.fail_after(3600):
+        async with h.running():
+            rule = h.engine.suspend_ready_queue(name=name, duration_s=3600, reason="provider asked")
+            await h.inject(recipients=["a@example.net"])
+            await trio.sleep(120)
+            assert mx.messages == []
+            assert [r.id for r in h.engine.ready_queue_suspensions()] == [rule.id]
+            assert h.engine.cancel_ready_queue_suspension(rule.id)
+            await h.wait_until_settled()
+    assert len(mx.messages) == 1
+
+
+async def test_queue_summary_while_receiver_is_down(autojump_clock):
+    h = harness()
+    h.network.add_receiver("127.0.0.10", 25, refusing())
+    with trio.fail_after(3600):
+        async with h.running():
+            await h.inject(recipients=[f"a{i}@example.net" for i in range(4)], tenant="acme")
+            await h.inject(recipients=[f"b{i}@example.net" for i in range(2)], tenant="globex", campaign="x")
+            await trio.sleep(60)
+            summary = h.engine.queue_summary()
+    counts = {q.name: q.count for q in summary.scheduled}
+    assert counts == {"acme@example.net": 4, "x:globex@example.net": 2}
+    stats = h.engine.statistics()
+    assert stats.scheduled == 6
+    assert stats.transient_by_tenant == {"acme": 4, "globex": 2}
