@@ -28,7 +28,7 @@ from trimta.core.mx import Resolver
 from trimta.core.pools import EgressSource, PoolPicker
 from trimta.core.queues import ready_queue_name
 from trimta.services.outcomes import OutcomeRecorder
-from trimta.services.ready_queue import Connect, ReadyQueue
+from trimta.services.ready_queue import Connect, ReadyQueue, SharedLimits
 from trimta.services.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class Egress:
         self.admission = admission
         self.ready_queue_suspended = ready_queue_suspended
         self.ready: dict[str, ReadyQueue] = {}
+        self.shared: dict[str, SharedLimits] = {}
         self._due: deque[Message] = deque()
         self._due_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -138,20 +139,47 @@ class Egress:
         name = ready_queue_name(source.name, site)
         queue = self.ready.get(name)
         if queue is None or queue._closed:
+            path = self.paths.path_config(source.name, site, domain)
             queue = ReadyQueue(
                 source=source,
                 site=site,
-                path=self.paths.path_config(source.name, site, domain),
+                path=path,
                 connect=self.connect,
                 outcomes=self.outcomes,
                 expires_at=self.outcomes.expires_at,
                 clock=self.clock,
+                shared=self._shared_limits(path),
             )
+            queue.domain = domain
             queue.suspended = self.ready_queue_suspended(name)
             self.ready[name] = queue
             assert self._nursery is not None, "Egress.run must be started first"
             self._nursery.start_soon(self._supervise, queue)
         return queue
+
+    def _shared_limits(self, path) -> SharedLimits | None:
+        """The provider-wide limits this path shares with the provider's other ready queues."""
+        if not path.provider or (path.provider_connection_limit is None and path.provider_max_message_rate is None):
+            return None
+        shared = self.shared.get(path.provider)
+        if shared is None:
+            shared = self.shared[path.provider] = SharedLimits(path.provider)
+        shared.configure(path.provider_connection_limit, path.provider_max_message_rate)
+        return shared
+
+    def reload(self, paths: EgressPathProvider) -> None:
+        """New shaping: live ready queues take their new options at once."""
+        self.paths = paths
+        for queue in self.queues():
+            path = paths.path_config(queue.source.name, queue.site, queue.domain)
+            shared = self._shared_limits(path)
+            if shared is not queue.shared:
+                if queue.shared is not None:
+                    queue.shared.members.discard(queue)
+                queue.shared = shared
+                if shared is not None:
+                    shared.members.add(queue)
+            queue.set_path(path)
 
     async def _supervise(self, queue: ReadyQueue) -> None:
         try:

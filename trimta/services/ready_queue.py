@@ -65,6 +65,34 @@ class Outcomes(Protocol):
 Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig], Awaitable[Connection]]
 
 
+class SharedLimits:
+    """Limits shared by every ready queue of one provider (``provider_connection_limit``,
+    ``provider_max_message_rate``): one connection count and one GCRA for all of them."""
+
+    def __init__(self, name: str, connection_limit: int | None = None, message_rate=None) -> None:
+        self.name = name
+        self.connections = 0
+        self.members: set[ReadyQueue] = set()
+        self.connection_limit: int | None = None
+        self.message_rate: Gcra | None = None
+        self.configure(connection_limit, message_rate)
+
+    def configure(self, connection_limit: int | None, message_rate) -> None:
+        self.connection_limit = connection_limit
+        if message_rate is None:
+            self.message_rate = None
+        elif self.message_rate is None or self._rate != message_rate:
+            self.message_rate = Gcra.from_rate(message_rate)
+        self._rate = message_rate
+
+    def has_room(self) -> bool:
+        return self.connection_limit is None or self.connections < self.connection_limit
+
+    def released(self) -> None:
+        for queue in self.members:
+            queue._changed.set()
+
+
 @dataclass(frozen=True, slots=True)
 class ReadyQueueStatistics:
     name: str
@@ -94,10 +122,12 @@ class ReadyQueue:
         outcomes: Outcomes,
         expires_at: Callable[[Message], float],
         clock: Callable[[], float],
+        shared: SharedLimits | None = None,
     ) -> None:
         self.source = source
         self.site = site
         self.name = ready_queue_name(source.name, site)
+        self.domain = site  # the domain that created it (its path is looked up by it)
         self.path = path
         self.connect = connect
         self.outcomes = outcomes
@@ -120,6 +150,12 @@ class ReadyQueue:
         self._delivered = 0
         self._failed = 0
         self._changed = trio.Event()
+        # Until when a message rate keeps connections closed (a wait longer than the
+        # idle timeout is not spent holding a connection open).
+        self._rate_blocked_until = -math.inf
+        self.shared = shared
+        if shared is not None:
+            shared.members.add(self)
 
     # --- messages in --------------------------------------------------------------------
 
@@ -136,6 +172,15 @@ class ReadyQueue:
         if self._waiting:
             self._waiting.unpark()
         return True
+
+    def _put_back(self, message: Message) -> None:
+        """Return a taken message to the front of its scheduled queue's turn."""
+        bucket = self._by_queue.get(message.queue)
+        if bucket is None:
+            bucket = self._by_queue[message.queue] = deque()
+        bucket.appendleft(message)
+        self._by_queue.move_to_end(message.queue, last=False)
+        self._count += 1
 
     def _take(self) -> Message | None:
         """The next message, taking each scheduled queue in turn."""
@@ -210,6 +255,8 @@ class ReadyQueue:
                         await self._changed.wait()
                     if self._count == 0 and self._connections == 0:
                         self._closed = True
+                        if self.shared is not None:
+                            self.shared.members.discard(self)
                         return
                     continue
                 # Wake on news, or in a while to sweep expired messages and retry after pauses.
@@ -220,6 +267,8 @@ class ReadyQueue:
         now = self.clock()
         if self._paused_until > now:
             return min(self._paused_until - now, 60.0)
+        if self._rate_blocked_until > now:
+            return min(self._rate_blocked_until - now, 60.0)
         if self._connection_rate is not None and self._count:
             return max(0.001, min(self._connection_rate.wait_s(now), 60.0))
         return 60.0
@@ -228,15 +277,21 @@ class ReadyQueue:
         """Start connections for work that no idle connection can take."""
         assert self._nursery is not None
         now = self.clock()
-        if self.suspended or self._paused_until > now:
+        if self.suspended or self._paused_until > now or self._rate_blocked_until > now:
             return
+        shared = self.shared
+        if self._connections and self._message_rate_wait_s(now) > 0:
+            return  # the connections there are already wait for the message rate
         while (
             self._count > self._idle
             and self._connections < self.path.connection_limit
+            and (shared is None or shared.has_room())
         ):
             if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
                 return
             self._connections += 1
+            if shared is not None:
+                shared.connections += 1
             self._nursery.start_soon(self._connection)
 
     async def _sweep_expired(self) -> None:
@@ -274,36 +329,66 @@ class ReadyQueue:
                 if message is None:
                     return
                 scope.deadline = math.inf
+                if not await self._wait_for_message_rate(message):
+                    return  # not worth a connection yet: the queue waits
                 conn = await self._open(message)
                 if conn is None:
                     return
                 sent = 0
                 while message is not None:
-                    await self._throttle_messages(scope)
+                    if sent and not await self._wait_for_message_rate(message):
+                        break  # the wait is longer than the idle timeout: close, the queue waits
                     scope.deadline = math.inf
                     await self._deliver(conn, message)
                     sent += 1
-                    if not conn.usable or sent >= self.path.max_deliveries_per_connection:
+                    if (
+                        not conn.usable
+                        or sent >= self.path.max_deliveries_per_connection
+                        or self._connections > self.path.connection_limit  # lowered by a reload
+                    ):
                         break
                     message = await self._next_message(scope)
         except Exception:
             log.exception("connection task of %s failed", self.name)
         finally:
+            # The slot is free only once the socket is: limits count open connections.
+            if conn is not None:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self.path.rset_timeout_s):
+                        await conn.quit()
+                    await conn.aclose()
             self._connections -= 1
             self._changed.set()
-            if conn is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(self.path.rset_timeout_s):
-                    await conn.quit()
-                await conn.aclose()
+            if self.shared is not None:
+                self.shared.connections -= 1
+                self.shared.released()
 
-    async def _throttle_messages(self, scope: trio.CancelScope) -> None:
-        if self._message_rate is None:
-            return
-        wait = self._message_rate.try_acquire(self.clock())
-        while wait > 0:
-            scope.deadline = math.inf
+    def _message_limiters(self) -> list[Gcra]:
+        return [g for g in (self._message_rate, self.shared.message_rate if self.shared else None) if g]
+
+    def _message_rate_wait_s(self, now: float) -> float:
+        return max((g.wait_s(now) for g in self._message_limiters()), default=0.0)
+
+    def _message_wait_s(self, now: float) -> float:
+        """How long until the path's (and the provider's) message rate allows one more; if
+        it allows one now, that one is taken."""
+        limiters = self._message_limiters()
+        wait = max((g.wait_s(now) for g in limiters), default=0.0)
+        if wait == 0.0:
+            for g in limiters:
+                g.try_acquire(now)
+        return wait
+
+    async def _wait_for_message_rate(self, message: Message) -> bool:
+        """Wait for the message rate; False (message put back) if that would idle too long."""
+        while (wait := self._message_wait_s(self.clock())) > 0:
+            if wait > self.path.idle_timeout_s:
+                self._put_back(message)
+                self._rate_blocked_until = self.clock() + wait
+                self._changed.set()
+                return False
             await trio.sleep(wait)
-            wait = self._message_rate.try_acquire(self.clock())
+        return True
 
     async def _open(self, message: Message) -> Connection | None:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
@@ -345,6 +430,10 @@ class ReadyQueue:
 
     def set_path(self, path: EgressPathConfig) -> None:
         """New options (a reload); a lower connection_limit takes effect as connections end."""
+        if path.max_connection_rate != self.path.max_connection_rate:
+            self._connection_rate = Gcra.from_rate(path.max_connection_rate) if path.max_connection_rate else None
+        if path.max_message_rate != self.path.max_message_rate:
+            self._message_rate = Gcra.from_rate(path.max_message_rate) if path.max_message_rate else None
         self.path = path
         self._changed.set()
 

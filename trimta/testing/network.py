@@ -160,6 +160,8 @@ class ReceivedMessage:
     data: bytes = field(repr=False)
     connection: FakeConnection | None = field(repr=False, compare=False)
     tls_version: str | None = None
+    # trio.current_time() when the message was complete (virtual time under MockClock).
+    received_at: float = 0.0
 
 
 class _Counter:
@@ -367,6 +369,7 @@ class _Session:
                 data=event.data,
                 connection=self.record,
                 tls_version=self.server.tls,
+                received_at=trio.current_time(),
             )
             subject = message
         default = event.reply

@@ -1,0 +1,149 @@
+"""Traffic-shaping options enforced by the ready-queue tree, proven in virtual time."""
+
+import dataclasses
+import math
+
+import trio
+
+from trimta.core.egress import EgressPathConfig
+from trimta.core.units import parse_rate
+from trimta.testing.harness import DeliveryHarness
+from trimta.testing.network import accepting
+
+BASE = """
+[egress.default]
+prohibited_hosts = []
+"""
+
+
+def harness(extra: str = "") -> DeliveryHarness:
+    h = DeliveryHarness(config=BASE + extra)
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    return h
+
+
+def per_window(times: list[float], start: float, window: float) -> list[int]:
+    n = math.ceil((max(times) - start + 1e-9) / window)
+    return [sum(1 for t in times if start + k * window <= t < start + (k + 1) * window) for k in range(n)]
+
+
+def sliding_max(times: list[float], window: float) -> int:
+    """Most events in any window of `window` seconds (a microsecond's slack for float sums)."""
+    times = sorted(times)
+    return max(sum(1 for u in times[i:] if u < t + window - 1e-6) for i, t in enumerate(times))
+
+
+async def test_max_message_rate_100_per_minute(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nmax_message_rate = "100/min"\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            start = trio.current_time()
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(500)])
+            await h.wait_until_settled()
+    times = [m.received_at for m in mx.messages]
+    assert len(times) == 500
+    assert sliding_max(times, 60.0) <= 100
+    # Close to the limit on average: 500 messages take about 5 minutes, not much more.
+    assert (max(times) - start) / 60 < 5.2
+
+
+async def test_max_connection_rate(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nmax_connection_rate = "6/min"\nmax_deliveries_per_connection = 1\n')
+    h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(30)])
+            await h.wait_until_settled()
+    opened = [c.opened_at for c in h.network.connections]
+    assert len(opened) == 30
+    assert sliding_max(opened, 60.0) <= 6
+
+
+async def test_rate_wait_longer_than_idle_timeout_closes_connections(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nmax_message_rate = "1/min"\nidle_timeout = "10s"\n')
+    h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(3)])
+            await h.wait_until_settled()
+    # One message a minute: no connection is held open through the 60 s waits.
+    assert [c.messages for c in h.network.connections] == [1, 1, 1]
+    assert all(c.closed_at - c.opened_at < 15 for c in h.network.connections)
+
+
+class ProviderPaths:
+    """Two sites of one provider sharing a connection limit of 2 and a rate of 60/min."""
+
+    def path_config(self, source, site, domain):
+        return dataclasses.replace(
+            EgressPathConfig(prohibited_hosts=()), connection_limit=10, provider="bigmail",
+            provider_connection_limit=2, provider_max_message_rate=parse_rate("60/min"),
+        )
+
+
+async def test_provider_limits_are_shared_across_two_sites(autojump_clock):
+    h = harness()
+    h.engine.egress.paths = ProviderPaths()
+    h.resolver.add_domain("one.example", "127.0.0.11")
+    h.resolver.add_domain("two.example", "127.0.0.12")
+    one = h.network.add_receiver("127.0.0.11", 25, accepting(latency_s=0.5))
+    two = h.network.add_receiver("127.0.0.12", 25, accepting(latency_s=0.5))
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"a{i}@one.example" for i in range(60)] + [f"b{i}@two.example" for i in range(60)])
+            await h.wait_until_settled()
+    assert len(one.messages) == 60 and len(two.messages) == 60
+    assert h.network.peak_connections <= 2
+    times = [m.received_at for m in one.messages + two.messages]
+    assert sliding_max(times, 60.0) <= 60
+
+
+async def test_per_source_override_applies_only_to_that_source(autojump_clock):
+    h = harness("""
+[sources.s1]
+source_address = "127.0.0.2"
+[sources.s2]
+source_address = "127.0.0.3"
+[pools.p]
+entries = [{ name = "s1" }, { name = "s2" }]
+[queues]
+egress_pool = "p"
+[egress.domains."example.net"]
+connection_limit = 1
+[egress.sources."s1"]
+max_deliveries_per_connection = 1
+""")
+    h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(40)])
+            await h.wait_until_settled()
+    by_source = {}
+    for c in h.network.connections:
+        by_source.setdefault(c.source_address, []).append(c.messages)
+    assert by_source["127.0.0.2"] == [1] * 20
+    assert sum(by_source["127.0.0.3"]) == 20 and len(by_source["127.0.0.3"]) < 5
+
+
+async def test_lowered_connection_limit_on_reload_closes_connections_down_to_it(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nconnection_limit = 6\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=1.0))
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(300)])
+            while h.network.connections_open < 6:
+                await trio.sleep(0.1)
+            from trimta.adapters.delivery_config import parse_delivery_config
+            import tomllib
+
+            lowered = parse_delivery_config(tomllib.loads(BASE + '[egress.domains."example.net"]\nconnection_limit = 2\n'), "<reload>")
+            h.engine.egress.reload(lowered.path_provider)
+            reloaded_at = trio.current_time()
+            await trio.sleep(5)  # each connection finishes its current message first
+            after = []
+            while len(mx.messages) < 300:
+                after.append(h.network.connections_open)
+                await trio.sleep(1)
+    assert max(after) <= 2
+    assert reloaded_at > 0
