@@ -99,6 +99,7 @@ class ReadyQueueStatistics:
     source: str
     site: str
     ready: int
+    waiting_for_room: int  # due messages beyond max_ready: not ready yet, no attempt counted
     connections: int
     idle_connections: int
     connection_limit: int
@@ -234,8 +235,9 @@ class ReadyQueue:
 
     def statistics(self) -> ReadyQueueStatistics:
         paused = self._paused_until if self._paused_until > self.clock() else None
+        ready = min(self._count, self.path.max_ready)
         return ReadyQueueStatistics(
-            self.name, self.source.name, self.site, self._count, self._connections, self._idle,
+            self.name, self.source.name, self.site, ready, self._count - ready, self._connections, self._idle,
             self.path.connection_limit, self._delivered, self._failed, self._failures, paused,
             self.suspended,
         )
