@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("serve", "check_config", "resolve_site")
+COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:

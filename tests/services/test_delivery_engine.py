@@ -232,3 +232,18 @@ async def test_ready_queue_that_crashes_returns_its_messages(autojump_clock, mon
     assert h.engine.egress.crashed == 1
     assert sorted(m.recipients[0] for m in mx.messages) == ["a@example.net", "b@example.net"]
     assert h.records("TransientFailure") == []  # no attempt was counted
+
+
+async def test_trickle_of_messages_reuses_one_idle_connection(autojump_clock):
+    h = harness()
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.05))
+    with trio.fail_after(600):
+        async with h.running():
+            for i in range(8):
+                await h.inject(recipients=[f"u{i}@example.net"])
+                await trio.sleep(2)
+            await h.wait_until_settled()
+    # Each message finds the previous one's connection idle: one connection, 8 messages.
+    assert h.network.connection_count == 1
+    assert h.network.peak_connections == 1

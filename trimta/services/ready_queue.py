@@ -141,6 +141,7 @@ class ReadyQueue:
         self._waiting = trio.lowlevel.ParkingLot()
         self._connections = 0
         self._idle = 0
+        self._starting = 0  # started, not yet running: each will take a message or idle
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._failures = 0
@@ -285,13 +286,14 @@ class ReadyQueue:
         if self._connections and self._message_rate_wait_s(now) > 0:
             return  # the connections there are already wait for the message rate
         while (
-            self._count > self._idle
+            self._count > self._idle + self._starting
             and self._connections < self.path.connection_limit
             and (shared is None or shared.has_room())
         ):
             if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
                 return
             self._connections += 1
+            self._starting += 1
             if shared is not None:
                 shared.connections += 1
             self._nursery.start_soon(self._connection)
@@ -324,6 +326,7 @@ class ReadyQueue:
 
     async def _connection(self) -> None:
         """One outbound connection, from connect to QUIT."""
+        self._starting -= 1  # running now: it takes a message below, or waits idle
         conn: Connection | None = None
         try:
             with trio.CancelScope() as scope:

@@ -67,6 +67,8 @@ class DeliveryHarness:
         hostname: str = "trimta.test",
         seed: int = 0,
         linger_s: float = 10.0,
+        logs=None,
+        paths=None,
     ) -> None:
         if config is None or isinstance(config, str):
             raw = tomllib.loads(textwrap.dedent(config or ""))
@@ -75,7 +77,7 @@ class DeliveryHarness:
         self.resolver = resolver or FakeResolver()
         self.network = network or FakeNetwork()
         self.spool = MemorySpool()
-        self.logs = RecordingLogs()
+        self.logs = logs if logs is not None else RecordingLogs()
         self.engine = DeliveryEngine(
             spool=self.spool,
             logs=self.logs,
@@ -87,6 +89,8 @@ class DeliveryHarness:
             rng=random.Random(seed),
             linger_s=linger_s,
         )
+        if paths is not None:  # e.g. a ShapingProvider from shaping files
+            self.engine.egress.paths = paths
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[DeliveryHarness]:
