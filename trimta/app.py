@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trimta.adapters.config import Config
+from trimta.adapters.config import Config, ConfigError, load_config
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
@@ -131,15 +131,37 @@ async def _serve_in_scope(
         await listener.serve(handler_nursery=handlers, task_status=task_status)
 
 
+def reload_shaping(running: Running) -> bool:
+    """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP).
+
+    A file with errors leaves the running rules in place; the error is logged.
+    """
+    source = running.config.source
+    if source.startswith("<"):
+        log.info("reload: running on the embedded default, nothing to re-read")
+        return False
+    try:
+        fresh = load_config(source)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running rules: %s", exc)
+        return False
+    running.engine.reload(fresh)
+    log.info("reloaded shaping from %s", source)
+    return True
+
+
 async def _wait_for_shutdown(running: Running) -> None:
     async def signals() -> None:
         try:
-            receiver = trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+            receiver = trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         except RuntimeError:  # not the main thread (embedded use): the caller stops us
             return
         with receiver as received:
             async for signum in received:
                 log.info("received %s", signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    reload_shaping(running)
+                    continue
                 running.shutdown.set()
                 return
 

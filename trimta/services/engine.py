@@ -102,6 +102,16 @@ class DeliveryEngine:
             self.network, targets, source=source, path=path, hostname=self.hostname, **kwargs
         )
 
+    def reload(self, config) -> None:
+        """New delivery configuration (SIGHUP): egress paths apply to live ready queues at once;
+        queue settings to messages as they are next scheduled."""
+        self.delivery = config.delivery
+        self.scheduler.reload(config.delivery.queue_config)
+        self.egress.reload(self.paths_for(config))
+
+    def paths_for(self, config):
+        return config.delivery.path_provider
+
     # --- messages in ---------------------------------------------------------------------
 
     def accept(self, messages: Iterable[Message]) -> None:

@@ -89,6 +89,15 @@ class Scheduler:
 
     # --- adding and removing -----------------------------------------------------------
 
+    def reload(self, queue_config: Callable[[str | None, str | None, str], QueueConfig]) -> None:
+        """New queue settings: existing queues take them now (throttles restart)."""
+        self._queue_config = queue_config
+        for queue in self._queues.values():
+            config = queue_config(queue.tenant, queue.campaign, queue.domain)
+            if config != queue.config:
+                queue.config = config
+                queue.throttle = Gcra.from_rate(config.max_message_rate) if config.max_message_rate else None
+
     def config_for(self, message: Message) -> QueueConfig:
         """The message's queue config, without creating the queue."""
         queue = self._queues.get(message.queue)
