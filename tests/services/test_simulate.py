@@ -10,7 +10,8 @@ tenant = "acme"
 domain = "gmail.com"
 messages = 600
 [[traffic]]
-domain = "googlemail.com"
+tenant = "small"
+domain = "gmail.com"
 messages = 100
 [[receiver]]
 domains = ["gmail.com", "googlemail.com"]

@@ -30,6 +30,7 @@ from trimta.core.message import Message
 from trimta.core.mx import Resolver
 from trimta.core.pools import EgressSource, PoolPicker
 from trimta.core.retry import due_after_restart, expires_before
+from trimta.services.automation import Automation
 from trimta.services.egress import Egress
 from trimta.services.logs import LogSink
 from trimta.services.outcomes import OutcomeRecorder
@@ -85,6 +86,8 @@ class DeliveryEngine:
         self._ready_suspensions = Rules()
         self._rules_changed = trio.Event()
         self.received_by_tenant: Counter[str] = Counter()
+        self.automation = Automation(self, self._automation_rules, clock)
+        self.outcomes.observers.append(self.automation.observe)
 
     def _dispatch(self, message: Message) -> None:
         self.egress.dispatch(message)
@@ -111,6 +114,24 @@ class DeliveryEngine:
 
     def paths_for(self, config):
         return config.delivery.path_provider
+
+    def _automation_rules(self, queue) -> Sequence:
+        rules_for = getattr(self.egress.paths, "automation_for", None)
+        if rules_for is None:
+            return ()
+        return rules_for(queue.source.name, queue.site, queue.domain)
+
+    def restore_path(self, queue) -> None:
+        """Back to the configured options (an automation's SetConfig has ended)."""
+        queue.set_path(self.egress.paths.path_config(queue.source.name, queue.site, queue.domain))
+
+    async def bounce_ready_queue(self, queue, reason: str) -> int:
+        """Admin-bounce every message waiting in one ready queue (automation's Bounce)."""
+        victims = queue.remove_matching(lambda m: True)
+        reply = admin_bounce_reply(reason)
+        for message in victims:
+            await self.outcomes.admin_bounce(message, reply)
+        return len(victims)
 
     # --- messages in ---------------------------------------------------------------------
 
@@ -141,6 +162,7 @@ class DeliveryEngine:
             await nursery.start(self.egress.run)
             await nursery.start(self.scheduler.run)
             nursery.start_soon(self._expire_rules)
+            await nursery.start(self.automation.run)
             nursery.start_soon(self._sweep_suspended)
             for message in restored_expired:
                 await self.outcomes.expired(message)

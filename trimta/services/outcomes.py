@@ -56,6 +56,8 @@ class OutcomeRecorder:
         # Records by type, by tenant ("" for none) and by site, for metrics.
         self.by_tenant: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.by_site: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        # Called with (message, outcome, ready queue) after every attempt (automation).
+        self.observers: list[Callable] = []
 
     def config_for(self, message: Message) -> QueueConfig:
         return self.scheduler.config_for(message)
@@ -66,13 +68,19 @@ class OutcomeRecorder:
     async def load_data(self, message: Message) -> bytes:
         return await self.spool.load_data(message.data_id)
 
+    def _observe(self, message: Message, outcome, queue) -> None:
+        for observer in self.observers:
+            observer(message, outcome, queue)
+
     async def delivered(self, message: Message, outcome, queue) -> None:
+        self._observe(message, outcome, queue)
         self.delivered_count += 1
         message.attempts += 1
         self._emit(records.DELIVERY, message, outcome.reply, queue, outcome)
         await self._remove(message)
 
     async def failed(self, message: Message, outcome, queue) -> None:
+        self._observe(message, outcome, queue)
         if outcome.kind == "permanent":
             await self.bounce(message, outcome.reply, queue, outcome)
         else:
