@@ -2,23 +2,34 @@
 
 Resource handling: every connection task ends by closing its stream forcefully; a
 connection beyond `max_connections` is answered ``421 4.3.2`` and closed; a client
-silent for `client_timeout` gets ``421 4.4.2`` (a cancel scope around each read), so
-an idle client never holds anything but its own task.
+silent for `client_timeout` gets ``421 4.4.2``, so an idle client never holds anything
+but its own task.
 
 Error handling: nothing a client sends can raise out of a connection task. Stream
 errors end that connection; a bug in the session is logged with its traceback and
 ends that connection only.
+
+Cost: a session of the common kind (one message per connection, as smtp-source and
+many applications send) is a dozen reads and writes, so what each costs in the
+scheduler shows in the throughput. Accepted TCP connections are served through
+`TcpConnection`, which goes through the scheduler only when it has to wait; a session
+enters one cancel scope whose deadline moves on before each read, not one per read;
+and what every session of a listener shares (its server configuration, the relay
+decision for a peer address) is worked out once.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
+import math
+import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -38,6 +49,13 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
+# accept() failures that say "not now" rather than "never": back off and retry.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY_S = 0.1
+# accept() failures that concern one connection the client already gave up on.
+_ACCEPT_IGNORED_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+# Peer addresses whose relay decision is remembered; beyond, the memory starts afresh.
+_PEER_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,20 @@ class SmtpListener:
         if config.tls_certificate and config.tls_private_key:
             self.tls_context = server_context(config.tls_certificate, config.tls_private_key)
         self._users = {u.username: u for u in config.auth}
+        # Every session of this listener offers the same; only AUTH without TLS depends
+        # on the client (loopback or not).
+        self._server_config = ServerConfig(
+            hostname=config.hostname,
+            max_message_size=config.max_message_size_bytes,
+            max_recipients=config.max_recipients_per_message,
+            max_errors=config.max_errors,
+            max_messages_per_connection=config.max_messages_per_connection,
+            starttls_available=self.tls_context is not None,
+            auth_mechanisms=("PLAIN", "LOGIN") if config.auth else (),
+        )
+        self._loopback_server_config = replace(self._server_config, auth_without_tls=True)
+        self.greeting = replies.reply(220, None, f"{config.hostname} {config.banner}")
+        self._peers: dict[str, tuple[bool, ServerConfig]] = {}
         self._open = 0
         self._total = 0
         self._refused = 0
@@ -82,19 +114,57 @@ class SmtpListener:
         handler_nursery: trio.Nursery | None = None,
         task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections until cancelled; `task_status.started` gets the bound addresses."""
+        """Accept connections until cancelled; `task_status.started` gets the bound addresses.
+
+        Like `trio.serve_listeners`: connection tasks run in `handler_nursery` (by default
+        a nursery of this call), and the listeners are closed when this returns.
+        """
         if listeners is None:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         addresses = [lst.socket.getsockname() for lst in listeners]
-        await trio.serve_listeners(
-            self.handle,
-            listeners,
-            handler_nursery=handler_nursery,
-            task_status=_Relay(task_status, addresses),
-        )
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, handler_nursery or nursery)
+            task_status.started(addresses)
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """Accept TCP connections one by one and start a task for each.
+
+        The accepted socket is taken out of trio's socket object (`detach`) and served as
+        a `TcpConnection`; the client's address comes with `accept`, so no session asks
+        the kernel for it again.
+        """
+        async with listener:
+            listening = listener.socket
+            while True:
+                try:
+                    accepted, address = await listening.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_IGNORED_ERRNOS:
+                        continue
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error("accept on %s failed (%s); retrying", self.config.name, errno.errorcode[exc.errno])
+                    await trio.sleep(_ACCEPT_RETRY_S)
+                    continue
+                family, type_, proto = accepted.family, accepted.type, accepted.proto
+                sock = socket.socket(family, type_, proto, fileno=accepted.detach())
+                handlers.start_soon(self._serve_tcp, TcpConnection(sock), _address_text(address))
+
+    async def _serve_tcp(self, connection: TcpConnection, peer: str) -> None:
+        try:
+            await self._serve(connection, peer)
+        finally:
+            connection.close()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        """One client connection, start to end."""
+        """One client connection on any trio stream, start to end."""
+        try:
+            await self._serve(stream, _peer_address(stream))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.abc.Stream, peer: str) -> None:
         self._total += 1
         self._open += 1
         counted = True
@@ -104,14 +174,15 @@ class SmtpListener:
                 with trio.move_on_after(1):
                     await stream.send_all(replies.TOO_MANY_CONNECTIONS.to_bytes())
                 return
-            session = Session(self, stream)
+            session = Session(self, stream, peer)
             await session.run()
-            # An orderly end (221, 421): the slot is free now; say goodbye properly
-            # (TLS close_notify) before the socket closes.
+            # An orderly end (221, 421): the slot is free now. Over TLS, say goodbye
+            # properly (close_notify) before the socket closes.
             self._open -= 1
             counted = False
-            with trio.move_on_after(1):
-                await session.stream.aclose()
+            if session.stream is not stream:
+                with trio.move_on_after(1):
+                    await session.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
             pass
         except Exception:
@@ -119,7 +190,22 @@ class SmtpListener:
         finally:
             if counted:
                 self._open -= 1
-            await trio.aclose_forcefully(stream)
+
+    def peer_policy(self, address: str) -> tuple[bool, ServerConfig]:
+        """Whether `address` may relay, and the server configuration its sessions get.
+
+        Remembered per address: a busy client connects thousands of times with the same
+        address, and the answer only depends on the address and this listener's config.
+        """
+        known = self._peers.get(address)
+        if known is None:
+            loopback = _is_loopback(address)
+            config = self._loopback_server_config if loopback else self._server_config
+            known = (self.relay_allowed(address), config)
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            self._peers[address] = known
+        return known
 
     def relay_allowed(self, address: str) -> bool:
         try:
@@ -137,15 +223,95 @@ class SmtpListener:
         return None
 
 
-class _Relay:
-    """Passes the listeners' addresses, rather than the listeners, to `started`."""
+class TcpConnection(trio.abc.Stream):
+    """An accepted TCP connection as a trio stream that enters the scheduler only to wait.
 
-    def __init__(self, task_status: trio.TaskStatus, addresses: list) -> None:
-        self.task_status = task_status
-        self.addresses = addresses
+    trio's `SocketStream` makes every call a checkpoint: each write and each read passes
+    through the scheduler even when the kernel completes it at once, and an SMTP session
+    is mostly short writes and reads. Here:
 
-    def started(self, value: object = None) -> None:
-        self.task_status.started(self.addresses)
+    - `send_all` is not a checkpoint when the kernel takes all the bytes at once (it
+      nearly always does: a reply is tens of octets); it waits only for a full buffer.
+      The session's next `receive_some` is its checkpoint.
+    - `receive_some` is exactly one checkpoint: the wait for data, or, when data was
+      there already, a plain yield, so that a client streaming a large message cannot
+      keep the other sessions from running. Cancellation is checked before reading, so
+      no received byte is lost to a cancellation.
+
+    One task uses a connection at a time (the session), so there is no conflict
+    detection. Errors are trio's: `BrokenResourceError` for a failed socket,
+    `ClosedResourceError` once closed.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.socket = sock
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.socket
+        try:
+            with memoryview(data) as view:
+                sent = 0
+                while True:
+                    try:
+                        sent += sock.send(view[sent:])
+                    except BlockingIOError:
+                        pass
+                    if sent >= len(view):
+                        return
+                    await trio.lowlevel.wait_writable(sock)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        try:
+            await trio.lowlevel.wait_writable(self.socket)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        sock = self.socket
+        size = RECEIVE_SIZE if max_bytes is None else max_bytes
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            try:
+                data = sock.recv(size)
+            except BlockingIOError:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        return sock.recv(size)
+                    except BlockingIOError:
+                        pass
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: OSError) -> Exception:
+        if self.socket.fileno() == -1 or exc.errno == errno.EBADF:
+            return trio.ClosedResourceError("the connection was closed")
+        return trio.BrokenResourceError(f"the connection failed: {exc}")
+
+    def close(self) -> None:
+        """Close at once (sync): nothing is waiting on the socket any more."""
+        if self.socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self.socket)
+            self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _address_text(address: object) -> str:
+    if isinstance(address, tuple):
+        return str(address[0])
+    return "127.0.0.1" if not address else str(address)
 
 
 def _peer_address(stream: trio.abc.Stream) -> str:
@@ -154,9 +320,7 @@ def _peer_address(stream: trio.abc.Stream) -> str:
         peer = sock.getpeername() if sock is not None else None
     except OSError:
         peer = None
-    if isinstance(peer, tuple):
-        return str(peer[0])
-    return "127.0.0.1" if peer is None else str(peer)
+    return _address_text(peer)
 
 
 def _is_loopback(address: str) -> bool:
@@ -169,47 +333,52 @@ def _is_loopback(address: str) -> bool:
 class Session:
     """The policy side of one SMTP conversation: relay rules, AUTH, acceptance."""
 
-    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream) -> None:
+    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream, peer: str) -> None:
         self.listener = listener
         self.config = listener.config
         self.stream = stream
-        self.peer = _peer_address(stream)
-        self.session_id = new_id()
+        self.peer = peer
+        self._session_id: str | None = None
         self.user: AuthUser | None = None
-        self.conn = ServerConnection(
-            ServerConfig(
-                hostname=self.config.hostname,
-                max_message_size=self.config.max_message_size_bytes,
-                max_recipients=self.config.max_recipients_per_message,
-                max_errors=self.config.max_errors,
-                max_messages_per_connection=self.config.max_messages_per_connection,
-                starttls_available=listener.tls_context is not None,
-                auth_mechanisms=("PLAIN", "LOGIN") if self.config.auth else (),
-                auth_without_tls=_is_loopback(self.peer),
-            )
-        )
-        self.relay_ok = listener.relay_allowed(self.peer)
+        self.relay_ok, server_config = listener.peer_policy(peer)
+        self.conn = ServerConnection(server_config)
+        # The session's one cancel scope: its deadline is the client timeout, moved on
+        # before each read and lifted while a message is being stored.
+        self._timer = trio.CancelScope()
+
+    @property
+    def session_id(self) -> str:
+        """An id for the records of this session's refusals (made when first needed)."""
+        if self._session_id is None:
+            self._session_id = new_id()
+        return self._session_id
 
     async def run(self) -> None:
+        """Serve the conversation until QUIT, a 421, EOF or the client's silence."""
+        with self._timer:
+            await self._converse()
+        if self._timer.cancelled_caught and not self.conn.closed:
+            # Silent for too long (or not reading our replies): say why and hang up.
+            with trio.move_on_after(1):
+                await self.stream.send_all(self.conn.send(replies.TIMEOUT))
+
+    async def _converse(self) -> None:
         conn = self.conn
-        greeting = replies.reply(220, None, f"{self.config.hostname} {self.config.banner}")
-        await self.stream.send_all(conn.send(greeting))
+        timer = self._timer
+        timeout = self.config.client_timeout_s
+        await self.stream.send_all(conn.send(self.listener.greeting))
         while not conn.closed:
-            with trio.move_on_after(self.config.client_timeout_s) as timer:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            if timer.cancelled_caught:
-                await self.stream.send_all(conn.send(replies.TIMEOUT))
-                return
+            timer.deadline = trio.current_time() + timeout
+            data = await self.stream.receive_some(RECEIVE_SIZE)
             conn.receive_data(data)
+            # Replies to everything the client pipelined go out in one write.
             out = bytearray()
             while not conn.closed:
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
                 if isinstance(event, ev.ConnectionClosed):
-                    if out:
-                        await self.stream.send_all(out)
-                    return
+                    break
                 reply = await self.answer(event)
                 out += conn.send(reply)
                 if isinstance(event, ev.StartTls) and reply.is_positive:
@@ -237,6 +406,8 @@ class Session:
                 return replies.RELAY_DENIED
             return event.reply
         if isinstance(event, ev.MessageComplete):
+            # Storing takes what the disk takes; the client is not silent meanwhile.
+            self._timer.deadline = math.inf
             return await self.accept_message(event)
         if isinstance(event, ev.AuthAttempt):
             user = self.listener.check_credentials(event.username, event.password)
