@@ -1,0 +1,482 @@
+"""Shaping files on disk: loading them in order, and the path provider built on them.
+
+Files are KumoMTA ``shaping.toml`` files, read with tomlkit (the same library
+``trimta shaping set`` edits them with) and checked by `trimta.core.shaping`. A
+mistake is reported with its file, line and key, and what would be accepted::
+
+    custom.toml:12: "gmail.com".conection_limit: unknown egress path option; did you mean 'connection_limit'?
+
+Every file is read before anything is reported, so one run shows every
+mistake; `load_shaping_files` raises `ShapingError` listing them and returns
+warnings otherwise. A reload that fails leaves the caller's running rules alone:
+it only has to keep the `ShapingProvider` it had.
+
+The ``[shaping]`` table of ``trimta.toml`` (`parse_shaping_table`) lists the
+files; the shipped ``shaping/default.toml`` comes first unless
+``use_default = false``. It is found through the package (`default_shaping_file`),
+so it is there both in a source checkout and in an installed wheel.
+
+`ShapingProvider` answers the engine's questions per path (source, site,
+domain): `path_config`, `automation_for`, `provider_for`, `rollup`. A domain
+table with MX rollup applies to the domain's whole site, so the provider has to
+know which site each such domain resolves to: `resolve_sites` asks DNS for all
+of them (at start and after a reload), and every path the engine opens for a
+domain with a table teaches it the same. The order of the layers, including
+trimta.toml's ``[egress]`` tables, is in `ShapingProvider`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+import tomlkit.items
+import trio
+
+from trimta.adapters.config import ConfigError, _Table
+from trimta.adapters.toml_lines import TomlLines
+from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_options import StaticPathProvider
+from trimta.core.mx import MxResolution, Resolver
+from trimta.core.shaping import (
+    PROVIDER,
+    AutomationRule,
+    Conflict,
+    Layer,
+    Shaping,
+    ShapingDocument,
+    overrides_of,
+    read_document,
+    resolve_path,
+    site_hosts,
+)
+from trimta.core.sites import OWN_SITE_PREFIX
+from trimta.core.units import Rate
+
+SHAPING_KEYS = ("files", "use_default")
+
+
+def default_shaping_file() -> Path:
+    """The shipped ``shaping/default.toml``, wherever the package is installed."""
+    return Path(str(importlib.resources.files("trimta") / "shaping_data" / "default.toml"))
+
+
+# --- Problems ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingProblem:
+    """One mistake or warning in a shaping file: where (file, line, key) and what."""
+
+    file: str
+    line: int | None
+    key: str | None
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        parts = [p for p in (where, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+
+class ShapingError(ConfigError):
+    """Shaping files with mistakes: every one of them, in `problems`, each with file, line and key."""
+
+    def __init__(self, problems: Sequence[ShapingProblem]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        super().__init__(first.message, file=first.file, key=first.key)
+        self.line = first.line
+        Exception.__init__(self, "\n".join(str(p) for p in self.problems))
+
+
+def render_key(path: Sequence[str | int]) -> str:
+    """A key path as a TOML dotted key, names quoted KumoMTA's way: ``"gmail.com".sources."ip-1".x``."""
+    out = ""
+    for i, part in enumerate(path):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        previous = path[i - 1] if i else None
+        quote = (i == 0 and part != PROVIDER) or previous in (PROVIDER, "sources") and i <= 3
+        text = f'"{_escape(part)}"' if quote or not re.fullmatch(r"[A-Za-z0-9_-]+", part) else part
+        out += f".{text}" if out else text
+    return out
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# --- Reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedShaping:
+    """Files read and merged: the rules, the files they came from, the warnings."""
+
+    shaping: Shaping
+    files: tuple[str, ...] = ()
+    warnings: tuple[ShapingProblem, ...] = ()
+
+
+def parse_shaping_text(text: str, file: str) -> tuple[ShapingDocument | None, list[ShapingProblem]]:
+    """One file's text: its document (None if it is not TOML) and every problem found."""
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        message = re.sub(r" at line \d+ col \d+$", "", str(exc))
+        return None, [ShapingProblem(file, exc.line, None, f"not valid TOML: {message}")]
+    lines = TomlLines(text)
+
+    def locate(path: Sequence[str | int]) -> str:
+        line = lines.line_of(path)
+        return f"{file}:{line}" if line else file
+
+    document, problems = read_document(data, origin=file, locate=locate)
+    found = [ShapingProblem(file, lines.line_of(p.path), render_key(p.path) or None, p.message, p.warning)
+             for p in problems]
+    found.sort(key=lambda p: p.line or 0)
+    return document, found
+
+
+def read_shaping_file(path: str | os.PathLike) -> tuple[ShapingDocument | None, list[ShapingProblem]]:
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, [ShapingProblem(name, None, None, "no such file")]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [ShapingProblem(name, None, None, f"cannot read: {exc}")]
+    return parse_shaping_text(text, name)
+
+
+def load_shaping_files(paths: Sequence[str | os.PathLike]) -> LoadedShaping:
+    """Read and merge shaping files, later files over earlier ones.
+
+    Raises `ShapingError` with every mistake of every file; a file with
+    mistakes is never half applied.
+    """
+    documents: list[ShapingDocument] = []
+    errors: list[ShapingProblem] = []
+    warnings: list[ShapingProblem] = []
+    for path in paths:
+        document, problems = read_shaping_file(path)
+        errors.extend(p for p in problems if not p.warning)
+        warnings.extend(p for p in problems if p.warning)
+        if document is not None:
+            documents.append(document)
+    if errors:
+        raise ShapingError(errors)
+    return LoadedShaping(Shaping(documents), tuple(str(p) for p in paths), tuple(warnings))
+
+
+# --- [shaping] in trimta.toml -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingConfig:
+    """The ``[shaping]`` table: which files, in which order."""
+
+    files: tuple[Path, ...] = ()
+    use_default: bool = True
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The files to load, in order: the shipped defaults first unless disabled."""
+        return ((default_shaping_file(),) if self.use_default else ()) + self.files
+
+
+def parse_shaping_table(table: Any, file: str, base_dir: Path) -> ShapingConfig:
+    """Read ``[shaping]``: ``files = ["shaping.toml", ...]`` (relative to `base_dir`), ``use_default``.
+
+    A listed file that does not exist is an error here, so a typo stops the
+    daemon at start rather than silently shaping nothing.
+    """
+    t = _Table(table, file, "shaping", SHAPING_KEYS)
+    raw = t.data.get("files", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(f, str) and f for f in raw):
+        raise t.error("files", f'expected a list of file names like ["shaping.toml"], got {raw!r}')
+    files = []
+    for name in raw:
+        path = base_dir / name
+        if not path.is_file():
+            raise t.error("files", f"no such file: {path}")
+        files.append(path)
+    return ShapingConfig(files=tuple(files), use_default=t.boolean("use_default", True))
+
+
+# --- The provider ------------------------------------------------------------------------------
+
+
+class ShapingProvider:
+    """An `EgressPathProvider` from shaping files and trimta.toml's ``[egress]`` tables.
+
+    A path's options are built in this order, each layer overriding the ones
+    before it:
+
+    1. trimta's built-in defaults;
+    2. the shaping files' ``["default"]`` tables;
+    3. trimta.toml's ``[egress.default]``;
+    4. the shaping files' layers: providers, provider sources, site, domain
+       without rollup, site sources, domain sources (`trimta.core.shaping`); a
+       table with ``replace_base = true`` restarts from 1 + 3;
+    5. trimta.toml's ``[egress.sites."S"]``, ``[egress.domains."D"]``,
+       ``[egress.sources."N"]``: the operator's final word.
+
+    `mx_hosts(site)` may give the MX host names of a site for provider
+    matching; otherwise hosts seen by `observe` are used, else the hosts the
+    site name stands for (`site_hosts`).
+    """
+
+    def __init__(
+        self,
+        shaping: Shaping | LoadedShaping | None = None,
+        *,
+        overrides: StaticPathProvider | None = None,
+        mx_hosts: Callable[[str], Sequence[str] | None] | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._shaping = _unwrap(shaping)
+        self.overrides = overrides if overrides is not None else StaticPathProvider()
+        self._operator_default = overrides_of(self.overrides.default)
+        self._mx_hosts = mx_hosts
+        self._site_of: dict[str, str] = {}  # domain with a rolled-up table -> its site
+        self._hosts: dict[str, tuple[str, ...]] = {}  # site -> MX host names seen
+        self._cache: dict[tuple[str, str, str], EgressPathConfig] = {}
+        self._cache_size = cache_size
+
+    @property
+    def shaping(self) -> Shaping:
+        return self._shaping
+
+    def swap(self, shaping: Shaping | LoadedShaping) -> None:
+        """Use new rules from now on (a reload). What is known of sites is kept."""
+        self._shaping = _unwrap(shaping)
+        self._site_of = {d: s for d, s in self._site_of.items() if self._shaping.has_table(d)}
+        self._cache.clear()
+
+    # --- what DNS says ---
+
+    def rollup(self, domain: str) -> bool:
+        """Whether the domain's mail joins its site's ready queue (False: ``mx_rollup = false``)."""
+        return self._shaping.rollup(domain)
+
+    def learn_site(self, domain: str, site: str) -> None:
+        """`domain` resolves to `site`: if its table rolls up, that table now shapes the site."""
+        domain = domain.strip().lower().removesuffix(".")
+        if not site or site.startswith(OWN_SITE_PREFIX):
+            return
+        if not (self._shaping.has_table(domain) and self._shaping.rollup(domain)):
+            return
+        if self._site_of.get(domain) != site:
+            self._site_of[domain] = site
+            self._cache.clear()
+
+    def observe(self, resolution: MxResolution) -> None:
+        """Remember what resolving a domain showed: its site's MX hosts, and its table's site."""
+        if not resolution.site:
+            return
+        hosts = tuple(sorted({h.name.lower().removesuffix(".") for h in resolution.hosts}))
+        if hosts and self._hosts.get(resolution.site) != hosts:
+            self._hosts[resolution.site] = hosts
+            self._cache.clear()
+        self.learn_site(resolution.domain, resolution.site)
+
+    async def resolve_sites(self, resolver: Resolver) -> dict[str, MxResolution]:
+        """Resolve every domain with a table, so each table shapes its site from the start.
+
+        Returns each domain's resolution (as delivery would see it, rollup
+        applied), for callers that warn about null MX and failures.
+        """
+        domains = self._shaping.domains
+        results: dict[str, MxResolution] = {}
+
+        async def resolve(domain: str) -> None:
+            results[domain] = await resolver.resolve_mx(domain, mx_rollup=True)
+
+        async with trio.open_nursery() as nursery:
+            for domain in domains:
+                nursery.start_soon(resolve, domain)
+        out = {}
+        for domain in domains:
+            resolution = results[domain]
+            rolled = resolution.with_rollup(self._shaping.rollup(domain))
+            self.observe(rolled)
+            out[domain] = rolled
+        return out
+
+    def site_domains(self, site: str) -> tuple[str, ...]:
+        """The domains whose rolled-up tables are known to shape `site`."""
+        return tuple(d for d, s in self._site_of.items() if s == site)
+
+    def hosts_for(self, site: str) -> Sequence[str] | None:
+        if self._mx_hosts is not None:
+            hosts = self._mx_hosts(site)
+            if hosts:
+                return hosts
+        return self._hosts.get(site) or site_hosts(site)
+
+    # --- answers ---
+
+    def layers(self, source: str, site: str, domain: str) -> list[Layer]:
+        """Every layer of a path, in order, labelled: what ``shaping explain`` would print."""
+        domain = domain.strip().lower().removesuffix(".")
+        self.learn_site(domain, site)
+        layers = self._shaping.layers(
+            source, site, domain, site_domains=self.site_domains(site), mx_hosts=self.hosts_for(site),
+            after_default=[Layer("[egress.default]", self._operator_default)],
+        )
+        static = self.overrides
+        if site in static.by_site:
+            layers.append(Layer(f'[egress.sites."{site}"]', static.by_site[site]))
+        if domain in static.by_domain:
+            layers.append(Layer(f'[egress.domains."{domain}"]', static.by_domain[domain]))
+        if source in static.by_source:
+            layers.append(Layer(f'[egress.sources."{source}"]', static.by_source[source]))
+        return layers
+
+    def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig:
+        key = (source, site, domain.strip().lower().removesuffix("."))
+        self.learn_site(key[2], site)
+        config = self._cache.get(key)
+        if config is None:
+            config = resolve_path(self.layers(source, site, domain), start=EgressPathConfig(),
+                                  restart=self.overrides.default)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = config
+        return config
+
+    def automation_for(self, source: str, site: str, domain: str) -> tuple[AutomationRule, ...]:
+        """The rules watching the responses on path (source, site) for mail to `domain`.
+
+        `source` is accepted for symmetry with `path_config`; KumoMTA's rules are
+        not per source.
+        """
+        domain = domain.strip().lower().removesuffix(".")
+        self.learn_site(domain, site)
+        return self._shaping.automation(site, domain, site_domains=self.site_domains(site),
+                                        mx_hosts=self.hosts_for(site))
+
+    def provider_for(self, site: str, domain: str) -> str | None:
+        """The name of the provider whose shared limits apply to `site` (the last matching one), or None."""
+        matching = self._shaping.matching_providers(domain, self.hosts_for(site))
+        return matching[-1][0] if matching else None
+
+    def conflicts(self) -> list[tuple[str, Conflict]]:
+        """(site, conflict) for domain tables known to share a site and disagree."""
+        out = []
+        for site in sorted(set(self._site_of.values())):
+            out.extend((site, c) for c in self._shaping.conflicts(self.site_domains(site)))
+        return out
+
+
+def _unwrap(shaping: Shaping | LoadedShaping | None) -> Shaping:
+    if shaping is None:
+        return Shaping()
+    if isinstance(shaping, LoadedShaping):
+        return shaping.shaping
+    return shaping
+
+
+async def load_shaping(
+    config: ShapingConfig,
+    *,
+    resolver: Resolver | None = None,
+    overrides: StaticPathProvider | None = None,
+) -> tuple[ShapingProvider, LoadedShaping]:
+    """Load the configured files and, with a resolver, learn their domains' sites.
+
+    Raises `ShapingError` when a file has mistakes.
+    """
+    loaded = load_shaping_files(config.paths)
+    provider = ShapingProvider(loaded, overrides=overrides)
+    if resolver is not None:
+        await provider.resolve_sites(resolver)
+    return provider, loaded
+
+
+def value_summary(value: object) -> str:
+    """A parsed option value the way an operator wrote it, for messages."""
+    if isinstance(value, Rate):
+        periods = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "d"}
+        text = f"{value.limit:g}/{periods.get(value.period_s, f'{value.period_s:g}s')}"
+        return text + (f",max_burst={value.max_burst}" if value.max_burst is not None else "")
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):
+        return str(getattr(value, "value"))
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value) if not isinstance(value, Mapping) else repr(dict(value))
+
+
+# --- Editing ----------------------------------------------------------------------------------
+
+
+def set_option(text: str, table: str, key: str, value: object, *, source: str | None = None) -> str:
+    """`text` with ``key = value`` set in the table of `table` (a domain or ``default``).
+
+    Edits through tomlkit, so comments, order and layout stay as they were: an
+    existing key keeps its place and trailing comment, a new key goes at the
+    end of its table, a new table at the end of the file. With `source` the key
+    goes into ``["table".sources."source"]``. The table is found whatever the
+    case and trailing dot it was written with.
+    """
+    doc = tomlkit.parse(text)
+    item = tomlkit.item(value)
+    wanted = table.strip().lower().removesuffix(".")
+    name = next((k for k in doc if str(k).strip().lower().removesuffix(".") == wanted), None)
+    if name is None:
+        name = wanted
+        if source is None:
+            doc.add(_quoted(name), _new_table(key, item))
+            return _keep_tail(text, doc.as_string())
+        doc.add(_quoted(name), tomlkit.table(is_super_table=True))
+    target = doc[name]
+    if not isinstance(target, tomlkit.items.Table):
+        raise ValueError(f"{table!r} is not a table in this file")
+    if source is not None:
+        if "sources" not in target:
+            target.add("sources", tomlkit.table(is_super_table=True))
+        sources = target["sources"]
+        if source not in sources:
+            sources.add(_quoted(source), _new_table(key, item))
+            return _keep_tail(text, doc.as_string())
+        target = sources[source]
+        if not isinstance(target, (tomlkit.items.Table, tomlkit.items.InlineTable)):
+            raise ValueError(f"sources.{source!r} of {table!r} is not a table in this file")
+    if key in target:
+        target[key] = item
+    else:
+        target.add(key, item)
+    return _keep_tail(text, doc.as_string())
+
+
+def _new_table(key: str, item: Any) -> Any:
+    """A table holding one key, and a blank line to keep it apart from what follows."""
+    table = tomlkit.table()
+    table.add(key, item)
+    table.add(tomlkit.nl())
+    return table
+
+
+def _keep_tail(before: str, after: str) -> str:
+    """`after` ending in as many newlines as `before` did (at least one): a new table's
+    blank line is not wanted at the very end of the file."""
+    tail = max(len(before) - len(before.rstrip("\n")), 1)
+    return after.rstrip("\n") + "\n" * tail
+
+
+def _quoted(name: str) -> Any:
+    """A key that renders quoted (``["gmail.com"]``), as KumoMTA's files write table names."""
+    return tomlkit.items.SingleKey(name, tomlkit.items.KeyType.Basic)
