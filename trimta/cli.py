@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate")
+COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "top", "inject", "shaping")
 
 
 def build_parser() -> argparse.ArgumentParser:
