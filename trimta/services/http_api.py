@@ -1,0 +1,477 @@
+"""The HTTP API: injection, admin actions, queue inspection, metrics, with KumoMTA's paths.
+
+```
+POST   /api/inject/v1                    inject messages (trimta.services.inject)
+GET    /api/admin/suspend/v1             list | POST create | DELETE cancel
+GET    /api/admin/bounce/v1              list | POST create (bounces now) | DELETE cancel
+GET    /api/admin/suspend-ready-q/v1     list | POST create | DELETE cancel
+GET    /api/admin/inspect-message/v1?id=ID[&want_body=true]
+GET    /api/admin/queue-summary/v1[?tenant=&campaign=&domain=]
+GET    /api/check-liveness/v1
+GET    /metrics                          Prometheus text
+```
+
+Every answer is JSON (except /metrics); every error is ``{"error": "..."}`` with a
+status saying whose fault it is: 400 for a request that is wrong (the message names
+the field), 401 without credentials, 404 for an unknown path or id, 405 for a wrong
+method, 413 for a body over the limit, 503 when the spool could not store.
+
+Authentication: clients whose address is in `trusted_hosts` need nothing; everyone
+else sends ``Authorization: Bearer <token>`` or Basic credentials from the config, or
+gets 401 (whatever the path, so an untrusted client learns nothing).
+
+Durations in answers are what is left, written the way they are accepted (``"1h59m30s"``),
+with ``expires`` as an RFC 3339 UTC timestamp beside them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from trimta.adapters.http import (
+    HttpError,
+    HttpLimits,
+    HttpServer,
+    JsonFields,
+    Request,
+    Response,
+    error_response,
+    json_response,
+    read_json,
+)
+from trimta.adapters.http_config import HttpConfig
+from trimta.adapters.spool import SpoolError
+from trimta.core import units
+from trimta.services.inject import Injector, parse_inject_request
+from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_for, render
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DURATION_S = 300.0  # KumoMTA's kcli default for suspend and bounce: 5 minutes
+MATCH_FIELDS = ("tenant", "campaign", "domain")
+RULE_FIELDS = (*MATCH_FIELDS, "reason", "duration", "expires")
+READY_RULE_FIELDS = ("name", "reason", "duration", "expires")
+ID_FIELDS = ("id",)
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no", "")
+
+
+# --- helpers: durations and times ------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """Whole seconds as ``"1h59m30s"`` (what `units.parse_duration` reads back)."""
+    total = max(0, int(seconds))
+    if total == 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, total = divmod(total, size)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out)
+
+
+def format_time(epoch_s: float | None) -> str | None:
+    """RFC 3339 UTC, e.g. ``"2026-11-22T06:17:47Z"``."""
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds from an RFC 3339 timestamp; ValueError otherwise."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("the timestamp needs a time zone, e.g. 2026-01-31T12:00:00Z")
+    return moment.timestamp()
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+
+class Authenticator:
+    """Who may use the API: trusted networks, bearer tokens, Basic credentials."""
+
+    def __init__(self, config: HttpConfig) -> None:
+        self.trusted = config.trusted_hosts
+        self.tokens = tuple(t.encode() for t in config.tokens)
+        self.users = {u.username: u.password.encode() for u in config.users}
+
+    def allows(self, request: Request) -> bool:
+        if self._trusted(request.peer):
+            return True
+        header = request.header("authorization")
+        if not header:
+            return False
+        scheme, _, credentials = header.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer":
+            given = credentials.encode()
+            # Compare with every token, so timing says nothing about which one was close.
+            return sum(hmac.compare_digest(given, token) for token in self.tokens) > 0
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                return False
+            username, sep, password = decoded.partition(":")
+            expected = self.users.get(username)
+            ok = hmac.compare_digest(password.encode(), expected if expected is not None else b"\0unknown")
+            return bool(sep) and expected is not None and ok
+        return False
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted)
+
+
+UNAUTHORIZED = error_response(
+    401, "credentials required: this address is not a trusted host; send a bearer token or Basic credentials",
+    (("www-authenticate", 'Bearer realm="trimta", Basic realm="trimta"'),),
+)
+
+
+# --- the API ------------------------------------------------------------------------------------------
+
+
+Route = Callable[[Request], Awaitable[Response]]
+
+
+class HttpApi:
+    """Routes requests to the engine, the acceptor and the metrics; the handler of `serve_api`."""
+
+    def __init__(
+        self,
+        *,
+        acceptor,
+        engine,
+        spool=None,
+        logs=None,
+        listeners: Sequence = (),
+        clock: Callable[[], float] = time.time,
+        hostname: str | None = None,
+        max_message_size_bytes: int = 20_000_000,
+        max_metric_tenants: int = 100,
+        max_metric_sites: int = 100,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.injector = Injector(
+            acceptor, hostname=hostname or getattr(acceptor, "hostname", "localhost"),
+            max_message_size_bytes=max_message_size_bytes,
+        )
+        self.lag = LoopLagMonitor()
+        self.servers: list[HttpServer] = []
+        self.collector = TrimtaCollector(
+            engine=engine, spool=spool, listeners=listeners, logs=logs, lag=self.lag,
+            http_servers=lambda: self.servers, max_tenants=max_metric_tenants, max_sites=max_metric_sites,
+        )
+        self.registry = registry_for(self.collector)
+        self.routes: dict[str, dict[str, Route]] = {
+            "/api/inject/v1": {"POST": self.inject},
+            "/api/admin/suspend/v1": {
+                "GET": self.list_suspensions, "POST": self.create_suspension, "DELETE": self.cancel_suspension,
+            },
+            "/api/admin/bounce/v1": {
+                "GET": self.list_bounces, "POST": self.create_bounce, "DELETE": self.cancel_bounce,
+            },
+            "/api/admin/suspend-ready-q/v1": {
+                "GET": self.list_ready_suspensions, "POST": self.create_ready_suspension,
+                "DELETE": self.cancel_ready_suspension,
+            },
+            "/api/admin/inspect-message/v1": {"GET": self.inspect_message},
+            "/api/admin/queue-summary/v1": {"GET": self.queue_summary},
+            "/api/check-liveness/v1": {"GET": self.liveness},
+            "/metrics": {"GET": self.metrics},
+        }
+
+    async def handle(self, request: Request) -> Response:
+        """Route one (already authenticated) request."""
+        methods = self.routes.get(request.path.rstrip("/") or "/")
+        if methods is None:
+            raise HttpError(404, f"no such endpoint: {request.path}")
+        route = methods.get("GET" if request.method == "HEAD" else request.method)
+        if route is None:
+            allowed = ", ".join(methods)
+            raise HttpError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
+                            headers=(("allow", allowed),))
+        return await route(request)
+
+    # --- injection ---------------------------------------------------------------------------
+
+    async def inject(self, request: Request) -> Response:
+        parsed = parse_inject_request(read_json(request))
+        result = await self.injector.inject(parsed, peer=request.peer, listener=request.local)
+        body = result.to_dict()
+        if result.success_count or not result.fail_count:
+            return json_response(200, body)
+        if result.server_failed:
+            return json_response(503, {"error": "the spool could not store the messages; try again", **body})
+        return json_response(400, {"error": "no recipient could be accepted", **body})
+
+    # --- suspensions and bounces ---------------------------------------------------------------
+
+    def _duration(self, f: JsonFields) -> float:
+        """Seconds from ``duration`` ("2h", or a number of seconds) or ``expires`` (RFC 3339)."""
+        if f.value("duration") is not None and f.value("expires") is not None:
+            raise f.error("duration", "give duration or expires, not both")
+        expires = f.string("expires")
+        if expires is not None:
+            try:
+                seconds = parse_time(expires) - time.time()
+            except ValueError as exc:
+                raise f.error("expires", f"expected an RFC 3339 timestamp like 2026-01-31T12:00:00Z: {exc}") from None
+        else:
+            value = f.value("duration")
+            if value is None:
+                return DEFAULT_DURATION_S
+            try:
+                seconds = units.parse_duration(value)
+            except ValueError as exc:
+                raise f.error("duration", str(exc)) from None
+        if seconds <= 0:
+            raise f.error("expires" if expires is not None else "duration", "must be in the future")
+        return seconds
+
+    def _match(self, f: JsonFields) -> dict[str, str | None]:
+        match = {name: f.string(name, non_empty=True) for name in MATCH_FIELDS}
+        if not any(match.values()):
+            raise HttpError(400, "give at least one of tenant, campaign, domain to say which messages")
+        return match
+
+    def _rule(self, rule: Any) -> dict[str, Any]:
+        return {
+            "id": rule.id,
+            "tenant": rule.tenant,
+            "campaign": rule.campaign,
+            "domain": rule.domain,
+            "reason": rule.reason,
+            "duration": format_duration(rule.expires - self.clock()),
+            "expires": format_time(self._epoch(rule.expires)),
+        }
+
+    def _epoch(self, at: float) -> float:
+        """A time of the engine's clock as wall-clock epoch seconds."""
+        return time.time() + (at - self.clock())
+
+    def _id(self, request: Request) -> str:
+        f = JsonFields(read_json(request), "", ID_FIELDS)
+        rule_id = f.string("id", required=True, non_empty=True)
+        assert rule_id is not None
+        return rule_id
+
+    async def create_suspension(self, request: Request) -> Response:
+        f = JsonFields(read_json(request), "", RULE_FIELDS)
+        match = self._match(f)
+        reason = f.string("reason", required=True)
+        rule = self.engine.suspend(**match, duration_s=self._duration(f), reason=reason)
+        return json_response(200, {"id": rule.id})
+
+    async def list_suspensions(self, request: Request) -> Response:
+        return json_response(200, [self._rule(r) for r in self.engine.suspensions()])
+
+    async def cancel_suspension(self, request: Request) -> Response:
+        rule_id = self._id(request)
+        if not self.engine.cancel_suspension(rule_id):
+            raise HttpError(404, f"no active suspension with id {rule_id!r}")
+        return json_response(200, {"id": rule_id})
+
+    async def create_bounce(self, request: Request) -> Response:
+        f = JsonFields(read_json(request), "", RULE_FIELDS)
+        match = self._match(f)
+        reason = f.string("reason", required=True)
+        result = await self.engine.admin_bounce(**match, duration_s=self._duration(f), reason=reason)
+        return json_response(200, {
+            "id": result.rule.id, "bounced": dict(result.bounced), "total_bounced": result.total_bounced,
+        })
+
+    async def list_bounces(self, request: Request) -> Response:
+        return json_response(200, [self._rule(r) for r in self.engine.bounces()])
+
+    async def cancel_bounce(self, request: Request) -> Response:
+        rule_id = self._id(request)
+        if not self.engine.cancel_bounce(rule_id):
+            raise HttpError(404, f"no active bounce with id {rule_id!r}")
+        return json_response(200, {"id": rule_id})
+
+    def _ready_rule(self, rule: Any) -> dict[str, Any]:
+        return {
+            "id": rule.id,
+            "name": rule.name,
+            "reason": rule.reason,
+            "duration": format_duration(rule.expires - self.clock()),
+            "expires": format_time(self._epoch(rule.expires)),
+        }
+
+    async def create_ready_suspension(self, request: Request) -> Response:
+        f = JsonFields(read_json(request), "", READY_RULE_FIELDS)
+        name = f.string("name", required=True, non_empty=True)
+        assert name is not None
+        if "->" not in name:
+            raise f.error("name", f"expected a ready queue name like 'ip-1->mx.example.com@smtp', got {name!r}")
+        reason = f.string("reason", required=True)
+        rule = self.engine.suspend_ready_queue(name=name, duration_s=self._duration(f), reason=reason)
+        return json_response(200, {"id": rule.id})
+
+    async def list_ready_suspensions(self, request: Request) -> Response:
+        return json_response(200, [self._ready_rule(r) for r in self.engine.ready_queue_suspensions()])
+
+    async def cancel_ready_suspension(self, request: Request) -> Response:
+        rule_id = self._id(request)
+        if not self.engine.cancel_ready_queue_suspension(rule_id):
+            raise HttpError(404, f"no active ready queue suspension with id {rule_id!r}")
+        return json_response(200, {"id": rule_id})
+
+    # --- inspection -----------------------------------------------------------------------------
+
+    async def inspect_message(self, request: Request) -> Response:
+        message_id = request.query_value("id")
+        if not message_id:
+            raise HttpError(400, "id: missing; use /api/admin/inspect-message/v1?id=MESSAGE_ID")
+        want_body = (request.query_value("want_body") or "").lower()
+        if want_body not in TRUE_WORDS + FALSE_WORDS:
+            raise HttpError(400, f"want_body: expected true or false, got {want_body!r}")
+        found = self.engine.find_message(message_id)
+        if found is None:
+            raise HttpError(404, f"no queued message with id {message_id!r}")
+        message, state = found
+        meta = {
+            "sender": message.sender,
+            "recipient": message.recipient,
+            "tenant": message.tenant,
+            "campaign": message.campaign,
+            "domain": message.domain,
+            "queue": message.queue,
+            "size": message.size,
+            "created": format_time(self._epoch(message.created)),
+            "num_attempts": message.attempts,
+            "due": format_time(self._epoch(message.due)) if message.due is not None else None,
+            "reception": dataclasses.asdict(message.reception),
+        }
+        if want_body in TRUE_WORDS:
+            try:
+                data = await self.engine.load_data(message)
+            except (KeyError, SpoolError):
+                raise HttpError(404, f"message {message_id!r} left the queue while being read") from None
+            try:
+                meta["data"] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                meta["data_base64"] = base64.b64encode(data).decode("ascii")
+        return json_response(200, {"id": message.id, "state": state, "message": meta})
+
+    async def queue_summary(self, request: Request) -> Response:
+        wanted = {name: request.query_value(name) for name in MATCH_FIELDS if request.query_value(name)}
+        report = self.engine.queue_summary()
+        now = self.clock()
+        suspensions = self.engine.suspensions()
+        scheduled = []
+        for q in sorted(report.scheduled, key=lambda q: (q.tenant or "", q.campaign or "", q.domain)):
+            if any(getattr(q, name) != value for name, value in wanted.items()):
+                continue
+            scheduled.append({
+                "name": q.name, "tenant": q.tenant, "campaign": q.campaign, "domain": q.domain, "count": q.count,
+                "oldest_created": format_time(self._epoch(q.oldest_created)) if q.oldest_created is not None else None,
+                "oldest_age_s": round(now - q.oldest_created, 3) if q.oldest_created is not None else None,
+                "suspended_by": [r.id for r in suspensions if _rule_covers(r, q)],
+            })
+        ready_rules = {}
+        for rule in self.engine.ready_queue_suspensions():
+            ready_rules.setdefault(rule.name, rule)
+        ready = []
+        for stats in sorted(report.ready, key=lambda s: s.name):
+            entry = dataclasses.asdict(stats)
+            if entry.get("paused_until") is not None:
+                entry["paused_until"] = format_time(self._epoch(entry["paused_until"]))
+            rule = ready_rules.get(stats.name)
+            entry["suspension"] = self._ready_rule(rule) if rule is not None else None
+            ready.append(entry)
+        return json_response(200, {
+            "scheduled": scheduled,
+            "ready": ready,
+            "totals": {
+                "scheduled": sum(q["count"] for q in scheduled),
+                "scheduled_queues": len(scheduled),
+                "ready": sum(r.ready for r in report.ready),
+                "ready_queues": len(report.ready),
+                "connections": sum(r.connections for r in report.ready),
+            },
+        })
+
+    async def liveness(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(200, render(self.registry), CONTENT_TYPE_LATEST)
+
+
+def _rule_covers(rule: Any, queue: Any) -> bool:
+    """Whether a tenant/campaign/domain rule holds every message of a scheduled queue."""
+    return (
+        (rule.tenant is None or rule.tenant == queue.tenant)
+        and (rule.campaign is None or rule.campaign == queue.campaign)
+        and (rule.domain is None or rule.domain == queue.domain)
+    )
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+
+def limits_of(config: HttpConfig) -> HttpLimits:
+    return HttpLimits(
+        max_body_size_bytes=config.max_body_size_bytes,
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        max_connections=config.max_connections,
+    )
+
+
+async def _guarded(auth: Authenticator, api: HttpApi, request: Request) -> Response:
+    if not auth.allows(request):
+        return UNAUTHORIZED
+    return await api.handle(request)
+
+
+async def serve_api(
+    config: HttpConfig,
+    api: HttpApi,
+    *,
+    listeners: list[trio.SocketListener] | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `api` on `config`'s address (or on `listeners`) until cancelled.
+
+    `task_status.started` gets the bound addresses (a list of sockname tuples). The
+    event-loop lag monitor runs alongside, for /metrics.
+    """
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    server = HttpServer(partial(_guarded, Authenticator(config), api), limits=limits_of(config))
+    api.servers.append(server)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(api.lag.run)
+            addresses = await nursery.start(partial(server.serve, listeners, handler_nursery=handler_nursery))
+            task_status.started(addresses)
+    finally:
+        api.servers.remove(server)

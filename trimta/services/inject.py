@@ -1,0 +1,489 @@
+"""HTTP injection (``POST /api/inject/v1``): KumoMTA's request, rendered per recipient, accepted.
+
+The request names an envelope sender, recipients (``{email, name, substitutions}``) and
+the content: either a whole RFC 5322 message as a string, or an object
+(``{subject, from, reply_to, headers, text_body, html_body, attachments}``) that is
+built into MIME with the standard library's `email` package.
+
+Templating follows KumoMTA: the content is a Jinja template rendered once per
+recipient with ``email``, ``name`` and ``to_header`` predefined, then the request's
+``substitutions``, then the recipient's own (later ones win). For a built message the
+subject, bodies and header values are templates; attachments are not.
+``"template_dialect": "Static"`` turns templating off. Templates run in Jinja's
+sandbox, with string and list repetition and powers bounded, in a worker thread, so a
+hostile template can neither reach Python's internals nor stall the event loop.
+
+Recipients whose rendered messages are byte-identical share one stored copy (one
+`Acceptor.accept` call); differing ones are accepted concurrently, so the spool's
+group commit makes them durable together: a hundred personalised messages cost one
+fsync, not a hundred. The answer counts successes and failures per recipient; a
+recipient counts as a success only once its message is durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+import trio
+from jinja2 import TemplateError, TemplateSyntaxError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from trimta.adapters.http import HttpError, JsonFields, json_type
+from trimta.core.message import Reception
+from trimta.protocol._abnf import parse_path
+from trimta.services.acceptance import Acceptor, Submission
+
+REQUEST_FIELDS = ("envelope_sender", "recipients", "content", "substitutions", "tenant", "campaign",
+                  "template_dialect")
+RECIPIENT_FIELDS = ("email", "name", "substitutions")
+CONTENT_FIELDS = ("subject", "from", "reply_to", "headers", "text_body", "html_body", "attachments")
+ADDRESS_FIELDS = ("email", "name")
+ATTACHMENT_FIELDS = ("data", "base64", "content_type", "file_name", "content_id")
+DIALECTS = ("Jinja", "Static")
+# The builder writes these itself; a request setting them would break the MIME structure.
+RESERVED_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
+MAX_ADDRESS_LENGTH = 254  # RFC 5321 4.5.3.1.3's path limit, less the angle brackets
+MAX_RENDERED_ITEMS = 1_000_000  # a template may build no string or list longer than this
+MAX_POWER_BITS = 4096
+
+
+# --- the request ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    email: str
+    name: str | None = None
+    substitutions: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A ``from`` or ``reply_to`` of a built message."""
+
+    email: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    data: bytes
+    content_type: str = "application/octet-stream"
+    file_name: str | None = None
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltContent:
+    """Content given as an object: what the message is built from."""
+
+    subject: str | None = None
+    from_: Mailbox | None = None
+    reply_to: Mailbox | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    text_body: str | None = None
+    html_body: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InjectRequest:
+    envelope_sender: str
+    recipients: tuple[Recipient, ...]
+    content: str | BuiltContent
+    substitutions: Mapping[str, Any] = field(default_factory=dict)
+    tenant: str | None = None
+    campaign: str | None = None
+    template_dialect: str = "Jinja"
+
+
+def parse_inject_request(body: Any) -> InjectRequest:
+    """Validate a decoded JSON body; `HttpError` 400 naming the field otherwise."""
+    f = JsonFields(body, "", REQUEST_FIELDS)
+    sender = f.string("envelope_sender", required=True)
+    assert sender is not None
+    if sender and not valid_address(sender):
+        raise f.error("envelope_sender", f"not a valid address: {sender!r} (use \"\" for a null sender)")
+    items = f.array("recipients", required=True)
+    assert items is not None
+    if not items:
+        raise f.error("recipients", "expected at least one recipient")
+    recipients = tuple(_parse_recipient(item, f"recipients[{i}]") for i, item in enumerate(items))
+    content = f.value("content", required=True)
+    if isinstance(content, str):
+        if not content.strip():
+            raise f.error("content", "must not be empty")
+    elif isinstance(content, dict):
+        content = _parse_content(content)
+    else:
+        raise f.error("content", f"expected a message as a string or an object to build one from, "
+                                 f"got {json_type(content)}")
+    dialect = f.string("template_dialect", default="Jinja")
+    if dialect not in DIALECTS:
+        raise f.error("template_dialect", f"expected one of {', '.join(DIALECTS)}, got {dialect!r}")
+    return InjectRequest(
+        envelope_sender=sender,
+        recipients=recipients,
+        content=content,
+        substitutions=f.object("substitutions") or {},
+        tenant=f.string("tenant", non_empty=True),
+        campaign=f.string("campaign", non_empty=True),
+        template_dialect=dialect or "Jinja",
+    )
+
+
+def _parse_recipient(item: Any, where: str) -> Recipient:
+    if isinstance(item, str):  # a bare address is a common shorthand; take it
+        return Recipient(item)
+    f = JsonFields(item, where, RECIPIENT_FIELDS)
+    email = f.string("email", required=True)
+    assert email is not None
+    return Recipient(email, f.string("name"), f.object("substitutions") or {})
+
+
+def _parse_mailbox(value: Any, where: str) -> Mailbox | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return Mailbox(value)
+    f = JsonFields(value, where, ADDRESS_FIELDS)
+    email = f.string("email", required=True)
+    assert email is not None
+    return Mailbox(email, f.string("name"))
+
+
+def _parse_content(value: dict[str, Any]) -> BuiltContent:
+    f = JsonFields(value, "content", CONTENT_FIELDS)
+    headers = []
+    for name, text in (f.object("headers") or {}).items():
+        if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name):
+            raise f.error("headers", f"not a header field name: {name!r}")
+        if name.lower() in RESERVED_HEADERS:
+            raise f.error("headers", f"{name} is set by the message builder; give a full message "
+                                     f"as a string to control the MIME structure")
+        if not isinstance(text, str):
+            raise f.error(f"headers.{name}", f"expected a string, got {json_type(text)}")
+        headers.append((name, text))
+    attachments = tuple(_parse_attachment(a, f"content.attachments[{i}]")
+                        for i, a in enumerate(f.array("attachments") or ()))
+    return BuiltContent(
+        subject=f.string("subject"),
+        from_=_parse_mailbox(f.value("from"), "content.from"),
+        reply_to=_parse_mailbox(f.value("reply_to"), "content.reply_to"),
+        headers=tuple(headers),
+        text_body=f.string("text_body"),
+        html_body=f.string("html_body"),
+        attachments=attachments,
+    )
+
+
+def _parse_attachment(value: Any, where: str) -> Attachment:
+    f = JsonFields(value, where, ATTACHMENT_FIELDS)
+    text = f.string("data", required=True)
+    assert text is not None
+    if f.boolean("base64"):
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise f.error("data", "not valid base64") from None
+    else:
+        data = text.encode("utf-8")
+    content_type = f.string("content_type", default="application/octet-stream") or "application/octet-stream"
+    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", content_type):
+        raise f.error("content_type", f'expected a type like "application/pdf", got {content_type!r}')
+    content_id = f.string("content_id")
+    if content_id is not None:
+        content_id = content_id.strip("<>")
+    return Attachment(data, content_type.lower(), f.string("file_name"), content_id)
+
+
+def valid_address(address: str) -> bool:
+    """Whether `address` is a mailbox SMTP can carry (RFC 5321 4.1.2)."""
+    return len(address) <= MAX_ADDRESS_LENGTH and parse_path(f"<{address}>") is not None
+
+
+# --- templates -------------------------------------------------------------------------
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, also refusing repetitions and powers that would exhaust memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_ITEMS:
+                    raise SecurityError("the template repeats a string or list too often")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+            if right * math.log2(abs(left)) > MAX_POWER_BITS:
+                raise SecurityError("the template computes a power too large")
+        return super().call_binop(context, operator, left, right)
+
+
+_environment = _Sandbox(keep_trailing_newline=True, autoescape=False)
+
+
+class _Static:
+    """A template that is only text (``"template_dialect": "Static"``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        return self.text
+
+
+def _compile(text: str | None, where: str, dialect: str) -> Any:
+    if text is None:
+        return None
+    if dialect == "Static":
+        return _Static(text)
+    try:
+        return _environment.from_string(text)
+    except TemplateSyntaxError as exc:
+        raise HttpError(400, f"{where}: template error on line {exc.lineno}: {exc.message}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Templates:
+    """The request's templates, compiled once and rendered per recipient."""
+
+    message: Any = None  # content given as a string
+    subject: Any = None
+    text_body: Any = None
+    html_body: Any = None
+    headers: tuple[tuple[str, Any], ...] = ()
+
+
+def compile_templates(request: InjectRequest) -> _Templates:
+    d = request.template_dialect
+    content = request.content
+    if isinstance(content, str):
+        return _Templates(message=_compile(content, "content", d))
+    return _Templates(
+        subject=_compile(content.subject, "content.subject", d),
+        text_body=_compile(content.text_body, "content.text_body", d),
+        html_body=_compile(content.html_body, "content.html_body", d),
+        headers=tuple((name, _compile(text, f"content.headers.{name}", d)) for name, text in content.headers),
+    )
+
+
+def _context(request: InjectRequest, recipient: Recipient) -> dict[str, Any]:
+    to_header = str(Address(display_name=recipient.name or "", addr_spec=recipient.email)) \
+        if recipient.name else recipient.email
+    return {
+        "email": recipient.email,
+        "name": recipient.name or "",
+        "to_header": to_header,
+        **request.substitutions,
+        **recipient.substitutions,
+    }
+
+
+# --- building messages -------------------------------------------------------------------
+
+
+def crlf(text: str) -> bytes:
+    """A message string as SMTP data: UTF-8, CRLF line endings, ending with CRLF."""
+    data = re.sub(r"\r\n|\r|\n", "\r\n", text).encode("utf-8")
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _check_message(data: bytes) -> None:
+    if not _HEADER_LINE.match(data):
+        raise ValueError("the message does not start with a header field (like \"Subject: ...\")")
+
+
+def _mailbox(box: Mailbox) -> Address:
+    return Address(display_name=box.name or "", addr_spec=box.email)
+
+
+def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
+    # Quoted-printable keeps non-ASCII text 7-bit: no receiver needs 8BITMIME for it.
+    part.set_content(text, subtype=subtype, cte=None if text.isascii() else "quoted-printable")
+
+
+def build_message(content: BuiltContent, *, sender: str, to_header: str, subject: str | None,
+                  text_body: str | None, html_body: str | None, headers: Sequence[tuple[str, str]],
+                  hostname: str) -> bytes:
+    """The MIME message for one recipient, from rendered parts. ValueError if a part is unusable."""
+    msg = EmailMessage(policy=SMTP)
+    given = {name.lower() for name, _ in headers}
+    if content.from_ is not None:
+        msg["From"] = _mailbox(content.from_)
+    elif "from" not in given and sender:
+        msg["From"] = sender
+    if "to" not in given:
+        msg["To"] = to_header
+    if subject is not None:
+        msg["Subject"] = subject
+    if content.reply_to is not None:
+        msg["Reply-To"] = _mailbox(content.reply_to)
+    if "date" not in given:
+        msg["Date"] = formatdate(usegmt=True)
+    if "message-id" not in given:
+        msg["Message-ID"] = make_msgid(domain=hostname)
+    for name, value in headers:
+        if name.lower() in ("from", "subject", "reply-to"):
+            del msg[name]
+        msg[name] = value
+    related = [a.content_id is not None and html_body is not None for a in content.attachments]
+    if text_body is not None:
+        _set_text(msg, text_body, "plain")
+        if html_body is not None:
+            msg.add_alternative(html_body, subtype="html",
+                                cte=None if html_body.isascii() else "quoted-printable")
+    elif html_body is not None:
+        _set_text(msg, html_body, "html")
+    else:
+        _set_text(msg, "", "plain")
+    if any(related):
+        html_part = msg if text_body is None else msg.get_payload()[-1]
+        for a in (a for a, inline in zip(content.attachments, related) if inline):
+            maintype, subtype = a.content_type.split("/", 1)
+            html_part.add_related(a.data, maintype=maintype, subtype=subtype, cid=f"<{a.content_id}>",
+                                  filename=a.file_name, disposition="inline")
+    for a, inline in zip(content.attachments, related):
+        if inline:
+            continue
+        maintype, subtype = a.content_type.split("/", 1)
+        msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=a.file_name or None,
+                           cid=f"<{a.content_id}>" if a.content_id else None)
+    return msg.as_bytes()
+
+
+def render(request: InjectRequest, templates: _Templates, recipient: Recipient, hostname: str) -> bytes:
+    """One recipient's message. Raises ValueError or a Jinja error saying why it cannot be made."""
+    context = _context(request, recipient)
+    content = request.content
+    if isinstance(content, str):
+        data = crlf(templates.message.render(context))
+        _check_message(data)
+        return data
+
+    def text(template: Any) -> str | None:
+        return None if template is None else template.render(context)
+
+    return build_message(
+        content,
+        sender=request.envelope_sender,
+        to_header=context["to_header"],
+        subject=text(templates.subject),
+        text_body=text(templates.text_body),
+        html_body=text(templates.html_body),
+        headers=[(name, template.render(context)) for name, template in templates.headers],
+        hostname=hostname,
+    )
+
+
+# --- injecting -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InjectResult:
+    """KumoMTA's answer: counts, the recipients that failed and why."""
+
+    success_count: int = 0
+    fail_count: int = 0
+    failed_recipients: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    server_failed: bool = False  # a failure was ours (spool), not the request's
+
+    def fail(self, recipient: str, reason: str) -> None:
+        self.fail_count += 1
+        self.failed_recipients.append(recipient)
+        self.errors.append(f"{recipient}: {reason}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "success_count": self.success_count,
+            "fail_count": self.fail_count,
+            "failed_recipients": self.failed_recipients,
+            "errors": self.errors,
+        }
+
+
+class Injector:
+    """Turns inject requests into accepted, durable messages."""
+
+    def __init__(self, acceptor: Acceptor, *, hostname: str, max_message_size_bytes: int = 20_000_000) -> None:
+        self.acceptor = acceptor
+        self.hostname = hostname
+        self.max_message_size_bytes = max_message_size_bytes
+
+    async def inject(self, request: InjectRequest, *, peer: str, listener: str = "") -> InjectResult:
+        """Render, store and queue; return once every accepted message is durable."""
+        templates = compile_templates(request)  # HttpError 400 on a syntax error: nothing accepted
+        result = InjectResult()
+        valid = []
+        for recipient in request.recipients:
+            if valid_address(recipient.email):
+                valid.append(recipient)
+            else:
+                result.fail(recipient.email, "not a valid recipient address")
+        rendered = await trio.to_thread.run_sync(self._render_all, request, templates, valid)
+        groups: dict[bytes, list[str]] = {}
+        for recipient, data in rendered:
+            if isinstance(data, str):
+                result.fail(recipient.email, data)
+            else:
+                groups.setdefault(data, []).append(recipient.email)
+        reception = Reception(peer_address=peer, listener=listener, protocol="HTTP")
+
+        async def accept(data: bytes, recipients: list[str]) -> None:
+            accepted = await self.acceptor.accept(Submission(
+                sender=request.envelope_sender, recipients=recipients, data=data, reception=reception,
+                tenant=request.tenant, campaign=request.campaign,
+            ))
+            if accepted.reply.is_positive:
+                result.success_count += len(accepted.messages)
+            else:
+                result.server_failed = True
+                for email in recipients:
+                    result.fail(email, str(accepted.reply))
+
+        if len(groups) == 1:
+            ((data, recipients),) = groups.items()
+            await accept(data, recipients)
+        elif groups:
+            async with trio.open_nursery() as nursery:
+                for data, recipients in groups.items():
+                    nursery.start_soon(accept, data, recipients)
+        return result
+
+    def _render_all(self, request: InjectRequest, templates: _Templates,
+                    recipients: Sequence[Recipient]) -> list[tuple[Recipient, bytes | str]]:
+        """Each recipient's message, or why it could not be made. Runs in a worker thread."""
+        out: list[tuple[Recipient, bytes | str]] = []
+        for recipient in recipients:
+            try:
+                data = render(request, templates, recipient, self.hostname)
+            except SecurityError as exc:
+                out.append((recipient, f"template refused: {exc}"))
+                continue
+            except TemplateError as exc:
+                out.append((recipient, f"template error: {exc}"))
+                continue
+            except Exception as exc:  # noqa: BLE001 (user data in a template can raise anything: 1/0, int("x"))
+                out.append((recipient, f"cannot build the message: {exc}"))
+                continue
+            if len(data) > self.max_message_size_bytes:
+                out.append((recipient, f"message of {len(data)} bytes exceeds {self.max_message_size_bytes}"))
+                continue
+            out.append((recipient, data))
+        return out
