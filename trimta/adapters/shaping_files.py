@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,9 @@ def parse_shaping_text(text: str, file: str) -> tuple[ShapingDocument | None, li
     """One file's text: its document (None if it is not TOML) and every problem found."""
     try:
         data = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:
         message = re.sub(r" at line \d+ col \d+$", "", str(exc))
-        return None, [ShapingProblem(file, exc.line, None, f"not valid TOML: {message}")]
+        return None, [ShapingProblem(file, _error_line(exc, text), None, f"not valid TOML: {message}")]
     lines = TomlLines(text)
 
     def locate(path: Sequence[str | int]) -> str:
@@ -146,6 +147,19 @@ def parse_shaping_text(text: str, file: str) -> tuple[ShapingDocument | None, li
              for p in problems]
     found.sort(key=lambda p: p.line or 0)
     return document, found
+
+
+def _error_line(exc: Exception, text: str) -> int | None:
+    """The line of a TOML syntax error: tomlkit's when it says, else tomllib's."""
+    line = getattr(exc, "line", None)
+    if line:
+        return line
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as other:
+        m = re.search(r"at line (\d+)", str(other))
+        return int(m.group(1)) if m else None
+    return None
 
 
 def read_shaping_file(path: str | os.PathLike) -> tuple[ShapingDocument | None, list[ShapingProblem]]:
