@@ -107,6 +107,20 @@ async def test_batches_share_one_keep_alive_connection(nursery, autojump_clock):
     assert receiver.connections == 1
 
 
+async def test_a_keep_alive_connection_closed_by_the_endpoint_is_replaced_without_a_failure(nursery, autojump_clock):
+    receiver = WebhookReceiver(nursery)
+    receiver.hang_up_after_answer = True
+    sender, _, _ = await start(nursery, receiver, batch_size=2)
+    with trio.fail_after(10):
+        for n in range(6):
+            sender.offer(record(n))
+            await trio.sleep(0.1)
+        await receiver.wait_for_records(6)
+    assert receiver.records == [record(n) for n in range(6)]
+    assert receiver.connections == 3
+    assert sender.statistics().failures == 0
+
+
 async def test_failed_posts_are_retried_with_exponential_backoff_up_to_the_maximum(nursery, autojump_clock):
     receiver = WebhookReceiver(nursery)
     receiver.status = 503
@@ -255,6 +269,20 @@ async def test_a_failing_journal_keeps_the_records_and_tries_again(nursery, auto
         await receiver.wait_for_records(5)
     assert receiver.records == [record(n) for n in range(5)]
     assert sender.statistics().journal_errors == 3
+
+
+async def test_a_journal_that_cannot_be_opened_does_not_hold_up_the_start(nursery, autojump_clock):
+    receiver = WebhookReceiver(nursery)
+    journal = MemoryJournal()
+    journal.fail_opens = 2
+    sender, _, _ = await start(nursery, receiver, journal=journal, batch_size=2)
+    with trio.fail_after(100):
+        sender.offer(record(1))
+        sender.offer(record(2))
+        assert sender.statistics().buffered == 2
+        await receiver.wait_for_records(2)
+    assert receiver.records == [record(1), record(2)]
+    assert sender.statistics().journal_errors == 2
 
 
 async def test_records_emitted_to_the_log_sink_reach_the_webhook(nursery, autojump_clock, tmp_path):

@@ -7,7 +7,7 @@ endpoint (h11) that records every request and answers as told: reachable in memo
 through its `connect` (a `Connector`), or on real sockets with
 ``trio.serve_tcp(receiver.handle, port)``. Switch it while a test runs:
 ``refusing`` (connections refused), ``stalled`` (requests never answered),
-``status`` (and ``retry_after``) for the answer.
+``status`` (and ``retry_after``) for the answer, ``hang_up_after_answer``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ class MemoryJournal:
         self.rows: list[tuple[int, bytes]] = []
         self.last_seq = 0
         self.fail_appends = 0  # how many of the next appends raise OSError
+        self.fail_opens = 0  # how many of the next opens raise OSError
         self.appends = 0
 
     async def open(self) -> tuple[int, int]:
         await trio.lowlevel.checkpoint()
+        if self.fail_opens:
+            self.fail_opens -= 1
+            raise OSError(13, "Permission denied")
         return len(self.rows), (self.rows[-1][0] if self.rows else 0)
 
     async def append(self, records: Sequence[Mapping[str, Any]]) -> int:
@@ -88,6 +92,9 @@ class WebhookReceiver:
         self.stalled = False
         self.status = 200
         self.retry_after: str | None = None
+        # Close each connection after one answer without saying so (as servers do with
+        # idle keep-alive connections): the client finds out on its next request.
+        self.hang_up_after_answer = False
         self.connections = 0
         self._changed = trio.Event()
 
@@ -170,7 +177,7 @@ class WebhookReceiver:
                 if 200 <= status < 300:
                     self.answered.append(received)
                     self._note()
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                if self.hang_up_after_answer or h11.MUST_CLOSE in (conn.our_state, conn.their_state):
                     return
                 conn.start_next_cycle()
         except h11.RemoteProtocolError:
