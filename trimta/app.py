@@ -17,6 +17,7 @@ record written.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from functools import partial
@@ -33,6 +34,7 @@ from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import SmtpListener
+from trimta.services.webhooks import WebhookSender
 
 log = logging.getLogger("trimta")
 
@@ -91,6 +93,9 @@ class App:
             async with trio.open_nursery() as root:
                 await root.start(spool.run)
                 await root.start(logs.run)
+                for webhook in config.webhooks:
+                    sender = WebhookSender(webhook, config.spool.path / "webhooks", records=logs.subscribe(math.inf))
+                    await root.start(sender.run)
                 await root.start(partial(engine.run, restored_expired=expired))
                 async with trio.open_nursery() as ingress:
                     sessions_scope = trio.CancelScope()

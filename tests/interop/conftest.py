@@ -80,6 +80,7 @@ class Daemon:
     # Tests never ask a DNS server off this machine: by default nothing answers on this
     # loopback port, so delivery waits (transient DNS failure) and the spool keeps mail.
     dns: str = 'nameservers = ["127.0.0.1:9"]\ntimeout = "1s"'
+    http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     stderr_path: Path = field(init=False)
 
@@ -95,6 +96,7 @@ class Daemon:
             f'listen = "{self.host}:{self.port}"\n'
             f"{self.extra_listener}\n"
             f'[spool]\npath = "spool"\n'
+            f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
             f'[logs]\npath = "logs"\nflush_interval = "50ms"\n'
         )
 

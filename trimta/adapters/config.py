@@ -111,6 +111,8 @@ class Config:
     logs: LogsConfig = LogsConfig()
     dns: Any = None  # trimta.adapters.dns.ResolverConfig
     delivery: Any = None  # trimta.adapters.delivery_config.DeliveryConfig
+    http: Any = None  # trimta.adapters.http_config.HttpConfig
+    webhooks: tuple = ()  # trimta.adapters.webhook_config.WebhookConfig, one per [[logs.webhook]]
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -336,7 +338,12 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
     from trimta.adapters.delivery_config import parse_delivery_config  # noqa: PLC0415 (it imports this module)
 
     delivery = parse_delivery_config(raw, source)
+
+    from trimta.adapters.http_config import http_config_from  # noqa: PLC0415
+    from trimta.adapters.webhook_config import parse_webhooks  # noqa: PLC0415
+
     return Config(
         source=source, hostname=hostname, listeners=listeners, tenancy=tenancy,
         spool=spool, logs=logs, dns=dns, delivery=delivery, raw=raw,
+        http=http_config_from(raw, source), webhooks=parse_webhooks(raw, source),
     )
