@@ -285,6 +285,7 @@ max_deliveries_per_connection = 20
 match=[{MXSuffix=".mx.microsoft"}]
 enable_dane = true
 provider_connection_limit = 5
+provider_max_message_rate = "local:1_000/h"
 
 ["comcast.net"]
 connection_limit = 25
@@ -293,7 +294,7 @@ idle_timeout = "30s"
 
 [["comcast.net".automation]]
 regex = "RL0000"
-action = {SetConfig={name="max_connection_rate", value="10000/h"}}
+action = {SetConfig={name="max_connection_rate", value="10,000/h"}}
 trigger = {Threshold="2/hr"}
 duration = "2 hours"
 
@@ -333,9 +334,15 @@ def test_a_kumomta_file_loads_unchanged(tmp_path):
     assert rules[0].matches("421 4.7.0 Messages from 192.0.2.1 temporarily deferred")
     yahoo = provider.automation_for("ip-1", "(mta5|mta6|mta7).am0.yahoodns.net", "yahoo.com")
     assert yahoo[-1].matches("421 4.7.0 [TS04] Messages from 192.0.2.1 temporarily deferred due to user complaints")
+    provider.learn_site("comcast.net", "(mx1a1|mx2c1).comcast.net")
+    (comcast,) = provider.automation_for("ip-1", "(mx1a1|mx2c1).comcast.net", "comcast.net")[2:]
+    assert comcast.actions[0].overrides == {"max_connection_rate": Rate(10000, 3600.0)}
+    assert comcast.threshold == Rate(2, 3600.0)
     own = provider.path_config("my source name", "domain=example.com", "example.com")
     assert (own.connection_limit, own.max_deliveries_per_connection) == (5, 100)
     assert provider.rollup("example.com") is False
+    dane = provider.path_config("ip-1", "x-example.a-v1.mx.microsoft", "x.example")
+    assert dane.provider_max_message_rate == Rate(1000, 3600.0)
     assert gmail_hosts  # the site name alone was enough to recognise Google
 
 

@@ -33,7 +33,10 @@ _RATE_PERIODS = {
     "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
     "d": 86400.0, "day": 86400.0,
 }
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([a-zA-Z]+)\s*(?:,\s*max_burst\s*=\s*(\d+)\s*)?")
+# The limit may group digits KumoMTA's way ("10,000/h", "10_000/h"); its "local:"
+# prefix (keep the throttle on this node) is accepted and means nothing here.
+_RATE = re.compile(
+    r"\s*(?:local:)?(\d(?:[\d_,]*\d)?(?:\.\d+)?)\s*/\s*([a-zA-Z]+)\s*(?:,\s*max_burst\s*=\s*(\d+)\s*)?")
 
 DURATION_FORMS = 'a number of seconds or a string like "30s", "5m", "2h", "7d", "1h30m"'
 SIZE_FORMS = 'a number of bytes or a string like "512KB", "20MB", "1GiB"'
@@ -101,7 +104,7 @@ def parse_rate(value: object) -> Rate:
     m = _RATE.fullmatch(value)
     if not m or m.group(2).lower() not in _RATE_PERIODS:
         raise ValueError(f"expected {RATE_FORMS}, got {value!r}")
-    limit = float(m.group(1))
+    limit = float(m.group(1).replace(",", "").replace("_", ""))
     if limit <= 0:
         raise ValueError(f"rate must be positive, got {value!r}")
     burst = int(m.group(3)) if m.group(3) else None
