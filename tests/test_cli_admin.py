@@ -392,7 +392,8 @@ def test_endpoint_from_the_environment_and_its_default(monkeypatch, api, capsys)
 def test_an_endpoint_with_a_path_prefix_is_kept(api, capsys):
     api.answer("GET", "/mta/api/admin/suspend/v1", [])
     assert run_cli(capsys, "suspend-list", "--endpoint", api.endpoint + "/mta")[0] == 0
-    assert api.requests[0].path == "/mta/api/admin/suspend/v1"
+    assert run_cli(capsys, "suspend-list", "--endpoint", api.endpoint + "/mta/?ignored=1")[0] == 0
+    assert [r.path for r in api.requests] == ["/mta/api/admin/suspend/v1"] * 2
 
 
 def test_a_daemon_not_running_is_said_plainly(capsys):

@@ -66,6 +66,19 @@ async def test_wanted_records_are_posted_as_one_json_array_with_the_configured_h
     assert request.records == [record(2, "Delivery"), record(4, "Bounce"), record(5, "Delivery")]
 
 
+async def test_configured_headers_replace_the_defaults_rather_than_repeat_them(nursery, autojump_clock):
+    receiver = WebhookReceiver(nursery)
+    sender, _, _ = await start(nursery, receiver, batch_size=1, headers=(
+        ("Content-Type", "application/vnd.acme+json"), ("User-Agent", "acme-mta"),
+    ))
+    with trio.fail_after(10):
+        sender.offer(record(1))
+        await receiver.wait_for_records(1)
+    raw = receiver.requests[0].raw_headers
+    assert [v for k, v in raw if k == "content-type"] == ["application/vnd.acme+json"]
+    assert [v for k, v in raw if k == "user-agent"] == ["acme-mta"]
+
+
 async def test_a_partial_batch_waits_for_max_batch_latency(nursery, autojump_clock):
     receiver = WebhookReceiver(nursery)
     sender, _, _ = await start(nursery, receiver, batch_size=100, max_batch_latency_s=5.0)

@@ -132,7 +132,7 @@ class ApiClient:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.origin, prefix, userinfo = split_url(endpoint)
-        self.prefix = prefix.rstrip("/").partition("?")[0]
+        self.prefix = prefix.partition("?")[0].rstrip("/")
         self.endpoint = f"{self.origin}{self.prefix}"
         self.timeout_s = timeout_s
         self.headers = {"Accept": "application/json", "User-Agent": "trimta-cli"}
@@ -316,7 +316,10 @@ class HttpClient:
         timeout_s: float = 30.0,
     ) -> HttpResponse:
         """Send one request and read its whole answer, within `timeout_s`."""
-        all_headers = [("Host", self.origin.host_header), ("User-Agent", self._user_agent)]
+        given = {k.lower() for k, _ in headers}
+        all_headers = [("Host", self.origin.host_header)]
+        if "user-agent" not in given:
+            all_headers.append(("User-Agent", self._user_agent))
         all_headers += [(k, v) for k, v in headers if k.lower() not in ("host", "content-length")]
         all_headers.append(("Content-Length", str(len(body))))
         with trio.move_on_after(timeout_s):

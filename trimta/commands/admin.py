@@ -17,6 +17,7 @@ from trimta.commands._api import (
     add_api_options,
     age,
     api_command,
+    cell,
     duration,
     plural,
     print_json,
@@ -260,7 +261,7 @@ def inspect_message(client: ApiClient, args: argparse.Namespace) -> int:
     fields = {"id": answer.get("id"), "state": answer.get("state"), **_flatten(message)}
     width = max(len(k) for k in fields)
     for key, value in fields.items():
-        print(f"{key.ljust(width)}  {'-' if value is None else value}")
+        print(f"{key.ljust(width)}  {cell(value)}")
     if data is not None:
         print()
         print(data, end="" if data.endswith("\n") else "\n")

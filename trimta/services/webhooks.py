@@ -92,7 +92,11 @@ class WebhookSender:
         self.journal = journal if journal is not None else SqliteJournal(Path(directory) / f"{config.name}.sqlite3")
         self._records = records
         self._client = HttpClient(config.origin, connect=connect, user_agent="trimta-webhook")
-        self._headers = (("Content-Type", "application/json"), *config.headers)
+        configured = {name.lower() for name, _ in config.headers}
+        self._headers = (
+            *((("Content-Type", "application/json"),) if "content-type" not in configured else ()),
+            *config.headers,
+        )
         self._incoming: list[Mapping[str, Any]] = []
         self._incoming_since = 0.0
         self._wake_writer = trio.Event()

@@ -75,6 +75,7 @@ class ReceivedRequest:
     headers: dict[str, str]  # lower-case names
     body: bytes
     at: float  # trio.current_time() when it was complete
+    raw_headers: tuple[tuple[str, str], ...] = ()  # every header, in order, lower-case names
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -156,6 +157,7 @@ class WebhookReceiver:
                     headers={k.decode().lower(): v.decode() for k, v in request.headers},
                     body=bytes(body),
                     at=trio.current_time(),
+                    raw_headers=tuple((k.decode().lower(), v.decode()) for k, v in request.headers),
                 )
                 self.requests.append(received)
                 self._note()
