@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import http.client
 import json
 import socket
@@ -267,7 +268,7 @@ async def open_stream(origin: Origin) -> trio.abc.Stream:
     """A TCP connection to `origin`, with TLS (system CAs, name checked) for https."""
     stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
     if origin.tls:
-        tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=origin.host, https_compatible=True)
+        tls = trio.SSLStream(stream, _tls_context(), server_hostname=origin.host, https_compatible=True)
         try:
             await tls.do_handshake()
         except BaseException:
@@ -275,6 +276,11 @@ async def open_stream(origin: Origin) -> trio.abc.Stream:
             raise
         stream = tls
     return stream
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()  # loading the system's CAs once is enough
 
 
 class HttpClient:
