@@ -346,6 +346,26 @@ def test_a_kumomta_file_loads_unchanged(tmp_path):
     assert gmail_hosts  # the site name alone was enough to recognise Google
 
 
+def test_a_kumomta_json_file_loads_too(tmp_path):
+    path = write(tmp_path, "shaping.json", """
+        {"default": {"connection_limit": 10},
+         "gmail.com": {"max_deliveries_per_connection": 50, "sources": {"ip-1": {"max_message_rate": "10/s"}},
+                       "automation": [{"regex": "x", "action": "Suspend", "duration": "1h"}]},
+         "provider": {"yahoo": {"match": [{"MXSuffix": ".yahoodns.net"}], "connection_limit": 4}}}
+    """)
+    provider = ShapingProvider(load_shaping_files([path]))
+    provider.learn_site("gmail.com", GMAIL_SITE)
+    config = provider.path_config("ip-1", GMAIL_SITE, "googlemail.com")
+    assert (config.connection_limit, config.max_deliveries_per_connection) == (10, 50)
+    assert config.max_message_rate == Rate(10, 1.0)
+    assert provider.path_config("ip-1", "(mta5|mta6).am0.yahoodns.net", "yahoo.com").connection_limit == 4
+    write(tmp_path, "shaping.json", '{"gmail.com": {"conection_limit": 5}}')
+    with pytest.raises(ShapingError) as info:
+        load_shaping_files([path])
+    (p,) = info.value.problems
+    assert (p.line, p.key) == (None, '"gmail.com".conection_limit') and "did you mean" in p.message
+
+
 # --- the shipped defaults ---------------------------------------------------------------------------
 
 PROVIDER_HOSTS = {

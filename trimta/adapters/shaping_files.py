@@ -6,7 +6,8 @@ mistake is reported with its file, line and key, and what would be accepted::
 
     custom.toml:12: "gmail.com".conection_limit: unknown egress path option; did you mean 'connection_limit'?
 
-Every file is read before anything is reported, so one run shows every
+KumoMTA's JSON form of the same tables (a file ending in ``.json``) loads too;
+its mistakes carry the key but no line. Every file is read before anything is reported, so one run shows every
 mistake; `load_shaping_files` raises `ShapingError` listing them and returns
 warnings otherwise. A reload that fails leaves the caller's running rules alone:
 it only has to keep the `ShapingProvider` it had.
@@ -28,6 +29,7 @@ trimta.toml's ``[egress]`` tables, is in `ShapingProvider`.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 import re
 import tomllib
@@ -170,7 +172,21 @@ def read_shaping_file(path: str | os.PathLike) -> tuple[ShapingDocument | None, 
         return None, [ShapingProblem(name, None, None, "no such file")]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [ShapingProblem(name, None, None, f"cannot read: {exc}")]
+    if name.endswith(".json"):
+        return parse_shaping_json(text, name)
     return parse_shaping_text(text, name)
+
+
+def parse_shaping_json(text: str, file: str) -> tuple[ShapingDocument | None, list[ShapingProblem]]:
+    """A KumoMTA shaping file in its JSON form: same tables; problems carry keys but no lines."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, [ShapingProblem(file, exc.lineno, None, f"not valid JSON: {exc.msg}")]
+    if not isinstance(data, dict):
+        return None, [ShapingProblem(file, 1, None, "expected a JSON object of tables")]
+    document, problems = read_document(data, origin=file)
+    return document, [ShapingProblem(file, None, render_key(p.path) or None, p.message, p.warning) for p in problems]
 
 
 def load_shaping_files(paths: Sequence[str | os.PathLike]) -> LoadedShaping:
