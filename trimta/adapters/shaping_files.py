@@ -40,7 +40,6 @@ from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
-import tomlkit.items
 import trio
 
 from trimta.adapters.config import ConfigError, _Table
@@ -284,17 +283,23 @@ class ShapingProvider:
         self._site_of: dict[str, str] = {}  # domain with a rolled-up table -> its site
         self._hosts: dict[str, tuple[str, ...]] = {}  # site -> MX host names seen
         self._cache: dict[tuple[str, str, str], EgressPathConfig] = {}
+        self._rules: dict[tuple[str, str], tuple[AutomationRule, ...]] = {}
         self._cache_size = cache_size
 
     @property
     def shaping(self) -> Shaping:
         return self._shaping
 
+    def _forget(self) -> None:
+        """Drop cached answers: the rules or what is known of sites changed."""
+        self._cache.clear()
+        self._rules.clear()
+
     def swap(self, shaping: Shaping | LoadedShaping) -> None:
         """Use new rules from now on (a reload). What is known of sites is kept."""
         self._shaping = _unwrap(shaping)
         self._site_of = {d: s for d, s in self._site_of.items() if self._shaping.has_table(d)}
-        self._cache.clear()
+        self._forget()
 
     # --- what DNS says ---
 
@@ -311,7 +316,7 @@ class ShapingProvider:
             return
         if self._site_of.get(domain) != site:
             self._site_of[domain] = site
-            self._cache.clear()
+            self._forget()
 
     def observe(self, resolution: MxResolution) -> None:
         """Remember what resolving a domain showed: its site's MX hosts, and its table's site."""
@@ -320,7 +325,7 @@ class ShapingProvider:
         hosts = tuple(sorted({h.name.lower().removesuffix(".") for h in resolution.hosts}))
         if hosts and self._hosts.get(resolution.site) != hosts:
             self._hosts[resolution.site] = hosts
-            self._cache.clear()
+            self._forget()
         self.learn_site(resolution.domain, resolution.site)
 
     async def resolve_sites(self, resolver: Resolver) -> dict[str, MxResolution]:
@@ -396,8 +401,15 @@ class ShapingProvider:
         """
         domain = domain.strip().lower().removesuffix(".")
         self.learn_site(domain, site)
-        return self._shaping.automation(site, domain, site_domains=self.site_domains(site),
-                                        mx_hosts=self.hosts_for(site))
+        key = (site, domain)
+        rules = self._rules.get(key)
+        if rules is None:  # asked for every response the path gets: worth keeping
+            rules = self._shaping.automation(site, domain, site_domains=self.site_domains(site),
+                                             mx_hosts=self.hosts_for(site))
+            if len(self._rules) >= self._cache_size:
+                self._rules.clear()
+            self._rules[key] = rules
+        return rules
 
     def provider_for(self, site: str, domain: str) -> str | None:
         """The name of the provider whose shared limits apply to `site` (the last matching one), or None."""
@@ -448,65 +460,3 @@ def value_summary(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return str(value) if not isinstance(value, Mapping) else repr(dict(value))
-
-
-# --- Editing ----------------------------------------------------------------------------------
-
-
-def set_option(text: str, table: str, key: str, value: object, *, source: str | None = None) -> str:
-    """`text` with ``key = value`` set in the table of `table` (a domain or ``default``).
-
-    Edits through tomlkit, so comments, order and layout stay as they were: an
-    existing key keeps its place and trailing comment, a new key goes at the
-    end of its table, a new table at the end of the file. With `source` the key
-    goes into ``["table".sources."source"]``. The table is found whatever the
-    case and trailing dot it was written with.
-    """
-    doc = tomlkit.parse(text)
-    item = tomlkit.item(value)
-    wanted = table.strip().lower().removesuffix(".")
-    name = next((k for k in doc if str(k).strip().lower().removesuffix(".") == wanted), None)
-    if name is None:
-        name = wanted
-        if source is None:
-            doc.add(_quoted(name), _new_table(key, item))
-            return _keep_tail(text, doc.as_string())
-        doc.add(_quoted(name), tomlkit.table(is_super_table=True))
-    target = doc[name]
-    if not isinstance(target, tomlkit.items.Table):
-        raise ValueError(f"{table!r} is not a table in this file")
-    if source is not None:
-        if "sources" not in target:
-            target.add("sources", tomlkit.table(is_super_table=True))
-        sources = target["sources"]
-        if source not in sources:
-            sources.add(_quoted(source), _new_table(key, item))
-            return _keep_tail(text, doc.as_string())
-        target = sources[source]
-        if not isinstance(target, (tomlkit.items.Table, tomlkit.items.InlineTable)):
-            raise ValueError(f"sources.{source!r} of {table!r} is not a table in this file")
-    if key in target:
-        target[key] = item
-    else:
-        target.add(key, item)
-    return _keep_tail(text, doc.as_string())
-
-
-def _new_table(key: str, item: Any) -> Any:
-    """A table holding one key, and a blank line to keep it apart from what follows."""
-    table = tomlkit.table()
-    table.add(key, item)
-    table.add(tomlkit.nl())
-    return table
-
-
-def _keep_tail(before: str, after: str) -> str:
-    """`after` ending in as many newlines as `before` did (at least one): a new table's
-    blank line is not wanted at the very end of the file."""
-    tail = max(len(before) - len(before.rstrip("\n")), 1)
-    return after.rstrip("\n") + "\n" * tail
-
-
-def _quoted(name: str) -> Any:
-    """A key that renders quoted (``["gmail.com"]``), as KumoMTA's files write table names."""
-    return tomlkit.items.SingleKey(name, tomlkit.items.KeyType.Basic)

@@ -30,6 +30,7 @@ from pathlib import Path
 import trio
 
 from trimta.adapters.config import ConfigError
+from trimta.adapters.shaping_edit import set_option
 from trimta.adapters.shaping_files import (
     LoadedShaping,
     ShapingError,
@@ -39,7 +40,6 @@ from trimta.adapters.shaping_files import (
     parse_shaping_table,
     parse_shaping_text,
     render_key,
-    set_option,
     value_summary,
 )
 from trimta.core.egress_options import OptionError, parse_path_options
