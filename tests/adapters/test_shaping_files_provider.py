@@ -205,3 +205,23 @@ async def test_load_shaping_reads_the_configured_files_and_learns_sites(tmp_path
     assert p.provider_for(GOOGLE_SITE, "gmail.com") == "google"  # from the shipped defaults
     config = p.path_config("ip-1", GOOGLE_SITE, "googlemail.com")
     assert (config.connection_limit, config.max_deliveries_per_connection) == (5, 7)
+
+
+async def test_gmail_table_shapes_the_engines_ready_queue_for_googlemail(tmp_path, autojump_clock):
+    """End to end in virtual time: the real engine asks the provider for the Google site's path."""
+    from trimta.testing.harness import DeliveryHarness
+    from trimta.testing.network import accepting
+
+    p = provider(tmp_path, '["gmail.com"]\nconnection_limit = 2\nmax_deliveries_per_connection = 10\n',
+                 "[egress.default]\nprohibited_hosts = []\n")
+    resolver = google_resolver()
+    with trio.fail_after(600):
+        await p.resolve_sites(resolver)
+        h = DeliveryHarness(resolver=resolver, paths=p)
+        receiver = h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.05))
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@googlemail.com" for i in range(100)])
+            await h.wait_until_settled()
+    assert len(h.records("Delivery")) == 100
+    assert h.network.peak_connections == 2
+    assert len(receiver.connections) == 10  # 100 messages, 10 per connection

@@ -7,9 +7,9 @@ mistake is reported with its file, line and key, and what would be accepted::
     custom.toml:12: "gmail.com".conection_limit: unknown egress path option; did you mean 'connection_limit'?
 
 KumoMTA's JSON form of the same tables (a file ending in ``.json``) loads too;
-its mistakes carry the key but no line. Every file is read before anything is reported, so one run shows every
-mistake; `load_shaping_files` raises `ShapingError` listing them and returns
-warnings otherwise. A reload that fails leaves the caller's running rules alone:
+its mistakes carry the key but no line. Every file is read before anything is
+reported, so one run shows every mistake; `load_shaping_files` raises
+`ShapingError` listing them and returns warnings otherwise. A reload that fails leaves the caller's running rules alone:
 it only has to keep the `ShapingProvider` it had.
 
 The ``[shaping]`` table of ``trimta.toml`` (`parse_shaping_table`) lists the
@@ -108,8 +108,8 @@ def render_key(path: Sequence[str | int]) -> str:
             out += f"[{part}]"
             continue
         previous = path[i - 1] if i else None
-        quote = (i == 0 and part != PROVIDER) or previous in (PROVIDER, "sources") and i <= 3
-        text = f'"{_escape(part)}"' if quote or not re.fullmatch(r"[A-Za-z0-9_-]+", part) else part
+        is_name = (i == 0 and part != PROVIDER) or (previous in (PROVIDER, "sources") and i <= 3)
+        text = f'"{_escape(part)}"' if is_name or not re.fullmatch(r"[A-Za-z0-9_-]+", part) else part
         out += f".{text}" if out else text
     return out
 
@@ -298,7 +298,8 @@ class ShapingProvider:
     def swap(self, shaping: Shaping | LoadedShaping) -> None:
         """Use new rules from now on (a reload). What is known of sites is kept."""
         self._shaping = _unwrap(shaping)
-        self._site_of = {d: s for d, s in self._site_of.items() if self._shaping.has_table(d)}
+        self._site_of = {d: s for d, s in self._site_of.items()
+                         if self._shaping.has_table(d) and self._shaping.rollup(d)}
         self._forget()
 
     # --- what DNS says ---
@@ -324,6 +325,8 @@ class ShapingProvider:
             return
         hosts = tuple(sorted({h.name.lower().removesuffix(".") for h in resolution.hosts}))
         if hosts and self._hosts.get(resolution.site) != hosts:
+            if len(self._hosts) >= self._cache_size:
+                self._hosts.clear()  # what is forgotten is learnt again from the next resolution
             self._hosts[resolution.site] = hosts
             self._forget()
         self.learn_site(resolution.domain, resolution.site)
