@@ -4,7 +4,6 @@ as they are, the shipped defaults, and the [shaping] table of trimta.toml."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
