@@ -183,6 +183,14 @@ def test_swap_uses_the_new_rules_and_keeps_what_was_learned(tmp_path):
     assert p.path_config("ip-1", GOOGLE_SITE, "googlemail.com").connection_limit == 2
     p.swap(load_shaping_files([tmp_path / "shaping.toml"]).shaping)
     assert p.path_config("ip-1", GOOGLE_SITE, "googlemail.com").connection_limit == 5
+    egress = parse_delivery_config(tomllib.loads('[egress.default]\nsmtp_port = 2600\n'
+                                                '[egress.domains."googlemail.com"]\nconnection_limit = 1\n'),
+                                   "trimta.toml").path_provider
+    p.swap(load_shaping_files([tmp_path / "shaping.toml"]), overrides=egress)
+    config = p.path_config("ip-1", GOOGLE_SITE, "googlemail.com")
+    # The new [egress.default] comes after the files' "default"; the new [egress.domains] last.
+    assert (config.connection_limit, config.smtp_port) == (1, 2600)
+
 
 
 def test_conflicts_between_domains_that_share_a_site(tmp_path):

@@ -295,9 +295,15 @@ class ShapingProvider:
         self._cache.clear()
         self._rules.clear()
 
-    def swap(self, shaping: Shaping | LoadedShaping) -> None:
-        """Use new rules from now on (a reload). What is known of sites is kept."""
+    def swap(self, shaping: Shaping | LoadedShaping, *, overrides: StaticPathProvider | None = None) -> None:
+        """Use new rules (and new ``[egress]`` tables, if given) from now on: a reload.
+
+        What is known of sites and hosts is kept; `resolve_sites` refreshes it.
+        """
         self._shaping = _unwrap(shaping)
+        if overrides is not None:
+            self.overrides = overrides
+            self._operator_default = overrides_of(overrides.default)
         self._site_of = {d: s for d, s in self._site_of.items()
                          if self._shaping.has_table(d) and self._shaping.rollup(d)}
         self._forget()
