@@ -84,38 +84,43 @@ class App:
             delivery=config.delivery,
             hostname=config.hostname,
         )
+        # Subscribed before anything can emit, so webhooks see every record.
+        webhook_feeds = [(w, logs.subscribe(math.inf)) for w in config.webhooks]
         expired = engine.restore(restored.messages)
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept
         )
         listeners = [SmtpListener(lc, acceptor=acceptor, logs=logs) for lc in config.listeners]
         try:
-            async with trio.open_nursery() as root:
-                await root.start(spool.run)
-                await root.start(logs.run)
-                for webhook in config.webhooks:
-                    sender = WebhookSender(webhook, config.spool.path / "webhooks", records=logs.subscribe(math.inf))
-                    await root.start(sender.run)
-                await root.start(partial(engine.run, restored_expired=expired))
-                async with trio.open_nursery() as ingress:
-                    sessions_scope = trio.CancelScope()
-                    handlers = await ingress.start(_handler_nursery, sessions_scope)
-                    accept_scope = trio.CancelScope()
-                    addresses = []
-                    for listener in listeners:
-                        addresses.append(await ingress.start(_serve_in_scope, listener, handlers, accept_scope))
-                    running = Running(config, spool, logs, listeners, addresses, engine)
-                    for listener, addrs in zip(listeners, addresses):
-                        log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
-                    task_status.started(running)
-                    await _wait_for_shutdown(running)
-                    log.info("shutting down: no new connections, %.0fs grace for sessions", self.grace_s)
-                    accept_scope.cancel()
-                    with trio.move_on_after(self.grace_s):
-                        while any(lst.statistics().connections_open for lst in listeners):
-                            await trio.sleep(0.05)
-                    sessions_scope.cancel()
-                root.cancel_scope.cancel()
+            # The durable tail (spool, log sink, webhook journals) stops last, after
+            # everything that could still produce a message or a record.
+            async with trio.open_nursery() as tail:
+                await tail.start(spool.run)
+                await tail.start(logs.run)
+                for webhook, feed in webhook_feeds:
+                    await tail.start(WebhookSender(webhook, config.spool.path / "webhooks", records=feed).run)
+                async with trio.open_nursery() as work:
+                    await work.start(partial(engine.run, restored_expired=expired))
+                    async with trio.open_nursery() as ingress:
+                        sessions_scope = trio.CancelScope()
+                        handlers = await ingress.start(_handler_nursery, sessions_scope)
+                        accept_scope = trio.CancelScope()
+                        addresses = []
+                        for listener in listeners:
+                            addresses.append(await ingress.start(_serve_in_scope, listener, handlers, accept_scope))
+                        running = Running(config, spool, logs, listeners, addresses, engine)
+                        for listener, addrs in zip(listeners, addresses):
+                            log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
+                        task_status.started(running)
+                        await _wait_for_shutdown(running)
+                        log.info("shutting down: no new connections, %.0fs grace for sessions", self.grace_s)
+                        accept_scope.cancel()
+                        with trio.move_on_after(self.grace_s):
+                            while any(lst.statistics().connections_open for lst in listeners):
+                                await trio.sleep(0.05)
+                        sessions_scope.cancel()
+                    work.cancel_scope.cancel()
+                tail.cancel_scope.cancel()
         finally:
             spool.close()
         log.info("stopped")
