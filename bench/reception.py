@@ -73,8 +73,9 @@ def say(text: str) -> None:
 class TrimtaDaemon:
     """`python -m trimta serve` on a free loopback port, everything in a temp dir."""
 
-    def __init__(self, *, keep: bool) -> None:
+    def __init__(self, *, keep: bool, workers: int | None = None, tree: Path = ROOT) -> None:
         self.keep = keep
+        self.tree = tree
         self.directory = Path(tempfile.mkdtemp(prefix="trimta-bench-"))
         self.port = free_port(HOST)
         self.config_path = self.directory / "trimta.toml"
@@ -91,12 +92,15 @@ class TrimtaDaemon:
             '\n[queues]\nmax_message_rate = "1/d"\n'
             "\n[[listener]]\n"
             f'listen = "{HOST}:{self.port}"\n'
-            f'\n[spool]\npath = "{self.spool_path}"\n'
-            f'\n[logs]\npath = "{self.directory / "logs"}"\n'
+            + (f"workers = {workers}\n" if workers is not None else "")
+            + f'\n[spool]\npath = "{self.spool_path}"\n'
+            + f'\n[logs]\npath = "{self.directory / "logs"}"\n'
         )
 
     def start(self) -> TrimtaDaemon:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # PYTHONPATH comes before the venv's editable install of this checkout, so the
+        # daemon runs the code of `tree` (e.g. a worktree of a given commit).
+        env = dict(os.environ, PYTHONPATH=str(self.tree))
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "trimta", "serve", "--config", str(self.config_path)],
@@ -242,7 +246,7 @@ def _short(frame: str) -> str:
 
 
 def bench_trimta(args: argparse.Namespace) -> Result:
-    daemon = TrimtaDaemon(keep=args.keep)
+    daemon = TrimtaDaemon(keep=args.keep, workers=args.workers, tree=args.trimta_tree)
     try:
         say(f"trimta: starting in {daemon.directory} (port {daemon.port})")
         daemon.start()
@@ -307,6 +311,20 @@ def bench_postfix(args: argparse.Namespace) -> Result:
     return Result("postfix", args.messages, counted, source.seconds, cpu, client_ok=source.ok)
 
 
+def trimta_version(tree: Path) -> str:
+    """The commit a trimta tree is at, and whether its code has changes on top."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "trimta"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "(not a git checkout)"
+    if not head:
+        return "(not a git checkout)"
+    return f"at {head}" + (" with uncommitted changes" if dirty else "")
+
+
 # --- main ------------------------------------------------------------------------------
 
 
@@ -318,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("trimta", "postfix"), help="run one MTA only")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run each MTA this many times, alternating; the ratio uses medians")
+    parser.add_argument("--trimta-tree", type=Path, default=ROOT, metavar="DIR",
+                        help="run trimta's code from this checkout, e.g. a `git worktree` of a "
+                             "commit (default: this one)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="trimta's listener `workers` setting (default: the daemon's own)")
     parser.add_argument("--postfix-mode", choices=("hold", "defer"), default="hold",
                         help="hold: accept into the hold queue (default); defer: queue and defer")
     parser.add_argument("--postfix-setting", action="append", default=[], metavar="KEY=VALUE",
@@ -328,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1:
         parser.error("--messages and --rounds must be at least 1")
+    args.trimta_tree = args.trimta_tree.resolve()
+    if not (args.trimta_tree / "trimta" / "__main__.py").is_file():
+        parser.error(f"--trimta-tree: no trimta package in {args.trimta_tree}")
     if any("=" not in s for s in args.postfix_setting):
         parser.error("--postfix-setting takes KEY=VALUE")
 
@@ -353,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(mta)
 
     print()
-    print(f"reception, {datetime.date.today().isoformat()}, {machine_summary()}")
+    print(f"reception, {datetime.date.today().isoformat()}, {machine_summary()}, "
+          f"trimta {trimta_version(args.trimta_tree)}")
     print(f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size}"
           + (f", Postfix in {args.postfix_mode} mode" if args.only != "trimta" else "")
           + (" (trimta profiled)" if args.profile else ""))
