@@ -175,10 +175,8 @@ class HttpApi:
     ) -> None:
         self.engine = engine
         self.clock = clock
-        self.injector = Injector(
-            acceptor, hostname=hostname or getattr(acceptor, "hostname", "localhost"),
-            max_message_size_bytes=max_message_size_bytes,
-        )
+        self.injector = Injector(acceptor, hostname=hostname or acceptor.hostname,
+                                 max_message_size_bytes=max_message_size_bytes)
         self.lag = LoopLagMonitor()
         self.servers: list[HttpServer] = []
         self.collector = TrimtaCollector(

@@ -342,7 +342,8 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
         if name.lower() in ("from", "subject", "reply-to"):
             del msg[name]
         msg[name] = value
-    related = [a.content_id is not None and html_body is not None for a in content.attachments]
+    # An attachment with a Content-ID beside an HTML body is inline (multipart/related).
+    inline = [a.content_id is not None and html_body is not None for a in content.attachments]
     if text_body is not None:
         _set_text(msg, text_body, "plain")
         if html_body is not None:
@@ -352,14 +353,14 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
         _set_text(msg, html_body, "html")
     else:
         _set_text(msg, "", "plain")
-    if any(related):
+    if any(inline):
         html_part = msg if text_body is None else msg.get_payload()[-1]
-        for a in (a for a, inline in zip(content.attachments, related) if inline):
+        for a in (a for a, is_inline in zip(content.attachments, inline) if is_inline):
             maintype, subtype = a.content_type.split("/", 1)
             html_part.add_related(a.data, maintype=maintype, subtype=subtype, cid=f"<{a.content_id}>",
                                   filename=a.file_name, disposition="inline")
-    for a, inline in zip(content.attachments, related):
-        if inline:
+    for a, is_inline in zip(content.attachments, inline):
+        if is_inline:
             continue
         maintype, subtype = a.content_type.split("/", 1)
         msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=a.file_name or None,
