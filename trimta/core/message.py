@@ -3,6 +3,11 @@
 Every recipient of a transaction becomes its own `Message`; the transaction's data is
 stored once and shared through `data_id`. Metadata is plain data that round-trips
 through a dict (the spool stores it as JSON).
+
+`to_dict` and `from_dict` name every field by hand rather than going through
+`dataclasses.asdict` and `fields`: they run for every message accepted and every
+message restored, and the generic versions cost several times more (recursion, deep
+copies, introspection). A test checks that they cover every field.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 from trimta.core.queues import queue_name, routing_domain
 
@@ -75,19 +80,64 @@ class Message:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The metadata as plain JSON-ready data (what `dataclasses.asdict` would give)."""
+        r = self.reception
+        return {
+            "id": self.id,
+            "data_id": self.data_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "tenant": self.tenant,
+            "campaign": self.campaign,
+            "domain": self.domain,
+            "queue": self.queue,
+            "size": self.size,
+            "created": self.created,
+            "reception": {
+                "peer_address": r.peer_address,
+                "listener": r.listener,
+                "helo": r.helo,
+                "protocol": r.protocol,
+                "tls": r.tls,
+                "auth_identity": r.auth_identity,
+            },
+            "attempts": self.attempts,
+            "due": self.due,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Message:
-        """Rebuild from `to_dict` output; raises ValueError/KeyError/TypeError on damage."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        kwargs["reception"] = Reception(**(d.get("reception") or {}))
-        msg = cls(**kwargs)
+        """Rebuild from `to_dict` output; raises ValueError/KeyError/TypeError on damage.
+
+        Unknown keys are ignored (metadata written by a later version); missing optional
+        ones take their defaults.
+        """
+        reception = d.get("reception") or {}
+        if not isinstance(reception, dict):
+            raise TypeError("the reception of a message is not an object")
+        if reception.keys() - _RECEPTION_KEYS:
+            reception = {k: v for k, v in reception.items() if k in _RECEPTION_KEYS}
+        msg = cls(
+            d["id"],
+            d["data_id"],
+            d["sender"],
+            d["recipient"],
+            d["tenant"],
+            d["campaign"],
+            d["domain"],
+            d["queue"],
+            d["size"],
+            d["created"],
+            Reception(**reception),
+            d.get("attempts", 0),
+            d.get("due"),
+        )
         if not isinstance(msg.id, str) or not isinstance(msg.recipient, str):
             raise ValueError("message metadata has no id or recipient")
         return msg
 
+
+_RECEPTION_KEYS = frozenset(Reception.__dataclass_fields__)
 
 _id_lock = threading.Lock()
 _id_last = 0

@@ -6,7 +6,12 @@ ESMTPSA (both).
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
+
+# Characters a HELO argument may not bring into the header: they would end the comment
+# or the field.
+_UNSAFE = re.compile(r"[()\\\r\n]")
 
 
 def with_protocol(esmtp: bool, tls: bool, authenticated: bool) -> str:
@@ -17,7 +22,25 @@ def with_protocol(esmtp: bool, tls: bool, authenticated: bool) -> str:
 
 def _clean(text: str) -> str:
     # A HELO argument is client-controlled: keep it from breaking the header's syntax.
-    return "".join(c for c in text if c.isprintable() and c not in "()\\\r\n")[:255] or "unknown"
+    if not text.isprintable():
+        text = "".join(c for c in text if c.isprintable())
+    return _UNSAFE.sub("", text)[:255] or "unknown"
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(now: float) -> str:
+    """RFC 5322 date-time of `now`, remembered for the second it names.
+
+    Every message gets one, and formatting a date costs more than the rest of the
+    header; a busy listener accepts hundreds of messages within the same second.
+    """
+    global _last_date
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date = (second, formatdate(second, usegmt=True))
+    return _last_date[1]
 
 
 def received_header(
@@ -38,7 +61,7 @@ def received_header(
     if tls_version:
         by += f" ({_clean(tls_version)})"
     lines.append(f"{by} id {message_id}")
-    tail = f"; {formatdate(now, usegmt=True)}"
+    tail = f"; {_date(now)}"
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>{tail}")
     else:

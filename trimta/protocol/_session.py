@@ -10,6 +10,7 @@ chunks, and asks the session what they mean.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -72,6 +73,31 @@ def _positive(reply: Reply) -> bool:
 def _no_argument(text: str) -> None:
     if text.strip(" "):
         raise RemoteProtocolError(R.SYNTAX_ERROR)
+
+
+@functools.lru_cache(maxsize=64)
+def _helo_reply(cfg: ServerConfig) -> Reply:
+    return R.reply(250, None, cfg.hostname)
+
+
+@functools.lru_cache(maxsize=64)
+def _ehlo_reply(cfg: ServerConfig, tls_active: bool) -> Reply:
+    """What a listener offers (the same for all its sessions in the same TLS state)."""
+    lines = [
+        cfg.hostname,
+        "PIPELINING",
+        f"SIZE {cfg.max_message_size}" if cfg.max_message_size else "SIZE",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ]
+    if cfg.starttls_available and not tls_active:
+        lines.append("STARTTLS")
+    if cfg.auth_mechanisms and (tls_active or cfg.auth_without_tls):
+        lines.append("AUTH " + " ".join(cfg.auth_mechanisms))
+    # RFC 2034 3: no enhanced status code on the EHLO response.
+    return Reply(250, None, tuple(lines))
 
 
 class Session:
@@ -183,24 +209,9 @@ class Session:
         name = text.strip(" ")
         if HELO_NAME.fullmatch(name) is None:
             raise RemoteProtocolError(R.SYNTAX_ERROR)
-        cfg = self.config
         if not extended:
-            return Hello(name, False, R.reply(250, None, cfg.hostname))
-        lines = [
-            cfg.hostname,
-            "PIPELINING",
-            f"SIZE {cfg.max_message_size}" if cfg.max_message_size else "SIZE",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-        ]
-        if cfg.starttls_available and self.tls is None:
-            lines.append("STARTTLS")
-        if cfg.auth_mechanisms and (self.tls is not None or cfg.auth_without_tls):
-            lines.append("AUTH " + " ".join(cfg.auth_mechanisms))
-        # RFC 2034 3: no enhanced status code on the EHLO response.
-        return Hello(name, True, Reply(250, None, tuple(lines)))
+            return Hello(name, False, _helo_reply(self.config))
+        return Hello(name, True, _ehlo_reply(self.config, self.tls is not None))
 
     def _ehlo(self, text: str) -> Hello:
         return self._hello(text, extended=True)

@@ -4,6 +4,11 @@ recipient, durable spooling, Reception records.
 Shared by every way mail comes in (SMTP now, HTTP injection later): whatever the
 entry point, a message is acknowledged only after `accept` returns a 2xx reply,
 and `accept` returns one only once data and metadata are fsynced.
+
+Accepting is two steps, so that they can run in different processes (see
+`reception_workers`): `prepare` works out what to store from the submission alone
+(pure computation, no waiting), and `Acceptor.commit` stores it durably, then logs
+and queues it. `Acceptor.accept` does both.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from trimta.adapters.config import TenancyConfig
 from trimta.adapters.spool import Spool, SpoolError
@@ -40,9 +46,75 @@ class Submission:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a submission becomes: the data as stored, and one message per recipient."""
+
+    data: bytes
+    messages: tuple[Message, ...]
+    now: float
+
+    @property
+    def data_id(self) -> str:
+        return self.messages[0].data_id
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     reply: Reply
     messages: tuple[Message, ...]
+
+
+class Accepting(Protocol):
+    """What an entry point needs: a submission in, the reply to give out."""
+
+    async def accept(self, submission: Submission) -> Accepted: ...
+
+
+def accepted_reply(data_id: str) -> Reply:
+    """The 2xx for a durably stored message; the id lets a sender find it in the logs."""
+    return Reply(250, (2, 0, 0), (f"OK ids={data_id}",))
+
+
+def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, now: float) -> Prepared:
+    """The data to store and its messages: tenancy headers read (and removed), trace header added."""
+    found = extract_tenancy(
+        submission.data,
+        tenancy.tenant_header,
+        tenancy.campaign_header,
+        tenancy.remove_headers,
+    )
+    tenant = submission.tenant or found.tenant
+    campaign = submission.campaign or found.campaign
+    data_id = new_id(now)
+    data = found.data
+    rec = submission.reception
+    if submission.add_trace_header:
+        data = received_header(
+            helo=rec.helo,
+            peer_address=rec.peer_address,
+            by_host=hostname,
+            protocol=rec.protocol,
+            message_id=data_id,
+            recipients=list(submission.recipients),
+            now=now,
+            tls_version=rec.tls,
+        ) + data
+    size = len(data)
+    messages = tuple(
+        Message.new(
+            data_id=data_id,
+            sender=submission.sender,
+            recipient=recipient,
+            tenant=tenant,
+            campaign=campaign,
+            size=size,
+            created=now,
+            reception=rec,
+            id=data_id if i == 0 else None,
+        )
+        for i, recipient in enumerate(submission.recipients)
+    )
+    return Prepared(data, messages, now)
 
 
 class Acceptor:
@@ -66,51 +138,24 @@ class Acceptor:
         self.clock = clock
 
     async def accept(self, submission: Submission) -> Accepted:
-        now = self.clock()
-        found = extract_tenancy(
-            submission.data,
-            self.tenancy.tenant_header,
-            self.tenancy.campaign_header,
-            self.tenancy.remove_headers,
-        )
-        tenant = submission.tenant or found.tenant
-        campaign = submission.campaign or found.campaign
-        data_id = new_id(now)
-        data = found.data
-        if submission.add_trace_header:
-            rec = submission.reception
-            data = received_header(
-                helo=rec.helo,
-                peer_address=rec.peer_address,
-                by_host=self.hostname,
-                protocol=rec.protocol,
-                message_id=data_id,
-                recipients=list(submission.recipients),
-                now=now,
-                tls_version=rec.tls,
-            ) + data
-        messages = tuple(
-            Message.new(
-                data_id=data_id,
-                sender=submission.sender,
-                recipient=recipient,
-                tenant=tenant,
-                campaign=campaign,
-                size=len(data),
-                created=now,
-                reception=submission.reception,
-                id=data_id if i == 0 else None,
-            )
-            for i, recipient in enumerate(submission.recipients)
-        )
+        prepared = prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=self.clock())
+        return await self.commit(prepared)
+
+    async def commit(self, prepared: Prepared) -> Accepted:
+        """Store durably, then log a Reception record per message and queue them.
+
+        Returns the reply to give: 250 once stored, ``452 4.3.1`` if the spool could
+        not store (nothing of the message is stored then).
+        """
+        messages = prepared.messages
         try:
-            await self.spool.store(data, messages)
+            await self.spool.store(prepared.data, messages)
         except SpoolError as exc:
-            log.error("spool refused a message from %s: %s", submission.reception.peer_address, exc)
+            log.error("spool refused a message from %s: %s", messages[0].reception.peer_address, exc)
             return Accepted(replies.SPOOL_ERROR, ())
-        reply = replies.reply(250, "2.0.0", f"OK ids={data_id}")
+        reply = accepted_reply(prepared.data_id)
         emit = self.logs.emit
         for message in messages:
-            emit(records.message_record(records.RECEPTION, message, reply, now))
+            emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
         self.on_accepted(messages)
         return Accepted(reply, messages)

@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -42,7 +43,7 @@ from trimta.protocol import events as ev
 from trimta.protocol import replies
 from trimta.protocol.replies import Reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
-from trimta.services.acceptance import Acceptor, Submission
+from trimta.services.acceptance import Accepting, Submission
 from trimta.services.logs import LogSink
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class SmtpListener:
         self,
         config: ListenerConfig,
         *,
-        acceptor: Acceptor,
+        acceptor: Accepting,
         logs: LogSink,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -130,26 +131,32 @@ class SmtpListener:
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         """Accept TCP connections one by one and start a task for each.
 
-        The accepted socket is taken out of trio's socket object (`detach`) and served as
-        a `TcpConnection`; the client's address comes with `accept`, so no session asks
-        the kernel for it again.
+        Connections are taken with the standard library's `accept` on a duplicate of the
+        listening descriptor and served as `TcpConnection`s, so no trio socket object is
+        made only to be taken apart again; the client's address comes with `accept`, so
+        no session asks the kernel for it. Like trio's own accept loop, this yields to the
+        scheduler after each connection: several processes sharing the listening socket
+        (`reception_workers`) each take connections only as fast as their loop is free.
         """
         async with listener:
-            listening = listener.socket
-            while True:
-                try:
-                    accepted, address = await listening.accept()
-                except OSError as exc:
-                    if exc.errno in _ACCEPT_IGNORED_ERRNOS:
+            with socket.socket(fileno=os.dup(listener.socket.fileno())) as listening:
+                listening.setblocking(False)
+                while True:
+                    try:
+                        sock, address = listening.accept()
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(listening)
                         continue
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("accept on %s failed (%s); retrying", self.config.name, errno.errorcode[exc.errno])
-                    await trio.sleep(_ACCEPT_RETRY_S)
-                    continue
-                family, type_, proto = accepted.family, accepted.type, accepted.proto
-                sock = socket.socket(family, type_, proto, fileno=accepted.detach())
-                handlers.start_soon(self._serve_tcp, TcpConnection(sock), _address_text(address))
+                    except OSError as exc:
+                        if exc.errno in _ACCEPT_IGNORED_ERRNOS:
+                            continue
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        log.error("accept on %s failed (%s); retrying", self.config.name, errno.errorcode[exc.errno])
+                        await trio.sleep(_ACCEPT_RETRY_S)
+                        continue
+                    handlers.start_soon(self._serve_tcp, TcpConnection(sock), _address_text(address))
+                    await trio.lowlevel.checkpoint()
 
     async def _serve_tcp(self, connection: TcpConnection, peer: str) -> None:
         try:
