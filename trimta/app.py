@@ -32,6 +32,7 @@ from trimta.adapters.network import TrioNetworkBackend
 from trimta.adapters.spool import Spool
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
+from trimta.services.http_api import HttpApi, serve_api
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import SmtpListener
 from trimta.services.webhooks import WebhookSender
@@ -50,6 +51,7 @@ class Running:
     addresses: list[list[tuple]]
     engine: DeliveryEngine
     shutdown: trio.Event = field(default_factory=trio.Event)
+    http_addresses: list[tuple] = field(default_factory=list)
 
 
 class App:
@@ -83,6 +85,7 @@ class App:
             network=TrioNetworkBackend(),
             delivery=config.delivery,
             hostname=config.hostname,
+            shaping=config.shaping_loaded,
         )
         # Subscribed before anything can emit, so webhooks see every record.
         webhook_feeds = [(w, logs.subscribe(math.inf)) for w in config.webhooks]
@@ -104,17 +107,27 @@ class App:
                     async with trio.open_nursery() as ingress:
                         sessions_scope = trio.CancelScope()
                         handlers = await ingress.start(_handler_nursery, sessions_scope)
-                        accept_scope = trio.CancelScope()
+                        # One scope per accept loop (a trio cancel scope is entered once).
+                        accept_scopes: list[trio.CancelScope] = []
                         addresses = []
                         for listener in listeners:
-                            addresses.append(await ingress.start(_serve_in_scope, listener, handlers, accept_scope))
+                            accept_scopes.append(scope := trio.CancelScope())
+                            addresses.append(await ingress.start(_serve_in_scope, listener.serve, handlers, scope))
                         running = Running(config, spool, logs, listeners, addresses, engine)
                         for listener, addrs in zip(listeners, addresses):
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
+                        if config.http.enabled:
+                            api = HttpApi(acceptor=acceptor, engine=engine, spool=spool, logs=logs,
+                                          listeners=listeners, hostname=config.hostname)
+                            accept_scopes.append(scope := trio.CancelScope())
+                            running.http_addresses = await ingress.start(
+                                _serve_in_scope, partial(serve_api, config.http, api), handlers, scope)
+                            log.info("HTTP API listening on %s", ", ".join(_fmt(a) for a in running.http_addresses))
                         task_status.started(running)
                         await _wait_for_shutdown(running)
                         log.info("shutting down: no new connections, %.0fs grace for sessions", self.grace_s)
-                        accept_scope.cancel()
+                        for scope in accept_scopes:
+                            scope.cancel()
                         with trio.move_on_after(self.grace_s):
                             while any(lst.statistics().connections_open for lst in listeners):
                                 await trio.sleep(0.05)
@@ -135,13 +148,14 @@ async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskSta
 
 
 async def _serve_in_scope(
-    listener: SmtpListener, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
+    serve, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
 ) -> None:
+    """Run an accept loop (`serve(handler_nursery=..., task_status=...)`) inside `scope`."""
     with scope:
-        await listener.serve(handler_nursery=handlers, task_status=task_status)
+        await serve(handler_nursery=handlers, task_status=task_status)
 
 
-def reload_shaping(running: Running) -> bool:
+async def reload_shaping(running: Running) -> bool:
     """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP).
 
     A file with errors leaves the running rules in place; the error is logged.
@@ -155,7 +169,7 @@ def reload_shaping(running: Running) -> bool:
     except ConfigError as exc:
         log.error("reload failed, keeping the running rules: %s", exc)
         return False
-    running.engine.reload(fresh)
+    await running.engine.reload(fresh)
     log.info("reloaded shaping from %s", source)
     return True
 
@@ -170,7 +184,7 @@ async def _wait_for_shutdown(running: Running) -> None:
             async for signum in received:
                 log.info("received %s", signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    reload_shaping(running)
+                    await reload_shaping(running)
                     continue
                 running.shutdown.set()
                 return

@@ -19,17 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dnsmasq import Dnsmasq
 
-from .conftest import ROOT, Daemon, free_port, restored_spool
+from .conftest import Daemon, free_port, restored_spool
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        "serve_api" not in (ROOT / "trimta" / "app.py").read_text()
-        or "http_port" not in Daemon.__dataclass_fields__,
-        reason="the daemon does not serve [http] yet: trimta/app.py must start serve_api and the "
-               "Daemon fixture must write [http] listen = http_port",
-    ),
-]
+pytestmark = pytest.mark.interop
 
 MX = "127.0.0.31"
 ZONE = ["--mx-host=h.test,mx.h.test,10", f"--host-record=mx.h.test,{MX}"]

@@ -112,6 +112,8 @@ class Config:
     dns: Any = None  # trimta.adapters.dns.ResolverConfig
     delivery: Any = None  # trimta.adapters.delivery_config.DeliveryConfig
     http: Any = None  # trimta.adapters.http_config.HttpConfig
+    shaping: Any = None  # trimta.adapters.shaping_files.ShapingConfig
+    shaping_loaded: Any = None  # trimta.adapters.shaping_files.LoadedShaping (the files, read and checked)
     webhooks: tuple = ()  # trimta.adapters.webhook_config.WebhookConfig, one per [[logs.webhook]]
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -340,10 +342,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
     delivery = parse_delivery_config(raw, source)
 
     from trimta.adapters.http_config import http_config_from  # noqa: PLC0415
+    from trimta.adapters.shaping_files import load_shaping_files, parse_shaping_table  # noqa: PLC0415
     from trimta.adapters.webhook_config import parse_webhooks  # noqa: PLC0415
 
+    shaping = parse_shaping_table(raw.get("shaping", {}), source, base_dir)
     return Config(
         source=source, hostname=hostname, listeners=listeners, tenancy=tenancy,
         spool=spool, logs=logs, dns=dns, delivery=delivery, raw=raw,
         http=http_config_from(raw, source), webhooks=parse_webhooks(raw, source),
+        shaping=shaping, shaping_loaded=load_shaping_files(shaping.paths),
     )

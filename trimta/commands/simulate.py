@@ -35,6 +35,9 @@ class _Reachable:
     def path_config(self, source: str, site: str, domain: str):
         return dataclasses.replace(self.inner.path_config(source, site, domain), prohibited_hosts=())
 
+    def __getattr__(self, name: str):  # rollup, automation_for, observe, resolve_sites, ...
+        return getattr(self.inner, name)
+
 
 def run(args: argparse.Namespace) -> int:
     from trimta.testing.simulate import run_simulation, load_workload
@@ -57,5 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def shaping_paths(config, files):
-    """The egress path provider for the configuration (and extra shaping files)."""
-    return config.delivery.path_provider
+    """The egress path provider: the configuration's shaping files, or the ones given."""
+    from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
+
+    loaded = config.shaping_loaded if files is None else load_shaping_files(files)
+    return ShapingProvider(loaded, overrides=config.delivery.path_provider)

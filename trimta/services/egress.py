@@ -116,6 +116,9 @@ class Egress:
             else:
                 await self.outcomes.retry(message, reply)
             return
+        observe = getattr(self.paths, "observe", None)
+        if observe is not None:  # the real MX hosts, for provider matching
+            observe(resolution)
         picker = self.picker_for(message)
         site = resolution.site
         source_name = picker.next(skip=lambda name: self._suspended(name, site))

@@ -24,6 +24,7 @@ import trio
 
 from trimta.adapters.delivery_config import DeliveryConfig
 from trimta.adapters.network import NetworkBackend
+from trimta.adapters.shaping_files import ShapingProvider
 from trimta.core.admin import MessageRule, ReadyQueueRule, Rules, admin_bounce_reply, new_rule_id
 from trimta.core.egress import EgressPathConfig
 from trimta.core.message import Message
@@ -55,8 +56,15 @@ class DeliveryEngine:
         rng: random.Random | None = None,
         linger_s: float = 10.0,
         tls_contexts=None,
+        shaping=None,
     ) -> None:
         self.delivery = delivery
+        self.resolver = resolver
+        # Shaping files (a LoadedShaping) over the [egress] tables; without them, the tables.
+        self.paths = (
+            ShapingProvider(shaping, overrides=delivery.path_provider) if shaping is not None
+            else delivery.path_provider
+        )
         self.network = network
         self.hostname = hostname
         self.clock = clock
@@ -70,7 +78,7 @@ class DeliveryEngine:
         )
         self.egress = Egress(
             resolver=resolver,
-            paths=delivery.path_provider,
+            paths=self.paths,
             sources=dict(delivery.sources),
             picker_for=self._picker_for,
             connect=self._connect,
@@ -80,6 +88,7 @@ class DeliveryEngine:
             linger_s=linger_s,
             admission=self._admit,
             ready_queue_suspended=self._ready_queue_suspended,
+            rollup=getattr(self.paths, "rollup", lambda domain: True),
         )
         self._suspensions = Rules()
         self._bounces = Rules()
@@ -105,15 +114,23 @@ class DeliveryEngine:
             self.network, targets, source=source, path=path, hostname=self.hostname, **kwargs
         )
 
-    def reload(self, config) -> None:
-        """New delivery configuration (SIGHUP): egress paths apply to live ready queues at once;
-        queue settings to messages as they are next scheduled."""
+    async def reload(self, config) -> None:
+        """New configuration (SIGHUP): shaping and egress options apply to live ready queues
+        at once; queue settings to messages as they are next scheduled."""
         self.delivery = config.delivery
         self.scheduler.reload(config.delivery.queue_config)
-        self.egress.reload(self.paths_for(config))
+        if isinstance(self.paths, ShapingProvider) and config.shaping_loaded is not None:
+            self.paths.swap(config.shaping_loaded, overrides=config.delivery.path_provider)
+            await self.paths.resolve_sites(self.resolver)
+        else:
+            self.paths = config.delivery.path_provider
+        self.egress.reload(self.paths)
 
-    def paths_for(self, config):
-        return config.delivery.path_provider
+    def use_paths(self, paths) -> None:
+        """Shape with another provider (tests, simulations)."""
+        self.paths = paths
+        self.egress.rollup = getattr(paths, "rollup", lambda domain: True)
+        self.egress.reload(paths)
 
     def _automation_rules(self, queue) -> Sequence:
         rules_for = getattr(self.egress.paths, "automation_for", None)
@@ -158,6 +175,10 @@ class DeliveryEngine:
 
     async def run(self, *, restored_expired: Sequence[Message] = (),
                   task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        resolve_sites = getattr(self.paths, "resolve_sites", None)
+        if resolve_sites is not None:
+            # Each rolled-up domain table shapes its whole site from the first message on.
+            await resolve_sites(self.resolver)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.egress.run)
             await nursery.start(self.scheduler.run)

@@ -90,7 +90,7 @@ class DeliveryHarness:
             linger_s=linger_s,
         )
         if paths is not None:  # e.g. a ShapingProvider from shaping files
-            self.engine.egress.paths = paths
+            self.engine.use_paths(paths)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[DeliveryHarness]:
