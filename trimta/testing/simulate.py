@@ -18,6 +18,7 @@ A workload file (TOML) says what is sent and how the receivers behave::
     defer = 0.05                 # fraction of recipients answered 451 at RCPT
     reject = 0.01                # fraction answered 550 at RCPT
     behaviour = "accept"         # or "refuse" (connections refused), "stall" (no banner)
+    tls = "valid"                # STARTTLS offered with a valid certificate; or "none", "self_signed"
 
 Everything runs against fakes (no socket is opened): the real scheduler, ready queues,
 SMTP client and shaping, the fake resolver and network of `trimta.testing`, under
@@ -43,7 +44,7 @@ from trimta.core import units
 from trimta.core.units import Rate
 from trimta.protocol.replies import reply
 from trimta.testing.harness import DeliveryHarness
-from trimta.testing.network import REFUSE, STALL, Rule, ScriptedReceiver
+from trimta.testing.network import REFUSE, STALL, FakeTls, Rule, ScriptedReceiver
 
 INJECT_CHUNK = 500
 
@@ -65,6 +66,7 @@ class ReceiverSpec:
     defer: float = 0.0
     reject: float = 0.0
     behaviour: str = "accept"
+    tls: str = "valid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +99,21 @@ def load_workload(path: str | Path) -> Workload:
         ))
     receivers = []
     for i, r in enumerate(raw.get("receiver", [])):
-        rt = _Table(r, file, f"receiver[{i}]", ("domains", "mx", "latency", "defer", "reject", "behaviour"))
+        rt = _Table(r, file, f"receiver[{i}]", ("domains", "mx", "latency", "defer", "reject", "behaviour", "tls"))
         domains = rt.get("domains", None, _domain_list)
         if not domains:
             raise rt.error("domains", 'each [[receiver]] needs domains = ["..."]')
         behaviour = rt.string("behaviour", "accept")
         if behaviour not in ("accept", "refuse", "stall"):
             raise rt.error("behaviour", f'expected "accept", "refuse" or "stall", got {behaviour!r}')
+        tls = rt.string("tls", "valid")
+        if tls not in ("valid", "none", "self_signed"):
+            raise rt.error("tls", f'expected "valid", "none" or "self_signed", got {tls!r}')
         receivers.append(ReceiverSpec(
             domains=domains, mx=rt.string("mx", f"mx.{domains[0]}").lower(),
             latency_s=rt.get("latency", 0.0, units.parse_duration),
             defer=rt.get("defer", 0.0, _fraction), reject=rt.get("reject", 0.0, _fraction),
-            behaviour=behaviour,
+            behaviour=behaviour, tls=tls,
         ))
     if not traffic:
         raise ConfigError("a workload needs at least one [[traffic]] table", file=file, key="traffic")
@@ -254,7 +259,7 @@ def _receiver(spec: ReceiverSpec, rng: random.Random, times: list[float]) -> Scr
         rules = [Rule("connect", REFUSE)]
     elif spec.behaviour == "stall":
         rules = [Rule("banner", STALL)]
-    return ScriptedReceiver(spec.mx, rules=rules, latency_s=spec.latency_s)
+    return ScriptedReceiver(spec.mx, rules=rules, latency_s=spec.latency_s, tls=FakeTls(spec.tls))
 
 
 def run_simulation(workload: Workload, **harness_options: Any) -> SimulationReport:
