@@ -272,7 +272,8 @@ def bench_trimta(args: argparse.Namespace) -> Result:
         if problems:
             say(f"trimta: spool: {problems}")
         return Result("trimta", args.messages, counted, source.seconds, cpu,
-                      client_ok=source.ok and status == 0 and not problems)
+                      client_ok=source.ok and status == 0 and not problems,
+                      client_cpu_seconds=source.cpu_seconds)
     finally:
         daemon.cleanup()
         if args.keep:
@@ -308,7 +309,8 @@ def bench_postfix(args: argparse.Namespace) -> Result:
             say(f"postfix: {queues['corrupt']} corrupt queue files")
     if args.keep:
         say(f"postfix: kept {instance.directory}")
-    return Result("postfix", args.messages, counted, source.seconds, cpu, client_ok=source.ok)
+    return Result("postfix", args.messages, counted, source.seconds, cpu, client_ok=source.ok,
+                  client_cpu_seconds=source.cpu_seconds)
 
 
 def trimta_version(tree: Path) -> str:
@@ -389,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if results:
         print(results_table(results))
+        print()
+        for mta in dict.fromkeys(r.mta for r in results):
+            mine = [r for r in results if r.mta == mta]
+            per_1k = sum(r.client_cpu_seconds for r in mine) * 1000 / sum(r.messages for r in mine)
+            print(f"smtp-source's own CPU against {mta}: {per_1k:.2f} s per 1k messages")
     lost = [r.mta for r in results if r.lost]
     for mta in lost:
         print(f"\n{mta}: the run does not count: messages were lost or the client saw errors")
