@@ -4,7 +4,8 @@ Issue 2's reception benchmark (issue 7's `accept-2k`). In one invocation, one af
 other, with the same client and the same inputs:
 
   trimta   `python -m trimta serve` with a config in a temp dir (listener on a free
-           loopback port, spool and logs in the temp dir)
+           loopback port, spool and logs in the temp dir, delivery held: see
+           `TrimtaDaemon`)
   postfix  a private Postfix instance (`bench/postfix.py`) whose smtpd puts every
            message in the hold queue, so it only accepts; its queue durable as shipped
 
@@ -19,6 +20,7 @@ the script exits 1.
     make bench-reception                              # N = 20,000, a few minutes
     .venv/bin/python bench/reception.py --messages 2000
     .venv/bin/python bench/reception.py --only trimta --profile   # py-spy summary
+    .venv/bin/python bench/reception.py --trimta-tree /tmp/wt     # a worktree of a commit
 
 Postfix needs root (its master drops privileges per daemon) and the Debian package's
 `postfix` user and `postdrop` group. Nothing outside the temp dirs is changed: in
