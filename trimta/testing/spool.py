@@ -38,6 +38,12 @@ class MemorySpool:
             self.messages[m.id] = replace(m)
             self._users[m.data_id] = self._users.get(m.data_id, 0) + 1
 
+    async def store_all(self, transactions: Sequence[tuple[bytes, Sequence[Message]]]) -> list[str | None]:
+        """Several transactions at once; None for each that is stored (as the real spool)."""
+        for data, messages in transactions:
+            await self.store(data, messages)
+        return [None] * len(transactions)
+
     async def update(self, message: Message) -> None:
         await trio.lowlevel.checkpoint()
         if message.id in self.messages:
