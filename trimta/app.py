@@ -118,7 +118,8 @@ class App:
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                         if config.http.enabled:
                             api = HttpApi(acceptor=acceptor, engine=engine, spool=spool, logs=logs,
-                                          listeners=listeners, hostname=config.hostname)
+                                          listeners=listeners, hostname=config.hostname,
+                                          reload=partial(reload_shaping, running))
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api), handlers, scope)
@@ -155,23 +156,22 @@ async def _serve_in_scope(
         await serve(handler_nursery=handlers, task_status=task_status)
 
 
-async def reload_shaping(running: Running) -> bool:
-    """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP).
-
-    A file with errors leaves the running rules in place; the error is logged.
-    """
+async def reload_shaping(running: Running) -> str | None:
+    """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP, the
+    reload endpoint). A file with errors leaves the running rules in place: the error is
+    logged and returned; None means reloaded."""
     source = running.config.source
     if source.startswith("<"):
         log.info("reload: running on the embedded default, nothing to re-read")
-        return False
+        return "running on the embedded default: there is no file to re-read"
     try:
         fresh = load_config(source)
     except ConfigError as exc:
         log.error("reload failed, keeping the running rules: %s", exc)
-        return False
+        return str(exc)
     await running.engine.reload(fresh)
     log.info("reloaded shaping from %s", source)
-    return True
+    return None
 
 
 async def _wait_for_shutdown(running: Running) -> None:

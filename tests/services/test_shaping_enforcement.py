@@ -147,3 +147,56 @@ async def test_lowered_connection_limit_on_reload_closes_connections_down_to_it(
                 await trio.sleep(1)
     assert max(after) <= 2
     assert reloaded_at > 0
+
+
+async def test_connection_limit_3_never_exceeded_while_10000_messages_drain(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nconnection_limit = 3\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.01))
+    with trio.fail_after(100_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(10_000)])
+            await h.wait_until_settled()
+    assert len(mx.messages) == 10_000
+    assert h.network.peak_connections == 3
+
+
+async def test_consecutive_connection_failures_pause_the_ready_queue(autojump_clock):
+    from trimta.testing.network import refusing
+
+    h = harness('[egress.domains."example.net"]\nconnection_limit = 1\n'
+                'consecutive_connection_failures_before_delay = 3\ndelay_after_connection_failures = "10m"\n'
+                '[queues]\nretry_interval = "1s"\n')
+    h.network.add_receiver("127.0.0.10", 25, refusing())
+    with trio.fail_after(100_000):
+        async with h.running():
+            start = trio.current_time()
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(10)])
+            await trio.sleep(9 * 60)
+            attempts_in_pause = len(h.network.connect_attempts)
+            await trio.sleep(2 * 60)
+            attempts_after = len(h.network.connect_attempts)
+    # Three refused connections, then nothing for ten minutes, then it tries again.
+    assert attempts_in_pause == 3
+    assert attempts_after > 3
+    assert start >= 0
+
+
+async def test_mx_rollup_false_gives_the_domain_its_own_ready_queue(autojump_clock):
+    from trimta.adapters.shaping_files import ShapingProvider, parse_shaping_text
+    from trimta.core.shaping import Shaping
+
+    document, problems = parse_shaping_text('["own.example"]\nmx_rollup = false\nconnection_limit = 1\n', "t.toml")
+    assert not problems
+    h = harness()
+    h.engine.use_paths(ShapingProvider(Shaping([document]), overrides=h.config.path_provider))
+    h.resolver.add_mx("own.example", "mx.shared.example")
+    h.resolver.add_mx("other.example", "mx.shared.example")
+    h.resolver.add_host("mx.shared.example", "127.0.0.10")
+    h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.1))
+    with trio.fail_after(100_000):
+        async with h.running():
+            await h.inject(recipients=[f"a{i}@own.example" for i in range(5)] + [f"b{i}@other.example" for i in range(5)])
+            await h.wait_until_settled()
+    queues = {r["domain"]: r["ready_queue"] for r in h.records("Delivery")}
+    assert queues["own.example"] != queues["other.example"]
+    assert queues["other.example"] == "unspecified->mx.shared.example@smtp"

@@ -19,6 +19,7 @@ option and the whole resulting file are valid.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -81,7 +82,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     edit.add_argument("--source", metavar="NAME", help='set it in ["DOMAIN".sources."NAME"] instead')
     edit.set_defaults(func=run_set)
 
+    from trimta.commands._api import add_api_options, api_command
+
+    reload = sub.add_parser(
+        "reload", help="make the running daemon re-read its shaping files (as SIGHUP does)",
+        description="Asks the daemon, through its HTTP API, to re-read its configuration's shaping "
+                    "files and [egress] tables. A file with mistakes is refused and the running rules stay.",
+    )
+    add_api_options(reload)
+    reload.set_defaults(func=api_command("shaping reload", run_reload))
+
     parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def run_reload(client, args: argparse.Namespace) -> int:
+    answer = client.post("/api/admin/shaping/reload/v1", {})
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print("reloaded: the daemon shapes with the files as they are now")
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -172,8 +172,11 @@ class HttpApi:
         max_message_size_bytes: int = 20_000_000,
         max_metric_tenants: int = 100,
         max_metric_sites: int = 100,
+        reload: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.engine = engine
+        # Re-reads the configuration's shaping; returns None, or why it was refused.
+        self.reload = reload
         self.clock = clock
         self.injector = Injector(acceptor, hostname=hostname or acceptor.hostname,
                                  max_message_size_bytes=max_message_size_bytes)
@@ -198,6 +201,7 @@ class HttpApi:
             },
             "/api/admin/inspect-message/v1": {"GET": self.inspect_message},
             "/api/admin/queue-summary/v1": {"GET": self.queue_summary},
+            "/api/admin/shaping/reload/v1": {"POST": self.reload_shaping},
             "/api/check-liveness/v1": {"GET": self.liveness},
             "/metrics": {"GET": self.metrics},
         }
@@ -413,6 +417,15 @@ class HttpApi:
                 "connections": sum(r.connections for r in report.ready),
             },
         })
+
+    async def reload_shaping(self, request: Request) -> Response:
+        """Re-read the shaping files and [egress] tables, as SIGHUP does (trimta's own endpoint)."""
+        if self.reload is None:
+            raise HttpError(409, "this daemon was started without a configuration file to re-read")
+        problem = await self.reload()
+        if problem is not None:
+            raise HttpError(422, f"reload refused, the running rules stay: {problem}")
+        return json_response(200, {"status": "reloaded"})
 
     async def liveness(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
