@@ -104,3 +104,33 @@ async def test_queue_summary_while_receiver_is_down(autojump_clock):
     stats = h.engine.statistics()
     assert stats.scheduled == 6
     assert stats.transient_by_tenant == {"acme": 4, "globex": 2}
+
+
+async def test_max_age_holds_in_a_suspended_ready_queue(autojump_clock):
+    h = DeliveryHarness(config=BASE + '[queues.domains."example.net"]\nmax_age = "1h"\n')
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(100_000):
+        async with h.running():
+            start = trio.current_time()
+            h.engine.suspend_ready_queue(name="unspecified->mx.example.net@smtp", duration_s=7200, reason="")
+            await h.inject(recipients=["a@example.net"])
+            await h.wait_until_settled()
+            expired_at = trio.current_time()
+    (record,) = h.records("Expiration")
+    assert record["recipient"] == "a@example.net"
+    assert 3600 <= expired_at - start <= 3600 + 61  # found by the once-a-minute sweep
+    assert mx.messages == []
+
+
+async def test_max_age_holds_for_suspended_scheduled_mail(autojump_clock):
+    h = DeliveryHarness(config=BASE + '[queues.domains."example.net"]\nmax_age = "1h"\n')
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(100_000):
+        async with h.running():
+            h.engine.suspend(tenant="acme", duration_s=7200, reason="")
+            await h.inject(recipients=["a@example.net"], tenant="acme")
+            await h.wait_until_settled()
+    (record,) = h.records("Expiration")
+    assert record["tenant"] == "acme"

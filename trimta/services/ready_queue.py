@@ -42,6 +42,10 @@ from trimta.services.smtp_client import ConnectionFailed
 
 log = logging.getLogger(__name__)
 
+# How often a ready queue looks for messages that waited in it past their max_age (each
+# message is also checked when a connection takes it).
+SWEEP_INTERVAL_S = 60.0
+
 
 class Connection(Protocol):
     """What a ready queue needs of an outbound SMTP connection."""
@@ -155,6 +159,7 @@ class ReadyQueue:
         # Until when a message rate keeps connections closed (a wait longer than the
         # idle timeout is not spent holding a connection open).
         self._rate_blocked_until = -math.inf
+        self._next_sweep = -math.inf
         self.shared = shared
         if shared is not None:
             shared.members.add(self)
@@ -251,7 +256,10 @@ class ReadyQueue:
             self._nursery = nursery
             while True:
                 self._changed = trio.Event()
-                await self._sweep_expired()
+                if self.clock() >= self._next_sweep:
+                    # A scan of every waiting message: once a minute, not on every event.
+                    self._next_sweep = self.clock() + SWEEP_INTERVAL_S
+                    await self._sweep_expired()
                 self._start_connections()
                 if self._count == 0 and self._connections == 0:
                     with trio.move_on_after(linger_s):
