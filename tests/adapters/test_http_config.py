@@ -65,7 +65,7 @@ def test_secrets_stay_out_of_repr():
     ('[http]\nmax_body_size = "lots"', "http.max_body_size", "expected a number of bytes"),
     ('[http]\nmax_body_size = 0', "http.max_body_size", "above zero"),
     ('[http]\nheader_timeout = "soon"', "http.header_timeout", "expected a number of seconds"),
-    ('[http]\nbody_timeout = 0', "http.body_timeout", "above zero"),
+    ('[http]\nbody_timeout = 0', "http.body_timeout", "longer than zero"),
     ('[http]\nmax_connections = 0', "http.max_connections", "positive integer"),
     ('[http]\nmax_conections = 5', "http.max_conections", "did you mean 'max_connections'"),
 ])

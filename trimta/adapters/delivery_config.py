@@ -165,22 +165,16 @@ def _part(name: object) -> str:
     return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else f'"{text}"'
 
 
-def _positive_duration(value: Any) -> float:
-    seconds = units.parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {value!r}")
-    return seconds
-
 
 def _queue_overrides(t: _Table, pools: Mapping[str, EgressPool]) -> dict[str, object]:
     """QueueConfig field overrides for the keys present in one queue-settings table."""
     out: dict[str, object] = {}
     if "retry_interval" in t.data:
-        out["retry_interval_s"] = t.get("retry_interval", None, _positive_duration)
+        out["retry_interval_s"] = t.get("retry_interval", None, units.parse_positive_duration)
     if "max_retry_interval" in t.data:
-        out["max_retry_interval_s"] = t.get("max_retry_interval", None, _positive_duration)
+        out["max_retry_interval_s"] = t.get("max_retry_interval", None, units.parse_positive_duration)
     if "max_age" in t.data:
-        out["max_age_s"] = t.get("max_age", None, _positive_duration)
+        out["max_age_s"] = t.get("max_age", None, units.parse_positive_duration)
     if "max_message_rate" in t.data:
         out["max_message_rate"] = t.get("max_message_rate", None, units.parse_rate)
     if "egress_pool" in t.data:

@@ -86,9 +86,9 @@ def parse_http_table(data: Any, file: str) -> HttpConfig:
         tokens=t.get("tokens", (), _parse_tokens),
         users=_parse_users(t.data["users"], file) if "users" in t.data else (),
         max_body_size_bytes=t.get("max_body_size", DEFAULT_MAX_BODY_SIZE, _positive_size),
-        header_timeout_s=t.get("header_timeout", 10.0, _positive_duration),
-        body_timeout_s=t.get("body_timeout", 60.0, _positive_duration),
-        idle_timeout_s=t.get("idle_timeout", 60.0, _positive_duration),
+        header_timeout_s=t.get("header_timeout", 10.0, units.parse_positive_duration),
+        body_timeout_s=t.get("body_timeout", 60.0, units.parse_positive_duration),
+        idle_timeout_s=t.get("idle_timeout", 60.0, units.parse_positive_duration),
         max_connections=t.positive_int("max_connections", 256),
     )
 
@@ -124,12 +124,6 @@ def _positive_size(value: Any) -> int:
         raise ValueError(f"expected a size above zero, got {value!r}")
     return size
 
-
-def _positive_duration(value: Any) -> float:
-    seconds = units.parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero, got {value!r}")
-    return seconds
 
 
 def http_config_from(raw: Mapping[str, Any], file: str) -> HttpConfig:

@@ -111,8 +111,8 @@ def _parse_one(data: Any, source: str, prefix: str) -> WebhookConfig:
     if "url" not in t.data:
         raise ConfigError('a webhook needs a url, e.g. url = "https://hooks.example.com/trimta"', file=source, key=prefix)
     url = t.get("url", None, _url)
-    min_retry = t.get("min_retry_interval", 1.0, _positive_duration)
-    max_retry = t.get("max_retry_interval", 300.0, _positive_duration)
+    min_retry = t.get("min_retry_interval", 1.0, units.parse_positive_duration)
+    max_retry = t.get("max_retry_interval", 300.0, units.parse_positive_duration)
     if max_retry < min_retry:
         raise t.error("max_retry_interval", "must not be shorter than min_retry_interval")
     return WebhookConfig(
@@ -122,7 +122,7 @@ def _parse_one(data: Any, source: str, prefix: str) -> WebhookConfig:
         batch_size=t.positive_int("batch_size", 100),
         max_batch_latency_s=t.get("max_batch_latency", 1.0, units.parse_duration),
         headers=t.get("headers", (), _headers),
-        timeout_s=t.get("timeout", 30.0, _positive_duration),
+        timeout_s=t.get("timeout", 30.0, units.parse_positive_duration),
         min_retry_interval_s=min_retry,
         max_retry_interval_s=max_retry,
     )
@@ -142,12 +142,6 @@ def _name(value: Any) -> str:
         raise ValueError(f"expected letters, digits, '.', '_' or '-' (at most 64), got {value!r}")
     return value
 
-
-def _positive_duration(value: Any) -> float:
-    seconds = units.parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {value!r}")
-    return seconds
 
 
 def _record_types(value: Any) -> frozenset[str] | None:

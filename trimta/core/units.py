@@ -68,6 +68,14 @@ def parse_duration(value: object) -> float:
     return total
 
 
+def parse_positive_duration(value: object) -> float:
+    """Like `parse_duration`, refusing zero: for timeouts and intervals."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration longer than zero, got {value!r}")
+    return seconds
+
+
 def parse_size(value: object) -> int:
     """Bytes from a number or a size string; raises ValueError otherwise."""
     if isinstance(value, bool):
