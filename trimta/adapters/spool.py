@@ -327,13 +327,29 @@ class Spool:
         The messages share the data (same `data_id`). Raises SpoolError if it could not
         be made durable; then none of it is stored.
         """
-        if not messages:
-            raise ValueError("store() needs at least one message")
-        data_id = messages[0].data_id
-        if any(m.data_id != data_id for m in messages):
-            raise ValueError("the messages of one store() must share one data_id")
-        entries = tuple(_encode(m) for m in messages)
-        await self._submit(StoreData(data_id, bytes(data), entries))
+        await self._submit(_store_operation(data, messages))
+
+    async def store_all(self, transactions: Sequence[tuple[bytes, Sequence[Message]]]) -> list[str | None]:
+        """Store several transactions, as one `store` call each made at the same moment would.
+
+        For a caller holding many transactions at once (the reception workers' hand-over):
+        they join the same group commit without a task each. Each transaction is durable
+        or not on its own; the result gives, in order, None for one that is durable, or
+        why it is not (what `store` would raise as SpoolError).
+        """
+        jobs = [_Job(_store_operation(data, messages)) for data, messages in transactions]
+        if self._state != _RUNNING:
+            return [f"the spool's writer is not running ({self._state})"] * len(jobs)
+        self._pending.extend(jobs)
+        self._wakeup.set()
+        try:
+            for job in jobs:
+                await job.done.wait()
+        except BaseException:
+            for job in jobs:  # as in _submit: dropped if not yet taken
+                job.abandoned = True
+            raise
+        return [job.error for job in jobs]
 
     async def update(self, message: Message) -> None:
         """Durably replace a message's metadata (attempts, due); a removed message stays removed."""
@@ -426,11 +442,23 @@ class Spool:
 # --- metadata encoding -----------------------------------------------------------------
 
 
+def _store_operation(data: bytes, messages: Sequence[Message]) -> StoreData:
+    if not messages:
+        raise ValueError("store() needs at least one message")
+    data_id = messages[0].data_id
+    if any(m.data_id != data_id for m in messages):
+        raise ValueError("the messages of one store() must share one data_id")
+    return StoreData(data_id, bytes(data), tuple(_encode(m) for m in messages))
+
+
+# Built once: `json.dumps` with options builds a new encoder on every call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _encode(message: Message) -> Entry:
     # Encoded on the caller's side, at call time: what is stored is the message as it
     # was when store()/update() was called, whatever the caller does with it afterwards.
-    meta = json.dumps(message.to_dict(), separators=(",", ":"), ensure_ascii=False)
-    return Entry(message.id, message.data_id, meta)
+    return Entry(message.id, message.data_id, _encode_json(message.to_dict()))
 
 
 class _Decoder:

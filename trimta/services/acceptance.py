@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trimta.adapters.config import TenancyConfig
-from trimta.adapters.spool import Spool, SpoolError
+from trimta.adapters.spool import Spool
 from trimta.core import records
 from trimta.core.message import Message, Reception, new_id
 from trimta.core.tenancy import extract_tenancy
@@ -147,15 +147,23 @@ class Acceptor:
         Returns the reply to give: 250 once stored, ``452 4.3.1`` if the spool could
         not store (nothing of the message is stored then).
         """
-        messages = prepared.messages
-        try:
-            await self.spool.store(prepared.data, messages)
-        except SpoolError as exc:
-            log.error("spool refused a message from %s: %s", messages[0].reception.peer_address, exc)
-            return Accepted(replies.SPOOL_ERROR, ())
-        reply = accepted_reply(prepared.data_id)
+        (accepted,) = await self.commit_all([prepared])
+        return accepted
+
+    async def commit_all(self, batch: Sequence[Prepared]) -> list[Accepted]:
+        """`commit` for several messages at once; each is stored (or refused) on its own."""
+        errors = await self.spool.store_all([(p.data, p.messages) for p in batch])
+        results = []
         emit = self.logs.emit
-        for message in messages:
-            emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
-        self.on_accepted(messages)
-        return Accepted(reply, messages)
+        for prepared, error in zip(batch, errors):
+            messages = prepared.messages
+            if error is not None:
+                log.error("spool refused a message from %s: %s", messages[0].reception.peer_address, error)
+                results.append(Accepted(replies.SPOOL_ERROR, ()))
+                continue
+            reply = accepted_reply(prepared.data_id)
+            for message in messages:
+                emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
+            self.on_accepted(messages)
+            results.append(Accepted(reply, messages))
+        return results

@@ -60,8 +60,9 @@ class LogSink:
         return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors)
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
-        dumps = json.dumps
-        payload = "".join([dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in batch])
+        # One encoder for the batch: `json.dumps` with options builds a new one per record.
+        encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        payload = "".join([encode(r) + "\n" for r in batch])
         self.writer.write(payload.encode("utf-8"))
 
     async def flush(self) -> None:

@@ -12,10 +12,10 @@ ends that connection only.
 Cost: a session of the common kind (one message per connection, as smtp-source and
 many applications send) is a dozen reads and writes, so what each costs in the
 scheduler shows in the throughput. Accepted TCP connections are served through
-`TcpConnection`, which goes through the scheduler only when it has to wait; a session
-enters one cancel scope whose deadline moves on before each read, not one per read;
-and what every session of a listener shares (its server configuration, the relay
-decision for a peer address) is worked out once.
+`SocketConnection`, which goes through the scheduler only when it has to wait; client
+timeouts are watched by one task per listener (`SilenceWatch`) instead of a deadline
+moved on every read; and what every session of a listener shares (its server
+configuration, the relay decision for a peer address) is worked out once.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class SmtpListener:
         self._loopback_server_config = replace(self._server_config, auth_without_tls=True)
         self.greeting = replies.reply(220, None, f"{config.hostname} {config.banner}")
         self._peers: dict[str, tuple[bool, ServerConfig]] = {}
+        self.silence = SilenceWatch(config.client_timeout_s)
         self._open = 0
         self._total = 0
         self._refused = 0
@@ -124,6 +125,7 @@ class SmtpListener:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         addresses = [lst.socket.getsockname() for lst in listeners]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.silence.run)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, handler_nursery or nursery)
             task_status.started(addresses)
@@ -132,7 +134,7 @@ class SmtpListener:
         """Accept TCP connections one by one and start a task for each.
 
         Connections are taken with the standard library's `accept` on a duplicate of the
-        listening descriptor and served as `TcpConnection`s, so no trio socket object is
+        listening descriptor and served as `SocketConnection`s, so no trio socket object is
         made only to be taken apart again; the client's address comes with `accept`, so
         no session asks the kernel for it. Like trio's own accept loop, this yields to the
         scheduler after each connection: several processes sharing the listening socket
@@ -155,23 +157,35 @@ class SmtpListener:
                         log.error("accept on %s failed (%s); retrying", self.config.name, errno.errorcode[exc.errno])
                         await trio.sleep(_ACCEPT_RETRY_S)
                         continue
-                    handlers.start_soon(self._serve_tcp, TcpConnection(sock), _address_text(address))
+                    handlers.start_soon(self._serve_tcp, SocketConnection(sock), _address_text(address))
                     await trio.lowlevel.checkpoint()
 
-    async def _serve_tcp(self, connection: TcpConnection, peer: str) -> None:
+    async def _serve_tcp(self, connection: SocketConnection, peer: str) -> None:
         try:
-            await self._serve(connection, peer)
+            await self._serve(connection, peer, self.silence)
         finally:
             connection.close()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        """One client connection on any trio stream, start to end."""
+        """One client connection on any trio stream, start to end.
+
+        For connections `serve` does not accept (memory streams in tests, other entry
+        points): unless `serve` runs the listener's silence watch, the session gets one
+        of its own for as long as it lasts.
+        """
         try:
-            await self._serve(stream, _peer_address(stream))
+            if self.silence.running:
+                await self._serve(stream, _peer_address(stream), self.silence)
+            else:
+                silence = SilenceWatch(self.config.client_timeout_s)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(silence.run)
+                    await self._serve(stream, _peer_address(stream), silence)
+                    nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, peer: str, silence: SilenceWatch) -> None:
         self._total += 1
         self._open += 1
         counted = True
@@ -181,7 +195,7 @@ class SmtpListener:
                 with trio.move_on_after(1):
                     await stream.send_all(replies.TOO_MANY_CONNECTIONS.to_bytes())
                 return
-            session = Session(self, stream, peer)
+            session = Session(self, stream, peer, silence)
             await session.run()
             # An orderly end (221, 421): the slot is free now. Over TLS, say goodbye
             # properly (close_notify) before the socket closes.
@@ -230,8 +244,8 @@ class SmtpListener:
         return None
 
 
-class TcpConnection(trio.abc.Stream):
-    """An accepted TCP connection as a trio stream that enters the scheduler only to wait.
+class SocketConnection(trio.abc.Stream):
+    """A connected stream socket as a trio stream that enters the scheduler only to wait.
 
     trio's `SocketStream` makes every call a checkpoint: each write and each read passes
     through the scheduler even when the kernel completes it at once, and an SMTP session
@@ -245,9 +259,10 @@ class TcpConnection(trio.abc.Stream):
       keep the other sessions from running. Cancellation is checked before reading, so
       no received byte is lost to a cancellation.
 
-    One task uses a connection at a time (the session), so there is no conflict
-    detection. Errors are trio's: `BrokenResourceError` for a failed socket,
-    `ClosedResourceError` once closed.
+    Used for the listener's TCP connections and the reception workers' Unix sockets.
+    One task sends and one receives at a time, so there is no conflict detection.
+    Errors are trio's: `BrokenResourceError` for a failed socket, `ClosedResourceError`
+    once closed.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -337,11 +352,69 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+class SilenceWatch:
+    """Ends the sessions whose client has been silent for `timeout_s`: one task per listener.
+
+    A session notes when it starts waiting for its client (`waiting`) or that it is busy
+    (its `waiting_since` is None while it stores a message). The watch sleeps until the
+    earliest moment a waiting session can run out of time, cancels the `timer` scope of
+    each session that has, and sleeps again. A session pays one attribute write per
+    read; moving a cancel scope's deadline instead re-sorts trio's deadline heap each
+    time. Every session of a listener has the same timeout, so a session that starts
+    waiting never runs out before the moment the watch already sleeps until, unless it
+    sleeps for good (no session was waiting): only then is the watch woken.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.running = False
+        self._sessions: set[Session] = set()
+        self._idle = True  # sleeping until woken: no session was waiting
+        self._wakeup = trio.Event()
+
+    def add(self, session: Session) -> None:
+        self._sessions.add(session)
+
+    def remove(self, session: Session) -> None:
+        self._sessions.discard(session)
+
+    def waiting(self, session: Session) -> None:
+        """`session` waits for its client from now on."""
+        session.waiting_since = trio.current_time()
+        if self._idle:
+            self._idle = False
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        self.running = True
+        try:
+            while True:
+                now = trio.current_time()
+                earliest = math.inf
+                for session in list(self._sessions):
+                    since = session.waiting_since
+                    if since is None:
+                        continue
+                    if now - since >= self.timeout_s:
+                        session.timer.cancel()
+                        self._sessions.discard(session)
+                    else:
+                        earliest = min(earliest, since + self.timeout_s)
+                self._idle = earliest == math.inf
+                self._wakeup = trio.Event()
+                with trio.move_on_at(earliest):
+                    await self._wakeup.wait()
+        finally:
+            self.running = False
+
+
 class Session:
     """The policy side of one SMTP conversation: relay rules, AUTH, acceptance."""
 
-    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream, peer: str, silence: SilenceWatch) -> None:
         self.listener = listener
+        self.silence = silence
         self.config = listener.config
         self.stream = stream
         self.peer = peer
@@ -349,9 +422,9 @@ class Session:
         self.user: AuthUser | None = None
         self.relay_ok, server_config = listener.peer_policy(peer)
         self.conn = ServerConnection(server_config)
-        # The session's one cancel scope: its deadline is the client timeout, moved on
-        # before each read and lifted while a message is being stored.
-        self._timer = trio.CancelScope()
+        # Cancelled by the listener's silence watch when the client is silent too long.
+        self.timer = trio.CancelScope()
+        self.waiting_since: float | None = None
 
     @property
     def session_id(self) -> str:
@@ -362,20 +435,26 @@ class Session:
 
     async def run(self) -> None:
         """Serve the conversation until QUIT, a 421, EOF or the client's silence."""
-        with self._timer:
-            await self._converse()
-        if self._timer.cancelled_caught and not self.conn.closed:
+        silence = self.silence
+        silence.add(self)
+        try:
+            with self.timer:
+                await self._converse()
+        finally:
+            silence.remove(self)
+        if self.timer.cancelled_caught and not self.conn.closed:
             # Silent for too long (or not reading our replies): say why and hang up.
             with trio.move_on_after(1):
                 await self.stream.send_all(self.conn.send(replies.TIMEOUT))
 
     async def _converse(self) -> None:
         conn = self.conn
-        timer = self._timer
-        timeout = self.config.client_timeout_s
+        silence = self.silence
         await self.stream.send_all(conn.send(self.listener.greeting))
         while not conn.closed:
-            timer.deadline = trio.current_time() + timeout
+            # The client's time runs from here: through this read and the writes of
+            # the replies to it (a client that does not read them is as good as silent).
+            silence.waiting(self)
             data = await self.stream.receive_some(RECEIVE_SIZE)
             conn.receive_data(data)
             # Replies to everything the client pipelined go out in one write.
@@ -414,7 +493,7 @@ class Session:
             return event.reply
         if isinstance(event, ev.MessageComplete):
             # Storing takes what the disk takes; the client is not silent meanwhile.
-            self._timer.deadline = math.inf
+            self.waiting_since = None
             return await self.accept_message(event)
         if isinstance(event, ev.AuthAttempt):
             user = self.listener.check_credentials(event.username, event.password)

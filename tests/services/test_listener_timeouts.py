@@ -1,0 +1,97 @@
+"""Client timeouts of a served listener: exactly `client_timeout` of silence, never less."""
+
+import trio
+
+from trimta.adapters.config import ListenerConfig, TenancyConfig
+from trimta.adapters.logfile import JsonLinesWriter
+from trimta.services.acceptance import Acceptor
+from trimta.services.logs import LogSink
+from trimta.services.smtp_listener import SmtpListener
+from trimta.testing.spool import MemorySpool
+
+from .conftest import read_reply
+
+TIMEOUT = 30.0
+
+
+class SlowSpool(MemorySpool):
+    """Takes `delay_s` (virtual) to store each batch."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def store_all(self, transactions):
+        await trio.sleep(self.delay_s)
+        return await super().store_all(transactions)
+
+
+async def _serve(nursery, tmp_path, spool=None):
+    logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
+    acceptor = Acceptor(spool=spool or MemorySpool(), logs=logs, tenancy=TenancyConfig(), hostname="mx.test")
+    listener = SmtpListener(ListenerConfig(host="127.0.0.1", port=0, hostname="mx.test", client_timeout_s=TIMEOUT),
+                            acceptor=acceptor, logs=logs)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    (address,) = await nursery.start(listener.serve, listeners)
+    return listener, address
+
+
+async def _connect(address):
+    stream = await trio.open_tcp_stream(*address[:2])
+    buffer = bytearray()
+    assert (await read_reply(stream, buffer)).startswith(b"220 ")
+    return stream, buffer
+
+
+async def test_client_silent_after_commands_gets_421_exactly_timeout_after_its_last_command(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        listener, address = await _serve(nursery, tmp_path)
+        with trio.fail_after(10 * TIMEOUT):
+            stream, buf = await _connect(address)
+            await trio.sleep(TIMEOUT - 1)
+            await stream.send_all(b"EHLO client.example\r\n")
+            assert (await read_reply(stream, buf)).startswith(b"250-mx.test")
+            last = trio.current_time()
+            assert (await read_reply(stream, buf)).startswith(b"421 4.4.2")
+            assert trio.current_time() - last == TIMEOUT
+            assert await stream.receive_some(100) == b""
+        assert listener.statistics().connections_open == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_talking_client_keeps_its_session_while_a_silent_one_is_cut(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        _, address = await _serve(nursery, tmp_path)
+        with trio.fail_after(10 * TIMEOUT):
+            silent, silent_buf = await _connect(address)
+            opened = trio.current_time()
+            talker, buf = await _connect(address)
+            for _ in range(5):  # 5 x 0.6 x TIMEOUT: three times the timeout in all
+                await trio.sleep(0.6 * TIMEOUT)
+                await talker.send_all(b"NOOP\r\n")
+                assert (await read_reply(talker, buf)).startswith(b"250 ")
+            assert (await read_reply(silent, silent_buf)).startswith(b"421 4.4.2")
+            await talker.send_all(b"QUIT\r\n")
+            assert (await read_reply(talker, buf)).startswith(b"221 ")
+        assert trio.current_time() - opened >= 3 * TIMEOUT
+        nursery.cancel_scope.cancel()
+
+
+async def test_message_being_stored_is_not_cut_by_the_client_timeout(tmp_path, autojump_clock):
+    spool = SlowSpool(delay_s=2 * TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        _, address = await _serve(nursery, tmp_path, spool)
+        with trio.fail_after(10 * TIMEOUT):
+            stream, buf = await _connect(address)
+            await stream.send_all(b"EHLO c.example\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
+            for _ in range(4):
+                await read_reply(stream, buf)
+            await stream.send_all(b"Subject: slow disk\r\n\r\nbody\r\n.\r\n")
+            sent = trio.current_time()
+            assert (await read_reply(stream, buf)).startswith(b"250 2.0.0 OK ids=")
+            assert trio.current_time() - sent == 2 * TIMEOUT
+            # The silence counts again from the 250 on.
+            assert (await read_reply(stream, buf)).startswith(b"421 4.4.2")
+            assert trio.current_time() - sent == 3 * TIMEOUT
+        assert len(spool.messages) == 1
+        nursery.cancel_scope.cancel()
