@@ -152,8 +152,8 @@ class Egress:
                 expires_at=self.outcomes.expires_at,
                 clock=self.clock,
                 shared=self._shared_limits(path),
+                domain=domain,
             )
-            queue.domain = domain
             queue.suspended = self.ready_queue_suspended(name)
             self.ready[name] = queue
             assert self._nursery is not None, "Egress.run must be started first"

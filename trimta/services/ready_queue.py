@@ -128,11 +128,13 @@ class ReadyQueue:
         expires_at: Callable[[Message], float],
         clock: Callable[[], float],
         shared: SharedLimits | None = None,
+        domain: str | None = None,
     ) -> None:
         self.source = source
         self.site = site
         self.name = ready_queue_name(source.name, site)
-        self.domain = site  # the domain that created it (its path is looked up by it)
+        # The domain whose message created it: its path options are looked up with it.
+        self.domain = domain or site
         self.path = path
         self.connect = connect
         self.outcomes = outcomes
