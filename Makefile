@@ -35,5 +35,9 @@ test-fast: deps
 bench-reception: deps system-deps
 	$(BIN)/python bench/reception.py
 
+## bench: issue 7's suite (accept, relay, fan-out, tenants, backlog), trimta next to Postfix
+bench: deps system-deps
+	$(BIN)/python bench/run_all.py
+
 clean:
 	rm -rf $(VENV) trimta-data .pytest_cache

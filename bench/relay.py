@@ -519,6 +519,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, messages: int) -> N
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs")
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, messages=20_000)
+    parser.add_argument("--size", type=int, default=2048,
+                        help="payload bytes per message (2048; 102400 for relay-100k)")
+
+
 def print_header(name: str, args: argparse.Namespace, detail: str) -> None:
     print()
     print(f"{name}, {datetime.date.today().isoformat()}, {machine_summary()}, "
@@ -530,9 +536,7 @@ def print_header(name: str, args: argparse.Namespace, detail: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    add_common_arguments(parser, messages=20_000)
-    parser.add_argument("--size", type=int, default=2048,
-                        help="payload bytes per message (2048; 102400 for relay-100k)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     args.trimta_tree = args.trimta_tree.resolve()
     args.load_before = os.getloadavg()[0]
