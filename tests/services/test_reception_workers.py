@@ -1,0 +1,173 @@
+"""A listener served by the daemon and a reception worker process (real processes, loopback)."""
+
+import os
+import signal
+
+import trio
+
+from trimta.adapters.config import ListenerConfig, TenancyConfig
+from trimta.adapters.logfile import JsonLinesWriter
+from trimta.adapters.spool import Spool
+from trimta.services.acceptance import Acceptor
+from trimta.services.logs import LogSink
+from trimta.services.reception_workers import FrameReader, ReceptionWorkers, encode_frame, make_listener
+from trimta.services.smtp_listener import SmtpListener
+
+from .conftest import read_reply
+
+DEADLINE_S = 60  # real processes start in a second or two; this is only a backstop
+
+
+def test_frames_split_anywhere_come_out_whole():
+    frames = [(["store", 1, 2.5, [{"id": "a"}]], b"data\r\n" * 100), (["stop"], b""), (["stats", 1, 2, 3, 4], b"x")]
+    wire = b"".join(encode_frame(h, b) for h, b in frames)
+    for step in (1, 3, 7, 64, len(wire)):
+        reader = FrameReader()
+        received = []
+        for i in range(0, len(wire), step):
+            reader.feed(wire[i : i + step])
+            while (frame := reader.next_frame()) is not None:
+                received.append(frame)
+        assert received == frames
+
+
+def test_one_worker_means_no_worker_process(tmp_path):
+    logs = LogSink(JsonLinesWriter(tmp_path, max_file_size_bytes=10**6, max_segment_duration_s=60))
+    acceptor = Acceptor(spool=None, logs=logs, tenancy=TenancyConfig(), hostname="mx.test")
+    assert isinstance(make_listener(ListenerConfig(), workers=1, acceptor=acceptor, logs=logs), SmtpListener)
+    two = make_listener(ListenerConfig(max_connections=5), workers=2, acceptor=acceptor, logs=logs)
+    assert isinstance(two, ReceptionWorkers)
+    assert two.process_config.max_connections == 3  # each process's share, rounded up
+
+
+class Daemon:
+    """The daemon's side: a real spool and log sink, the listener over 2 processes."""
+
+    def __init__(self, tmp_path, **listener_options) -> None:
+        self.spool = Spool.open(tmp_path / "spool")
+        self.logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
+        self.records = self.logs.subscribe()
+        acceptor = Acceptor(spool=self.spool, logs=self.logs, tenancy=TenancyConfig(), hostname="mx.test")
+        config = ListenerConfig(host="127.0.0.1", port=0, hostname="mx.test", **listener_options)
+        self.listener = ReceptionWorkers(config, workers=2, acceptor=acceptor, logs=self.logs)
+
+    async def start(self, nursery: trio.Nursery) -> tuple:
+        await nursery.start(self.spool.run)
+        await nursery.start(self.logs.run)
+        (address,) = await nursery.start(self.listener.serve)
+        return address[:2]
+
+    def received(self, kind: str) -> list[dict]:
+        out = []
+        while True:
+            try:
+                record = self.records.receive_nowait()
+            except trio.WouldBlock:
+                return out
+            if record["type"] == kind:
+                out.append(record)
+
+
+async def send_message(address, n: int) -> bytes:
+    """One message over one connection; the reply to the end of its data."""
+    stream = await trio.open_tcp_stream(*address)
+    buf = bytearray()
+    await read_reply(stream, buf)
+    await stream.send_all(b"EHLO c.example\r\nMAIL FROM:<s@example.com>\r\n"
+                          b"RCPT TO:<r%d@example.net>\r\nDATA\r\n" % n)
+    replies = [await read_reply(stream, buf) for _ in range(4)]
+    if not replies[3].startswith(b"354"):
+        await stream.aclose()
+        return replies[2]
+    await stream.send_all(b"Subject: %d\r\n\r\nbody\r\n.\r\nQUIT\r\n" % n)
+    done = await read_reply(stream, buf)
+    assert (await read_reply(stream, buf)).startswith(b"221")
+    await stream.aclose()
+    return done
+
+
+async def test_messages_taken_by_either_process_are_durable_and_logged_once(tmp_path):
+    daemon = Daemon(tmp_path)
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            address = await daemon.start(nursery)
+            assert len(daemon.listener.worker_pids) == 1
+            results = {}
+
+            async def client(n):
+                results[n] = await send_message(address, n)
+
+            async with trio.open_nursery() as clients:
+                for n in range(40):
+                    clients.start_soon(client, n)
+            assert all(r.startswith(b"250 2.0.0 OK ids=") for r in results.values()), results
+            local = daemon.listener.local.statistics().connections_total
+            assert 0 < local < 40  # the kernel gave some connections to each process
+            nursery.cancel_scope.cancel()
+    daemon.spool.close()
+    reopened = Spool.open(tmp_path / "spool")
+    restored = reopened.restore()
+    reopened.close()
+    assert sorted(m.recipient for m in restored.messages) == sorted(f"r{n}@example.net" for n in range(40))
+    assert len(daemon.received("Reception")) == 40
+
+
+async def test_refusals_in_a_worker_reach_the_daemons_log(tmp_path):
+    daemon = Daemon(tmp_path, relay_hosts=())
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            address = await daemon.start(nursery)
+            for n in range(20):
+                assert (await send_message(address, n)).startswith(b"550 5.7.1")
+            assert daemon.listener.local.statistics().connections_total < 20  # the worker took some
+            nursery.cancel_scope.cancel()
+    refused = [r["recipient"] for r in daemon.received("Rejection") if r["response"]["command"] == "RCPT TO"]
+    assert sorted(refused) == sorted(f"r{n}@example.net" for n in range(20))
+
+
+async def test_killed_worker_is_restarted_and_no_session_fails(tmp_path):
+    daemon = Daemon(tmp_path)
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            address = await daemon.start(nursery)
+            (pid,) = daemon.listener.worker_pids
+            os.kill(pid, signal.SIGKILL)
+            # Connections the kernel gives the dead worker's socket wait in its backlog
+            # until the new worker takes them.
+            for n in range(20):
+                assert (await send_message(address, n)).startswith(b"250 2.0.0")
+            assert daemon.listener.local.statistics().connections_total < 20  # the new worker took some
+            assert daemon.listener.restarts == 1
+            assert len(daemon.listener.worker_pids) == 1 and daemon.listener.worker_pids != [pid]
+            nursery.cancel_scope.cancel()
+
+
+async def test_stopping_ends_the_workers(tmp_path):
+    daemon = Daemon(tmp_path)
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.spool.run)
+            await nursery.start(daemon.logs.run)
+            accepting = trio.CancelScope()
+            async with trio.open_nursery() as handlers:
+                await handlers.start(_serve_until, daemon.listener, handlers, accepting)
+                (pid,) = daemon.listener.worker_pids
+                accepting.cancel()
+            # Told to stop, the worker had no session to finish: it has exited.
+            assert daemon.listener.worker_pids == []
+            assert daemon.listener.statistics().connections_open == 0
+            nursery.cancel_scope.cancel()
+    assert not _alive(pid)
+
+
+async def _serve_until(listener, handlers, scope, *, task_status):
+    with scope:
+        await listener.serve(handler_nursery=handlers, task_status=task_status)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

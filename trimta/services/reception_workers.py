@@ -1,0 +1,608 @@
+"""One ESMTP listener served by several processes: reception on more than one core.
+
+A Python process runs its event loop on one core. With ``workers = N`` in a
+``[[listener]]`` table, the daemon serves that listener itself and with N - 1
+reception workers (``python -m trimta.services.reception_workers``), each a process
+with its own trio loop and an ordinary `SmtpListener`. A worker accepts connections,
+speaks SMTP and prepares each message (tenancy headers, trace header, one message per
+recipient: `acceptance.prepare`), but stores nothing: it hands the prepared message
+to the daemon over a Unix socket, the daemon commits it with everything else
+(`Acceptor.commit_all`: the one spool writer and its group commit, the Reception
+records, the scheduled queues) and answers, and only then does the worker send its
+250.
+
+Connections: the daemon opens one listening socket per process on the listener's
+address, all with SO_REUSEPORT, so the kernel spreads new connections over the
+processes and wakes only the one that is to take a connection. (On one shared
+socket every process is woken for every connection; on a 2-core machine that cost
+more than the second process gained, see docs/performance.md.) `max_connections` is
+divided between the processes.
+
+Durability: the 250 goes out only after the daemon said the message is fsynced, as
+in one process. A worker that crashes loses at most messages it never acknowledged
+(their clients retry); the daemon sees its socket end and restarts it, and the
+worker's listening socket, which the daemon keeps open, queues new connections
+meanwhile. A message the daemon received from a worker is committed, logged and
+queued even if the worker dies before hearing the answer: at worst the client sends
+it again and it is delivered twice, never lost. If the daemon dies, every worker
+sees its socket end and exits.
+
+Shutdown follows the daemon's: `serve` being cancelled makes every process stop
+accepting and finish its sessions; cancelling the handler nursery (the end of the
+grace period) closes the workers' sockets, which makes them cancel what is left.
+
+The wire between daemon and worker is a sequence of frames: an 8-octet prefix
+(header and body lengths), a JSON header (a list whose first item names the frame)
+and raw octets (the message data, or the worker's set-up). See `FrameReader`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from trimta.adapters.config import ListenerConfig, TenancyConfig
+from trimta.core.message import Message
+from trimta.protocol import replies
+from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, prepare
+from trimta.services.logs import LogSink
+from trimta.services.smtp_listener import ListenerStatistics, SmtpListener, SocketConnection
+
+log = logging.getLogger(__name__)
+
+# How often a worker reports its connection counts (when they changed).
+STATISTICS_INTERVAL_S = 0.1
+# A worker that does not say it is ready within this time is taken for failed.
+START_TIMEOUT_S = 30.0
+# After the daemon closed its socket, how long a worker gets to exit before it is killed.
+EXIT_TIMEOUT_S = 5.0
+# Restarts of a failing worker are spaced out, up to this interval.
+MAX_RESTART_DELAY_S = 10.0
+
+
+# --- frames -----------------------------------------------------------------------------
+
+_PREFIX = struct.Struct("!II")
+
+
+def encode_frame(header: list[Any], body: bytes = b"") -> bytes:
+    """One frame: the lengths of header and body, the header as JSON, the body."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _PREFIX.pack(len(head), len(body)) + head + body
+
+
+class FrameReader:
+    """Cuts received octets into frames (sans-IO: `feed` octets, then `next_frame`)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0  # the next frame begins here
+
+    def feed(self, data: bytes) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    def next_frame(self) -> tuple[list[Any], bytes] | None:
+        """The next complete frame as (header, body), or None until more octets come."""
+        buf, start = self._buffer, self._start
+        if len(buf) - start < _PREFIX.size:
+            return None
+        head_size, body_size = _PREFIX.unpack_from(buf, start)
+        head_end = start + _PREFIX.size + head_size
+        end = head_end + body_size
+        if len(buf) < end:
+            return None
+        header = json.loads(buf[start + _PREFIX.size : head_end])
+        body = bytes(buf[head_end:end])
+        self._start = end
+        return header, body
+
+
+class Channel:
+    """Frames over a trio stream: `send` queues, one writer task writes them in batches.
+
+    Frames queued while a write is under way go out together in the next one, so many
+    sessions' requests cost one system call.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._out = bytearray()
+        self._wakeup = trio.Event()
+        self._idle = trio.Event()
+        self._reader = FrameReader()
+
+    def send(self, header: list[Any], body: bytes = b"") -> None:
+        self._out += encode_frame(header, body)
+        self._wakeup.set()
+
+    async def run_writer(self) -> None:
+        """Write queued frames until cancelled (or the stream breaks)."""
+        while True:
+            if not self._out:
+                self._idle.set()
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                self._idle = trio.Event()
+            out, self._out = self._out, bytearray()
+            await self.stream.send_all(out)
+
+    async def wait_flushed(self) -> None:
+        """Wait until everything queued so far has been written (needs `run_writer`)."""
+        while self._out or not self._idle.is_set():
+            await self._idle.wait()
+
+    async def receive_frames(self, handle: Callable[[list[Any], bytes], None]) -> None:
+        """Pass every frame received to `handle` until the other side closes."""
+        reader = self._reader
+        while True:
+            frame = reader.next_frame()
+            while frame is not None:
+                handle(*frame)
+                frame = reader.next_frame()
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                return
+            reader.feed(data)
+
+    async def receive_frame(self) -> tuple[list[Any], bytes] | None:
+        """The next frame, or None if the other side closed first."""
+        while True:
+            frame = self._reader.next_frame()
+            if frame is not None:
+                return frame
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                return None
+            self._reader.feed(data)
+
+
+# --- the daemon's side --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """What a worker is told when it starts (pickled: it comes from the daemon itself)."""
+
+    index: int
+    listener: ListenerConfig
+    tenancy: TenancyConfig
+    hostname: str
+
+
+class WorkerFailed(Exception):
+    """A reception worker could not be started."""
+
+
+class ReceptionWorkers:
+    """A listener served by `workers` processes: the daemon and `workers - 1` reception workers.
+
+    `serve` and `statistics` have `SmtpListener`'s contract, so the daemon drives both
+    the same way: `serve` gives the bound addresses to `task_status` once every worker
+    is ready, and `statistics().connections_open` counts the sessions of every process
+    (it falls to 0 when they have all ended).
+    """
+
+    def __init__(self, config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.config = config
+        self.workers = workers
+        self.acceptor = acceptor
+        self.logs = logs
+        # What each process enforces: its share of the listener's connections.
+        self.process_config = replace(config, max_connections=max(1, -(-config.max_connections // workers)))
+        self.local = SmtpListener(self.process_config, acceptor=acceptor, logs=logs)
+        self._stopping = False
+        self._channels: dict[int, Channel] = {}
+        self._pids: dict[int, int] = {}
+        self._statistics: dict[int, tuple[int, int, int, int]] = {}
+        self._finished = ListenerStatistics(0, 0, 0, 0)  # of workers that have exited
+        self.restarts = 0
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers running now (for operators)."""
+        return sorted(self._pids.values())
+
+    def statistics(self) -> ListenerStatistics:
+        counts = [_counts(self.local.statistics()), _counts(self._finished), *self._statistics.values()]
+        return ListenerStatistics(*(sum(column) for column in zip(*counts)))
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        handler_nursery: trio.Nursery | None = None,
+        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; then every process stops accepting and finishes its sessions.
+
+        Without `listeners`, one SO_REUSEPORT socket per process is opened on the
+        configured address; given `listeners` (tests), all processes share them.
+        Sessions of the daemon and the supervisors of the workers run in
+        `handler_nursery` (by default in a nursery of this call): cancelling it ends
+        the sessions still running, in the workers too.
+        """
+        if listeners is None:
+            groups = await open_reuseport_listeners(self.config.host, self.config.port, self.workers)
+        else:
+            groups = [listeners] * self.workers
+        try:
+            async with trio.open_nursery() as own:
+                handlers = handler_nursery or own
+                for index in range(1, self.workers):
+                    await handlers.start(self._supervise, index, groups[index])
+                await self.local.serve(groups[0], handler_nursery=handlers, task_status=task_status)
+        finally:
+            self._stopping = True
+            for channel in self._channels.values():
+                channel.send(["stop"])
+            for group in groups:
+                for listener in group:
+                    listener.socket.close()
+
+    async def _supervise(
+        self, index: int, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus
+    ) -> None:
+        """Keep worker `index` running, restarting it when it exits until the daemon stops."""
+        delay = 0.1
+        first = True
+        while True:
+            started_at = trio.current_time()
+            returncode = await self._run_worker(index, listeners, task_status if first else None)
+            first = False
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.error("reception worker %d of %s exited (%s); restarting it", index, self.config.name, returncode)
+            # A worker that keeps failing at once is restarted less and less often.
+            if trio.current_time() - started_at > MAX_RESTART_DELAY_S:
+                delay = 0.1
+            else:
+                delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            await trio.sleep(delay)
+
+    async def _run_worker(
+        self, index: int, listeners: list[trio.SocketListener], task_status: trio.TaskStatus | None
+    ) -> int | None:
+        """Start worker `index`, serve its requests until its socket ends; its exit status.
+
+        With `task_status`, report started once the worker is ready, or raise
+        `WorkerFailed` if it is not.
+        """
+        ours, theirs = socket.socketpair()
+        listen_fds = [lst.socket.fileno() for lst in listeners]
+        command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno())]
+        for fd in listen_fds:
+            command += ["--listen-fd", str(fd)]
+        try:
+            process = await trio.lowlevel.open_process(
+                command, pass_fds=[theirs.fileno(), *listen_fds], stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._pids[index] = process.pid
+        link = _Link(Channel(SocketConnection(ours)))
+        setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname)
+        link.channel.send(["setup"], pickle.dumps(setup))
+        self._channels[index] = link.channel
+        try:
+            # The committer runs in a nursery of its own, which a worker's end does not
+            # cancel: what the daemon received is committed, logged and queued in any case.
+            async with trio.open_nursery() as stores:
+                stores.start_soon(self._commit, link)
+                async with trio.open_nursery() as io:
+                    io.start_soon(_write_until_broken, link.channel)
+                    io.start_soon(self._receive, index, link)
+                    if task_status is not None:
+                        with trio.move_on_after(START_TIMEOUT_S):
+                            await link.ready.wait()
+                        if not link.is_ready:
+                            raise WorkerFailed(
+                                f"reception worker {index} of {self.config.name} did not start;"
+                                " see its messages above"
+                            )
+                        task_status.started()
+                    await link.closed.wait()
+                    io.cancel_scope.cancel()
+        finally:
+            del self._channels[index]
+            del self._pids[index]
+            with trio.CancelScope(shield=True):
+                await link.channel.stream.aclose()
+                with trio.move_on_after(EXIT_TIMEOUT_S):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            self._retire(index)
+        return process.returncode
+
+    def _retire(self, index: int) -> None:
+        """Keep the totals of a worker that has exited; its sessions are over."""
+        counts = self._statistics.pop(index, None)
+        if counts is not None:
+            _, total, refused, accepted = counts
+            f = self._finished
+            self._finished = ListenerStatistics(
+                0, f.connections_total + total, f.connections_refused + refused, f.messages_accepted + accepted
+            )
+
+    async def _receive(self, index: int, link: _Link) -> None:
+        """Act on the worker's frames until its socket ends."""
+
+        def handle(header: list[Any], body: bytes) -> None:
+            kind = header[0]
+            if kind == "store":
+                _, request, now, metadata = header
+                try:
+                    messages = tuple(Message.from_dict(d) for d in metadata)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("reception worker %d sent a message that does not decode: %s", index, exc)
+                    link.channel.send(["stored", request, "the message did not decode"])
+                    return
+                link.stores.append((request, Prepared(body, messages, now)))
+                link.stores_arrived.set()
+            elif kind == "stats":
+                self._statistics[index] = tuple(header[1:5])
+            elif kind == "record":
+                self.logs.emit(header[1])
+            elif kind == "ready":
+                link.is_ready = True
+                link.ready.set()
+            else:
+                log.error("reception worker %d sent an unknown frame %r", index, kind)
+
+        try:
+            await link.channel.receive_frames(handle)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            link.ready.set()
+            link.closed.set()
+            link.stores_arrived.set()
+
+    async def _commit(self, link: _Link) -> None:
+        """Commit what a worker sends, until its socket has ended and all of it is done.
+
+        Everything that arrived while the previous commit was under way is committed
+        together (one call, one group commit), and each worker is told how it went.
+        """
+        while True:
+            await link.stores_arrived.wait()
+            link.stores_arrived = trio.Event()
+            batch, link.stores = link.stores, []
+            if not batch:
+                if link.closed.is_set():
+                    return
+                continue
+            results = await self.acceptor.commit_all([prepared for _, prepared in batch])
+            for (request, _), accepted in zip(batch, results):
+                error = None if accepted.reply.is_positive else str(accepted.reply)
+                link.channel.send(["stored", request, error])
+
+
+def make_listener(
+    config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink
+) -> SmtpListener | ReceptionWorkers:
+    """The listener for one ``[[listener]]`` table: in the daemon alone, or over `workers` processes."""
+    if workers <= 1:
+        return SmtpListener(config, acceptor=acceptor, logs=logs)
+    return ReceptionWorkers(config, workers=workers, acceptor=acceptor, logs=logs)
+
+
+def _counts(s: ListenerStatistics) -> tuple[int, int, int, int]:
+    return s.connections_open, s.connections_total, s.connections_refused, s.messages_accepted
+
+
+async def open_reuseport_listeners(host: str, port: int, count: int) -> list[list[trio.SocketListener]]:
+    """`count` sets of listening sockets on the same addresses, one set per process.
+
+    With SO_REUSEPORT the kernel spreads new connections over the sets, so each process
+    is woken only for connections it is to take, rather than every process for every
+    connection (the "thundering herd" of a shared listening socket). Port 0 picks one
+    free port for all of them.
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    groups: list[list[trio.SocketListener]] = [[] for _ in range(count)]
+    try:
+        for family, type_, proto, _, address in infos:
+            for group in groups:
+                sock = trio.socket.socket(family, type_, proto)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    await sock.bind(address)
+                    sock.listen(socket.SOMAXCONN)
+                except BaseException:
+                    sock.close()
+                    raise
+                address = sock.getsockname()  # the port chosen for the first, for the others
+                group.append(trio.SocketListener(sock))
+    except BaseException:
+        for group in groups:
+            for listener in group:
+                listener.socket.close()
+        raise
+    return groups
+
+
+class _Link:
+    """The daemon's end of one worker's socket, and what it has said so far."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.ready = trio.Event()  # set when the worker is ready, or gone
+        self.is_ready = False
+        self.closed = trio.Event()
+        self.stores: list[tuple[int, Prepared]] = []  # (request, message) not yet committed
+        self.stores_arrived = trio.Event()
+
+
+async def _write_until_broken(channel: Channel) -> None:
+    try:
+        await channel.run_writer()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+# --- the worker's side ----------------------------------------------------------------
+
+
+class RemoteAcceptor:
+    """The worker's acceptor: prepares here, has the daemon commit, then answers."""
+
+    def __init__(self, channel: Channel, *, tenancy: TenancyConfig, hostname: str) -> None:
+        self.channel = channel
+        self.tenancy = tenancy
+        self.hostname = hostname
+        self._next_request = 0
+        self._waiting: dict[int, _Waiter] = {}
+
+    async def accept(self, submission: Submission) -> Accepted:
+        prepared = prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time())
+        self._next_request += 1
+        request = self._next_request
+        waiter = self._waiting[request] = _Waiter()
+        self.channel.send(
+            ["store", request, prepared.now, [m.to_dict() for m in prepared.messages]], prepared.data
+        )
+        try:
+            await waiter.done.wait()
+        finally:
+            del self._waiting[request]
+        if waiter.error is not None:
+            log.error("the daemon could not store a message: %s", waiter.error)
+            return Accepted(replies.SPOOL_ERROR, ())
+        return Accepted(accepted_reply(prepared.data_id), prepared.messages)
+
+    def stored(self, request: int, error: str | None) -> None:
+        waiter = self._waiting.get(request)
+        if waiter is not None:  # else its session was cancelled meanwhile
+            waiter.error = error
+            waiter.done.set()
+
+    def fail_all(self, error: str) -> None:
+        for request in list(self._waiting):
+            self.stored(request, error)
+
+
+class _Waiter:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: str | None = None
+
+
+class ForwardingLogs:
+    """The worker's log sink: records (rejections) go to the daemon's log."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.channel.send(["record", record])
+
+
+async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) -> None:
+    """A worker's life: set-up from the daemon, serve until told to stop, then exit."""
+    channel = Channel(SocketConnection(ipc))
+    frame = await channel.receive_frame()
+    if frame is None or frame[0] != ["setup"]:
+        raise SystemExit("reception worker: no set-up from the daemon")
+    setup: WorkerSetup = pickle.loads(frame[1])
+    acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname)
+    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel))
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_sockets]
+    accepting = trio.CancelScope()
+
+    def handle(header: list[Any], body: bytes) -> None:
+        if header[0] == "stored":
+            acceptor.stored(header[1], header[2])
+        elif header[0] == "stop":
+            accepting.cancel()
+
+    async def from_daemon(root: trio.CancelScope) -> None:
+        try:
+            await channel.receive_frames(handle)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        # The daemon closed our socket (it stops, or it died): nothing can be stored
+        # any more, so every session ends now.
+        acceptor.fail_all("the daemon has gone")
+        root.cancel()
+
+    async def serve(sessions: trio.Nursery, *, task_status: trio.TaskStatus) -> None:
+        with accepting:
+            await listener.serve(listeners, handler_nursery=sessions, task_status=task_status)
+
+    async with trio.open_nursery() as root:
+        root.start_soon(_write_until_broken, channel)
+        root.start_soon(from_daemon, root.cancel_scope)
+        root.start_soon(_report_statistics, channel, listener)
+        async with trio.open_nursery() as sessions:
+            await sessions.start(serve, sessions)
+            channel.send(["ready"])
+        # Told to stop, and every session has ended.
+        _send_statistics(channel, listener.statistics())
+        with trio.move_on_after(EXIT_TIMEOUT_S):
+            await channel.wait_flushed()
+        root.cancel_scope.cancel()
+
+
+def _send_statistics(channel: Channel, s: ListenerStatistics) -> None:
+    channel.send(["stats", *_counts(s)])
+
+
+async def _report_statistics(channel: Channel, listener: SmtpListener) -> None:
+    last = None
+    while True:
+        current = listener.statistics()
+        if current != last:
+            _send_statistics(channel, current)
+            last = current
+        await trio.sleep(STATISTICS_INTERVAL_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a trimta reception worker (started by `trimta serve`)")
+    parser.add_argument("--ipc-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, action="append", default=[])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
+    )
+    # Ctrl-C reaches the whole process group: the daemon handles it and tells us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ipc = socket.socket(fileno=args.ipc_fd)
+    listen = [socket.socket(fileno=fd) for fd in args.listen_fd]
+    trio.run(run_worker, ipc, listen)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
