@@ -127,7 +127,8 @@ def test_suspended_tenant_waits_while_another_flows_then_flows_after_cancel(make
     status, _ = api(d, "DELETE", "/api/admin/suspend/v1", {"id": created["id"]})
     assert status == 200
     wait_for(lambda: "a@ops.test" in handler.recipients, what="the suspended tenant's mail after cancel")
-    (delivery,) = [r for r in d.records("Delivery") if r["tenant"] == "acme"]
+    (delivery,) = wait_for(lambda: [r for r in d.records("Delivery") if r["tenant"] == "acme"],
+                           what="its Delivery record")
     assert delivery["num_attempts"] == 1
 
 
