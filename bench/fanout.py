@@ -81,8 +81,10 @@ class BlastClient:
         self.port = port
         self.sessions = sessions
         self.sender = sender
+        # `size` bytes of body: full 72-byte lines, then a shorter last line.
         line = b"X" * 70 + b"\r\n"
-        self.body = (line * (size // len(line) + 1))[:size].rstrip(b"X\r\n") + b"\r\n"
+        tail = size % len(line)
+        self.body = line * (size // len(line)) + (b"X" * (tail - 2) + b"\r\n" if tail >= 2 else b"")
         self.errors: list[str] = []
         self._lock = threading.Lock()
 
