@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     process_tree,
     run_smtp_source,
     tree_cpu_seconds,
+    wait_for_port,
 )
 from reception import HOST, TrimtaDaemon  # noqa: E402
 from relay import print_header, say  # noqa: E402
@@ -127,8 +128,30 @@ def restored_line(daemon: TrimtaDaemon, since: int) -> tuple[int, float]:
     return int(count), float(seconds)
 
 
+class BacklogDaemon(TrimtaDaemon):
+    """reception.py's daemon, with a start that may wait long: a restart restores N messages.
+
+    (TrimtaDaemon.start waits 30 s for the port; 1,000,000 messages take longer.)
+    """
+
+    def start(self, timeout_s: float = 30.0) -> BacklogDaemon:
+        env = dict(os.environ, PYTHONPATH=str(self.tree))
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trimta", "serve", "--config", str(self.config_path)],
+                cwd=self.directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=stderr, env=env,
+            )
+        try:
+            wait_for_port(HOST, self.port, alive=lambda: self.proc.poll() is None,
+                          timeout_s=timeout_s)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{self.stderr_tail()}") from None
+        return self
+
+
 def bench(args: argparse.Namespace) -> BacklogResult:
-    daemon = TrimtaDaemon(keep=args.keep, workers=args.workers, tree=args.trimta_tree)
+    daemon = BacklogDaemon(keep=args.keep, workers=args.workers, tree=args.trimta_tree)
     with open(daemon.config_path, "a") as f:
         # Not the default port: another daemon on this machine may hold it.
         f.write(f'\n[http]\nlisten = "{HOST}:{free_port(HOST)}"\n')
@@ -144,6 +167,8 @@ def bench(args: argparse.Namespace) -> BacklogResult:
         if not source.ok:
             say(f"trimta: smtp-source reported errors:\n{source.stderr[-2000:]}")
         after_reception = settle_rss(daemon.pid, 10.0)
+        say(f"trimta: {args.messages:,} messages in {source.seconds:.1f}s; RSS "
+            f"{base / 1e6:.0f} MB empty, {after_reception / 1e6:.0f} MB queued")
         status = daemon.stop()
         if status != 0:
             say(f"trimta: the daemon exited with status {status}\n{daemon.stderr_tail()}")
@@ -152,9 +177,11 @@ def bench(args: argparse.Namespace) -> BacklogResult:
         say("trimta: restarting")
         offset = daemon.stderr_path.stat().st_size
         started = time.perf_counter()
-        daemon.start()
+        daemon.start(timeout_s=args.timeout)
         restart = time.perf_counter() - started
         restored, restore_seconds = restored_line(daemon, offset)
+        say(f"trimta: restart took {restart:.1f}s, restored {restored:,} "
+            f"(spool read {restore_seconds:.1f}s); spool {allocated / 1e6:,.0f} MB")
         after_restart = settle_rss(daemon.pid)
         status2 = daemon.stop()
         return BacklogResult(args.messages, restored, source.seconds, cpu, base, after_reception,
