@@ -34,6 +34,7 @@ from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
 from trimta.services.logs import LogSink
+from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
 from trimta.services.webhooks import WebhookSender
 
@@ -47,7 +48,7 @@ class Running:
     config: Config
     spool: Spool
     logs: LogSink
-    listeners: list[SmtpListener]
+    listeners: list[SmtpListener | ReceptionWorkers]
     addresses: list[list[tuple]]
     engine: DeliveryEngine
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -93,7 +94,7 @@ class App:
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept
         )
-        listeners = [SmtpListener(lc, acceptor=acceptor, logs=logs) for lc in config.listeners]
+        listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in config.listeners]
         try:
             # The durable tail (spool, log sink, webhook journals) stops last, after
             # everything that could still produce a message or a record.

@@ -115,3 +115,19 @@ def test_oversized_message_is_refused_with_552(make_daemon):
         assert info.value.smtp_code == 552
     d.stop()
     assert restored_spool(d.spool_path).messages == []
+
+
+def test_two_reception_processes_spool_every_message_once(make_daemon):
+    d = make_daemon(extra_listener="workers = 2").start()
+    sent = []
+    for n in range(6):  # several connections: the kernel spreads them over both processes
+        with smtplib.SMTP(d.host, d.port, timeout=10) as client:
+            for i in range(5):
+                rcpt = f"u{n}-{i}@example.net"
+                client.sendmail("sender@example.com", [rcpt], f"Subject: {n}-{i}\r\nX-Tenant: acme\r\n\r\nhi\r\n")
+                sent.append(rcpt)
+    assert d.stop() == 0
+    restored = restored_spool(d.spool_path)
+    assert sorted(m.recipient for m in restored.messages) == sorted(sent)
+    assert {m.tenant for m in restored.messages} == {"acme"}
+    assert len(d.records("Reception")) == len(sent)

@@ -69,6 +69,8 @@ class ListenerConfig:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     auth: tuple[AuthUser, ...] = ()
+    # Processes serving this listener (the daemon and workers - 1 reception workers).
+    workers: int = 1
 
     @property
     def name(self) -> str:
@@ -240,7 +242,7 @@ _LISTENER_KEYS = (
     "listen", "hostname", "banner", "relay_hosts", "max_message_size",
     "max_recipients_per_message", "max_messages_per_connection", "max_errors",
     "max_connections", "client_timeout", "data_timeout", "tls_certificate",
-    "tls_private_key", "auth",
+    "tls_private_key", "auth", "workers",
 )
 
 
@@ -289,6 +291,7 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         tls_certificate=cert_path,
         tls_private_key=key_path,
         auth=_parse_auth(t.data["auth"], file, t.key("auth")) if "auth" in t.data else (),
+        workers=t.positive_int("workers", 1),
     )
 
 
