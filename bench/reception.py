@@ -97,6 +97,8 @@ class TrimtaDaemon:
             + (f"workers = {workers}\n" if workers is not None else "")
             + f'\n[spool]\npath = "{self.spool_path}"\n'
             + f'\n[logs]\npath = "{self.directory / "logs"}"\n'
+            # Its own API port, so a daemon already on 8000 does not stop the bench.
+            + f'\n[http]\nlisten = "{HOST}:{free_port()}"\n'
         )
 
     def start(self) -> TrimtaDaemon:
