@@ -120,7 +120,9 @@ class App:
                         if config.http.enabled:
                             api = HttpApi(acceptor=acceptor, engine=engine, spool=spool, logs=logs,
                                           listeners=listeners, hostname=config.hostname,
-                                          reload=partial(reload_shaping, running))
+                                          reload=partial(reload_shaping, running),
+                                          known_tenants=(lambda: running.engine.delivery.tenant_overrides)
+                                          if config.http.known_tenants_only else None)
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api), handlers, scope)

@@ -454,3 +454,16 @@ def test_format_duration_reads_back():
     for seconds in (0, 1, 59, 60, 3599, 7170, 86400 + 3661):
         assert units.parse_duration(format_duration(seconds)) == seconds
     assert format_duration(7170.9) == "1h59m30s"
+
+
+async def test_unknown_tenant_is_refused_when_only_known_tenants_may_be_named():
+    with trio.fail_after(20):
+        async with running_api(known_tenants=lambda: {"acme", "globex"}) as api:
+            refused = await api.inject(["a@example.net"], tenant="acme2")
+            suspend = await api.call("POST", "/api/admin/suspend/v1",
+                                     {"tenant": "acme2", "reason": "x", "duration": "1h"})
+            accepted = await api.inject(["a@example.net"], tenant="acme")
+    assert refused.status == 400
+    assert refused.json["error"] == "tenant: unknown tenant 'acme2' (known: acme, globex)"
+    assert suspend.status == 400 and "unknown tenant 'acme2'" in suspend.json["error"]
+    assert accepted.status == 200 and accepted.json["success_count"] == 1

@@ -30,7 +30,7 @@ from trimta.core import units
 
 KEYS = (
     "enabled", "listen", "trusted_hosts", "tokens", "users", "max_body_size",
-    "header_timeout", "body_timeout", "idle_timeout", "max_connections",
+    "header_timeout", "body_timeout", "idle_timeout", "max_connections", "known_tenants_only",
 )
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_SIZE = 2 * 1024 * 1024
@@ -62,6 +62,8 @@ class HttpConfig:
     body_timeout_s: float = 60.0
     idle_timeout_s: float = 60.0
     max_connections: int = 256
+    # Refuse (400 "unknown tenant") API requests naming a tenant without a [tenants.NAME] table.
+    known_tenants_only: bool = False
 
     @property
     def name(self) -> str:
@@ -90,6 +92,7 @@ def parse_http_table(data: Any, file: str) -> HttpConfig:
         body_timeout_s=t.get("body_timeout", 60.0, units.parse_positive_duration),
         idle_timeout_s=t.get("idle_timeout", 60.0, units.parse_positive_duration),
         max_connections=t.positive_int("max_connections", 256),
+        known_tenants_only=t.boolean("known_tenants_only", False),
     )
 
 

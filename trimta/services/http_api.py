@@ -33,7 +33,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Collection, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
@@ -173,10 +173,13 @@ class HttpApi:
         max_metric_tenants: int = 100,
         max_metric_sites: int = 100,
         reload: Callable[[], Awaitable[str | None]] | None = None,
+        known_tenants: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.engine = engine
         # Re-reads the configuration's shaping; returns None, or why it was refused.
         self.reload = reload
+        # When given, a request naming a tenant outside these is refused ([http] known_tenants_only).
+        self.known_tenants = known_tenants
         self.clock = clock
         self.injector = Injector(acceptor, hostname=hostname or acceptor.hostname,
                                  max_message_size_bytes=max_message_size_bytes)
@@ -220,8 +223,17 @@ class HttpApi:
 
     # --- injection ---------------------------------------------------------------------------
 
+    def _check_tenant(self, tenant: str | None) -> None:
+        if tenant is None or self.known_tenants is None:
+            return
+        known = self.known_tenants()
+        if tenant not in known:
+            listed = ", ".join(sorted(known)) or "none are configured"
+            raise HttpError(400, f"tenant: unknown tenant {tenant!r} (known: {listed})")
+
     async def inject(self, request: Request) -> Response:
         parsed = parse_inject_request(read_json(request))
+        self._check_tenant(parsed.tenant)
         result = await self.injector.inject(parsed, peer=request.peer, listener=request.local)
         body = result.to_dict()
         if result.success_count or not result.fail_count:
@@ -258,6 +270,7 @@ class HttpApi:
         match = {name: f.string(name, non_empty=True) for name in MATCH_FIELDS}
         if not any(match.values()):
             raise HttpError(400, "give at least one of tenant, campaign, domain to say which messages")
+        self._check_tenant(match["tenant"])
         return match
 
     def _rule(self, rule: Any) -> dict[str, Any]:
