@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  listener {lc.name} ({tls}, max message size {lc.max_message_size_bytes} bytes)")
     print(f"  spool {config.spool.path}")
     print(f"  logs {config.logs.path}")
+    if config.shaping_loaded is not None:
+        print(f"  shaping {', '.join(config.shaping_loaded.files) or '(none)'}")
+        for warning in config.shaping_loaded.warnings:
+            print(f"warning: {warning}")
     for warning in config.delivery.warnings:
         print(f"warning: {warning}")
+    print("  (trimta shaping check FILE... also asks DNS: conflicting tables of one site, null MX, unresolvable domains)")
     return 0
