@@ -134,3 +134,22 @@ async def test_max_age_holds_for_suspended_scheduled_mail(autojump_clock):
             await h.wait_until_settled()
     (record,) = h.records("Expiration")
     assert record["tenant"] == "acme"
+
+
+async def test_restore_expires_what_outlived_max_age_and_queues_the_rest(autojump_clock):
+    from trimta.core.message import Message, Reception
+
+    h = DeliveryHarness(config=BASE + '[queues]\nmax_age = "1h"\n')
+    now = trio.current_time()
+
+    def old(i: int, created: float, attempts: int) -> Message:
+        m = Message.new(data_id=f"d{i}", sender="s@x", recipient=f"u{i}@example.net", tenant=None, campaign=None,
+                        size=1, created=created, reception=Reception(), id=f"m{i}")
+        m.attempts = attempts
+        return m
+
+    stale, fresh = old(1, now - 7200, 3), old(2, now - 60, 1)
+    expired = h.engine.restore([stale, fresh])
+    assert expired == [stale]
+    assert h.engine.find_message("m2")[1] == "scheduled"
+    assert h.engine.find_message("m1") is None

@@ -167,7 +167,7 @@ class DeliveryEngine:
             config = self.scheduler.config_for(message)
             due = due_after_restart(config, message.created, message.attempts, now, self.rng,
                                     recorded_due=message.due)
-            if expires_before(config, message.created, due) or message.created + config.max_age_s <= now:
+            if expires_before(config, message.created, due):  # due is clamped to the expiry
                 expired.append(message)
                 continue
             self.scheduler.add(message, due)
