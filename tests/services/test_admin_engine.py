@@ -139,7 +139,7 @@ async def test_max_age_holds_for_suspended_scheduled_mail(autojump_clock):
 async def test_restore_expires_what_outlived_max_age_and_queues_the_rest(autojump_clock):
     from trimta.core.message import Message, Reception
 
-    h = DeliveryHarness(config=BASE + '[queues]\nmax_age = "1h"\n')
+    h = DeliveryHarness(config=BASE + '[queues.domains."example.net"]\nmax_age = "1h"\n')
     now = trio.current_time()
 
     def old(i: int, created: float, attempts: int) -> Message:
