@@ -25,6 +25,7 @@ same span, per 1,000 messages. A run counts only if the sink received exactly N 
     .venv/bin/python bench/relay.py                        # relay-2k, 20,000 messages
     .venv/bin/python bench/relay.py --size 102400 --messages 2000   # relay-100k
     .venv/bin/python bench/relay.py --messages 1000 --only trimta   # a quick look
+    .venv/bin/python bench/relay.py --messages 5000 --only trimta --profile   # py-spy summary
 
 The pieces other workloads reuse live here: `Sinks` (counting smtp-sinks on loopback
 addresses), `DnsZone` (dnsmasq on a loopback port), `TrimtaRelay` (a delivering trimta)
@@ -67,7 +68,7 @@ from common import (  # noqa: E402
     tree_cpu_seconds,
 )
 from postfix import PostfixInstance  # noqa: E402
-from reception import TrimtaDaemon, trimta_version  # noqa: E402
+from reception import Profiler, TrimtaDaemon, summarise_profile, trimta_version  # noqa: E402
 
 HOST = "127.0.0.1"
 SINK_ADDRESS = "127.0.0.50"
@@ -435,9 +436,16 @@ def bench_trimta(args: argparse.Namespace, workload: str, directory: Path) -> Re
         say(f"trimta: {workload}: starting in {daemon.directory} (port {daemon.port}), "
             f"sink {SINK_ADDRESS}:{sinks.port}")
         daemon.start()
+        profiler = Profiler(daemon.pid, daemon.directory / "profile.raw") if args.profile else None
         result = measure("trimta", workload, root_pid=lambda: daemon.pid, sinks=sinks,
                          send=smtp_source_sender(daemon.port, args, f"r@{DOMAIN}"),
                          messages=args.messages, size=args.size, timeout_s=args.timeout)
+        if profiler is not None:
+            profiler.stop()
+            say("\ntrimta profile (py-spy; the figures of a profiled run are not comparable):")
+            say(summarise_profile(profiler.out, top=args.profile_top))
+            if args.keep:
+                say(f"raw profile: {profiler.out}")
         return finish_trimta(daemon, result)
     finally:
         if daemon is not None:
@@ -523,6 +531,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, messages=20_000)
     parser.add_argument("--size", type=int, default=2048,
                         help="payload bytes per message (2048; 102400 for relay-100k)")
+    parser.add_argument("--profile", action="store_true",
+                        help="attach py-spy to trimta during the run and print where its time went")
+    parser.add_argument("--profile-top", type=int, default=30, metavar="N",
+                        help="lines per section of the profile summary (30)")
 
 
 def print_header(name: str, args: argparse.Namespace, detail: str) -> None:
