@@ -148,18 +148,19 @@ def test_421_banner_closes_the_session():
 # --- Transactions ------------------------------------------------------------------
 
 
-def test_pipelining_sends_mail_and_all_rcpts_in_one_write_then_data():
+def test_pipelining_sends_mail_all_rcpts_and_data_in_one_write():
     peer = session("PIPELINING", "SIZE 100000")
     first = peer.client.start_transaction("s@a.example", ["r1@b.example", "r2@b.example"], MESSAGE)
     assert first == (
         b"MAIL FROM:<s@a.example> SIZE=23\r\n"
         b"RCPT TO:<r1@b.example>\r\n"
         b"RCPT TO:<r2@b.example>\r\n"
+        b"DATA\r\n"
     )
     events = peer.reply(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n")
-    assert peer.written() == b""  # DATA waits for every RCPT reply
+    assert peer.written() == b""  # the message waits for DATA's 354
     events = peer.reply(b"250 2.1.5 ok\r\n")
-    assert peer.written() == b"DATA\r\n"
+    assert peer.written() == b""
     assert peer.client.awaiting is Command.DATA
     events = peer.reply(b"354 go ahead\r\n")
     assert peer.written() == MESSAGE + b".\r\n"
@@ -169,8 +170,20 @@ def test_pipelining_sends_mail_and_all_rcpts_in_one_write_then_data():
     assert isinstance(result, TransactionResult)
     assert result.delivered == ("r1@b.example", "r2@b.example")
     assert result.data_reply == reply(250, "2.0.0", "queued as X")
+    assert result.data_command is Command.DATA_DOT
     assert peer.client.state is ClientState.READY
     assert not peer.client.needs_reset
+
+
+def test_all_replies_of_a_pipelined_group_in_one_read_give_the_message_at_once():
+    peer = session("PIPELINING")
+    peer.send(peer.client.start_transaction("s@a", ["r@b"], MESSAGE))
+    peer.written()
+    events = peer.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert events[-1] == BytesToSend(MESSAGE + b".\r\n")
+    assert peer.written() == MESSAGE + b".\r\n"
+    [result] = peer.reply(b"250 2.0.0 ok\r\n")
+    assert result.delivered == ("r@b",)
 
 
 def test_only_recipients_whose_rcpt_got_2xx_are_delivered():
@@ -192,16 +205,16 @@ def test_only_recipients_whose_rcpt_got_2xx_are_delivered():
     ]
 
 
-def test_no_data_when_every_recipient_is_refused_and_rset_is_then_required():
+def test_no_message_when_every_recipient_is_refused_and_rset_is_then_required():
     peer = session("PIPELINING")
     peer.send(peer.client.start_transaction("s@a", ["x@b", "y@b"], MESSAGE))
     peer.written()
-    events = peer.reply(b"250 ok\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n")
+    events = peer.reply(b"250 ok\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n")
     assert peer.written() == b""
     [result] = only(events, TransactionResult)
     assert result.delivered == ()
-    assert result.data_reply is None
-    assert [r.reply.code for r in result.recipients] == [550, 550]
+    assert result.data_reply is None  # no message was sent
+    assert [str(r.reply) for r in result.recipients] == ["550 5.1.1 no", "550 5.1.1 no"]
     # The server still holds the transaction MAIL opened.
     assert peer.client.needs_reset
     with pytest.raises(ClientUsageError):
@@ -211,6 +224,46 @@ def test_no_data_when_every_recipient_is_refused_and_rset_is_then_required():
         ReplyReceived(Command.RSET, reply(250, "2.0.0", "reset"))
     ]
     assert peer.client.start_transaction("s@a", ["z@b"], MESSAGE).startswith(b"MAIL FROM:<s@a>")
+
+
+def test_354_to_a_pipelined_data_with_no_recipient_gets_an_empty_message():
+    # RFC 2920 3.1: some servers accept DATA though every RCPT failed; the client then
+    # ends the data at once rather than send the message to nobody.
+    peer = session("PIPELINING")
+    peer.send(peer.client.start_transaction("s@a", ["x@b"], MESSAGE))
+    peer.written()
+    peer.reply(b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n")
+    assert peer.written() == b".\r\n"
+    assert peer.client.awaiting is Command.DATA_DOT
+    [result] = peer.reply(b"250 2.0.0 nothing\r\n")
+    assert result.delivered == ()
+    assert [str(r.reply) for r in result.recipients] == ["550 5.1.1 no"]
+    assert result.data_reply is None
+    assert not peer.client.needs_reset  # the end of data closed the server's transaction
+
+
+def test_refused_sender_fails_every_recipient_with_the_mail_reply_under_pipelining():
+    peer = session("PIPELINING")
+    peer.send(peer.client.start_transaction("s@a", ["r1@b", "r2@b"], MESSAGE))
+    peer.written()
+    events = peer.reply(b"553 5.7.1 sender rejected\r\n503 5.5.1 need MAIL\r\n"
+                        b"503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n")
+    assert peer.written() == b""
+    [result] = only(events, TransactionResult)
+    assert [str(r.reply) for r in result.recipients] == ["553 5.7.1 sender rejected"] * 2
+    assert not peer.client.needs_reset
+
+
+def test_pipelined_data_refused_after_accepted_recipients_fails_them_with_its_reply():
+    peer = session("PIPELINING")
+    peer.send(peer.client.start_transaction("s@a", ["r@b"], MESSAGE))
+    peer.written()
+    [result] = only(peer.reply(b"250 ok\r\n250 ok\r\n451 4.3.0 try later\r\n"), TransactionResult)
+    assert result.data_reply == reply(451, "4.3.0", "try later")
+    assert result.data_command is Command.DATA
+    assert [str(r.reply) for r in result.recipients] == ["451 4.3.0 try later"]
+    assert peer.written() == b""
+    assert peer.client.needs_reset
 
 
 def test_without_pipelining_each_command_waits_for_its_reply():
@@ -284,25 +337,48 @@ def test_message_is_normalised_and_dot_stuffed_on_the_wire():
     )
 
 
-def test_bdat_carries_the_message_unstuffed_when_chunking_is_offered():
+def test_bdat_carries_the_message_unstuffed_in_the_pipelined_group_when_chunking_is_offered():
     peer = session("PIPELINING", "CHUNKING")
     message = b".dot\nline\n"
-    peer.send(peer.client.start_transaction("s@a", ["r@b"], message))
-    peer.written()
-    peer.reply(b"250 ok\r\n250 ok\r\n")
-    assert peer.written() == b"BDAT 12 LAST\r\n.dot\r\nline\r\n"
+    first = peer.client.start_transaction("s@a", ["r@b"], message)
+    # One write, one round trip: RFC 3030 lets BDAT and its chunk join the group.
+    assert first == b"MAIL FROM:<s@a>\r\nRCPT TO:<r@b>\r\nBDAT 12 LAST\r\n.dot\r\nline\r\n"
+    events = peer.reply(b"250 ok\r\n250 ok\r\n")
+    assert peer.written() == b""
     assert peer.client.awaiting is Command.BDAT
+    [result] = only(events + peer.reply(b"250 2.0.0 ok\r\n"), TransactionResult)
+    assert result.delivered == ("r@b",)
+    assert result.data_command is Command.BDAT
+    assert not peer.client.needs_reset
+
+
+def test_bdat_without_pipelining_waits_for_the_rcpt_replies():
+    peer = session("CHUNKING")
+    peer.send(peer.client.start_transaction("s@a", ["r@b"], b"x\n"))
+    peer.reply(b"250 ok\r\n")
+    peer.reply(b"250 ok\r\n")
+    assert peer.written() == b"MAIL FROM:<s@a>\r\nRCPT TO:<r@b>\r\nBDAT 3 LAST\r\nx\r\n"
     [result] = peer.reply(b"250 2.0.0 ok\r\n")
     assert result.delivered == ("r@b",)
-    assert not peer.client.needs_reset
+
+
+def test_pipelined_bdat_with_every_recipient_refused_delivers_nothing_and_resets():
+    peer = session("PIPELINING", "CHUNKING")
+    peer.send(peer.client.start_transaction("s@a", ["x@b"], MESSAGE))
+    peer.written()
+    events = peer.reply(b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n")
+    [result] = only(events, TransactionResult)
+    assert result.delivered == ()
+    assert [str(r.reply) for r in result.recipients] == ["550 5.1.1 no"]
+    assert result.data_reply is None
+    assert peer.client.needs_reset
 
 
 def test_chunking_not_used_when_not_allowed():
     peer = session("PIPELINING", "CHUNKING", chunking_allowed=False)
-    peer.send(peer.client.start_transaction("s@a", ["r@b"], MESSAGE))
-    peer.written()
-    peer.reply(b"250 ok\r\n250 ok\r\n")
-    assert peer.written() == b"DATA\r\n"
+    assert peer.client.start_transaction("s@a", ["r@b"], MESSAGE).endswith(b"RCPT TO:<r@b>\r\nDATA\r\n")
+    peer.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert peer.written() == MESSAGE + b".\r\n"
 
 
 def test_rset_between_messages_on_a_reused_connection():
@@ -381,7 +457,7 @@ def test_smtputf8_addresses_go_out_in_utf8_with_the_parameter():
     peer = session("PIPELINING", "SMTPUTF8", "8BITMIME")
     out = peer.client.start_transaction("sé@a", ["usér@b"], "Subject: é\r\n\r\nx\r\n".encode())
     assert out == (
-        "MAIL FROM:<sé@a> BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<usér@b>\r\n".encode()
+        "MAIL FROM:<sé@a> BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<usér@b>\r\nDATA\r\n".encode()
     )
 
 
@@ -434,7 +510,7 @@ def test_421_in_a_pipelined_group_answers_everything_still_waiting():
     peer.send(peer.client.start_transaction("s@a", ["r1@b", "r2@b", "r3@b"], MESSAGE))
     peer.written()
     events = peer.reply(b"250 ok\r\n250 ok\r\n421 4.3.2 shutting down\r\n")
-    assert peer.written() == b""  # no DATA to a server that is leaving
+    assert peer.written() == b""  # and no message to a server that is leaving
     [result] = only(events, TransactionResult)
     assert result.delivered == ()
     assert [str(r.reply) for r in result.recipients] == ["421 4.3.2 shutting down"] * 3

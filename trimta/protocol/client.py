@@ -8,10 +8,15 @@ The shell (the trio delivery code) owns the socket; this object owns the protoco
     stream.send_all(client.send_ehlo())         # methods return the bytes to send
 
 One transaction is one call, `start_transaction`, after which the machine drives
-itself: with PIPELINING the MAIL and every RCPT go out in one write, otherwise one at
-a time; DATA (or BDAT with CHUNKING) follows only when at least one RCPT was
-accepted; each follow-up arrives as a `BytesToSend` event, and the transaction ends
-with a `TransactionResult` naming every recipient's fate. `awaiting` says which reply
+itself. With PIPELINING, MAIL, every RCPT and DATA go out in one write (RFC 2920 3.1:
+DATA may end a group), or MAIL, the RCPTs, BDAT LAST and the whole message with
+CHUNKING (RFC 3030 4.2), so a message costs two round trips (one with BDAT) instead
+of three; the message itself follows DATA's 354 only when MAIL and at least one RCPT
+were accepted, and a server that says 354 with no recipient gets an empty message (a
+lone "."), as RFC 2920 asks. Without PIPELINING each command waits for its reply, and
+DATA (or BDAT) is sent only when at least one RCPT was accepted. Each follow-up
+arrives as a `BytesToSend` event, and the transaction ends with a `TransactionResult`
+naming every recipient's fate. `awaiting` says which reply
 is expected, so the shell can pick the timeout for that phase.
 
 Errors: `ClientProtocolError` when the server breaks the protocol (raised by
@@ -103,7 +108,14 @@ class _Transaction:
     mail_reply: Reply | None = None
     rcpt_replies: list[Reply] = field(default_factory=list)
     data_reply: Reply | None = None
+    data_command: Command | None = None  # what data_reply answers
     finished_data: bool = False  # the final DATA/BDAT reply came: the server reset itself
+    empty_data: bool = False  # a pipelined DATA got 354 with no recipient: a lone "." went
+
+    @property
+    def wanted(self) -> bool:
+        """MAIL and at least one RCPT were accepted: the message is to be sent."""
+        return _accepted(self.mail_reply) and any(map(_accepted, self.rcpt_replies))
 
 
 class ClientConnection:
@@ -282,6 +294,12 @@ class ClientConnection:
         if transaction.pipelined:
             out += b"".join(transaction.rcpt_commands)
             self._pending.extend(_Pending(Command.RCPT_TO, r) for r in recipients)
+            if use_bdat:
+                out += transaction.payload
+                self._pending.append(_Pending(Command.BDAT))
+            else:
+                out += b"DATA" + CRLF
+                self._pending.append(_Pending(Command.DATA))
         self._transaction = transaction
         self._state = ClientState.TRANSACTION
         return out
@@ -365,14 +383,11 @@ class ClientConnection:
             case Command.RCPT_TO:
                 self._on_rcpt(received, pending.recipient, closing)
             case Command.DATA:
-                self._on_data(received)
+                self._on_data(received, closing)
             case Command.DATA_DOT | Command.BDAT:
                 if code_class == 3:
                     raise ClientProtocolError(f"3xx reply to the end of the message: {received}")
-                transaction = self._current()
-                transaction.data_reply = received
-                transaction.finished_data = True
-                self._finish_transaction(received)
+                self._on_end_of_data(pending.command, received)
             case Command.RSET:
                 if code_class == 2:
                     self._needs_reset = False
@@ -403,11 +418,12 @@ class ClientConnection:
             if not self._pending:
                 self._finish_transaction(received)
             return
+        if transaction.pipelined:
+            return  # DATA or BDAT went with the RCPTs: its reply decides what follows
         if len(transaction.rcpt_replies) < len(transaction.recipients):
-            if not transaction.pipelined:
-                self._send_next_rcpt(transaction)
+            self._send_next_rcpt(transaction)
             return
-        if _accepted(transaction.mail_reply) and any(map(_accepted, transaction.rcpt_replies)):
+        if transaction.wanted:
             if transaction.use_bdat:
                 self._pending.append(_Pending(Command.BDAT))
                 self._events.append(BytesToSend(transaction.payload))
@@ -417,17 +433,49 @@ class ClientConnection:
         else:
             self._finish_transaction(None)
 
-    def _on_data(self, received: Reply) -> None:
+    def _on_data(self, received: Reply, closing: bool) -> None:
         transaction = self._current()
+        if closing:
+            self._finish_transaction(received)  # a 421 for everything still waiting
+            return
+        wanted = transaction.wanted  # always, unless DATA was pipelined
         if received.code == 354:
             self._events.append(ReplyReceived(Command.DATA, received))
             self._pending.append(_Pending(Command.DATA_DOT))
-            self._events.append(BytesToSend(transaction.payload))
+            if wanted:
+                self._events.append(BytesToSend(transaction.payload))
+            else:
+                # RFC 2920 3.1: a server that accepted a pipelined DATA though nobody is
+                # to receive the message gets an empty one, which ends its transaction.
+                transaction.empty_data = True
+                self._events.append(BytesToSend(b"." + CRLF))
             return
         if received.code // 100 != 4 and received.code // 100 != 5:
             raise ClientProtocolError(f"DATA answered with neither 354 nor an error: {received}")
+        if not wanted:
+            # The refusal of a pipelined DATA that had nobody to send to ("no valid
+            # recipients"): the MAIL and RCPT replies already decided every recipient.
+            self._finish_transaction(None)
+            return
         transaction.data_reply = received
+        transaction.data_command = Command.DATA
         self._finish_transaction(received)
+
+    def _on_end_of_data(self, command: Command, received: Reply) -> None:
+        """The reply to the message's end ("." after DATA) or to BDAT LAST."""
+        transaction = self._current()
+        if transaction.empty_data:
+            transaction.finished_data = True
+            self._finish_transaction(None)
+        elif transaction.wanted:
+            transaction.data_reply = received
+            transaction.data_command = command
+            transaction.finished_data = True
+            self._finish_transaction(received)
+        else:
+            # A pipelined BDAT with nobody to send to: whatever the server made of it,
+            # the RCPT replies decided; RSET before the next transaction, to be sure.
+            self._finish_transaction(None)
 
     def _send_next_rcpt(self, transaction: _Transaction) -> None:
         index = len(transaction.rcpt_replies)
@@ -458,6 +506,7 @@ class ClientConnection:
             mail_reply=transaction.mail_reply,
             recipients=tuple(results),
             data_reply=transaction.data_reply,
+            data_command=transaction.data_command,
         )
         self._transaction = None
         self._needs_reset = mail_ok and not transaction.finished_data

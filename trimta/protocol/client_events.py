@@ -119,13 +119,15 @@ class TransactionResult:
 
     A recipient is delivered when MAIL, its RCPT and the final DATA/BDAT reply were
     all 2xx. `data_reply` is None when no message was sent (every recipient refused,
-    or the connection was lost first).
+    or the connection was lost first); `data_command` says what it answers: DATA
+    (refused before 354), DATA_DOT (the end of the message) or BDAT.
     """
 
     sender: str
     mail_reply: Reply | None
     recipients: tuple[RecipientResult, ...]
     data_reply: Reply | None
+    data_command: Command | None = None
 
     @property
     def delivered(self) -> tuple[str, ...]:

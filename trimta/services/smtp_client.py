@@ -434,40 +434,35 @@ class OutboundConnection:
                 refusal = reply(553, "5.1.3", f"Not sendable: {exc}")
                 return [self._outcome(refusal, r, "MAIL FROM") for r in recipients]
             await self._write(first)
-            result, data_command, last_awaited = await self._run_transaction()
-            cut_at = last_awaited
+            result, cut_at = await self._run_transaction()
         except _SessionLost as lost:
             result = client.abort(lost.reason)
-            data_command, cut_at = None, lost.command
+            cut_at = lost.command
             await self.aclose()
             if result is None:  # lost before MAIL was even written (during RSET)
                 return [self._outcome(lost.reason, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
         if client.state is not ClientState.READY:
             await self.aclose()  # 421 or the peer hung up: nothing more on this connection
         return [
-            self._outcome(r.reply, r.recipient, _decided_by(result, r, data_command, cut_at), delivered=r.delivered)
+            self._outcome(r.reply, r.recipient, _decided_by(result, r, cut_at), delivered=r.delivered)
             for r in result.recipients
         ]
 
-    async def _run_transaction(self) -> tuple[TransactionResult, Command | None, Command | None]:
+    async def _run_transaction(self) -> tuple[TransactionResult, Command | None]:
         """Drive the machine to its `TransactionResult`.
 
-        Also returns which command carried the message (DATA refused before 354,
-        DATA_DOT after it, or BDAT) and the last command awaited, which is the one a
-        lost connection cut short.
+        Also returns the last command awaited, which is the one a lost connection cut
+        short.
         """
         client = self._client
-        data_command: Command | None = None
         while True:
             awaited = client.awaiting
             event = await self._next_event()
             match event:
                 case BytesToSend(data=data):
                     await self._write(data)
-                    if client.awaiting in (Command.DATA, Command.DATA_DOT, Command.BDAT):
-                        data_command = client.awaiting
                 case TransactionResult():
-                    return event, data_command, awaited
+                    return event, awaited
                 case ReplyReceived() | ServiceClosing():
                     pass
                 case _:
@@ -620,17 +615,15 @@ def _protocol_error(detail: str) -> Reply:
     return reply(451, "4.5.0", f"SMTP protocol error from peer: {detail}")
 
 
-def _decided_by(
-    result: TransactionResult, recipient: RecipientResult, data_command: Command | None, cut_at: Command | None
-) -> str:
+def _decided_by(result: TransactionResult, recipient: RecipientResult, cut_at: Command | None) -> str:
     """The command whose reply decided a recipient's fate (for the outcome and the log)."""
     answer = recipient.reply
     if answer is result.mail_reply:
         return "MAIL FROM"
     if answer is recipient.rcpt_reply:
         return "RCPT TO"
-    if answer is result.data_reply and data_command is not None:
-        return _SPELLING[data_command]
+    if answer is result.data_reply and result.data_command is not None:
+        return _SPELLING[result.data_command]
     # Cut short (timeout, lost connection): the command that was awaiting its reply.
     return _SPELLING[cut_at] if cut_at is not None else "connect"
 
