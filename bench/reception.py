@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -88,6 +89,7 @@ class TrimtaDaemon:
         # (its delivery then waits on a DNS server that does not answer); every other
         # stays in memory in its scheduled queue and on disk in the spool, the nearest
         # trimta has to Postfix's hold queue until an operator's suspension exists.
+        self.http_port = free_port()
         self.config_path.write_text(
             'hostname = "trimta.bench.test"\n'
             '\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = "1s"\n'
@@ -98,7 +100,7 @@ class TrimtaDaemon:
             + f'\n[spool]\npath = "{self.spool_path}"\n'
             + f'\n[logs]\npath = "{self.directory / "logs"}"\n'
             # Its own API port, so a daemon already on 8000 does not stop the bench.
-            + f'\n[http]\nlisten = "{HOST}:{free_port()}"\n'
+            + f'\n[http]\nlisten = "{HOST}:{self.http_port}"\n'
         )
 
     def start(self) -> TrimtaDaemon:
@@ -121,6 +123,22 @@ class TrimtaDaemon:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def spool_commits(self) -> tuple[int, int] | None:
+        """(commits, operations) of the spool so far, from /metrics; None if unreadable."""
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("trimta_spool_commits_total", "trimta_spool_operations_total"):
+                values[name] = int(float(value))
+        if len(values) != 2:
+            return None
+        return values["trimta_spool_commits_total"], values["trimta_spool_operations_total"]
 
     def stop(self) -> int | None:
         """SIGTERM (a graceful shutdown), then SIGKILL after 60 s; the exit status."""
@@ -260,6 +278,9 @@ def bench_trimta(args: argparse.Namespace) -> Result:
         source = run_smtp_source(HOST, daemon.port, messages=args.messages,
                                  sessions=args.sessions, size=args.size)
         cpu = tree_cpu_seconds(daemon.pid) - cpu_before
+        commits = daemon.spool_commits()
+        if commits is not None and commits[0]:
+            say(f"trimta: {commits[0]:,} spool commits, {commits[1] / commits[0]:.1f} operations each")
         if profiler is not None:
             profiler.stop()
             say("\ntrimta profile (py-spy; the figures of a profiled run are not comparable):")

@@ -81,6 +81,10 @@ class _ServfailUpstream:
         self.sock.close()
 
 
+class _PortTaken(RuntimeError):
+    """dnsmasq could not bind its port (a free UDP port whose TCP twin is in use)."""
+
+
 class Dnsmasq:
     """One dnsmasq process serving `zone` (dnsmasq options) on 127.0.0.1:`port`."""
 
@@ -100,7 +104,18 @@ class Dnsmasq:
         """The ``host:port`` form the ``[dns] nameservers`` setting takes."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, attempts: int = 5) -> None:
+        """Start dnsmasq; a port taken meanwhile (it binds TCP too) means another try on another."""
+        for attempt in range(attempts):
+            try:
+                self._start()
+                return
+            except _PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_udp_port()
+
+    def _start(self) -> None:
         args = [
             dnsmasq_path(), "-k", f"--port={self.port}", "--listen-address=127.0.0.1", "--bind-interfaces",
             "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--cache-size=0",
@@ -123,7 +138,10 @@ class Dnsmasq:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}: {stderr_path.read_text()}")
+                error = stderr_path.read_text()
+                if "Address already in use" in error:
+                    raise _PortTaken(error)
+                raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}: {error}")
             try:
                 dns.query.udp(probe, "127.0.0.1", port=self.port, timeout=0.2)
                 return

@@ -329,15 +329,20 @@ class Spool:
         """
         await self._submit(_store_operation(data, messages))
 
-    async def store_all(self, transactions: Sequence[tuple[bytes, Sequence[Message]]]) -> list[str | None]:
+    async def store_all(
+        self, transactions: Sequence[tuple[bytes, Sequence[Message], Sequence[str] | None]]
+    ) -> list[str | None]:
         """Store several transactions, as one `store` call each made at the same moment would.
 
         For a caller holding many transactions at once (the reception workers' hand-over):
-        they join the same group commit without a task each. Each transaction is durable
-        or not on its own; the result gives, in order, None for one that is durable, or
-        why it is not (what `store` would raise as SpoolError).
+        they join the same group commit without a task each. A transaction is (data,
+        messages, metadata): the metadata, if not None, is each message's
+        `encode_metadata`, already done by whoever prepared it (a reception worker, on
+        another core). Each transaction is durable or not on its own; the result gives,
+        in order, None for one that is durable, or why it is not (what `store` would
+        raise as SpoolError).
         """
-        jobs = [_Job(_store_operation(data, messages)) for data, messages in transactions]
+        jobs = [_Job(_store_operation(data, messages, metas)) for data, messages, metas in transactions]
         if self._state != _RUNNING:
             return [f"the spool's writer is not running ({self._state})"] * len(jobs)
         self._pending.extend(jobs)
@@ -442,23 +447,34 @@ class Spool:
 # --- metadata encoding -----------------------------------------------------------------
 
 
-def _store_operation(data: bytes, messages: Sequence[Message]) -> StoreData:
+def _store_operation(data: bytes, messages: Sequence[Message], metas: Sequence[str] | None = None) -> StoreData:
     if not messages:
         raise ValueError("store() needs at least one message")
     data_id = messages[0].data_id
     if any(m.data_id != data_id for m in messages):
         raise ValueError("the messages of one store() must share one data_id")
-    return StoreData(data_id, bytes(data), tuple(_encode(m) for m in messages))
+    if metas is None:
+        entries = tuple(_encode(m) for m in messages)
+    elif len(metas) != len(messages):
+        raise ValueError("store() needs one metadata text per message")
+    else:
+        entries = tuple(Entry(m.id, data_id, meta) for m, meta in zip(messages, metas))
+    return StoreData(data_id, bytes(data), entries)
 
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def encode_metadata(message: Message) -> str:
+    """A message's metadata as the spool stores it (JSON text)."""
+    return _encode_json(message.to_dict())
+
+
 def _encode(message: Message) -> Entry:
     # Encoded on the caller's side, at call time: what is stored is the message as it
     # was when store()/update() was called, whatever the caller does with it afterwards.
-    return Entry(message.id, message.data_id, _encode_json(message.to_dict()))
+    return Entry(message.id, message.data_id, encode_metadata(message))
 
 
 class _Decoder:

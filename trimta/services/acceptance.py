@@ -16,18 +16,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from trimta.adapters.config import TenancyConfig
-from trimta.adapters.spool import Spool
+from trimta.adapters.spool import Spool, encode_metadata
 from trimta.core import records
 from trimta.core.message import Message, Reception, new_id
 from trimta.core.tenancy import extract_tenancy
 from trimta.core.trace import received_header
 from trimta.protocol import replies
 from trimta.protocol.replies import Reply
-from trimta.services.logs import LogSink
+from trimta.services.logs import LogSink, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,18 @@ class Submission:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What a submission becomes: the data as stored, and one message per recipient."""
+    """What a submission becomes: the data as stored, and one message per recipient.
+
+    `metas` and `records`, when set (by `encoded`), are each message's spool metadata
+    and Reception record, already encoded: a reception worker does that work on its
+    own core, and the daemon's commit only writes them out.
+    """
 
     data: bytes
     messages: tuple[Message, ...]
     now: float
+    metas: tuple[str, ...] | None = None
+    records: tuple[str, ...] | None = None
 
     @property
     def data_id(self) -> str:
@@ -117,6 +124,19 @@ def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, no
     return Prepared(data, messages, now)
 
 
+def encoded(prepared: Prepared) -> Prepared:
+    """`prepared` with its spool metadata and its Reception records (as if stored) encoded."""
+    reply = accepted_reply(prepared.data_id)
+    return replace(
+        prepared,
+        metas=tuple(encode_metadata(m) for m in prepared.messages),
+        records=tuple(
+            encode_record(records.message_record(records.RECEPTION, m, reply, prepared.now))
+            for m in prepared.messages
+        ),
+    )
+
+
 class Acceptor:
     """Turns a submission into durable queued messages."""
 
@@ -152,7 +172,7 @@ class Acceptor:
 
     async def commit_all(self, batch: Sequence[Prepared]) -> list[Accepted]:
         """`commit` for several messages at once; each is stored (or refused) on its own."""
-        errors = await self.spool.store_all([(p.data, p.messages) for p in batch])
+        errors = await self.spool.store_all([(p.data, p.messages, p.metas) for p in batch])
         results = []
         emit = self.logs.emit
         for prepared, error in zip(batch, errors):
@@ -162,8 +182,12 @@ class Acceptor:
                 results.append(Accepted(replies.SPOOL_ERROR, ()))
                 continue
             reply = accepted_reply(prepared.data_id)
-            for message in messages:
-                emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
+            if prepared.records is not None:
+                for line in prepared.records:
+                    self.logs.emit_encoded(line)
+            else:
+                for message in messages:
+                    emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
             self.on_accepted(messages)
             results.append(Accepted(reply, messages))
         return results

@@ -19,6 +19,14 @@ from trimta.adapters.logfile import JsonLinesWriter
 
 log = logging.getLogger(__name__)
 
+# Built once: `json.dumps` with options builds a new encoder on every call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """A record as the log file holds it (one JSON text, without the newline)."""
+    return _encode_json(record)
+
 
 @dataclass(frozen=True, slots=True)
 class LogSinkStatistics:
@@ -34,7 +42,7 @@ class LogSink:
     def __init__(self, writer: JsonLinesWriter, *, flush_interval_s: float = 0.2) -> None:
         self.writer = writer
         self.flush_interval_s = flush_interval_s
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any] | str] = []  # records, or records encoded
         self._emitted = 0
         self._written = 0
         self._errors = 0
@@ -44,6 +52,17 @@ class LogSink:
     def emit(self, record: dict[str, Any]) -> None:
         self._pending.append(record)
         self._emitted += 1
+        if self._subscribers:
+            self._publish(record)
+
+    def emit_encoded(self, line: str) -> None:
+        """`emit` for a record already encoded by `encode_record` (in another process)."""
+        self._pending.append(line)
+        self._emitted += 1
+        if self._subscribers:
+            self._publish(json.loads(line))
+
+    def _publish(self, record: dict[str, Any]) -> None:
         for channel in self._subscribers:
             try:
                 channel.send_nowait(record)
@@ -59,10 +78,9 @@ class LogSink:
     def statistics(self) -> LogSinkStatistics:
         return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors)
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
-        # One encoder for the batch: `json.dumps` with options builds a new one per record.
-        encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-        payload = "".join([encode(r) + "\n" for r in batch])
+    def _write_batch(self, batch: list[dict[str, Any] | str]) -> None:
+        encode = _encode_json
+        payload = "".join([(r if type(r) is str else encode(r)) + "\n" for r in batch])
         self.writer.write(payload.encode("utf-8"))
 
     async def flush(self) -> None:

@@ -5,18 +5,23 @@ A Python process runs its event loop on one core. With ``workers = N`` in a
 reception workers (``python -m trimta.services.reception_workers``), each a process
 with its own trio loop and an ordinary `SmtpListener`. A worker accepts connections,
 speaks SMTP and prepares each message (tenancy headers, trace header, one message per
-recipient: `acceptance.prepare`), but stores nothing: it hands the prepared message
-to the daemon over a Unix socket, the daemon commits it with everything else
+recipient: `acceptance.prepare`), and also encodes what the daemon would otherwise
+encode for it: each message's spool metadata and its Reception record
+(`acceptance.encoded`). It stores nothing: it hands the prepared message to the daemon
+over a Unix socket, the daemon commits it with everything else
 (`Acceptor.commit_all`: the one spool writer and its group commit, the Reception
 records, the scheduled queues) and answers, and only then does the worker send its
-250.
+250. (The daemon leaving all SMTP to N workers and only committing was measured too:
+3 busy processes on 2 cores cost ~40% more CPU per message, mostly in wake-ups of a
+daemon that then commits a message at a time; see docs/performance.md.)
 
-Connections: the daemon opens one listening socket per process on the listener's
-address, all with SO_REUSEPORT, so the kernel spreads new connections over the
-processes and wakes only the one that is to take a connection. (On one shared
-socket every process is woken for every connection; on a 2-core machine that cost
-more than the second process gained, see docs/performance.md.) `max_connections` is
-divided between the processes.
+Connections: the daemon opens listening sockets on the listener's address, all with
+SO_REUSEPORT, one for itself and two for each worker (`WORKER_SOCKETS`), so the kernel
+spreads new connections over the sockets (a worker takes twice the daemon's share:
+the daemon also commits for everyone) and wakes only the process that is to take a
+connection. (On one shared socket every process is woken for every connection; on a
+2-core machine that cost more than the second process gained, see
+docs/performance.md.) `max_connections` is divided between the processes.
 
 Durability: the 250 goes out only after the daemon said the message is fsynced, as
 in one process. A worker that crashes loses at most messages it never acknowledged
@@ -33,7 +38,8 @@ grace period) closes the workers' sockets, which makes them cancel what is left.
 
 The wire between daemon and worker is a sequence of frames: an 8-octet prefix
 (header and body lengths), a JSON header (a list whose first item names the frame)
-and raw octets (the message data, or the worker's set-up). See `FrameReader`.
+and raw octets (the message data and its encoded metadata and records, or the
+worker's set-up). See `FrameReader`.
 """
 
 from __future__ import annotations
@@ -58,12 +64,17 @@ import trio
 from trimta.adapters.config import ListenerConfig, TenancyConfig
 from trimta.core.message import Message
 from trimta.protocol import replies
-from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, prepare
+from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, encoded, prepare
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import ListenerStatistics, SmtpListener, SocketConnection
 
 log = logging.getLogger(__name__)
 
+# Listening sockets per worker, against one for the daemon: the kernel spreads new
+# connections evenly over the sockets, so each worker takes twice the daemon's share,
+# because the daemon also commits every worker's messages (measured with workers = 2:
+# with equal shares the daemon used 8.4 CPU s to the worker's 4.2 for 20,000 messages).
+WORKER_SOCKETS = 2
 # How often a worker reports its connection counts (when they changed).
 STATISTICS_INTERVAL_S = 0.1
 # A worker that does not say it is ready within this time is taken for failed.
@@ -225,6 +236,10 @@ class ReceptionWorkers:
         counts = [_counts(self.local.statistics()), _counts(self._finished), *self._statistics.values()]
         return ListenerStatistics(*(sum(column) for column in zip(*counts)))
 
+    def worker_statistics(self) -> dict[int, ListenerStatistics]:
+        """Each running worker's counts as last reported, by worker index."""
+        return {index: ListenerStatistics(*counts) for index, counts in self._statistics.items()}
+
     async def serve(
         self,
         listeners: list[trio.SocketListener] | None = None,
@@ -234,22 +249,29 @@ class ReceptionWorkers:
     ) -> None:
         """Serve until cancelled; then every process stops accepting and finishes its sessions.
 
-        Without `listeners`, one SO_REUSEPORT socket per process is opened on the
-        configured address; given `listeners` (tests), all processes share them.
-        Sessions of the daemon and the supervisors of the workers run in
-        `handler_nursery` (by default in a nursery of this call): cancelling it ends
-        the sessions still running, in the workers too.
+        Without `listeners`, SO_REUSEPORT sockets are opened on the configured address:
+        one for the daemon, `WORKER_SOCKETS` for each worker; given `listeners` (tests),
+        all processes share them. Sessions of the daemon and the supervisors of the
+        workers run in `handler_nursery` (by default in a nursery of this call):
+        cancelling it ends the sessions still running, in the workers too.
         """
         if listeners is None:
-            groups = await open_reuseport_listeners(self.config.host, self.config.port, self.workers)
+            count = 1 + WORKER_SOCKETS * (self.workers - 1)
+            groups = await open_reuseport_listeners(self.config.host, self.config.port, count)
+            daemons = groups[0]
+            workers = [
+                [listener for group in groups[first : first + WORKER_SOCKETS] for listener in group]
+                for first in range(1, count, WORKER_SOCKETS)
+            ]
         else:
-            groups = [listeners] * self.workers
+            groups = [listeners]
+            daemons, workers = listeners, [listeners] * (self.workers - 1)
         try:
             async with trio.open_nursery() as own:
                 handlers = handler_nursery or own
-                for index in range(1, self.workers):
-                    await handlers.start(self._supervise, index, groups[index])
-                await self.local.serve(groups[0], handler_nursery=handlers, task_status=task_status)
+                for index, theirs in enumerate(workers, start=1):
+                    await handlers.start(self._supervise, index, theirs)
+                await self.local.serve(daemons, handler_nursery=handlers, task_status=task_status)
         finally:
             self._stopping = True
             for channel in self._channels.values():
@@ -354,14 +376,14 @@ class ReceptionWorkers:
         def handle(header: list[Any], body: bytes) -> None:
             kind = header[0]
             if kind == "store":
-                _, request, now, metadata = header
+                request = header[1]
                 try:
-                    messages = tuple(Message.from_dict(d) for d in metadata)
+                    prepared = decode_store(header, body)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.error("reception worker %d sent a message that does not decode: %s", index, exc)
                     link.channel.send(["stored", request, "the message did not decode"])
                     return
-                link.stores.append((request, Prepared(body, messages, now)))
+                link.stores.append((request, prepared))
                 link.stores_arrived.set()
             elif kind == "stats":
                 self._statistics[index] = tuple(header[1:5])
@@ -400,6 +422,34 @@ class ReceptionWorkers:
             for (request, _), accepted in zip(batch, results):
                 error = None if accepted.reply.is_positive else str(accepted.reply)
                 link.channel.send(["stored", request, error])
+
+
+def encode_store(request: int, prepared: Prepared) -> tuple[list[Any], bytes]:
+    """The "store" frame of a prepared message (`encoded`: metadata and records included).
+
+    The header gives the request number, the reception time and the octet lengths of
+    each metadata text and each record; the body holds the data, then those texts.
+    """
+    metas = [meta.encode() for meta in prepared.metas or ()]
+    lines = [line.encode() for line in prepared.records or ()]
+    header = ["store", request, prepared.now, [len(m) for m in metas], [len(r) for r in lines]]
+    return header, b"".join([prepared.data, *metas, *lines])
+
+
+def decode_store(header: list[Any], body: bytes) -> Prepared:
+    """The prepared message of a "store" frame; ValueError (or KeyError, TypeError) if damaged."""
+    _, _, now, meta_sizes, line_sizes = header
+    end = len(body) - sum(meta_sizes) - sum(line_sizes)
+    if end < 0 or len(meta_sizes) != len(line_sizes) or not meta_sizes:
+        raise ValueError("the sizes in a store frame do not fit its body")
+    data = body[:end]
+    texts = []
+    for size in (*meta_sizes, *line_sizes):
+        texts.append(body[end : end + size].decode())
+        end += size
+    metas, lines = tuple(texts[: len(meta_sizes)]), tuple(texts[len(meta_sizes) :])
+    messages = tuple(Message.from_dict(json.loads(meta)) for meta in metas)
+    return Prepared(data, messages, now, metas=metas, records=lines)
 
 
 def make_listener(
@@ -482,13 +532,11 @@ class RemoteAcceptor:
         self._waiting: dict[int, _Waiter] = {}
 
     async def accept(self, submission: Submission) -> Accepted:
-        prepared = prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time())
+        prepared = encoded(prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time()))
         self._next_request += 1
         request = self._next_request
         waiter = self._waiting[request] = _Waiter()
-        self.channel.send(
-            ["store", request, prepared.now, [m.to_dict() for m in prepared.messages]], prepared.data
-        )
+        self.channel.send(*encode_store(request, prepared))
         try:
             await waiter.done.wait()
         finally:

@@ -38,9 +38,14 @@ class MemorySpool:
             self.messages[m.id] = replace(m)
             self._users[m.data_id] = self._users.get(m.data_id, 0) + 1
 
-    async def store_all(self, transactions: Sequence[tuple[bytes, Sequence[Message]]]) -> list[str | None]:
-        """Several transactions at once; None for each that is stored (as the real spool)."""
-        for data, messages in transactions:
+    async def store_all(
+        self, transactions: Sequence[tuple[bytes, Sequence[Message], Sequence[str] | None]]
+    ) -> list[str | None]:
+        """Several transactions at once; None for each that is stored (as the real spool).
+
+        The encoded metadata of a transaction is ignored: messages are kept as objects.
+        """
+        for data, messages, _ in transactions:
             await self.store(data, messages)
         return [None] * len(transactions)
 
