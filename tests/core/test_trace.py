@@ -7,6 +7,8 @@ def test_protocol_keywords_follow_rfc3848():
     assert with_protocol(True, True, False) == "ESMTPS"
     assert with_protocol(True, False, True) == "ESMTPA"
     assert with_protocol(True, True, True) == "ESMTPSA"
+    assert with_protocol(True, False, False, smtputf8=True) == "UTF8SMTP"
+    assert with_protocol(True, True, True, smtputf8=True) == "UTF8SMTPSA"
 
 
 def test_received_header_names_client_server_and_single_recipient():

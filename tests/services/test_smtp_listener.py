@@ -74,3 +74,38 @@ async def test_pipelined_transaction_is_spooled_and_replies_come_in_order(tmp_pa
     assert sorted((m.recipient, m.tenant) for m in restored.messages) == [
         ("r1@example.net", "acme"), ("r2@example.org", "acme")]
 
+
+
+async def test_smtputf8_transaction_is_recorded_on_the_message_and_in_its_received_header(tmp_path):
+    async with trio.open_nursery() as nursery:
+        h = Harness(tmp_path, nursery)
+        await nursery.start(h.spool.run)
+        await nursery.start(h.logs.run)
+        client = h.connect()
+        buf = bytearray()
+        with trio.fail_after(20):
+            await read_reply(client, buf)
+            await client.send_all(
+                "EHLO a.example\r\nMAIL FROM:<s@example.com> SMTPUTF8\r\nRCPT TO:<dörte@example.net>\r\n"
+                "DATA\r\n".encode()
+            )
+            replies = [await read_reply(client, buf) for _ in range(4)]
+            assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"]
+            await client.send_all("Subject: grüße\r\n\r\nbody\r\n.\r\n".encode())
+            done = await read_reply(client, buf)
+            assert done.startswith(b"250 2.0.0 OK ids=")
+            stored = await h.spool.load_data(done.split(b"ids=")[1].split()[0].decode())
+            assert b" with UTF8SMTP id " in stored.split(b"\r\n\r\n")[0]
+            # The same session, a plain transaction: not marked.
+            await client.send_all(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<plain@example.net>\r\nDATA\r\n")
+            replies = [await read_reply(client, buf) for _ in range(3)]
+            await client.send_all(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+            assert (await read_reply(client, buf)).startswith(b"250 2.0.0 OK ids=")
+        nursery.cancel_scope.cancel()
+    h.spool.close()
+    reopened = Spool.open(tmp_path / "spool")
+    restored = {m.recipient: m for m in reopened.restore().messages}
+    reopened.close()
+    utf8, plain = restored["dörte@example.net"], restored["plain@example.net"]
+    assert utf8.reception.smtputf8 and utf8.reception.protocol == "UTF8SMTP"
+    assert not plain.reception.smtputf8 and plain.reception.protocol == "ESMTP"

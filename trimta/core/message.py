@@ -27,9 +27,15 @@ class Reception:
     peer_address: str = ""
     listener: str = ""
     helo: str = ""
-    protocol: str = "ESMTP"  # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (RFC 3848), HTTP
+    # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (RFC 3848), UTF8SMTP... (RFC 6531), HTTP
+    protocol: str = "ESMTP"
     tls: str | None = None  # negotiated TLS version, e.g. "TLSv1.3"
     auth_identity: str | None = None
+
+    @property
+    def smtputf8(self) -> bool:
+        """Whether the message came with MAIL FROM's SMTPUTF8 (RFC 6531): relayed with it too."""
+        return self.protocol.startswith("UTF8SMTP")
 
 
 @dataclass(slots=True)

@@ -14,10 +14,11 @@ from email.utils import formatdate
 _UNSAFE = re.compile(r"[()\\\r\n]")
 
 
-def with_protocol(esmtp: bool, tls: bool, authenticated: bool) -> str:
+def with_protocol(esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool = False) -> str:
+    """The Received header's "with" keyword (RFC 3848; RFC 6531 3.7.3 for SMTPUTF8)."""
     if not esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 def _clean(text: str) -> str:

@@ -514,7 +514,7 @@ class Session:
             peer_address=self.peer,
             listener=self.config.name,
             helo=conn.helo_name or "",
-            protocol=with_protocol(conn.esmtp, conn.tls is not None, conn.auth_identity is not None),
+            protocol=with_protocol(conn.esmtp, conn.tls is not None, conn.auth_identity is not None, mail.smtputf8),
             tls=conn.tls,
             auth_identity=conn.auth_identity,
         )
@@ -543,7 +543,10 @@ class Session:
                 recipient=recipient,
                 peer_address=self.peer,
                 helo=self.conn.helo_name or "",
-                protocol=with_protocol(self.conn.esmtp, self.conn.tls is not None, self.conn.auth_identity is not None),
+                protocol=with_protocol(
+                    self.conn.esmtp, self.conn.tls is not None, self.conn.auth_identity is not None,
+                    mail is not None and mail.smtputf8,
+                ),
                 command=command,
                 session_id=self.session_id,
                 listener=self.config.name,
