@@ -113,7 +113,9 @@ class App:
                         addresses = []
                         for listener in listeners:
                             accept_scopes.append(scope := trio.CancelScope())
-                            addresses.append(await ingress.start(_serve_in_scope, listener.serve, handlers, scope))
+                            addresses.append(await ingress.start(
+                                _serve_in_scope, listener.serve, f"ESMTP listener {listener.config.name}",
+                                handlers, scope))
                         running = Running(config, spool, logs, listeners, addresses, engine)
                         for listener, addrs in zip(listeners, addresses):
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
@@ -125,7 +127,8 @@ class App:
                                           if config.http.known_tenants_only else None)
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
-                                _serve_in_scope, partial(serve_api, config.http, api), handlers, scope)
+                                _serve_in_scope, partial(serve_api, config.http, api),
+                                f"HTTP API on {config.http.host}:{config.http.port}", handlers, scope)
                             log.info("HTTP API listening on %s", ", ".join(_fmt(a) for a in running.http_addresses))
                         task_status.started(running)
                         await _wait_for_shutdown(running)
@@ -152,11 +155,18 @@ async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskSta
 
 
 async def _serve_in_scope(
-    serve, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
+    serve, what: str, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
 ) -> None:
-    """Run an accept loop (`serve(handler_nursery=..., task_status=...)`) inside `scope`."""
+    """Run an accept loop (`serve(handler_nursery=..., task_status=...)`) inside `scope`.
+
+    A socket error (an address in use, a port below 1024 without the right) names
+    `what` could not listen, for the operator who reads it on the console.
+    """
     with scope:
-        await serve(handler_nursery=handlers, task_status=task_status)
+        try:
+            await serve(handler_nursery=handlers, task_status=task_status)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
 
 
 async def reload_shaping(running: Running) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -179,3 +180,24 @@ def test_cli_when_the_daemon_is_down():
         f"trimta suspend-list: cannot reach trimta at http://127.0.0.1:{port}: connection refused; "
         "is `trimta serve` running with an [http] listener?\n"
     )
+
+
+@pytest.mark.parametrize("taken", ["smtp", "http"])
+def test_an_address_in_use_is_named_and_the_daemon_exits_1(tmp_path, taken):
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        busy = occupant.getsockname()[1]
+        smtp, http = (busy, free_port()) if taken == "smtp" else (free_port(), busy)
+        config = tmp_path / "trimta.toml"
+        config.write_text(
+            f'hostname = "mx.test"\n[[listener]]\nlisten = "127.0.0.1:{smtp}"\n'
+            f'[http]\nlisten = "127.0.0.1:{http}"\n'
+            f'[spool]\npath = "{tmp_path / "spool"}"\n[logs]\npath = "{tmp_path / "logs"}"\n'
+        )
+        done = subprocess.run([sys.executable, "-m", "trimta", "serve", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1
+    what = f"ESMTP listener 127.0.0.1:{busy}" if taken == "smtp" else f"HTTP API on 127.0.0.1:{busy}"
+    assert done.stderr.splitlines()[-1] == f"trimta: [Errno 98] {what}: Address already in use"
+    assert "Traceback" not in done.stderr
