@@ -72,6 +72,8 @@ remove_headers = false
         ('[[listener]]\nmax_connections = 0\n', "listener[0].max_connections", "positive integer"),
         ('[[listener]]\ntls_certificate = "c.pem"\n', "listener[0].tls_certificate", "together"),
         ('hostnam = "x"\n', "hostnam", "hostname"),
+        ('[[listener]]\nworkers = "many"\n', "listener[0].workers", '"auto"'),
+        ('[[listener]]\nworkers = 0\n', "listener[0].workers", "positive integer"),
     ],
 )
 def test_errors_name_file_key_and_what_is_accepted(tmp_path, text, key, hint):
@@ -88,3 +90,9 @@ def test_invalid_toml_is_reported_with_its_position(tmp_path):
     path = write(tmp_path, "hostname = \n")
     with pytest.raises(ConfigError, match="line 1"):
         load_config(path)
+
+
+def test_workers_auto_is_one_per_usable_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    config = load_config(write(tmp_path, '[[listener]]\nworkers = "auto"\n[[listener]]\nlisten = "127.0.0.1:2526"\n'))
+    assert [lc.workers for lc in config.listeners] == [3, 1]

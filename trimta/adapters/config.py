@@ -291,8 +291,25 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         tls_certificate=cert_path,
         tls_private_key=key_path,
         auth=_parse_auth(t.data["auth"], file, t.key("auth")) if "auth" in t.data else (),
-        workers=t.positive_int("workers", 1),
+        workers=t.get("workers", 1, _workers),
     )
+
+
+def _workers(value: Any) -> int:
+    """A positive number of processes, or "auto": one per CPU this daemon may use."""
+    if value == "auto":
+        return usable_cpus()
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'expected a positive integer or "auto", got {value!r}')
+    return value
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 _TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns",
