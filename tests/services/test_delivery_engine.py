@@ -247,3 +247,49 @@ async def test_trickle_of_messages_reuses_one_idle_connection(autojump_clock):
     # Each message finds the previous one's connection idle: one connection, 8 messages.
     assert h.network.connection_count == 1
     assert h.network.peak_connections == 1
+
+
+# --- dispatching due messages: one resolution per domain and burst ----------------------------
+
+
+async def test_messages_due_together_for_one_domain_share_one_mx_resolution(autojump_clock):
+    h = harness()
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    h.resolver.add_domain("example.org", "127.0.0.11")
+    net = h.network.add_receiver("127.0.0.10", 25, accepting())
+    org = h.network.add_receiver("127.0.0.11", 25, accepting())
+    with trio.fail_after(600):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(30)] + ["x@example.org"])
+            await h.wait_until_settled()
+    assert len(net.messages) == 30 and len(org.messages) == 1
+    mx_questions = [name for name, rdtype in h.resolver.queries if rdtype == "MX"]
+    assert sorted(mx_questions) == ["example.net", "example.org"]  # once each, not once per message
+
+
+async def test_a_bug_routing_one_message_sends_it_and_the_rest_of_its_burst_back_to_wait(autojump_clock, monkeypatch):
+    h = harness()
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    picker_for = h.engine.egress.picker_for
+    failed_at = []
+
+    def buggy_picker_for(message):
+        if message.recipient == "c@example.net" and not failed_at:
+            failed_at.append(trio.current_time())
+            raise RuntimeError("a bug")
+        return picker_for(message)
+
+    monkeypatch.setattr(h.engine.egress, "picker_for", buggy_picker_for)
+    with trio.fail_after(3600):
+        async with h.running():
+            start = trio.current_time()
+            await h.inject(recipients=[f"{name}@example.net" for name in "abcde"])
+            await h.wait_until_settled()
+    by_recipient = {m.recipients[0]: m for m in mx.messages}
+    assert sorted(by_recipient) == [f"{name}@example.net" for name in "abcde"]  # each exactly once
+    assert failed_at == [start]
+    # a and b were routed before the bug and went at once; c, d and e waited a minute.
+    late = sorted(r["recipient"] for r in h.records("Delivery") if r["timestamp"] >= start + 60)
+    assert late == ["c@example.net", "d@example.net", "e@example.net"]
+    assert h.records("TransientFailure") == []  # no attempt was counted

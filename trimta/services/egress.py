@@ -7,6 +7,11 @@ egress nursery
     └── connection tasks
 ```
 
+Due messages wait for a dispatcher grouped by domain: a worker takes every message
+due for one domain so far and resolves the domain once for all of them, so a burst of
+mail to one domain costs one MX resolution (and one worker wake-up), not one per
+message. Workers are several so that one domain's slow DNS holds up no other domain.
+
 A ready queue's group is started on its first message and reaped when it has been
 empty and idle for a while. Supervision: if a ready queue's group dies of a bug, its
 messages go back to their scheduled queues (no attempt counted), the error is logged
@@ -24,7 +29,7 @@ import trio
 
 from trimta.core.egress import EgressPathProvider
 from trimta.core.message import Message
-from trimta.core.mx import Resolver
+from trimta.core.mx import MxResolution, Resolver
 from trimta.core.pools import EgressSource, PoolPicker
 from trimta.core.queues import ready_queue_name
 from trimta.services.outcomes import OutcomeRecorder
@@ -73,7 +78,8 @@ class Egress:
         self.ready_queue_suspended = ready_queue_suspended
         self.ready: dict[str, ReadyQueue] = {}
         self.shared: dict[str, SharedLimits] = {}
-        self._due: deque[Message] = deque()
+        # Due messages by domain, domains in the order their first message fell due.
+        self._due: dict[str, deque[Message]] = {}
         self._due_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self.reaped = 0
@@ -83,8 +89,12 @@ class Egress:
 
     def dispatch(self, message: Message) -> None:
         """The scheduler's hand-off: never blocks."""
-        self._due.append(message)
-        self._due_lot.unpark()
+        group = self._due.get(message.domain)
+        if group is None:
+            self._due[message.domain] = deque((message,))
+            self._due_lot.unpark()
+        else:
+            group.append(message)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -97,17 +107,38 @@ class Egress:
         while True:
             while not self._due:
                 await self._due_lot.park()
-            message = self._due.popleft()
+            domain = next(iter(self._due))
+            group = self._due.pop(domain)
             try:
-                await self._route(message)
+                await self._route(domain, group)
             except Exception:
-                log.exception("routing %s failed; it waits %ds", message.id, RETRY_AFTER_BUG_S)
-                self.scheduler.add(message, self.clock() + RETRY_AFTER_BUG_S)
+                # What is left in the group (the message that met the bug, and those
+                # after it) goes back to wait; what was routed stays routed.
+                log.exception("routing %d message(s) to %s failed; they wait %ds",
+                              len(group), domain, RETRY_AFTER_BUG_S)
+                due = self.clock() + RETRY_AFTER_BUG_S
+                for message in group:
+                    self.scheduler.add(message, due)
 
-    async def _route(self, message: Message) -> None:
-        if self.admission is not None and not await self.admission(message):
-            return
-        resolution = await self.resolver.resolve_mx(message.domain, mx_rollup=self.rollup(message.domain))
+    async def _route(self, domain: str, group: deque[Message]) -> None:
+        """Route every message of `group` (all to `domain`), taking each out once dealt with."""
+        resolution: MxResolution | None = None
+        while group:
+            message = group[0]
+            if self.admission is None or await self.admission(message):
+                if resolution is None:
+                    resolution = await self._resolve(domain)
+                await self._route_one(message, resolution)
+            group.popleft()
+
+    async def _resolve(self, domain: str) -> MxResolution:
+        resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.rollup(domain))
+        observe = getattr(self.paths, "observe", None)
+        if observe is not None and resolution.ok:  # the real MX hosts, for provider matching
+            observe(resolution)
+        return resolution
+
+    async def _route_one(self, message: Message, resolution: MxResolution) -> None:
         if not resolution.ok:
             reply = resolution.reply
             assert reply is not None
@@ -116,9 +147,6 @@ class Egress:
             else:
                 await self.outcomes.retry(message, reply)
             return
-        observe = getattr(self.paths, "observe", None)
-        if observe is not None:  # the real MX hosts, for provider matching
-            observe(resolution)
         picker = self.picker_for(message)
         site = resolution.site
         source_name = picker.next(skip=lambda name: self._suspended(name, site))
