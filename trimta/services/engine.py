@@ -180,6 +180,7 @@ class DeliveryEngine:
             # Each rolled-up domain table shapes its whole site from the first message on.
             await resolve_sites(self.resolver)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.outcomes.run)
             await nursery.start(self.egress.run)
             await nursery.start(self.scheduler.run)
             nursery.start_soon(self._expire_rules)
