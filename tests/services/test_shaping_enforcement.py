@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import pytest
 import trio
 
 from trimta.core.egress import EgressPathConfig
@@ -41,11 +42,75 @@ async def test_max_message_rate_100_per_minute(autojump_clock):
             start = trio.current_time()
             await h.inject(recipients=[f"u{i}@example.net" for i in range(500)])
             await h.wait_until_settled()
-    times = [m.received_at for m in mx.messages]
+    times = sorted(m.received_at for m in mx.messages)
     assert len(times) == 500
     assert sliding_max(times, 60.0) <= 100
-    # Close to the limit on average: 500 messages take about 5 minutes, not much more.
-    assert (max(times) - start) / 60 < 5.2
+    # At the limit, not below it: exactly 100 in each minute from the first delivery.
+    assert per_window(times, times[0], 60.0) == [100] * 5
+    assert (max(times) - start) / 60 < 5.0
+
+
+def connections_first(messages) -> set[int]:
+    """Indexes of the messages that were the first on their connection."""
+    seen, first = set(), set()
+    for i, m in enumerate(messages):
+        if id(m.connection) not in seen:
+            seen.add(id(m.connection))
+            first.add(i)
+    return first
+
+
+async def test_max_message_rate_300_per_second_is_reached_across_many_connections(autojump_clock):
+    # Every reply takes 10 ms, so one connection sends about 30 a second: the limit is
+    # reached only by the connections together, through the one limiter they share.
+    h = harness('[egress.domains."example.net"]\nmax_message_rate = "300/s"\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.01))
+    with trio.fail_after(10_000):
+        async with h.running():
+            start = trio.current_time()
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(1500)])
+            await h.wait_until_settled()
+    assert len(mx.messages) == 1500
+    assert h.network.peak_connections > 10
+    times = sorted(m.received_at for m in mx.messages)
+    # 300 in each second once the connections are open, and 1500 take five seconds.
+    assert per_window(times, times[0], 1.0)[1:4] == [300, 300, 300]
+    assert max(times) - start < 5.05
+    # Once its connection is open, each message reaches the receiver the same time after
+    # its turn: those never exceed 300 in any second.
+    first = connections_first(mx.messages)
+    assert sliding_max([m.received_at for i, m in enumerate(mx.messages) if i not in first], 1.0) <= 300
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ready_queue takes a connection's first message's turn before connecting, so that message "
+    "reaches the receiver connect+banner+EHLO later than its turn and bunches up with the "
+    "messages after it: 309 in the first second here"))
+async def test_max_message_rate_holds_at_the_receiver_while_connections_open(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nmax_message_rate = "300/s"\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting(latency_s=0.01))
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(600)])
+            await h.wait_until_settled()
+    assert sliding_max([m.received_at for m in mx.messages], 1.0) <= 300
+
+
+async def test_max_message_rate_with_max_burst_sends_the_burst_then_paces(autojump_clock):
+    h = harness('[egress.domains."example.net"]\nmax_message_rate = "20/min,max_burst=5"\n')
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            start = trio.current_time()
+            await h.inject(recipients=[f"u{i}@example.net" for i in range(100)])
+            await h.wait_until_settled()
+    times = sorted(m.received_at for m in mx.messages)
+    assert len(times) == 100
+    # Five at once, then 20 a minute: 24 in the first minute, never more in any minute.
+    assert sum(1 for t in times if t == times[0]) == 5
+    assert sliding_max(times, 60.0) == 24
+    assert per_window(times, times[0], 60.0)[1:4] == [20, 20, 20]
+    assert times[0] - start < 1
 
 
 async def test_max_connection_rate(autojump_clock):
