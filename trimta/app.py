@@ -16,6 +16,7 @@ record written.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -91,6 +92,7 @@ class App:
         # Subscribed before anything can emit, so webhooks see every record.
         webhook_feeds = [(w, logs.subscribe(math.inf)) for w in config.webhooks]
         expired = engine.restore(restored.messages)
+        _settle_memory()
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept
         )
@@ -152,6 +154,18 @@ async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskSta
         async with trio.open_nursery() as nursery:
             task_status.started(nursery)
             await trio.sleep_forever()
+
+
+def _settle_memory() -> None:
+    """Take what start-up built (the restored queue above all) out of the cyclic GC's sight.
+
+    A full collection walks every tracked object: with a million restored messages that
+    is a ~0.2 s pause of the whole event loop each time, recurring as mail flows. What
+    exists now lives for long, and goes by reference counting when it goes; so collect
+    once, then freeze it into the permanent generation that collections skip.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _serve_in_scope(
