@@ -136,6 +136,31 @@ def test_replies_split_at_any_points_parse_back_to_themselves(replies, data):
     assert parsed == replies
 
 
+def test_a_reply_seen_before_is_the_same_reply_but_never_the_tail_of_another():
+    parser = ReplyParser()
+    parser.feed(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n250-first\r\n250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n")
+    replies = []
+    while (received := parser.next_reply()) is not None:
+        replies.append(received)
+    ok = reply(250, "2.1.0", "Ok")
+    # The third line after "250-first" ends that reply: it is its text, not a reply.
+    assert replies == [ok, ok, reply(250, None, "first", "2.1.0 Ok"), ok]
+
+
+@given(st.lists(_replies(), min_size=1, max_size=3), st.data())
+def test_replies_that_repeat_parse_back_to_themselves_every_time(pool, data):
+    replies = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=10))
+    wire = b"".join(r.to_bytes() for r in replies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    parser = ReplyParser()
+    parsed = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
+        parser.feed(wire[start:end])
+        while (received := parser.next_reply()) is not None:
+            parsed.append(received)
+    assert parsed == replies
+
+
 @given(st.binary(min_size=1, max_size=300))
 def test_arbitrary_bytes_give_replies_or_a_protocol_error_never_anything_else(junk):
     client = ClientConnection("client.example", max_reply_line_bytes=64, max_reply_lines=4)

@@ -30,6 +30,9 @@ DEFAULT_MAX_LINE_BYTES = 2048
 # Long EHLO lists and multi-line banners run to a few dozen lines.
 DEFAULT_MAX_LINES = 128
 
+# How many distinct single-line replies a parser remembers (see `ReplyParser._known`).
+KNOWN_REPLIES = 64
+
 _CODE = re.compile(rb"[2-5][0-9][0-9]")
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: +|$)")
 
@@ -55,6 +58,11 @@ class ReplyParser:
         self._scanned = 0
         self._code: int | None = None
         self._texts: list[str] = []
+        # A server says the same few things over and over ("250 2.1.0 Ok" to every
+        # MAIL, "354 ..." to every DATA): single-line replies already parsed, by their
+        # raw line, are handed out again. Bounded, so a peer that never repeats itself
+        # costs a small dict, not a growing one.
+        self._known: dict[bytes, Reply] = {}
 
     @property
     def buffered(self) -> int:
@@ -86,12 +94,19 @@ class ReplyParser:
                             f"reply line longer than {self.max_line_bytes} bytes"
                         )
                     return None
-                line = bytes(buffer[start:end])
+                raw = bytes(buffer[start:end])
                 start = end + 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
+                first = self._code is None
+                if first:
+                    known = self._known.get(raw)
+                    if known is not None:
+                        return known
+                line = raw[:-1] if raw.endswith(b"\r") else raw
                 if self._take_line(line):
-                    return self._finish_reply()
+                    reply = self._finish_reply()
+                    if first and len(self._known) < KNOWN_REPLIES:
+                        self._known[raw] = reply
+                    return reply
         finally:
             if start:
                 del buffer[:start]

@@ -224,6 +224,10 @@ class OutboundConnection:
         self.source = source
         self.deliveries = 0  # messages handed to `send` here: what max_deliveries_per_connection counts
         self._tls_version: str | None = None
+        # The running transaction's deadline, and what it was last set for: (command
+        # awaited, its timeout, whether sending).
+        self._timer: trio.CancelScope | None = None
+        self._phase: tuple[Command | None, float, bool] = (None, 0.0, False)
         self._timeouts: dict[Command, float] = {
             Command.BANNER: path.banner_timeout_s,
             Command.EHLO: path.ehlo_timeout_s,
@@ -417,6 +421,21 @@ class OutboundConnection:
         if not self.usable:
             raise ClientUsageError(f"connection to {self._where()} is not usable")
         self.deliveries += 1
+        # One cancel scope for the whole transaction, its deadline moved phase by phase
+        # by `_write` and `_next_event`: a scope entered per write and per read cost
+        # more than the rest of this shell.
+        timer = self._timer = trio.CancelScope()
+        outcomes: list[Outcome] | None = None
+        try:
+            with timer:
+                outcomes = await self._transaction(sender, recipients, data)
+        finally:
+            self._timer = None
+        if outcomes is None:  # a phase's deadline passed
+            outcomes = await self._lost(self._timed_out(), recipients)
+        return outcomes
+
+    async def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
         client = self._client
         try:
             if client.needs_reset:
@@ -436,13 +455,20 @@ class OutboundConnection:
             await self._write(first)
             result, cut_at = await self._run_transaction()
         except _SessionLost as lost:
-            result = client.abort(lost.reason)
-            cut_at = lost.command
-            await self.aclose()
-            if result is None:  # lost before MAIL was even written (during RSET)
-                return [self._outcome(lost.reason, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
+            return await self._lost(lost, recipients)
         if client.state is not ClientState.READY:
             await self.aclose()  # 421 or the peer hung up: nothing more on this connection
+        return self._outcomes(result, cut_at)
+
+    async def _lost(self, lost: _SessionLost, recipients: Sequence[str]) -> list[Outcome]:
+        """The outcomes of a transaction the session died in; the connection is closed."""
+        result = self._client.abort(lost.reason)
+        await self.aclose()
+        if result is None:  # lost before MAIL was even written (during RSET)
+            return [self._outcome(lost.reason, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
+        return self._outcomes(result, lost.command)
+
+    def _outcomes(self, result: TransactionResult, cut_at: Command | None) -> list[Outcome]:
         return [
             self._outcome(r.reply, r.recipient, _decided_by(result, r, cut_at), delivered=r.delivered)
             for r in result.recipients
@@ -543,14 +569,19 @@ class OutboundConnection:
         stream = self._require_stream()
         command = self._client.awaiting
         timeout_s = self._timeouts.get(command, QUIT_TIMEOUT_S) if command else QUIT_TIMEOUT_S
+        timer = self._timer
         try:
+            if timer is not None:  # in a transaction: move its deadline
+                timer.deadline = trio.current_time() + timeout_s
+                self._phase = (command, timeout_s, True)
+                await stream.send_all(data)
+                return
             with trio.move_on_after(timeout_s) as scope:
                 await stream.send_all(data)
         except NetworkError as exc:
             raise _SessionLost(self._lost_reply(command, exc.message), command) from None
         if scope.cancelled_caught:
-            what = f"sending to {self._where()} before {_spell(command)}"
-            raise _SessionLost(reply(451, "4.4.2", f"Timed out after {timeout_s:g}s {what}"), command)
+            raise self._timeout(command, timeout_s, sending=True)
 
     async def _next_event(self) -> Event:
         """The machine's next event, reading as needed; raises `_SessionLost`.
@@ -569,19 +600,37 @@ class OutboundConnection:
                 return event  # type: ignore[return-value]
             command = client.awaiting
             timeout_s = self._timeouts[command] if command is not None else self.path.rset_timeout_s
-            if deadline is None:
-                deadline = trio.current_time() + timeout_s
             stream = self._require_stream()
+            timer = self._timer
             try:
-                with trio.move_on_at(deadline) as scope:
+                if timer is not None:  # in a transaction: move its deadline
+                    if deadline is None:
+                        deadline = timer.deadline = trio.current_time() + timeout_s
+                        self._phase = (command, timeout_s, False)
                     data = await stream.receive_some()
+                else:
+                    if deadline is None:
+                        deadline = trio.current_time() + timeout_s
+                    with trio.move_on_at(deadline) as scope:
+                        data = await stream.receive_some()
+                    if scope.cancelled_caught:
+                        raise self._timeout(command, timeout_s, sending=False)
             except NetworkError as exc:
                 raise _SessionLost(self._lost_reply(command, exc.message), command) from None
-            if scope.cancelled_caught:
-                awaited = "the banner" if command is Command.BANNER else f"the reply to {_spell(command)}"
-                text = f"Timed out after {timeout_s:g}s waiting for {awaited} from {self._where()}"
-                raise _SessionLost(reply(451, "4.4.2", text), command)
             client.receive_data(data)
+
+    def _timed_out(self) -> _SessionLost:
+        """What the transaction's timer passing means: the phase it was set for timed out."""
+        command, timeout_s, sending = self._phase
+        return self._timeout(command, timeout_s, sending=sending)
+
+    def _timeout(self, command: Command | None, timeout_s: float, *, sending: bool) -> _SessionLost:
+        if sending:
+            text = f"Timed out after {timeout_s:g}s sending to {self._where()} before {_spell(command)}"
+        else:
+            awaited = "the banner" if command is Command.BANNER else f"the reply to {_spell(command)}"
+            text = f"Timed out after {timeout_s:g}s waiting for {awaited} from {self._where()}"
+        return _SessionLost(reply(451, "4.4.2", text), command)
 
     def _require_stream(self) -> NetworkStream:
         if self._stream is None:
