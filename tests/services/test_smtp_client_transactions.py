@@ -125,6 +125,21 @@ async def test_deferred_first_then_accepted_on_the_same_connection_with_rset_bet
     assert conn.deliveries == 2
 
 
+async def test_refused_recipient_under_pipelined_bdat_then_the_next_message_goes_after_rset():
+    mx = deferring("rcpt_to", first=1, hostname="mx1.example.com")  # offers CHUNKING
+    conn = await session(mx)
+    first, second = await send(conn), await send(conn, data=b"again\r\n")
+    assert (first.kind, first.command) == (OutcomeKind.TRANSIENT, "RCPT TO")
+    assert (second.kind, second.command) == (OutcomeKind.DELIVERED, "BDAT")
+    writes = mx.connections[0].writes[1:]
+    # Each transaction is one write, the message included; the refused one's chunk was
+    # read and dropped by the server, and RSET closed its transaction.
+    assert [w.split(b"\r\n", 1)[0] for w in writes] == [b"MAIL FROM:<news@example.net> SIZE=20", b"RSET",
+                                                        b"MAIL FROM:<news@example.net> SIZE=7"]
+    assert writes[2].endswith(b"BDAT 7 LAST\r\nagain\r\n")
+    assert [m.data for m in mx.messages] == [b"again\r\n"]
+
+
 async def test_no_rset_after_a_completed_transaction():
     mx = plain("mx1.example.com")
     conn = await session(mx)
