@@ -165,6 +165,44 @@ async def test_remove_deletes_data_once_no_message_uses_it(tmp_path):
     spool.close()
 
 
+class CountingReads(GatedStorage):
+    """A real storage that counts the data it reads back from disk."""
+
+    def __init__(self, inner: SqliteStorage) -> None:
+        super().__init__(inner)
+        self.reads: list[str] = []
+
+    def load_data(self, data_id: str) -> bytes:
+        self.reads.append(data_id)
+        return self.inner.load_data(data_id)
+
+
+async def test_recent_data_is_read_from_memory_until_its_messages_go_or_it_is_crowded_out(tmp_path, monkeypatch):
+    monkeypatch.setattr("trimta.adapters.spool.RECENT_DATA_BYTES", 1600)  # 100 octets at most each
+    storage = CountingReads(SqliteStorage(tmp_path))
+    spool = Spool(storage)
+    spool.restore()
+    first, big, *others = (transaction(f"{n}@gmail.com") for n in range(19))
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.run)
+            await spool.store(b"1" * 100, first)
+            assert await spool.load_data(first[0].data_id) == b"1" * 100
+            assert storage.reads == []  # delivered right after reception: no disk read
+            await spool.remove([first[0].id])
+            with pytest.raises(KeyError):  # forgotten with its last message
+                await spool.load_data(first[0].data_id)
+            await spool.store(b"2" * 101, big)  # too big to keep
+            assert await spool.load_data(big[0].data_id) == b"2" * 101
+            for n, messages in enumerate(others):  # 17 x 100 octets: the oldest is crowded out
+                await spool.store(b"%02d" % n * 50, messages)
+            assert await spool.load_data(others[0][0].data_id) == b"00" * 50
+            assert await spool.load_data(others[-1][0].data_id) == b"16" * 50
+            nursery.cancel_scope.cancel()
+    assert storage.reads == [first[0].data_id, big[0].data_id, others[0][0].data_id]
+    spool.close()
+
+
 async def test_update_is_durable_and_does_not_revive_a_removed_message(tmp_path):
     spool = Spool.open(tmp_path)
     spool.restore()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -42,6 +43,11 @@ import trio
 from trimta.core.message import Message, Reception
 
 log = logging.getLogger("trimta.spool")
+
+
+# The data of recently stored messages is kept in memory up to this many bytes, so that
+# delivering a message right after its reception does not read it back from disk.
+RECENT_DATA_BYTES = 16 * 1024 * 1024
 
 
 class SpoolError(Exception):
@@ -221,6 +227,11 @@ class Spool:
         self._last_batch = 0
         self._failed_commits = 0
         self._damaged = 0
+        # Recently stored data (see RECENT_DATA_BYTES): data id -> (data, ids of the
+        # stored messages using it), oldest first; and message id -> data id.
+        self._recent: OrderedDict[str, tuple[bytes, set[str]]] = OrderedDict()
+        self._recent_users: dict[str, str] = {}
+        self._recent_bytes = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, max_size_bytes: int | None = None) -> Spool:
@@ -371,6 +382,9 @@ class Spool:
         """The data of a stored message. KeyError if unknown, SpoolError if unreadable."""
         if self._state == _CLOSED:
             raise SpoolError("the spool is closed")
+        recent = self._recent.get(data_id)
+        if recent is not None:
+            return recent[0]  # no thread hand-off: the common case, delivery right after reception
         try:
             return await trio.to_thread.run_sync(self._storage.load_data, data_id)
         except OSError as exc:
@@ -436,6 +450,33 @@ class Spool:
         for index, job in enumerate(jobs):
             job.error = result.refused.get(index)
             job.done.set()
+            if job.error is None:
+                self._note_recent(job.op)
+
+    def _note_recent(self, op: Operation) -> None:
+        """Keep what a durable operation means for the recent data: stored, or no longer used."""
+        if isinstance(op, StoreData):
+            if len(op.data) <= RECENT_DATA_BYTES // 16:
+                ids = {entry.id for entry in op.entries}
+                self._recent[op.data_id] = (op.data, ids)
+                self._recent_users.update(dict.fromkeys(ids, op.data_id))
+                self._recent_bytes += len(op.data)
+                while self._recent_bytes > RECENT_DATA_BYTES:
+                    self._forget_recent(next(iter(self._recent)))
+        elif isinstance(op, RemoveEntries):
+            for id in op.ids:
+                data_id = self._recent_users.pop(id, None)
+                if data_id is not None:
+                    users = self._recent[data_id][1]
+                    users.discard(id)
+                    if not users:
+                        self._forget_recent(data_id)
+
+    def _forget_recent(self, data_id: str) -> None:
+        data, users = self._recent.pop(data_id)
+        self._recent_bytes -= len(data)
+        for id in users:
+            self._recent_users.pop(id, None)
 
     @staticmethod
     def _fail(jobs: Sequence[_Job], reason: str) -> None:
