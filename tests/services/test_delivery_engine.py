@@ -41,6 +41,19 @@ async def test_message_is_delivered_once_with_its_envelope(autojump_clock):
     assert h.spool.messages == {}
 
 
+async def test_a_message_received_with_smtputf8_is_relayed_with_it(autojump_clock):
+    h = harness()
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(600):
+        async with h.running():
+            await h.inject(recipients=["ann@example.net"], protocol="UTF8SMTPS")
+            await h.inject(recipients=["bob@example.net"])
+            await h.wait_until_settled()
+    assert sorted((m.recipients[0], m.smtputf8) for m in mx.messages) == [
+        ("ann@example.net", True), ("bob@example.net", False)]
+
+
 async def test_retry_schedule_follows_backoff_then_delivers(autojump_clock):
     h = harness('[queues]\nretry_interval = "10m"\n')
     h.resolver.add_domain("example.net", "127.0.0.10")

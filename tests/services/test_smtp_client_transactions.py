@@ -325,3 +325,35 @@ async def test_a_refused_rset_leaves_the_message_for_later_and_the_connection_un
     # A 5xx to RSET says nothing about the message: it was never offered.
     assert (outcome.kind, outcome.reply.code, outcome.command) == (OutcomeKind.TRANSIENT, 502, "RSET")
     assert not conn.usable and mx.messages == []
+
+
+# --- SMTPUTF8 (RFC 6531) ---------------------------------------------------------------
+
+UTF8_DATA = "Subject: grüße\r\n\r\nbody\r\n".encode()
+
+
+async def test_a_message_that_came_with_smtputf8_asks_for_it_again():
+    mx = plain("mx1.example.com")
+    conn = await session(mx)
+    with trio.fail_after(DEADLINE_S):
+        outcome = await conn.send(SENDER, BOB, UTF8_DATA, smtputf8=True)
+    assert outcome.kind is OutcomeKind.DELIVERED
+    assert [m.smtputf8 for m in mx.messages] == [True]
+
+
+async def test_a_server_without_smtputf8_gets_it_without_when_the_addresses_are_ascii():
+    mx = plain("mx1.example.com", without=["SMTPUTF8"])
+    conn = await session(mx)
+    with trio.fail_after(DEADLINE_S):
+        outcome = await conn.send(SENDER, BOB, UTF8_DATA, smtputf8=True)
+        refused = await conn.send(SENDER, "dörte@example.com", UTF8_DATA, smtputf8=True)
+    assert outcome.kind is OutcomeKind.DELIVERED
+    assert [(m.smtputf8, m.data.endswith(UTF8_DATA)) for m in mx.messages] == [(False, True)]
+    assert refused.kind is OutcomeKind.PERMANENT and refused.command == "MAIL FROM"
+
+
+async def test_a_plain_message_does_not_ask_for_smtputf8():
+    mx = plain("mx1.example.com")
+    conn = await session(mx)
+    await send(conn)
+    assert [m.smtputf8 for m in mx.messages] == [False]

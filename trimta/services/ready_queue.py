@@ -52,7 +52,7 @@ class Connection(Protocol):
 
     @property
     def usable(self) -> bool: ...
-    async def send(self, sender: str, recipient: str, data: bytes): ...
+    async def send(self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False): ...
     async def quit(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -431,7 +431,7 @@ class ReadyQueue:
         self._in_flight[message.id] = message
         try:
             data = await self.outcomes.load_data(message)
-            outcome = await conn.send(message.sender, message.recipient, data)
+            outcome = await conn.send(message.sender, message.recipient, data, smtputf8=message.reception.smtputf8)
         finally:
             self._in_flight.pop(message.id, None)
         if outcome.kind == "delivered":

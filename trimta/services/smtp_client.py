@@ -405,17 +405,22 @@ class OutboundConnection:
 
     # --- Transactions ------------------------------------------------------------------
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False) -> Outcome:
         """Send `data` from `sender` to `recipient`: one transaction, one `Outcome`."""
-        (outcome,) = await self.send_many(sender, [recipient], data)
+        (outcome,) = await self.send_many(sender, [recipient], data, smtputf8=smtputf8)
         return outcome
 
-    async def send_many(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    async def send_many(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, smtputf8: bool = False
+    ) -> list[Outcome]:
         """One transaction for several recipients; one `Outcome` each, in order.
 
         RSET goes first when the previous transaction was left open. A message this
-        server cannot take (over its SIZE, or needing SMTPUTF8 it lacks) is a
-        permanent outcome and nothing is sent. Raises `ClientUsageError` when the
+        server cannot take (over its SIZE, or with a non-ASCII address and no SMTPUTF8
+        offered) is a permanent outcome and nothing is sent. `smtputf8` says the message
+        came with SMTPUTF8: MAIL asks for it again when the server offers it; one that
+        does not gets the message without it if every address is ASCII (its UTF-8
+        headers as 8-bit data, as Postfix does). Raises `ClientUsageError` when the
         connection is not `usable`: the caller checks that first.
         """
         if not self.usable:
@@ -428,14 +433,16 @@ class OutboundConnection:
         outcomes: list[Outcome] | None = None
         try:
             with timer:
-                outcomes = await self._transaction(sender, recipients, data)
+                outcomes = await self._transaction(sender, recipients, data, smtputf8)
         finally:
             self._timer = None
         if outcomes is None:  # a phase's deadline passed
             outcomes = await self._lost(self._timed_out(), recipients)
         return outcomes
 
-    async def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    async def _transaction(
+        self, sender: str, recipients: Sequence[str], data: bytes, smtputf8: bool
+    ) -> list[Outcome]:
         client = self._client
         try:
             if client.needs_reset:
@@ -444,7 +451,10 @@ class OutboundConnection:
                     # Whatever RSET got, this message was never offered: try it again later.
                     return [self._outcome(reset, r, "RSET", kind=OutcomeKind.TRANSIENT) for r in recipients]
             try:
-                first = client.start_transaction(sender, recipients, data)
+                # None: SMTPUTF8 only if an address needs it (the client checks that).
+                first = client.start_transaction(
+                    sender, recipients, data, smtputf8=True if smtputf8 and client.offers("SMTPUTF8") else None
+                )
             except MessageNotSendable as exc:
                 return [self._outcome(exc.reply, r, "MAIL FROM") for r in recipients]
             except ClientUsageError as exc:

@@ -109,14 +109,18 @@ class DeliveryHarness:
         tenant: str | None = None,
         campaign: str | None = None,
         data: bytes = DEFAULT_DATA,
+        protocol: str = "ESMTP",
     ) -> list[Message]:
-        """Accept one transaction, as the listener would: spool, then queue."""
+        """Accept one transaction, as the listener would: spool, then queue.
+
+        `protocol` is how it came in (``"UTF8SMTP"``: with SMTPUTF8).
+        """
         now = trio.current_time()
         data_id = new_id()
         messages = [
             Message.new(
                 data_id=data_id, sender=sender, recipient=r, tenant=tenant, campaign=campaign,
-                size=len(data), created=now, reception=Reception(peer_address="127.0.0.1", protocol="ESMTP"),
+                size=len(data), created=now, reception=Reception(peer_address="127.0.0.1", protocol=protocol),
             )
             for r in recipients
         ]

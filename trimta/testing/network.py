@@ -162,6 +162,7 @@ class ReceivedMessage:
     tls_version: str | None = None
     # trio.current_time() when the message was complete (virtual time under MockClock).
     received_at: float = 0.0
+    smtputf8: bool = False  # MAIL FROM carried SMTPUTF8
 
 
 class _Counter:
@@ -370,6 +371,7 @@ class _Session:
                 connection=self.record,
                 tls_version=self.server.tls,
                 received_at=trio.current_time(),
+                smtputf8=bool(mail and mail.smtputf8),
             )
             subject = message
         default = event.reply
