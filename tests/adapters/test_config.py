@@ -92,7 +92,9 @@ def test_invalid_toml_is_reported_with_its_position(tmp_path):
         load_config(path)
 
 
-def test_workers_auto_is_one_per_usable_cpu(tmp_path, monkeypatch):
+def test_workers_auto_is_one_per_usable_cpu_and_the_default(tmp_path, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
-    config = load_config(write(tmp_path, '[[listener]]\nworkers = "auto"\n[[listener]]\nlisten = "127.0.0.1:2526"\n'))
-    assert [lc.workers for lc in config.listeners] == [3, 1]
+    config = load_config(write(tmp_path, '[[listener]]\nworkers = "auto"\n'
+                                         '[[listener]]\nlisten = "127.0.0.1:2526"\nworkers = 1\n'
+                                         '[[listener]]\nlisten = "127.0.0.1:2527"\n'))
+    assert [lc.workers for lc in config.listeners] == [3, 1, 3]

@@ -88,6 +88,9 @@ class Daemon:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path = self.directory / "trimta.toml"
         self.stderr_path = self.directory / "daemon.stderr"
+        # One process unless a test asks for more: records and statistics of workers
+        # reach the daemon a moment later, which most tests need not wait for.
+        workers = "" if "workers" in self.extra_listener else "workers = 1\n"
         self.config_path.write_text(
             f'hostname = "mx.trimta.test"\n'
             f"{self.extra_config}\n"
@@ -95,6 +98,7 @@ class Daemon:
             f"[[listener]]\n"
             f'listen = "{self.host}:{self.port}"\n'
             f"{self.extra_listener}\n"
+            f"{workers}"
             f'[spool]\npath = "spool"\n'
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
             f'[logs]\npath = "logs"\nflush_interval = "50ms"\n'

@@ -5,13 +5,16 @@ import smtplib
 import threading
 import time
 
+import pytest
+
 from .conftest import restored_spool
 
 BODY = b"x" * 76 + b"\r\n" * 1 + (b"y" * 76 + b"\r\n") * 25  # about 2 KB in lines
 
 
-def test_every_acknowledged_message_survives_kill_9(make_daemon):
-    d = make_daemon().start()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_acknowledged_message_survives_kill_9(make_daemon, workers):
+    d = make_daemon(extra_listener=f"workers = {workers}").start()
     acknowledged: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()

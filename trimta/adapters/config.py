@@ -69,7 +69,8 @@ class ListenerConfig:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     auth: tuple[AuthUser, ...] = ()
-    # Processes serving this listener (the daemon and workers - 1 reception workers).
+    # Processes serving this listener (the daemon and workers - 1 reception workers);
+    # a config file without the key gets one per usable CPU ("auto").
     workers: int = 1
 
     @property
@@ -291,7 +292,7 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         tls_certificate=cert_path,
         tls_private_key=key_path,
         auth=_parse_auth(t.data["auth"], file, t.key("auth")) if "auth" in t.data else (),
-        workers=t.get("workers", 1, _workers),
+        workers=t.get("workers", None, _workers) or usable_cpus(),
     )
 
 
