@@ -151,10 +151,9 @@ class BacklogDaemon(TrimtaDaemon):
 
 
 def bench(args: argparse.Namespace) -> BacklogResult:
+    # Its config has an API port of its own (reception.TrimtaDaemon): not the default 8000,
+    # which another daemon on this machine may hold.
     daemon = BacklogDaemon(keep=args.keep, workers=args.workers, tree=args.trimta_tree)
-    with open(daemon.config_path, "a") as f:
-        # Not the default port: another daemon on this machine may hold it.
-        f.write(f'\n[http]\nlisten = "{HOST}:{free_port(HOST)}"\n')
     try:
         say(f"trimta: backlog: starting in {daemon.directory} (port {daemon.port})")
         daemon.start()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from trimta.core.message import Message, Reception
+from trimta.core.message import Message, Reception, Sharing
 
 
 def _message(**changes) -> Message:
@@ -48,3 +48,25 @@ def test_damaged_metadata_is_refused(damage):
     damage(d)
     with pytest.raises((KeyError, TypeError, ValueError)):
         Message.from_dict(d)
+
+
+
+def _decoded(recipient: str, peer: str = "127.0.0.1") -> Message:
+    """A message as decoded from text: fresh string objects every time."""
+    reception = Reception(peer_address="".join(peer), helo="".join(["client", ".example"]))
+    return Message.new(data_id="0006a", sender="".join(["news@", "shop.example"]), recipient=recipient,
+                       tenant="".join(["ac", "me"]), campaign=None, size=10, created=1.0, reception=reception)
+
+
+def test_sharing_makes_decoded_messages_share_repeated_strings_and_receptions():
+    a, b = _decoded("a@example.net"), _decoded("b@example.net")
+    assert a.sender is not b.sender and a.queue is not b.queue and a.reception is not b.reception
+    sharing = Sharing(max_receptions=1)
+    a, b = sharing.share(a), sharing.share(b)
+    assert a.sender is b.sender and a.tenant is b.tenant and a.queue is b.queue  # "acme@example.net"
+    assert a.reception is b.reception
+    assert (a.recipient, b.recipient) == ("a@example.net", "b@example.net")  # what differs stays
+    # A bounded table is emptied when full: sharing starts afresh, nothing is wrong.
+    sharing.share(_decoded("c@example.net", peer="10.0.0.3"))
+    d = sharing.share(_decoded("d@example.net"))
+    assert d.reception == a.reception and d.reception is not a.reception

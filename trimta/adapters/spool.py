@@ -40,7 +40,7 @@ from typing import Protocol
 
 import trio
 
-from trimta.core.message import Message, Reception
+from trimta.core.message import Message, Sharing
 
 log = logging.getLogger("trimta.spool")
 
@@ -259,7 +259,7 @@ class Spool:
             raise RuntimeError("restore() must be called before the spool's writer runs")
         messages: list[Message] = []
         damaged: list[tuple[str, str]] = []
-        decoder = _Decoder()
+        decoder = MetadataDecoder()
         try:
             for stored in self._storage.entries():
                 reason = None
@@ -518,29 +518,18 @@ def _encode(message: Message) -> Entry:
     return Entry(message.id, message.data_id, encode_metadata(message))
 
 
-class _Decoder:
-    """Decodes metadata at restore, sharing equal strings and receptions between messages.
+class MetadataDecoder:
+    """Decodes `encode_metadata`'s text into messages that share what repeats (`Sharing`).
 
-    A restored spool of a million messages holds a million `Message`s; most of their
-    strings (sender, tenant, campaign, domain, queue) and every `Reception` of one
-    transaction repeat, so sharing them keeps memory per message small.
+    At restore its table of receptions lives as long as the restore (no limit); a
+    long-lived decoder (the reception workers' hand-over) bounds it.
     """
 
-    _SHARED = ("sender", "tenant", "campaign", "domain", "queue")
-
-    def __init__(self) -> None:
-        self._strings: dict[str, str] = {}
-        self._receptions: dict[Reception, Reception] = {}
+    def __init__(self, max_receptions: int | None = None) -> None:
+        self._sharing = Sharing(max_receptions)
 
     def decode(self, meta: str | bytes) -> Message:
         d = json.loads(meta)
         if not isinstance(d, dict):
             raise ValueError("metadata is not a JSON object")
-        message = Message.from_dict(d)
-        strings = self._strings
-        for name in self._SHARED:
-            value = getattr(message, name)
-            if isinstance(value, str):
-                setattr(message, name, strings.setdefault(value, value))
-        message.reception = self._receptions.setdefault(message.reception, message.reception)
-        return message
+        return self._sharing.share(Message.from_dict(d))

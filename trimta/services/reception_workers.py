@@ -62,7 +62,7 @@ from typing import Any
 import trio
 
 from trimta.adapters.config import ListenerConfig, TenancyConfig
-from trimta.core.message import Message
+from trimta.adapters.spool import MetadataDecoder
 from trimta.protocol import replies
 from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, encoded, prepare
 from trimta.services.logs import LogSink
@@ -220,6 +220,7 @@ class ReceptionWorkers:
         # What each process enforces: its share of the listener's connections.
         self.process_config = replace(config, max_connections=max(1, -(-config.max_connections // workers)))
         self.local = SmtpListener(self.process_config, acceptor=acceptor, logs=logs)
+        self._decoder = MetadataDecoder(max_receptions=4096)
         self._stopping = False
         self._channels: dict[int, Channel] = {}
         self._pids: dict[int, int] = {}
@@ -378,7 +379,7 @@ class ReceptionWorkers:
             if kind == "store":
                 request = header[1]
                 try:
-                    prepared = decode_store(header, body)
+                    prepared = decode_store(header, body, self._decoder)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.error("reception worker %d sent a message that does not decode: %s", index, exc)
                     link.channel.send(["stored", request, "the message did not decode"])
@@ -436,8 +437,12 @@ def encode_store(request: int, prepared: Prepared) -> tuple[list[Any], bytes]:
     return header, b"".join([prepared.data, *metas, *lines])
 
 
-def decode_store(header: list[Any], body: bytes) -> Prepared:
-    """The prepared message of a "store" frame; ValueError (or KeyError, TypeError) if damaged."""
+def decode_store(header: list[Any], body: bytes, decoder: MetadataDecoder | None = None) -> Prepared:
+    """The prepared message of a "store" frame; ValueError (or KeyError, TypeError) if damaged.
+
+    `decoder` makes the messages share their repeated strings and receptions with
+    those decoded before (a queue of them is most of the daemon's memory).
+    """
     _, _, now, meta_sizes, line_sizes = header
     end = len(body) - sum(meta_sizes) - sum(line_sizes)
     if end < 0 or len(meta_sizes) != len(line_sizes) or not meta_sizes:
@@ -448,7 +453,8 @@ def decode_store(header: list[Any], body: bytes) -> Prepared:
         texts.append(body[end : end + size].decode())
         end += size
     metas, lines = tuple(texts[: len(meta_sizes)]), tuple(texts[len(meta_sizes) :])
-    messages = tuple(Message.from_dict(json.loads(meta)) for meta in metas)
+    decode = (decoder or MetadataDecoder()).decode
+    messages = tuple(decode(meta) for meta in metas)
     return Prepared(data, messages, now, metas=metas, records=lines)
 
 
