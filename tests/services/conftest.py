@@ -23,6 +23,11 @@ class Harness:
                                      acceptor=self.acceptor, logs=self.logs)
         self.nursery = nursery
 
+    async def start_storage(self) -> None:
+        """Run the spool's writer and the log sink in the nursery (for tests that accept mail)."""
+        await self.nursery.start(self.spool.run)
+        await self.nursery.start(self.logs.run)
+
     def connect(self) -> trio.testing.StapledStream:
         client, server = trio.testing.memory_stream_pair()
         self.nursery.start_soon(self.listener.handle, server)

@@ -50,8 +50,7 @@ async def test_connections_beyond_max_get_421(tmp_path):
 async def test_pipelined_transaction_is_spooled_and_replies_come_in_order(tmp_path):
     async with trio.open_nursery() as nursery:
         h = Harness(tmp_path, nursery)
-        await nursery.start(h.spool.run)
-        await nursery.start(h.logs.run)
+        await h.start_storage()
         client = h.connect()
         buf = bytearray()
         with trio.fail_after(20):
@@ -79,8 +78,7 @@ async def test_pipelined_transaction_is_spooled_and_replies_come_in_order(tmp_pa
 async def test_smtputf8_transaction_is_recorded_on_the_message_and_in_its_received_header(tmp_path):
     async with trio.open_nursery() as nursery:
         h = Harness(tmp_path, nursery)
-        await nursery.start(h.spool.run)
-        await nursery.start(h.logs.run)
+        await h.start_storage()
         client = h.connect()
         buf = bytearray()
         with trio.fail_after(20):
