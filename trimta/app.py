@@ -16,13 +16,15 @@ record written.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import signal
 import time
-from functools import partial
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -62,6 +64,12 @@ class App:
         self.grace_s = grace_s
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        # SIGHUP's default action ends the process: caught from the very start, a reload
+        # asked for while the daemon starts (restore, listeners) is done once it runs.
+        with _signal_receiver(signal.SIGHUP) as reloads:
+            await self._run(reloads, task_status=task_status)
+
+    async def _run(self, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus) -> None:
         config = self.config
         spool = Spool.open(config.spool.path, max_size_bytes=config.spool.max_size_bytes)
         started = time.monotonic()
@@ -133,7 +141,7 @@ class App:
                                 f"HTTP API on {config.http.host}:{config.http.port}", handlers, scope)
                             log.info("HTTP API listening on %s", ", ".join(_fmt(a) for a in running.http_addresses))
                         task_status.started(running)
-                        await _wait_for_shutdown(running)
+                        await _wait_for_shutdown(running, reloads)
                         log.info("shutting down: no new connections, %.0fs grace for sessions", self.grace_s)
                         for scope in accept_scopes:
                             scope.cancel()
@@ -201,23 +209,38 @@ async def reload_shaping(running: Running) -> str | None:
     return None
 
 
-async def _wait_for_shutdown(running: Running) -> None:
-    async def signals() -> None:
-        try:
-            receiver = trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        except RuntimeError:  # not the main thread (embedded use): the caller stops us
-            return
-        with receiver as received:
+@contextlib.contextmanager
+def _signal_receiver(*signums: int) -> Iterator[trio.abc.ReceiveChannel | None]:
+    """`trio.open_signal_receiver`, or None where signals cannot be caught (not the main
+    thread: embedded use, where the caller stops the daemon)."""
+    try:
+        receiver = trio.open_signal_receiver(*signums)
+    except RuntimeError:
+        yield None
+        return
+    with receiver as received:
+        yield received
+
+
+async def _wait_for_shutdown(running: Running, reloads: trio.abc.ReceiveChannel | None) -> None:
+    async def reload_on_sighup() -> None:
+        async for signum in reloads:
+            log.info("received %s", signal.Signals(signum).name)
+            await reload_shaping(running)
+
+    async def stop_on_signal() -> None:
+        with _signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            if received is None:
+                return
             async for signum in received:
                 log.info("received %s", signal.Signals(signum).name)
-                if signum == signal.SIGHUP:
-                    await reload_shaping(running)
-                    continue
                 running.shutdown.set()
                 return
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(signals)
+        if reloads is not None:
+            nursery.start_soon(reload_on_sighup)
+        nursery.start_soon(stop_on_signal)
         await running.shutdown.wait()
         nursery.cancel_scope.cancel()
 
