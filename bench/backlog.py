@@ -45,7 +45,6 @@ from common import (  # noqa: E402
     ROOT,
     BenchError,
     format_table,
-    free_port,
     process_tree,
     run_smtp_source,
     tree_cpu_seconds,

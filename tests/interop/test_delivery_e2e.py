@@ -3,7 +3,6 @@ pointing at loopback addresses, aiosmtpd receivers record what arrives."""
 
 from __future__ import annotations
 
-import json
 import smtplib
 import subprocess
 import threading
