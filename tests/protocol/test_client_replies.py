@@ -123,17 +123,22 @@ def _replies(draw) -> Reply:
     return Reply(code, enhanced, tuple(draw(st.lists(_text, min_size=1, max_size=5))))
 
 
-@given(st.lists(_replies(), min_size=1, max_size=4), st.data())
-def test_replies_split_at_any_points_parse_back_to_themselves(replies, data):
-    wire = b"".join(r.to_bytes() for r in replies)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+def _parsed_in_pieces(wire: bytes, cuts: list[int]) -> list[Reply]:
+    """What a parser fed `wire` cut at `cuts` gives back."""
     parser = ReplyParser()
     parsed = []
     for start, end in zip([0, *cuts], [*cuts, len(wire)]):
         parser.feed(wire[start:end])
         while (received := parser.next_reply()) is not None:
             parsed.append(received)
-    assert parsed == replies
+    return parsed
+
+
+@given(st.lists(_replies(), min_size=1, max_size=4), st.data())
+def test_replies_split_at_any_points_parse_back_to_themselves(replies, data):
+    wire = b"".join(r.to_bytes() for r in replies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    assert _parsed_in_pieces(wire, cuts) == replies
 
 
 def test_a_reply_seen_before_is_the_same_reply_but_never_the_tail_of_another():
@@ -152,13 +157,7 @@ def test_replies_that_repeat_parse_back_to_themselves_every_time(pool, data):
     replies = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=10))
     wire = b"".join(r.to_bytes() for r in replies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
-    parser = ReplyParser()
-    parsed = []
-    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
-        parser.feed(wire[start:end])
-        while (received := parser.next_reply()) is not None:
-            parsed.append(received)
-    assert parsed == replies
+    assert _parsed_in_pieces(wire, cuts) == replies
 
 
 @given(st.binary(min_size=1, max_size=300))

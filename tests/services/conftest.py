@@ -9,6 +9,21 @@ from trimta.adapters.spool import Spool
 from trimta.services.acceptance import Acceptor
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import SmtpListener
+from trimta.testing.harness import DeliveryHarness
+
+
+# Delivery to loopback addresses: the shipped default prohibits them.
+DELIVERY_BASE = """
+[egress.default]
+prohibited_hosts = []
+"""
+
+
+def example_net_harness(extra: str = "") -> DeliveryHarness:
+    """A delivery harness with `extra` config, example.net's MX at 127.0.0.10."""
+    h = DeliveryHarness(config=DELIVERY_BASE + extra)
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    return h
 
 
 class Harness:

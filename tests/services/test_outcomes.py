@@ -6,16 +6,9 @@ import trio
 from trimta.testing.harness import DeliveryHarness
 from trimta.testing.network import accepting
 
-BASE = """
-[egress.default]
-prohibited_hosts = []
-"""
+from .conftest import example_net_harness
 
-
-def harness(extra: str = "") -> DeliveryHarness:
-    h = DeliveryHarness(config=BASE + extra)
-    h.resolver.add_domain("example.net", "127.0.0.10")
-    return h
+harness = example_net_harness
 
 
 def record_removals(h: DeliveryHarness, monkeypatch, *, commit_s: float = 0.0) -> list[list[str]]:

@@ -8,19 +8,12 @@ import trio
 
 from trimta.core.egress import EgressPathConfig
 from trimta.core.units import parse_rate
-from trimta.testing.harness import DeliveryHarness
 from trimta.testing.network import accepting
 
-BASE = """
-[egress.default]
-prohibited_hosts = []
-"""
+from .conftest import DELIVERY_BASE, example_net_harness
 
-
-def harness(extra: str = "") -> DeliveryHarness:
-    h = DeliveryHarness(config=BASE + extra)
-    h.resolver.add_domain("example.net", "127.0.0.10")
-    return h
+harness = example_net_harness
+BASE = DELIVERY_BASE
 
 
 def per_window(times: list[float], start: float, window: float) -> list[int]:

@@ -237,10 +237,6 @@ class ReceptionWorkers:
         counts = [_counts(self.local.statistics()), _counts(self._finished), *self._statistics.values()]
         return ListenerStatistics(*(sum(column) for column in zip(*counts)))
 
-    def worker_statistics(self) -> dict[int, ListenerStatistics]:
-        """Each running worker's counts as last reported, by worker index."""
-        return {index: ListenerStatistics(*counts) for index, counts in self._statistics.items()}
-
     async def serve(
         self,
         listeners: list[trio.SocketListener] | None = None,
