@@ -6,6 +6,8 @@ command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || missing="$missing postfix"
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing="$missing dnsmasq-base"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+# swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != "0" ]; then
     echo "install-system-deps: need root to install:$missing (tests using them will be skipped)" >&2
