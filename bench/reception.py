@@ -195,8 +195,8 @@ class Profiler:
         if not os.access(py_spy, os.X_OK):
             raise BenchError("--profile needs py-spy (pip install py-spy into the venv)")
         self.proc = subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-             "--output", str(out), "--threads", "--gil"],
+            [py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+             "--output", str(out), "--threads", "--gil"] + (["--subprocesses"] if os.environ.get("PROFILE_ALL") else []),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # let it attach before the clock starts
@@ -210,7 +210,7 @@ class Profiler:
             self.proc.wait()
 
 
-def summarise_profile(path: Path, top: int = 20) -> str:
+def summarise_profile(path: Path, top: int = 40) -> str:
     """Where trimta's samples were: self time by file and by function; trimta's frames inclusive.
 
     py-spy runs with --gil, so a sample is taken only while some thread holds the GIL:

@@ -19,6 +19,10 @@ class Reply:
     code: int
     enhanced: Enhanced | None = None
     lines: tuple[str, ...] = field(default=("",))
+    # The wire form, made on the first `to_bytes`: canned replies are sent thousands of
+    # times, and remembering it on the reply costs no hashing (a cache keyed by replies
+    # would hash each one, and churn with the replies that are sent once).
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -51,13 +55,17 @@ class Reply:
         return "\n".join(self.lines)
 
     def to_bytes(self) -> bytes:
-        prefix = "" if self.enhanced is None else "%d.%d.%d " % self.enhanced
-        last = len(self.lines) - 1
-        out = []
-        for i, line in enumerate(self.lines):
-            sep = " " if i == last else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8")
+        wire = self._wire
+        if wire is None:
+            prefix = "" if self.enhanced is None else "%d.%d.%d " % self.enhanced
+            last = len(self.lines) - 1
+            out = []
+            for i, line in enumerate(self.lines):
+                sep = " " if i == last else "-"
+                out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
+            wire = "".join(out).encode("utf-8")
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     def __str__(self) -> str:
         """``"550 5.7.1 text"``: the form log records and automation rules match on."""

@@ -32,7 +32,6 @@ timeouts belong to whoever owns the socket.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from trimta.protocol import _sasl
@@ -71,12 +70,6 @@ class ServerConfig:
 
 
 _TOO_LONG = object()  # what `_read_line` returns for a line beyond the limit
-
-
-@functools.lru_cache(maxsize=512)
-def _wire(reply: Reply) -> bytes:
-    """`reply.to_bytes()`, remembered: nearly every reply sent is one of a few canned ones."""
-    return reply.to_bytes()
 
 
 class ServerConnection:
@@ -279,7 +272,7 @@ class ServerConnection:
             self._close()
         if reply.code == 334 and reply.lines == ("",):
             return b"334 \r\n"  # RFC 4954 4: continue-req = "334" SP [base64] CRLF
-        return _wire(reply)
+        return reply.to_bytes()
 
     def _enter(self, mode: Mode | None) -> None:
         if mode is None:

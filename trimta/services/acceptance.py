@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from trimta.adapters.config import TenancyConfig
@@ -127,13 +127,13 @@ def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, no
 def encoded(prepared: Prepared) -> Prepared:
     """`prepared` with its spool metadata and its Reception records (as if stored) encoded."""
     reply = accepted_reply(prepared.data_id)
-    return replace(
-        prepared,
-        metas=tuple(encode_metadata(m) for m in prepared.messages),
-        records=tuple(
-            encode_record(records.message_record(records.RECEPTION, m, reply, prepared.now))
-            for m in prepared.messages
-        ),
+    messages, now = prepared.messages, prepared.now
+    return Prepared(
+        prepared.data,
+        messages,
+        now,
+        metas=tuple([encode_metadata(m) for m in messages]),
+        records=tuple([encode_record(records.message_record(records.RECEPTION, m, reply, now)) for m in messages]),
     )
 
 

@@ -378,7 +378,7 @@ class ReceptionWorkers:
                     prepared = decode_store(header, body, self._decoder)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.error("reception worker %d sent a message that does not decode: %s", index, exc)
-                    link.channel.send(["stored", request, "the message did not decode"])
+                    link.channel.send(["stored", [[request, "the message did not decode"]]])
                     return
                 link.stores.append((request, prepared))
                 link.stores_arrived.set()
@@ -416,9 +416,11 @@ class ReceptionWorkers:
                     return
                 continue
             results = await self.acceptor.commit_all([prepared for _, prepared in batch])
-            for (request, _), accepted in zip(batch, results):
-                error = None if accepted.reply.is_positive else str(accepted.reply)
-                link.channel.send(["stored", request, error])
+            # One frame answers the whole batch: [request, error or None] for each.
+            link.channel.send(["stored", [
+                [request, None if accepted.reply.is_positive else str(accepted.reply)]
+                for (request, _), accepted in zip(batch, results)
+            ]])
 
 
 def encode_store(request: int, prepared: Prepared) -> tuple[list[Any], bytes]:
@@ -531,40 +533,38 @@ class RemoteAcceptor:
         self.tenancy = tenancy
         self.hostname = hostname
         self._next_request = 0
-        self._waiting: dict[int, _Waiter] = {}
+        self._waiting: dict[int, trio.lowlevel.Task] = {}  # request -> its session's task
+        self._answers: dict[int, str | None] = {}  # request -> the daemon's answer, until read
 
     async def accept(self, submission: Submission) -> Accepted:
         prepared = encoded(prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time()))
         self._next_request += 1
         request = self._next_request
-        waiter = self._waiting[request] = _Waiter()
+        # The session task sleeps until `stored` reschedules it with the daemon's answer
+        # (no Event per message: this is the path of every message a worker takes).
+        self._waiting[request] = trio.lowlevel.current_task()
         self.channel.send(*encode_store(request, prepared))
-        try:
-            await waiter.done.wait()
-        finally:
+
+        def abort(_: object) -> trio.lowlevel.Abort:
             del self._waiting[request]
-        if waiter.error is not None:
-            log.error("the daemon could not store a message: %s", waiter.error)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        error = self._answers.pop(request)
+        if error is not None:
+            log.error("the daemon could not store a message: %s", error)
             return Accepted(replies.SPOOL_ERROR, ())
         return Accepted(accepted_reply(prepared.data_id), prepared.messages)
 
     def stored(self, request: int, error: str | None) -> None:
-        waiter = self._waiting.get(request)
-        if waiter is not None:  # else its session was cancelled meanwhile
-            waiter.error = error
-            waiter.done.set()
+        task = self._waiting.pop(request, None)
+        if task is not None:  # else its session was cancelled meanwhile
+            self._answers[request] = error
+            trio.lowlevel.reschedule(task)
 
     def fail_all(self, error: str) -> None:
         for request in list(self._waiting):
             self.stored(request, error)
-
-
-class _Waiter:
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.error: str | None = None
 
 
 class ForwardingLogs:
@@ -591,7 +591,8 @@ async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) ->
 
     def handle(header: list[Any], body: bytes) -> None:
         if header[0] == "stored":
-            acceptor.stored(header[1], header[2])
+            for request, error in header[1]:
+                acceptor.stored(request, error)
         elif header[0] == "stop":
             accepting.cancel()
 
