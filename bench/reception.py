@@ -187,16 +187,16 @@ class TrimtaDaemon:
 
 
 class Profiler:
-    """py-spy attached to the daemon for the duration of the client run (optional)."""
+    """py-spy attached to the daemon (and its workers) for the duration of the client run (optional)."""
 
-    def __init__(self, pid: int, out: Path) -> None:
+    def __init__(self, pid: int, out: Path, *, workers: bool = False) -> None:
         self.out = out
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.access(py_spy, os.X_OK):
             raise BenchError("--profile needs py-spy (pip install py-spy into the venv)")
         self.proc = subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
-             "--output", str(out), "--threads", "--gil"] + (["--subprocesses"] if os.environ.get("PROFILE_ALL") else []),
+             "--output", str(out), "--threads", "--gil"] + (["--subprocesses"] if workers else []),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # let it attach before the clock starts
@@ -272,7 +272,8 @@ def bench_trimta(args: argparse.Namespace) -> Result:
     try:
         say(f"trimta: starting in {daemon.directory} (port {daemon.port})")
         daemon.start()
-        profiler = Profiler(daemon.pid, daemon.directory / "profile.raw") if args.profile else None
+        profiler = (Profiler(daemon.pid, daemon.directory / "profile.raw", workers=args.profile_workers)
+                    if args.profile or args.profile_workers else None)
         cpu_before = tree_cpu_seconds(daemon.pid)
         say(f"trimta: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}")
         source = run_smtp_source(HOST, daemon.port, messages=args.messages,
@@ -373,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postfix-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra main.cf setting for Postfix (repeatable)")
     parser.add_argument("--profile", action="store_true",
-                        help="attach py-spy to trimta and print where its time goes")
+                        help="attach py-spy to trimta's daemon and print where its time goes")
+    parser.add_argument("--profile-workers", action="store_true",
+                        help="--profile over the daemon and its reception workers together")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs for inspection")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1:
