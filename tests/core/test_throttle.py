@@ -1,3 +1,4 @@
+import heapq
 import math
 
 import pytest
@@ -160,3 +161,85 @@ def test_a_limit_too_large_to_log_keeps_the_cap_by_its_interval():
     times = backlog(g, [0.0, 0.04, 0.001, 0.0], 50_000)
     assert most_in_any_window(times, 60.0) <= 20_000
     assert sum(1 for t in times if t < 120.0) >= 2 * 20_000 * (1 - 0.001)
+
+
+def test_a_reserved_turn_is_counted_in_the_cap_when_it_is_used():
+    # The turn is reserved at 0 (a connection is being opened for it) and used at 0.7:
+    # the cap counts 0.7, so a fourth event waits until a second after 0.333.
+    g = Gcra.from_rate(parse_rate("3/s"))
+    assert g.try_reserve(0.0) == 0
+    assert g.try_acquire(0.0) == pytest.approx(1 / 3)  # the pace moved on for the reservation
+    assert g.try_acquire(1 / 3) == 0
+    assert g.try_acquire(2 / 3) == 0
+    assert g.redeem_wait_s(0.7) == 0
+    g.redeem(0.7)
+    assert g.try_acquire(1.0) == pytest.approx(1 / 3)
+
+
+def test_a_reserved_turn_waits_for_the_cap_if_the_turns_after_it_filled_it():
+    g = Gcra.from_rate(parse_rate("2/s"))
+    assert g.try_reserve(0.0) == 0
+    assert g.try_acquire(0.5) == 0
+    assert g.try_acquire(1.0) == 0
+    assert g.redeem_wait_s(1.2) == pytest.approx(0.3)
+    assert g.redeem_wait_s(1.5) == 0
+
+
+def with_reservations(g: Gcra, actions: list[tuple[bool, float, float]], interval: float) -> list[float]:
+    """Times of the events of waiters that each take a turn (or reserve one and use it
+    `delay` later, waiting for the cap if it says so), waking `lateness` late."""
+    now, times, pending = 0.0, [], []  # when each reserved turn is to be used
+    for reserve, lateness, delay in actions:
+        while True:
+            while pending and pending[0] <= now:
+                at = heapq.heappop(pending)
+                if (wait := g.redeem_wait_s(at)) > 0:
+                    heapq.heappush(pending, at + wait)
+                    continue
+                g.redeem(at)
+                times.append(at)
+            wait = g.try_reserve(now) if reserve else g.try_acquire(now)
+            if wait == 0:
+                if reserve:
+                    heapq.heappush(pending, now + delay * interval)
+                else:
+                    times.append(now)
+                break
+            now = min(now + wait + lateness * interval, pending[0] if pending else math.inf)
+            now = max(now, times[-1] if times else 0.0)
+    while pending:
+        at = heapq.heappop(pending)
+        if (wait := g.redeem_wait_s(at)) > 0:
+            heapq.heappush(pending, at + wait)
+            continue
+        g.redeem(at)
+        times.append(at)
+    return sorted(times)
+
+
+@settings(deadline=None)
+@given(
+    rate=st.sampled_from(["100/s", "10/s", "300/s", "7/s", "2/s"]),
+    burst=st.sampled_from([1, 1, 3]),
+    logged=st.booleans(),
+    actions=st.lists(
+        st.tuples(st.booleans(), st.sampled_from([0.0, 0.0, 0.3, 1.0, 5.0]), st.sampled_from([0.0, 0.5, 3.0, 30.0, 200.0])),
+        min_size=1, max_size=400,
+    ),
+)
+# Without a log: a turn reserved at 0 and used 1.5 s later, after two on time.
+@example(rate="2/s", burst=1, logged=False, actions=[(True, 0.0, 3.0), (False, 0.0, 0.0), (False, 0.0, 0.0)])
+def test_reserved_turns_used_late_never_put_more_than_the_cap_in_a_window(rate, burst, logged, actions):
+    # Connections opened for reserved turns become ready from at once to 200 intervals
+    # later, between events that take their turns at once: counted when they happen,
+    # they never put more than N + B - 1 in a window, with the log or (for a limit too
+    # large to log) by the pace alone.
+    parsed = parse_rate(f"{rate},max_burst={burst}")
+    n, period = math.ceil(parsed.limit), parsed.period_s
+    if logged:
+        g = Gcra.from_rate(parsed)
+    else:
+        lateness = min(DELTA, period / 1000)
+        g = Gcra(interval_s=(period + lateness + 1e-5) / parsed.limit, burst=burst, lateness_s=lateness)
+    times = with_reservations(g, actions, period / parsed.limit)
+    assert most_in_any_window(times, period) <= n + burst - 1

@@ -62,6 +62,23 @@ Limits so large that the log would hold more than 10,000 times (``"20000/min"``,
 TAT ≥ t_a - δ' + T (TAT moved on from at most δ' before t_a, or from t_a), and each
 later event adds at least T, so ``t_(a+m) >= TAT - τ >= t_a - δ' + (m - B + 1)·T``,
 which is t_a + P for m = N + B - 1. The price is δ'/P of the rate: at most 0.1%.
+
+Reserved turns
+--------------
+
+A connection being opened reserves its first message's turn (`try_reserve`) and sends
+it a little later, once connected. The pace moves on at the reservation, so the turns
+after it are not held up meanwhile; the event enters the cap only when it happens
+(`redeem`), after `redeem_wait_s` found room for it. So every logged time is the time
+an event happened, each checked against the log then, and the proof of the cap above
+holds as it stands, whenever reserved events come. Only the cap can hold a reserved
+event up, and only once the events after its turn have filled the window.
+
+Without a log, the pace alone keeps the cap, so a reserved event also waits for a
+turn of the pace when it happens and takes it: then every event conforms to TAT - τ
+when it happens and moves TAT on by T, and the reservation's own turn only moves TAT
+on further, so the proof above holds. The price is one interval per reservation, at
+most P/10,000.
 """
 
 from __future__ import annotations
@@ -111,25 +128,65 @@ class Gcra:
 
     def wait_s(self, now: float) -> float:
         """How long until one event would conform (0 if it does now)."""
-        due = self.tat - self.interval_s * (self.burst - 1)
-        if self.window_events and len(self._recent) == self.window_events:
-            due = max(due, self._recent[0] + self.period_s)
-        return max(0.0, due - now)
+        return max(0.0, max(self.tat - self.interval_s * (self.burst - 1), self._cap_due()) - now)
 
     def try_acquire(self, now: float) -> float:
         """Take one event if it conforms and return 0; else return the wait, taking nothing."""
         wait = self.wait_s(now)
         if wait > 0:
             return wait
+        self._take_turn(now)
+        if self.window_events:
+            self._log(now)
+        return 0.0
+
+    def try_reserve(self, now: float) -> float:
+        """Take the turn for an event that will happen a little later (`redeem`) and
+        return 0; else return the wait, taking nothing.
+
+        The turn comes out of the pace now, so the events after it are not held up while
+        it waits to be used; the event is counted in the cap only when it happens.
+        """
+        wait = self.wait_s(now)
+        if wait > 0:
+            return wait
+        self._take_turn(now)
+        return 0.0
+
+    def redeem_wait_s(self, now: float) -> float:
+        """How long until an event whose turn was reserved may happen (0 if it may now).
+
+        With a log, only the cap can hold it up: when the events after its turn filled
+        the window it would land in. Without one, it waits for a turn of the pace.
+        """
+        if self.window_events:
+            return max(0.0, self._cap_due() - now)
+        return self.wait_s(now)
+
+    def redeem(self, now: float) -> None:
+        """The event whose turn was reserved happens now (after `redeem_wait_s` said it may)."""
+        if self.window_events:
+            self._log(now)
+        else:
+            # No log: the pace alone keeps the cap, so the event takes a turn of its own.
+            self._take_turn(now)
+
+    def _cap_due(self) -> float:
+        """When one more event fits in the cap (-inf: no log, or room now)."""
+        if self.window_events and len(self._recent) == self.window_events:
+            return self._recent[0] + self.period_s
+        return -math.inf
+
+    def _take_turn(self, now: float) -> None:
         # At most δ behind its turn: charged for its turn. Later (after an idle spell or
         # a long stall): the pace starts again from now, so idle time earns no burst.
         start = self.tat if now <= self.tat + self.lateness_s else now
         self.tat = start + self.interval_s
-        if self.window_events:
-            recent = self._recent
-            recent.append(now)
-            # Only the last `window_events` within the period matter; an idle limiter
-            # keeps none.
-            while len(recent) > self.window_events or recent[0] <= now - self.period_s:
-                recent.popleft()
-        return 0.0
+
+    def _log(self, now: float) -> None:
+        recent = self._recent
+        recent.append(now)
+        # Only the last `window_events` within the period matter; an idle limiter keeps
+        # none.
+        while len(recent) > self.window_events or recent[0] <= now - self.period_s:
+            recent.popleft()

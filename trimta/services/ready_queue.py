@@ -10,7 +10,8 @@ connections that deliver them:
   connection goes back to waiting, so an idle connection closes at exactly that time.
 - A connection sends at most `max_deliveries_per_connection` messages, then QUITs.
 - `max_connection_rate` and `max_message_rate` are GCRA limiters; a connection does not
-  sit open through a wait longer than its idle timeout.
+  sit open through a wait longer than its idle timeout. A new connection is opened only
+  for a message turn reserved for it, and that message is counted when it is sent.
 - `consecutive_connection_failures_before_delay` failed connections in a row pause the
   whole queue for `delay_after_connection_failures_s`.
 - Fairness: messages are kept per scheduled queue and taken from those in turn, so a
@@ -67,6 +68,13 @@ class Outcomes(Protocol):
 
 
 Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig], Awaitable[Connection]]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReservedTurn:
+    """A message-rate turn reserved for a connection being opened (`Gcra.try_reserve`)."""
+
+    limiters: list[Gcra]
 
 
 class SharedLimits:
@@ -335,7 +343,12 @@ class ReadyQueue:
                 return None
 
     async def _connection(self) -> None:
-        """One outbound connection, from connect to QUIT."""
+        """One outbound connection, from connect to QUIT.
+
+        Its first message's rate turn is reserved before connecting (no connection is
+        opened without a turn for it) and counted when the message is sent, so connect,
+        banner and EHLO do not make it reach the receiver later than the count says.
+        """
         self._starting -= 1  # running now: it takes a message below, or waits idle
         conn: Connection | None = None
         try:
@@ -344,14 +357,17 @@ class ReadyQueue:
                 if message is None:
                     return
                 scope.deadline = math.inf
-                if not await self._wait_for_message_rate(message):
+                turn = await self._reserve_message_turn(message)
+                if turn is None:
                     return  # not worth a connection yet: the queue waits
                 conn = await self._open(message)
                 if conn is None:
                     return
                 sent = 0
                 while message is not None:
-                    if sent and not await self._wait_for_message_rate(message):
+                    if not sent:
+                        await self._use_reserved_turn(turn)
+                    elif not await self._wait_for_message_rate(message):
                         break  # the wait is longer than the idle timeout: close, the queue waits
                     scope.deadline = math.inf
                     await self._deliver(conn, message)
@@ -384,19 +400,22 @@ class ReadyQueue:
     def _message_rate_wait_s(self, now: float) -> float:
         return max((g.wait_s(now) for g in self._message_limiters()), default=0.0)
 
-    def _message_wait_s(self, now: float) -> float:
+    def _message_wait_s(self, now: float, *, reserve: bool = False) -> float:
         """How long until the path's (and the provider's) message rate allows one more; if
-        it allows one now, that one is taken."""
+        it allows one now, that one is taken (or, with `reserve`, reserved)."""
         limiters = self._message_limiters()
         wait = max((g.wait_s(now) for g in limiters), default=0.0)
         if wait == 0.0:
             for g in limiters:
-                g.try_acquire(now)
+                if reserve:
+                    g.try_reserve(now)
+                else:
+                    g.try_acquire(now)
         return wait
 
-    async def _wait_for_message_rate(self, message: Message) -> bool:
+    async def _wait_for_message_rate(self, message: Message, *, reserve: bool = False) -> bool:
         """Wait for the message rate; False (message put back) if that would idle too long."""
-        while (wait := self._message_wait_s(self.clock())) > 0:
+        while (wait := self._message_wait_s(self.clock(), reserve=reserve)) > 0:
             if wait > self.path.idle_timeout_s:
                 self._put_back(message)
                 self._rate_blocked_until = self.clock() + wait
@@ -404,6 +423,27 @@ class ReadyQueue:
                 return False
             await trio.sleep(wait)
         return True
+
+    async def _reserve_message_turn(self, message: Message) -> _ReservedTurn | None:
+        """Wait for the message rate and reserve the turn for a connection about to be
+        opened; None (message put back) if that would idle too long."""
+        if not await self._wait_for_message_rate(message, reserve=True):
+            return None
+        # No checkpoint since the reservation: these are the limiters that made it.
+        return _ReservedTurn(self._message_limiters())
+
+    async def _use_reserved_turn(self, turn: _ReservedTurn) -> None:
+        """Count the reserved turn's message as it is sent, once the rate's cap has room.
+
+        The connection waits here even past its idle timeout, since it was opened for
+        this turn: only until the oldest message in the rate's count is a period old
+        (for a limit too large to log, until its next interval).
+        """
+        while (wait := max((g.redeem_wait_s(self.clock()) for g in turn.limiters), default=0.0)) > 0:
+            await trio.sleep(wait)
+        now = self.clock()
+        for g in turn.limiters:
+            g.redeem(now)
 
     async def _open(self, message: Message) -> Connection | None:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
