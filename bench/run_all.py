@@ -76,7 +76,7 @@ def accept_2k(common: argparse.Namespace) -> list[RelayResult]:
     reception.TrimtaDaemon = _AcceptDaemon  # bench_trimta builds its daemon from this name
     args = argparse.Namespace(
         messages=2000 if common.quick else 20_000, sessions=20, size=2048, keep=common.keep,
-        workers=common.workers, trimta_tree=common.trimta_tree, profile=False,
+        workers=common.workers, trimta_tree=common.trimta_tree, profile=False, profile_workers=False,
         postfix_mode="hold", postfix_setting=[])
     results = []
     for mta, run in (("trimta", reception.bench_trimta), ("postfix", reception.bench_postfix)):
