@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trimta.protocol import events as ev
@@ -131,3 +131,54 @@ def test_a_valid_session_split_anywhere_gives_the_same_transactions(cuts):
     assert not any(isinstance(e, ev.BadCommand) for e in events)
     assert out.count(b"\r\n221 ") == 1 and out.endswith(b"221 2.0.0 Bye\r\n")
     assert (events, out) == run(config, [VALID_SESSION])[:2]
+
+
+# --- content checks against their definitions ------------------------------------------
+
+_CONTENT = st.lists(
+    st.one_of(
+        st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r", b".", b"x"]),
+        st.integers(0, 1002).map(lambda n: b"y" * n),
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+def _lines_by_definition(framed: bytes) -> tuple[bool, int, int]:
+    """(a bare CR or LF, the longest line counting its CRLF, the octets after the last
+    CRLF), one octet at a time."""
+    bare, longest, line, i = False, 0, 0, 0
+    while i < len(framed):
+        if framed[i : i + 2] == b"\r\n":
+            longest, line, i = max(longest, line + 2), 0, i + 2
+            continue
+        if framed[i] in b"\r\n":
+            bare = True
+        line, i = line + 1, i + 1
+    return bare, longest, line
+
+
+@given(_CONTENT)
+@settings(max_examples=500)
+@example(b"y" * 998 + b"\r\n")  # 1000 with its CRLF: the longest allowed
+@example(b"y" * 999 + b"\r\n")
+@example(b"y" * 999)  # BDAT content may end without CRLF: 999 octets pass
+@example(b"y" * 1000)
+def test_content_refusal_is_its_definition(content):
+    """Refused for a bare CR or LF first, then for a line over 1000 octets with its CRLF
+    (a last line without CRLF: at 1000 octets)."""
+    from trimta.protocol._data import content_refusal
+
+    framed = b"\r\n" + content
+    bare, longest, last = _lines_by_definition(framed)
+    too_long = longest > 1000 or last >= 1000
+    expected = R.BARE_LINE_ENDING if bare else R.LINE_TOO_LONG if too_long else None
+    assert content_refusal(framed) == expected
+
+
+@given(_CONTENT)
+@settings(max_examples=500)
+def test_has_bare_line_ending_is_its_definition(content):
+    from trimta.protocol.dotstuff import has_bare_line_ending
+
+    assert has_bare_line_ending(content) == _lines_by_definition(content)[0]

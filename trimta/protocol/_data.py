@@ -2,8 +2,8 @@
 
 Message content is the bulk of what an MTA reads, so nothing here walks it a byte or
 a line at a time in Python: the end of DATA is found with `bytes.find` from where the
-previous search stopped, bare line endings are found by comparing counts, over-long
-lines by one regex search, and dot-unstuffing is one `replace`.
+previous search stopped, bare line endings and over-long lines by one split at every
+CRLF, and dot-unstuffing is one `replace`.
 
 The content of DATA is framed as if preceded by CRLF (the end of the DATA command
 line): then every line, the first included, starts after "\\r\\n", the terminator is
@@ -16,27 +16,31 @@ for an end is what SMTP smuggling (CVE-2023-51764 and kin) exploits.
 
 from __future__ import annotations
 
-import re
-
 from trimta.protocol import replies as R
 from trimta.protocol.replies import Reply
 
 # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including the CRLF, not
-# counting a stuffed dot. In framed content, a line that is too long is an LF
-# followed by 1000 octets that are not LF (999 of text and the CR, or more).
+# counting a stuffed dot.
 MAX_TEXT_LINE = 1000
-_LONG_LINE = re.compile(rb"\n[^\n]{%d}" % MAX_TEXT_LINE)
 
 _FRAME = b"\r\n"
 _END = b"\r\n.\r\n"
 
 
 def content_refusal(framed: bytes) -> Reply | None:
-    """Why unstuffed content must be refused, or None. `framed` starts with CRLF."""
-    crlf = framed.count(b"\r\n")
-    if framed.count(b"\n") != crlf or framed.count(b"\r") != crlf:
+    """Why unstuffed content must be refused, or None. `framed` starts with CRLF.
+
+    One split at every CRLF answers both questions: a CR or LF left in the pieces is a
+    bare one, and the longest piece is the longest line. (Counting CRLF, CR and LF and
+    searching for a long line with a regex walked 100 KB of content four times, at
+    about twice the cost.)
+    """
+    lines = framed.split(b"\r\n")
+    rest = b"".join(lines)
+    if b"\r" in rest or b"\n" in rest:
         return R.BARE_LINE_ENDING
-    if _LONG_LINE.search(framed) is not None:
+    last = lines.pop()  # no CRLF after it (empty unless BDAT content ends without one)
+    if len(last) >= MAX_TEXT_LINE or max(map(len, lines), default=0) > MAX_TEXT_LINE - 2:
         return R.LINE_TOO_LONG
     return None
 
