@@ -212,16 +212,25 @@ class DnsZone:
     def __init__(self, zone: Sequence[str], directory: Path) -> None:
         self.zone = list(zone)
         self.directory = directory
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((HOST, 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_udp_and_tcp_port()
         self.proc: subprocess.Popen | None = None
 
     @property
     def nameserver(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def start(self) -> DnsZone:
+    def start(self, attempts: int = 5) -> DnsZone:
+        """Start dnsmasq; on a port taken meanwhile (dnsmasq binds UDP and TCP), another."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except BenchError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.port = _free_udp_and_tcp_port()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> DnsZone:
         dnsmasq = find_tool("dnsmasq")
         # Many options: put them in a file (fanout has thousands of records).
         conf = self.directory / "dnsmasq.conf"
@@ -258,6 +267,20 @@ class DnsZone:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _free_udp_and_tcp_port() -> int:
+    """A loopback port free for UDP and for TCP at this moment (dnsmasq binds both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
 
 
 def _dns_query(name: str) -> bytes:
