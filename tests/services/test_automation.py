@@ -83,3 +83,25 @@ async def test_set_config_changes_the_rate_then_reverts(autojump_clock):
             after = len(mx.messages)
     assert during <= 4  # one a minute while the rule holds
     assert after == 6   # the rate is back to unlimited once it ends
+
+
+async def test_firing_and_ending_are_logged_as_automation_records(autojump_clock):
+    rule = parse_rule({"regex": r"\[TS04\]", "action": "Suspend", "duration": "2h"}, origin='"yahoo.example"')
+    h = harness(rule)
+    h.network.add_receiver("127.0.0.10", 25, deferring("rcpt_to", first=1, answer=TS04))
+    with trio.fail_after(100_000):
+        async with h.running():
+            await h.inject(recipients=["a@yahoo.example"], tenant="acme", campaign="spring")
+            await h.wait_until_settled()
+    fired, ended = h.records("Automation")
+    assert fired["event"] == "Fired" and ended["event"] == "Ended"
+    assert fired["ready_queue"] == ended["ready_queue"] == f"{fired['egress_source']}->{fired['site']}@smtp"
+    assert fired["rule"] == '"yahoo.example"'
+    assert fired["actions"] == ["Suspend"]
+    assert fired["duration"] == 7200 and fired["until"] == fired["timestamp"] + 7200
+    assert ended["timestamp"] == fired["until"]
+    # Whose traffic set it off, and what the receiver said.
+    assert (fired["tenant"], fired["campaign"], fired["domain"]) == ("acme", "spring", "yahoo.example")
+    assert fired["recipient"] == "a@yahoo.example"
+    assert fired["response"]["code"] == 421
+    assert "[TS04]" in fired["response"]["content"]

@@ -58,6 +58,11 @@ def test_any_means_every_type():
     assert hook.record_types is None
 
 
+def test_automation_records_can_be_chosen():
+    [hook] = parse('[[logs.webhook]]\nurl = "http://h/"\nrecord_types = ["Automation"]\n')
+    assert hook.wants({"type": "Automation", "event": "Fired"}) and not hook.wants({"type": "Delivery"})
+
+
 def test_no_webhooks_is_fine():
     assert parse("[logs]\npath = 'logs'\n") == ()
     assert parse("") == ()

@@ -26,11 +26,12 @@ from trimta.adapters.config import ConfigError, _Table
 from trimta.adapters.http_client import Origin, split_url
 from trimta.core import records, units
 
-# KumoMTA's record types; a name outside this list is most likely a typo.
+# KumoMTA's record types, and trimta's own `Automation`; a name outside this list is
+# most likely a typo.
 RECORD_TYPES = (
     records.RECEPTION, records.DELIVERY, records.TRANSIENT_FAILURE, records.BOUNCE,
     records.EXPIRATION, records.ADMIN_BOUNCE, records.REJECTION,
-    "OOB", "Feedback", "AdminRebind", "Delayed", "Any",
+    "OOB", "Feedback", "AdminRebind", "Delayed", "Any", records.AUTOMATION,
 )
 
 _KEYS = (

@@ -18,6 +18,8 @@ TRANSIENT_FAILURE = "TransientFailure"
 BOUNCE = "Bounce"
 EXPIRATION = "Expiration"
 ADMIN_BOUNCE = "AdminBounce"
+# trimta's own: an automation rule started or ended its actions on a ready queue.
+AUTOMATION = "Automation"
 
 
 def response(reply: Reply, command: str | None = None) -> dict[str, Any]:
@@ -105,4 +107,44 @@ def rejection_record(
         "tenant": None,
         "campaign": None,
         "listener": listener,
+    }
+
+
+def automation_record(
+    *,
+    event: str,
+    ready_queue: str,
+    site: str,
+    egress_source: str,
+    rule: str,
+    actions: list[str],
+    duration_s: float,
+    until: float,
+    reply: Reply,
+    message: Message,
+    now: float,
+) -> dict[str, Any]:
+    """An automation rule's actions starting (``event`` "Fired") or ending ("Ended").
+
+    `message` is the one whose response fired the rule: its tenant, campaign and
+    domain say whose traffic set it off, and `response` is what the receiver said.
+    """
+    return {
+        "type": AUTOMATION,
+        "event": event,
+        "id": message.id,
+        "ready_queue": ready_queue,
+        "site": site,
+        "egress_source": egress_source,
+        "rule": rule,
+        "actions": actions,
+        "duration": duration_s,
+        "until": int(until),
+        "response": response(reply),
+        "recipient": message.recipient,
+        "queue": message.queue,
+        "tenant": message.tenant,
+        "campaign": message.campaign,
+        "domain": message.domain,
+        "timestamp": int(now),
     }

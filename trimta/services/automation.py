@@ -13,8 +13,9 @@ within its period), its actions hold for the rule's `duration`:
 | ``BounceTenant`` / ``BounceCampaign`` | admin-bounces the tenant's (campaign's) mail for the domain |
 | ``SetConfig`` / ``SetDomainConfig`` | changes an option of the ready queue (e.g. ``max_message_rate``) |
 
-Every action expires by itself; each start and end is logged. While a rule's actions
-hold on a queue it does not fire again there.
+Every action expires by itself; each start and end is logged (an `Automation` record,
+and a line on stderr). While a rule's actions hold on a queue it does not fire again
+there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from trimta.core import records
 from trimta.core.egress_options import apply_options
 from trimta.core.message import Message
 from trimta.core.shaping import ActionKind, AutomationRule
@@ -40,20 +42,22 @@ class _Firing:
     queue_name: str
     until: float
     undo: list[Callable[[], None]]
+    record: dict | None = None  # the "Fired" log record, once the actions have started
 
 
 class Automation:
     """Watches outcomes and fires rules; `run` ends actions when their time is up."""
 
     def __init__(self, engine, rules_for: Callable[[object], Sequence[AutomationRule]],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], logs=None) -> None:
         self.engine = engine
+        self.logs = logs  # where "Automation" records go (a LogSink); None: Python logging only
         self.rules_for = rules_for
         self.clock = clock
         self._matches: dict[tuple[str, int], deque[float]] = {}
         self._active: dict[tuple[str, int], _Firing] = {}
         self._changed = trio.Event()
-        self._pending: list[tuple[AutomationRule, object, Message, str]] = []
+        self._pending: list[tuple[AutomationRule, object, Message, object]] = []
         self.fired = 0
 
     def observe(self, message: Message, outcome, queue) -> None:
@@ -80,7 +84,7 @@ class Automation:
                 if len(window) < rule.threshold.limit:
                     continue
                 window.clear()
-            self._pending.append((rule, queue, message, text))
+            self._pending.append((rule, queue, message, outcome.reply))
             self._active[key] = _Firing(rule, queue.name, now + rule.duration_s, [])
             self._changed.set()
 
@@ -88,8 +92,8 @@ class Automation:
         task_status.started()
         while True:
             while self._pending:
-                rule, queue, message, text = self._pending.pop(0)
-                await self._fire(rule, queue, message, text)
+                rule, queue, message, reply = self._pending.pop(0)
+                await self._fire(rule, queue, message, reply)
             now = self.clock()
             for key, firing in list(self._active.items()):
                 if firing.until <= now:
@@ -98,6 +102,8 @@ class Automation:
                         undo()
                     log.info("automation ended on %s: %s (%s)", firing.queue_name, _describe(firing.rule),
                              firing.rule.origin)
+                    if firing.record is not None and self.logs is not None:
+                        self.logs.emit({**firing.record, "event": "Ended", "timestamp": int(now)})
             self._changed = trio.Event()
             if self._pending:
                 continue
@@ -105,14 +111,22 @@ class Automation:
             with trio.move_on_after(max(0.0, next_end - self.clock())):
                 await self._changed.wait()
 
-    async def _fire(self, rule: AutomationRule, queue, message: Message, text: str) -> None:
+    async def _fire(self, rule: AutomationRule, queue, message: Message, reply) -> None:
         firing = self._active.get((queue.name, id(rule)))
         if firing is None:
             return
         self.fired += 1
+        text = str(reply).replace("\n", " ")
         reason = f"automation ({rule.origin or 'shaping'}): {text}"
         log.warning("automation fired on %s for %.0fs: %s, because %r matched %s",
                     queue.name, rule.duration_s, _describe(rule), text, rule.origin)
+        firing.record = records.automation_record(
+            event="Fired", ready_queue=queue.name, site=queue.site, egress_source=queue.source.name,
+            rule=rule.origin or "", actions=[str(a) for a in rule.actions], duration_s=rule.duration_s,
+            until=firing.until, reply=reply, message=message, now=self.clock(),
+        )
+        if self.logs is not None:
+            self.logs.emit(firing.record)
         engine = self.engine
         for action in rule.actions:
             kind = action.kind

@@ -95,7 +95,7 @@ class DeliveryEngine:
         self._ready_suspensions = Rules()
         self._rules_changed = trio.Event()
         self.received_by_tenant: Counter[str] = Counter()
-        self.automation = Automation(self, self._automation_rules, clock)
+        self.automation = Automation(self, self._automation_rules, clock, logs=logs)
         self.outcomes.observers.append(self.automation.observe)
 
     def _dispatch(self, message: Message) -> None:
