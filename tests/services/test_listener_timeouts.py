@@ -95,3 +95,27 @@ async def test_message_being_stored_is_not_cut_by_the_client_timeout(tmp_path, a
             assert trio.current_time() - sent == 3 * TIMEOUT
         assert len(spool.messages) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_accepted_connections_have_tcp_nodelay(tmp_path, monkeypatch):
+    """Replies go out at once (no Nagle delay), whether set per connection or inherited."""
+    import socket
+
+    from trimta.services import smtp_listener
+
+    served = []
+
+    class Recording(smtp_listener.SocketConnection):
+        def __init__(self, sock, **kwargs):
+            super().__init__(sock, **kwargs)
+            served.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(smtp_listener, "SocketConnection", Recording)
+    async with trio.open_nursery() as nursery:
+        _, address = await _serve(nursery, tmp_path)
+        with trio.fail_after(10):
+            for _ in range(3):
+                stream, _ = await _connect(address)
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert len(served) == 3 and all(served)
