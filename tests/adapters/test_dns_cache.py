@@ -6,11 +6,13 @@ time is trio's MockClock (``autojump_clock``), so TTLs of minutes pass at once.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 
 from trimta.adapters.dns import Answer, CachingLookup, DnsResolver, ResolverConfig, Status
-from trimta.core.mx import MxFailure
+from trimta.core.mx import IpLookupStrategy, MxFailure
 from trimta.testing.resolver import NXDOMAIN, SERVFAIL, TableLookup
 
 
@@ -243,3 +245,65 @@ async def test_statistics_snapshot(autojump_clock):
     assert (stats.queries_sent, stats.cache_hits, stats.in_flight, stats.cached_entries, stats.max_concurrency) == (
         1, 1, 0, 1, 9,
     )
+
+
+class SpawnCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+MX_TABLE = {
+    "shop.example": {"MX": [(10, "mx1.shop.example"), (20, "mx2.shop.example")]},
+    "mx1.shop.example": {"A": ["192.0.2.1"], "AAAA": ["2001:db8::1"]},
+    "mx2.shop.example": {"A": ["192.0.2.2"]},
+}
+
+
+@pytest.mark.parametrize("strategy", list(IpLookupStrategy))
+async def test_a_cached_domain_resolves_from_the_cache_alone(autojump_clock, strategy):
+    """Once its MX hosts' answers are cached, a domain resolves without asking anything
+    (and without a task per host): the same resolution as the first time."""
+    backend = CountingBackend(MX_TABLE)
+    resolver = DnsResolver(CachingLookup(backend), ip_lookup_strategy=strategy, rng=random.Random(1))
+    with trio.fail_after(60):
+        first = await resolver.resolve_mx("shop.example")
+        asked = len(backend.asked)
+        hits = resolver.statistics().cache_hits
+        start = trio.current_time()
+        spawned = SpawnCounter()
+        trio.lowlevel.add_instrument(spawned)
+        try:
+            again = await resolver.resolve_mx("shop.example")
+        finally:
+            trio.lowlevel.remove_instrument(spawned)
+    assert trio.current_time() == start  # nothing waited on the backend's latency
+    assert spawned.count == 0
+    assert len(backend.asked) == asked
+    assert again.hosts == first.hosts and again.site == first.site and again.failure is None
+    assert resolver.statistics().cache_hits - hits == asked  # every question answered by the cache
+    addresses = {h.name: h.addresses for h in again.hosts}
+    expected_mx1 = {
+        IpLookupStrategy.IPV4_AND_IPV6: ("192.0.2.1", "2001:db8::1"),
+        IpLookupStrategy.IPV4_ONLY: ("192.0.2.1",),
+        IpLookupStrategy.IPV6_ONLY: ("2001:db8::1",),
+        IpLookupStrategy.IPV4_THEN_IPV6: ("192.0.2.1",),
+        IpLookupStrategy.IPV6_THEN_IPV4: ("2001:db8::1",),
+    }[strategy]
+    assert addresses["mx1.shop.example"] == expected_mx1
+
+
+async def test_a_host_missing_from_the_cache_is_asked_alone(autojump_clock):
+    backend = CountingBackend(MX_TABLE)
+    cache = CachingLookup(backend)
+    resolver = DnsResolver(cache, rng=random.Random(1))
+    with trio.fail_after(60):
+        await cache.lookup("mx1.shop.example", "A")
+        await cache.lookup("mx1.shop.example", "AAAA")
+        backend.asked.clear()
+        r = await resolver.resolve_mx("shop.example")
+    assert sorted(backend.asked) == [("mx2.shop.example", "A"), ("mx2.shop.example", "AAAA"), ("shop.example", "MX")]
+    assert {h.name: h.addresses for h in r.hosts} == {
+        "mx1.shop.example": ("192.0.2.1", "2001:db8::1"), "mx2.shop.example": ("192.0.2.2",)}

@@ -339,6 +339,18 @@ class CachingLookup:
             del self._flights[key]
             flight.done.set()
 
+    def cached(self, questions: Sequence[tuple[str, str]]) -> list[Answer] | None:
+        """The answers to (name, rdtype) questions if the cache holds them all now (each
+        a cache hit), else None (no hit counted); never waits."""
+        answers = []
+        for name, rdtype in questions:
+            answer = self._cached((name.lower().removesuffix("."), rdtype))
+            if answer is None:
+                return None
+            answers.append(answer)
+        self._cache_hits += len(answers)
+        return answers
+
     async def _ask(self, name: str, rdtype: str) -> Answer:
         async with self._limiter:
             self._queries_sent += 1
@@ -473,16 +485,44 @@ class DnsResolver:
             return MxResolution.failed(domain, MxFailure.NO_ADDRESSES, "no MX record names a usable host")
         # A "." beside real hosts breaks RFC 7505 section 3; the real hosts win.
         ordered = connection_order(usable, self._rng)
-        found: list[tuple[tuple[str, ...], str | None]] = [((), None)] * len(ordered)
+        # Hosts whose addresses the cache holds are done at once; only the others cost
+        # a task each (a busy relay resolves the same few MX hosts all day).
+        known = [self._cached_host_addresses(r.host) for r in ordered]
+        found: list[tuple[tuple[str, ...], str | None]] = [k or ((), None) for k in known]
 
         async def resolve_one(i: int, record: MxRecord) -> None:
             found[i] = await self._host_addresses(record.host)
 
-        async with trio.open_nursery() as nursery:
-            for i, record in enumerate(ordered):
-                nursery.start_soon(resolve_one, i, record)
+        if None in known:
+            async with trio.open_nursery() as nursery:
+                for i, record in enumerate(ordered):
+                    if known[i] is None:
+                        nursery.start_soon(resolve_one, i, record)
+        else:
+            await trio.lowlevel.checkpoint()
         hosts = [MxHost(r.host, r.preference, a, e) for r, (a, e) in zip(ordered, found, strict=True)]
         return MxResolution.for_hosts(domain, usable, hosts)
+
+    def _cached_host_addresses(self, host: str) -> tuple[tuple[str, ...], str | None] | None:
+        """`_host_addresses` from the cache alone, or None if it lacks an answer needed."""
+        if not isinstance(self.lookup, CachingLookup):
+            return None
+        if self.ip_lookup_strategy is IpLookupStrategy.IPV4_AND_IPV6:
+            answers = self.lookup.cached([(host, "A"), (host, "AAAA")])
+        else:
+            # Asked in turn, up to the first that has addresses, as `_host_addresses` does.
+            answers = []
+            for rdtype in _ASK_ORDER[self.ip_lookup_strategy]:
+                peeked = self.lookup.cached([(host, rdtype)])
+                if peeked is None:
+                    return None
+                answers += peeked
+                if peeked[0].records:
+                    break
+        if answers is None:
+            return None
+        addresses = tuple(a for answer in answers for a in answer.records)
+        return addresses, (None if addresses else _worst(*answers).value)
 
     async def _implicit_mx(self, domain: str, name: str) -> MxResolution:
         """RFC 5321 5.1: no MX records, so the domain itself is the host, if it has addresses."""
