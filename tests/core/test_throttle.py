@@ -189,15 +189,19 @@ def with_reservations(g: Gcra, actions: list[tuple[bool, float, float]], interva
     """Times of the events of waiters that each take a turn (or reserve one and use it
     `delay` later, waiting for the cap if it says so), waking `lateness` late."""
     now, times, pending = 0.0, [], []  # when each reserved turn is to be used
+
+    def use_reserved(until: float) -> None:
+        while pending and pending[0] <= until:
+            at = heapq.heappop(pending)
+            if (wait := g.redeem_wait_s(at)) > 0:
+                heapq.heappush(pending, at + wait)
+                continue
+            g.redeem(at)
+            times.append(at)
+
     for reserve, lateness, delay in actions:
         while True:
-            while pending and pending[0] <= now:
-                at = heapq.heappop(pending)
-                if (wait := g.redeem_wait_s(at)) > 0:
-                    heapq.heappush(pending, at + wait)
-                    continue
-                g.redeem(at)
-                times.append(at)
+            use_reserved(now)
             wait = g.try_reserve(now) if reserve else g.try_acquire(now)
             if wait == 0:
                 if reserve:
@@ -207,13 +211,7 @@ def with_reservations(g: Gcra, actions: list[tuple[bool, float, float]], interva
                 break
             now = min(now + wait + lateness * interval, pending[0] if pending else math.inf)
             now = max(now, times[-1] if times else 0.0)
-    while pending:
-        at = heapq.heappop(pending)
-        if (wait := g.redeem_wait_s(at)) > 0:
-            heapq.heappush(pending, at + wait)
-            continue
-        g.redeem(at)
-        times.append(at)
+    use_reserved(math.inf)
     return sorted(times)
 
 
