@@ -55,7 +55,7 @@ async def test_a_cancelled_caller_still_waits_for_its_call() -> None:
     async with DedicatedThread("test") as thread:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call, thread)
-            await trio.to_thread.run_sync(started.wait)
+            await trio.to_thread.run_sync(started.wait, 10)
             caller.cancel()
             await trio.testing.wait_all_tasks_blocked()
             assert not done  # the caller is still waiting: no outcome is lost

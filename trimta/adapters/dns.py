@@ -489,11 +489,11 @@ class DnsResolver:
         # a task each (a busy relay resolves the same few MX hosts all day).
         known = [self._cached_host_addresses(r.host) for r in ordered]
         found: list[tuple[tuple[str, ...], str | None]] = [k or ((), None) for k in known]
-
-        async def resolve_one(i: int, record: MxRecord) -> None:
-            found[i] = await self._host_addresses(record.host)
-
         if None in known:
+
+            async def resolve_one(i: int, record: MxRecord) -> None:
+                found[i] = await self._host_addresses(record.host)
+
             async with trio.open_nursery() as nursery:
                 for i, record in enumerate(ordered):
                     if known[i] is None:
