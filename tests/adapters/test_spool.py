@@ -56,12 +56,27 @@ class GatedStorage:
         self.begun = threading.Semaphore(0)
         self.batches: list[int] = []
 
-    def commit(self, batch: Sequence[Operation]):
+    def _gate(self, batch: Sequence[Operation]) -> None:
         self.batches.append(len(batch))
         self.begun.release()
         if self.held:
             assert self.permits.acquire(timeout=DEADLINE_S), "the test never released a commit"
+
+    def commit(self, batch: Sequence[Operation]):
+        self._gate(batch)
         return self.inner.commit(batch)
+
+    def stage(self, batch: Sequence[Operation]):
+        # Staged in the loop, committed (and held) in the writer's thread, as for real.
+        finish = self.inner.stage(batch)
+        if finish is None:
+            return None
+
+        def gated():
+            self._gate(batch)
+            return finish()
+
+        return gated
 
     def release(self, commits: int = 1) -> None:
         self.permits.release(commits)
@@ -82,10 +97,18 @@ class FailingDisk(GatedStorage):
             raise OSError(errno.ENOSPC, "No space left on device")
         return super().commit(batch)
 
+    def stage(self, batch):
+        if self.full:
+            return lambda: self.commit(batch)
+        return super().stage(batch)
+
 
 class BuggyStorage(GatedStorage):
     def commit(self, batch):
         raise RuntimeError("a bug in the storage")
+
+    def stage(self, batch):
+        return lambda: self.commit(batch)
 
 
 async def wait_until_committing(storage: GatedStorage) -> None:
@@ -487,6 +510,48 @@ async def test_spool_over_its_size_limit_refuses_until_mail_is_removed(tmp_path)
     spool.close()
     spool, restored = reopened(tmp_path)
     assert [m.recipient for m in restored.messages] == ["after@gmail.com"]
+    spool.close()
+
+
+async def test_another_writer_holding_the_database_delays_a_store_without_stalling_the_loop(tmp_path):
+    """An operator's sqlite3 session writing to spool.db holds SQLite's write lock.
+
+    The store waits for it (in the writer's thread) and then succeeds; meanwhile the
+    event loop goes on (a batch is applied in the loop only when the lock is free).
+    """
+    spool = Spool.open(tmp_path)
+    spool.restore()
+    operator = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    messages = transaction("a@gmail.com")
+    stored = trio.Event()
+    ticks = 0
+    longest_gap = 0.0
+
+    async def store() -> None:
+        await spool.store(b"Subject: hi\r\n\r\nbody\r\n", messages)
+        stored.set()
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.run)
+            nursery.start_soon(store)
+            while spool.statistics().pending or ticks < 50:
+                before = time.monotonic()
+                await trio.sleep(0.002)
+                longest_gap = max(longest_gap, time.monotonic() - before)
+                ticks += 1
+            assert not stored.is_set()
+            # Not a timing measurement: waiting for the lock in the loop would hold it
+            # for the whole busy timeout (10 s).
+            assert longest_gap < 5
+            operator.execute("COMMIT")
+            await stored.wait()
+            nursery.cancel_scope.cancel()
+    operator.close()
+    spool.close()
+    spool, restored = reopened(tmp_path)
+    assert [m.id for m in restored.messages] == [m.id for m in messages]
     spool.close()
 
 

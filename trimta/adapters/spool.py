@@ -34,8 +34,9 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -49,6 +50,9 @@ log = logging.getLogger("trimta.spool")
 # The data of recently stored messages is kept in memory up to this many bytes, so that
 # delivering a message right after its reception does not read it back from disk.
 RECENT_DATA_BYTES = 16 * 1024 * 1024
+# A batch of new messages with at most this much data in all is applied in the event
+# loop's thread, only its COMMIT in the writer's (`Spool._staged`).
+STAGE_INLINE_BYTES = 512 * 1024
 
 
 class SpoolError(Exception):
@@ -128,7 +132,12 @@ class SpoolStorage(Protocol):
     """
 
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
-        """Apply `batch` atomically and durably (fsynced) before returning."""
+        """Apply `batch` atomically and durably (fsynced) before returning.
+
+        A storage may also offer `stage(batch)`, `commit` in two halves: the first
+        applied by the caller's thread without waiting, the second (the call it returns,
+        or None to say "use commit") made durable in the writer's; see `Spool._staged`.
+        """
         ...
 
     def entries(self) -> Iterator[StoredEntry]:
@@ -428,6 +437,26 @@ class Spool:
         if job.error is not None:
             raise SpoolError(job.error)
 
+    def _staged(self, batch: list[Operation]) -> Callable[[], CommitResult]:
+        """What the writer's thread is to run to make `batch` durable.
+
+        A storage that can `stage` gets a batch of new messages applied here, in the
+        event loop's thread, and only the COMMIT (the fsync) goes to the writer's
+        thread. SQLite releases the GIL around every statement: run from the thread,
+        a batch's dozen statements make the GIL change hands between the thread and
+        the busy event loop a dozen times, each a wake-up across cores; staged, once.
+        Only batches that cannot make the loop wait on the disk are staged: new
+        messages go to the database's newest pages, which are in memory, while updates
+        and removals reach old pages that may have to be read; and data beyond
+        `STAGE_INLINE_BYTES` in all is copied into the database in the thread.
+        """
+        stage = getattr(self._storage, "stage", None)
+        if stage is not None and _stageable(batch):
+            finish = stage(batch)
+            if finish is not None:
+                return finish
+        return partial(self._storage.commit, batch)
+
     async def _commit_pending(self) -> None:
         jobs = [job for job in self._pending if not job.abandoned]
         self._pending = []
@@ -436,7 +465,7 @@ class Spool:
         batch = [job.op for job in jobs]
         try:
             assert self._committer is not None
-            result = await self._committer.run_sync(self._storage.commit, batch)
+            result = await self._committer.run_sync(self._staged(batch))
         except (SpoolError, OSError) as exc:
             self._failed_commits += 1
             log.error("spool commit of %d operations failed: %s", len(jobs), exc)
@@ -492,6 +521,15 @@ class Spool:
 
 
 # --- metadata encoding -----------------------------------------------------------------
+
+
+def _stageable(batch: Sequence[Operation]) -> bool:
+    size = 0
+    for op in batch:
+        if type(op) is not StoreData:
+            return False
+        size += len(op.data)
+    return size <= STAGE_INLINE_BYTES
 
 
 def _store_operation(data: bytes, messages: Sequence[Message], metas: Sequence[str] | None = None) -> StoreData:

@@ -11,9 +11,9 @@ the WAL before it returns, so a committed batch survives a crash or power loss. 
 is one transaction; each operation in it runs under its own SAVEPOINT so that one
 refused operation (a duplicate id) does not take the others down with it.
 
-Threads: `commit`, `entries`, `move_aside` and `totals` use the one writing connection
-and are called by one thread at a time (the spool's writer, or `restore` before it
-runs). `load_data` may be called from many threads at once; each call borrows a reading
+Threads: `commit`, `stage` (and the call it returns), `entries`, `move_aside` and
+`totals` use the one writing connection and are called by one thread at a time (the
+spool's writer and the event loop taking turns, or `restore` before the writer runs). `load_data` may be called from many threads at once; each call borrows a reading
 connection from a small pool. WAL lets readers and the writer proceed side by side.
 
 Every sqlite3 error leaves this module as `SpoolError`, translated once, here.
@@ -26,7 +26,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from trimta.adapters.spool import (
@@ -48,6 +49,19 @@ SCHEMA_VERSION = 1
 # backlog shrinks the file without making any single batch slow.
 _VACUUM_THRESHOLD_PAGES = 2048
 _VACUUM_STEP_PAGES = 4096
+
+# How long a call of ours waits for another process's write lock (an operator's
+# sqlite3 session, say) before the spool reports the database as busy.
+_BUSY_TIMEOUT_MS = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A batch applied in the open transaction, waiting for its COMMIT."""
+
+    result: CommitResult
+    removed: bool  # some data may have been freed: give pages back after COMMIT
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data (
@@ -111,7 +125,7 @@ class SqliteStorage:
         # check_same_thread=False: trio's worker threads take turns; we never share a
         # connection between two threads at the same time.
         conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
@@ -177,11 +191,48 @@ class SqliteStorage:
 
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
         conn = self._writer()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._discard_writer()
+            raise SpoolError(_describe(exc)) from exc
+        return self._finish(conn, self._apply(conn, batch))
+
+    def stage(self, batch: Sequence[Operation]) -> Callable[[], CommitResult] | None:
+        """Apply `batch` in a transaction left open; return the call that commits it.
+
+        The first half of `commit`, for the caller's own thread: it never waits for a
+        lock (None if another process holds the database's write lock: then `commit`
+        the batch instead, where waiting is allowed) and, for batches of the size
+        `Spool` stages, does not wait on the disk either (SQLite keeps the changed
+        pages in memory until COMMIT). The returned call is the other half: COMMIT,
+        the fsync of the WAL and any checkpoint, for the writer's thread. Nothing else
+        may use the storage between the two.
+        """
+        conn = self._writer()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return None
+            self._discard_writer()
+            raise SpoolError(_describe(exc)) from exc
+        except sqlite3.Error as exc:
+            self._discard_writer()
+            raise SpoolError(_describe(exc)) from exc
+        applied = self._apply(conn, batch)
+        return lambda: self._finish(conn, applied)
+
+    def _apply(self, conn: sqlite3.Connection, batch: Sequence[Operation]) -> _Applied:
+        """Every operation of `batch`, each under its own SAVEPOINT, in the open transaction."""
         refused: dict[int, str] = {}
         messages = objects = size = 0
         removed = False
         try:
-            conn.execute("BEGIN IMMEDIATE")
             for index, op in enumerate(batch):
                 conn.execute("SAVEPOINT op")
                 try:
@@ -207,6 +258,19 @@ class SqliteStorage:
                     conn.execute("ROLLBACK TO op")
                     refused[index] = f"refused: {exc}"
                 conn.execute("RELEASE op")
+        except sqlite3.Error as exc:
+            self._discard_writer()
+            raise SpoolError(_describe(exc)) from exc
+        except BaseException:
+            self._discard_writer()
+            raise
+        return _Applied(CommitResult(refused, messages, objects, size), removed)
+
+    def _finish(self, conn: sqlite3.Connection, applied: _Applied) -> CommitResult:
+        """COMMIT what `_apply` did: durable (the WAL fsynced) once this returns."""
+        try:
+            if conn is not self._conn:
+                raise SpoolError("the spool's writing connection was replaced before COMMIT")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard_writer()
@@ -214,9 +278,9 @@ class SqliteStorage:
         except BaseException:
             self._discard_writer()
             raise
-        if removed:
+        if applied.removed:
             self._give_back_free_pages(conn)
-        return CommitResult(refused, messages, objects, size)
+        return applied.result
 
     @staticmethod
     def _store(conn: sqlite3.Connection, op: StoreData) -> None:
