@@ -217,7 +217,7 @@ class SqliteStorage:
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # or an extended BUSY code
                 return None
             self._discard_writer()
             raise SpoolError(_describe(exc)) from exc
