@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,15 +188,24 @@ class SqliteStorage:
                 pass
             self._conn = None
 
+    @contextmanager
+    def _failing_writer(self) -> Iterator[None]:
+        """sqlite3's errors leave as SpoolError; after any error the writer starts afresh."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._discard_writer()
+            raise SpoolError(_describe(exc)) from exc
+        except BaseException:
+            self._discard_writer()
+            raise
+
     # --- writing -----------------------------------------------------------------------
 
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
         conn = self._writer()
-        try:
+        with self._failing_writer():
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._discard_writer()
-            raise SpoolError(_describe(exc)) from exc
         return self._finish(conn, self._apply(conn, batch))
 
     def stage(self, batch: Sequence[Operation]) -> Callable[[], CommitResult] | None:
@@ -210,20 +220,16 @@ class SqliteStorage:
         may use the storage between the two.
         """
         conn = self._writer()
-        try:
+        with self._failing_writer():
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # or an extended BUSY code
+                    raise
+                return None
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # or an extended BUSY code
-                return None
-            self._discard_writer()
-            raise SpoolError(_describe(exc)) from exc
-        except sqlite3.Error as exc:
-            self._discard_writer()
-            raise SpoolError(_describe(exc)) from exc
         applied = self._apply(conn, batch)
         return lambda: self._finish(conn, applied)
 
@@ -232,7 +238,7 @@ class SqliteStorage:
         refused: dict[int, str] = {}
         messages = objects = size = 0
         removed = False
-        try:
+        with self._failing_writer():
             for index, op in enumerate(batch):
                 conn.execute("SAVEPOINT op")
                 try:
@@ -258,26 +264,14 @@ class SqliteStorage:
                     conn.execute("ROLLBACK TO op")
                     refused[index] = f"refused: {exc}"
                 conn.execute("RELEASE op")
-        except sqlite3.Error as exc:
-            self._discard_writer()
-            raise SpoolError(_describe(exc)) from exc
-        except BaseException:
-            self._discard_writer()
-            raise
         return _Applied(CommitResult(refused, messages, objects, size), removed)
 
     def _finish(self, conn: sqlite3.Connection, applied: _Applied) -> CommitResult:
         """COMMIT what `_apply` did: durable (the WAL fsynced) once this returns."""
-        try:
-            if conn is not self._conn:
-                raise SpoolError("the spool's writing connection was replaced before COMMIT")
+        if conn is not self._conn:
+            raise SpoolError("the spool's writing connection was replaced before COMMIT")
+        with self._failing_writer():
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._discard_writer()
-            raise SpoolError(_describe(exc)) from exc
-        except BaseException:
-            self._discard_writer()
-            raise
         if applied.removed:
             self._give_back_free_pages(conn)
         return applied.result
