@@ -440,22 +440,38 @@ class Spool:
     def _staged(self, batch: list[Operation]) -> Callable[[], CommitResult]:
         """What the writer's thread is to run to make `batch` durable.
 
-        A storage that can `stage` gets a batch of new messages applied here, in the
-        event loop's thread, and only the COMMIT (the fsync) goes to the writer's
-        thread. SQLite releases the GIL around every statement: run from the thread,
-        a batch's dozen statements make the GIL change hands between the thread and
-        the busy event loop a dozen times, each a wake-up across cores; staged, once.
-        Only batches that cannot make the loop wait on the disk are staged: new
-        messages go to the database's newest pages, which are in memory, while updates
-        and removals reach old pages that may have to be read; and data beyond
-        `STAGE_INLINE_BYTES` in all is copied into the database in the thread.
+        A storage that can `stage` gets a batch applied here, in the event loop's
+        thread, and only the COMMIT (the fsync) goes to the writer's thread. SQLite
+        releases the GIL around every statement: run from the thread, a batch's dozen
+        statements make the GIL change hands between the thread and the busy event
+        loop a dozen times, each a wake-up across cores; staged, once.
+
+        Only batches that cannot make the loop wait on the disk are staged. New
+        messages go to the database's newest pages, and so do updates and removals of
+        messages stored recently (those whose data is still kept in memory, the last
+        16 MB: delivered at once, as most mail is); an older message's pages may have
+        to be read from disk. Data beyond `STAGE_INLINE_BYTES` in all is copied into
+        the database in the thread.
         """
         stage = getattr(self._storage, "stage", None)
-        if stage is not None and _stageable(batch):
+        if stage is not None and self._stageable(batch):
             finish = stage(batch)
             if finish is not None:
                 return finish
         return partial(self._storage.commit, batch)
+
+    def _stageable(self, batch: Sequence[Operation]) -> bool:
+        recent = self._recent_users
+        size = 0
+        for op in batch:
+            if isinstance(op, StoreData):
+                size += len(op.data)
+            elif isinstance(op, RemoveEntries):
+                if not all(id in recent for id in op.ids):
+                    return False
+            elif not (isinstance(op, UpdateEntry) and op.entry.id in recent):
+                return False
+        return size <= STAGE_INLINE_BYTES
 
     async def _commit_pending(self) -> None:
         jobs = [job for job in self._pending if not job.abandoned]
@@ -521,15 +537,6 @@ class Spool:
 
 
 # --- metadata encoding -----------------------------------------------------------------
-
-
-def _stageable(batch: Sequence[Operation]) -> bool:
-    size = 0
-    for op in batch:
-        if type(op) is not StoreData:
-            return False
-        size += len(op.data)
-    return size <= STAGE_INLINE_BYTES
 
 
 def _store_operation(data: bytes, messages: Sequence[Message], metas: Sequence[str] | None = None) -> StoreData:
