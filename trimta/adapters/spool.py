@@ -50,8 +50,9 @@ log = logging.getLogger("trimta.spool")
 # The data of recently stored messages is kept in memory up to this many bytes, so that
 # delivering a message right after its reception does not read it back from disk.
 RECENT_DATA_BYTES = 16 * 1024 * 1024
-# A batch of new messages with at most this much data in all is applied in the event
-# loop's thread, only its COMMIT in the writer's (`Spool._staged`).
+# A batch with more new data than this in all is applied in the writer's thread; a
+# smaller one may be applied in the event loop's, only its COMMIT in the writer's
+# (`Spool._staged`).
 STAGE_INLINE_BYTES = 512 * 1024
 
 

@@ -13,7 +13,8 @@ refused operation (a duplicate id) does not take the others down with it.
 
 Threads: `commit`, `stage` (and the call it returns), `entries`, `move_aside` and
 `totals` use the one writing connection and are called by one thread at a time (the
-spool's writer and the event loop taking turns, or `restore` before the writer runs). `load_data` may be called from many threads at once; each call borrows a reading
+spool's writer and the event loop taking turns, or `restore` before the writer runs).
+`load_data` may be called from many threads at once; each call borrows a reading
 connection from a small pool. WAL lets readers and the writer proceed side by side.
 
 Every sqlite3 error leaves this module as `SpoolError`, translated once, here.
