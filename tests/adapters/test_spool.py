@@ -516,17 +516,16 @@ async def test_spool_over_its_size_limit_refuses_until_mail_is_removed(tmp_path)
 async def test_another_writer_holding_the_database_delays_a_store_without_stalling_the_loop(tmp_path):
     """An operator's sqlite3 session writing to spool.db holds SQLite's write lock.
 
-    The store waits for it (in the writer's thread) and then succeeds; meanwhile the
-    event loop goes on (a batch is applied in the loop only when the lock is free).
+    The store waits for it in the writer's thread, not in the event loop (where a batch
+    is applied only when the lock is free), and then succeeds.
     """
-    spool = Spool.open(tmp_path)
+    storage = GatedStorage(SqliteStorage(tmp_path))
+    spool = Spool(storage)
     spool.restore()
     operator = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     messages = transaction("a@gmail.com")
     stored = trio.Event()
-    ticks = 0
-    longest_gap = 0.0
 
     async def store() -> None:
         await spool.store(b"Subject: hi\r\n\r\nbody\r\n", messages)
@@ -535,16 +534,13 @@ async def test_another_writer_holding_the_database_delays_a_store_without_stalli
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
             await nursery.start(spool.run)
+            handed_over = time.monotonic()
             nursery.start_soon(store)
-            while spool.statistics().pending or ticks < 50:
-                before = time.monotonic()
-                await trio.sleep(0.002)
-                longest_gap = max(longest_gap, time.monotonic() - before)
-                ticks += 1
+            await wait_until_committing(storage)
+            # Not a timing measurement: waiting for the lock in the loop would have held
+            # it for the whole busy timeout (10 s) before the batch reached the thread.
+            assert time.monotonic() - handed_over < 5
             assert not stored.is_set()
-            # Not a timing measurement: waiting for the lock in the loop would hold it
-            # for the whole busy timeout (10 s).
-            assert longest_gap < 5
             operator.execute("COMMIT")
             await stored.wait()
             nursery.cancel_scope.cancel()
