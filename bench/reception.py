@@ -13,7 +13,7 @@ each receives `smtp-source -s 20 -m N -l 2048 -f s@example.com -t r@example.net`
 Measured: wall time from smtp-source's start to its exit, messages/s, and the CPU
 seconds the MTA's processes used meanwhile, per 1,000 messages. Then the queue is
 counted: for trimta, the restored spool after the daemon stopped
-(`Spool.open(path).restore()`); for Postfix, the files of its hold queue. A run counts
+(`Spool(SqliteStorage(path)).restore()`); for Postfix, the files of its hold queue. A run counts
 only if the queue holds exactly N messages and smtp-source reported no error; otherwise
 the script exits 1.
 
@@ -156,8 +156,9 @@ class TrimtaDaemon:
     def count_spooled(self, expected_recipient: str) -> tuple[int, str]:
         """How many messages a restart would restore, and what is wrong with them if anything."""
         from trimta.adapters.spool import Spool
+        from trimta.adapters.spool_sqlite import SqliteStorage
 
-        spool = Spool.open(self.spool_path)
+        spool = Spool(SqliteStorage(self.spool_path))
         try:
             restored = spool.restore()
         finally:

@@ -43,18 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio  # noqa: E402
 
-from trimta.adapters.spool import (  # noqa: E402
+from trimta.adapters.spool import Spool  # noqa: E402
+from trimta.adapters.spool_sqlite import SqliteStorage  # noqa: E402
+from trimta.adapters.spool_storage import (  # noqa: E402
     CommitResult,
     Entry,
     Operation,
     RemoveEntries,
-    Spool,
     SpoolStorage,
     StoreData,
     StoredEntry,
     UpdateEntry,
 )
-from trimta.adapters.spool_sqlite import SqliteStorage  # noqa: E402
 from trimta.core.message import Message, Reception, new_id  # noqa: E402
 
 

@@ -33,6 +33,7 @@ from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
 from trimta.adapters.spool import Spool
+from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
@@ -71,7 +72,7 @@ class App:
 
     async def _run(self, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus) -> None:
         config = self.config
-        spool = Spool.open(config.spool.path, max_size_bytes=config.spool.max_size_bytes)
+        spool = Spool(SqliteStorage(config.spool.path, max_size_bytes=config.spool.max_size_bytes))
         started = time.monotonic()
         restored = spool.restore()
         for entry in restored.damaged:

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from trimta.adapters.config import ConfigError
-from trimta.adapters.dns import ResolverConfig, parse_dns_table
+from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
 from trimta.core.mx import IpLookupStrategy
 
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from trimta.adapters.spool import Operation, RestoreResult, Spool, SpoolError
+from trimta.adapters.spool import RestoreResult, Spool, SpoolError
+from trimta.adapters.spool_storage import Operation
 from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.core.message import Message, Reception, new_id
 
@@ -38,7 +39,7 @@ def transaction(*recipients: str, tenant: str | None = "acme", size: int = 100) 
 
 
 def reopened(path) -> tuple[Spool, RestoreResult]:
-    spool = Spool.open(path)
+    spool = Spool(SqliteStorage(path))
     return spool, spool.restore()
 
 
@@ -126,7 +127,7 @@ async def wait_until_pending(spool: Spool, count: int) -> None:
 
 
 async def test_stored_messages_and_data_survive_reopen(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     assert spool.restore().messages == []
     messages = transaction("a@gmail.com")
     with trio.fail_after(DEADLINE_S):
@@ -145,7 +146,7 @@ async def test_stored_messages_and_data_survive_reopen(tmp_path):
 
 
 async def test_recipients_of_one_transaction_share_one_copy_of_data(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     messages = transaction("a@gmail.com", "b@yahoo.com", "c@gmail.com")
     with trio.fail_after(DEADLINE_S):
@@ -165,7 +166,7 @@ async def test_recipients_of_one_transaction_share_one_copy_of_data(tmp_path):
 
 
 async def test_remove_deletes_data_once_no_message_uses_it(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     a, b = transaction("a@gmail.com", "b@gmail.com")
     with trio.fail_after(DEADLINE_S):
@@ -227,7 +228,7 @@ async def test_recent_data_is_read_from_memory_until_its_messages_go_or_it_is_cr
 
 
 async def test_update_is_durable_and_does_not_revive_a_removed_message(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     kept, gone = transaction("a@gmail.com", "b@gmail.com")
     with trio.fail_after(DEADLINE_S):
@@ -248,7 +249,7 @@ async def test_update_is_durable_and_does_not_revive_a_removed_message(tmp_path)
 
 
 async def test_restore_returns_many_messages_oldest_first(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     stored = []
     with trio.fail_after(DEADLINE_S):
@@ -302,7 +303,7 @@ async def test_concurrent_stores_share_one_commit(tmp_path):
 
 
 async def test_twenty_sessions_need_far_fewer_commits_than_messages(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
@@ -492,7 +493,7 @@ async def test_full_disk_fails_the_batch_and_the_spool_recovers(tmp_path):
 
 
 async def test_spool_over_its_size_limit_refuses_until_mail_is_removed(tmp_path):
-    spool = Spool.open(tmp_path, max_size_bytes=400_000)
+    spool = Spool(SqliteStorage(tmp_path, max_size_bytes=400_000))
     spool.restore()
     accepted = []
     with trio.fail_after(DEADLINE_S):
@@ -568,7 +569,7 @@ async def test_writer_crash_fails_callers_instead_of_hanging(tmp_path):
 
 
 async def test_store_without_a_running_writer_is_an_error_not_a_hang(tmp_path):
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     with trio.fail_after(DEADLINE_S):
         with pytest.raises(SpoolError, match="not running"):
             await spool.store(b"data", transaction("a@gmail.com"))
@@ -578,7 +579,7 @@ async def test_store_without_a_running_writer_is_an_error_not_a_hang(tmp_path):
 def test_unreadable_database_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "spool.db").write_bytes(b"this is not a database, just garbage" * 100)
     with pytest.raises(SpoolError, match="spool.db"):
-        spool = Spool.open(tmp_path)
+        spool = Spool(SqliteStorage(tmp_path))
         spool.restore()
 
 
@@ -586,7 +587,7 @@ def test_unreadable_database_is_an_error_naming_the_file(tmp_path):
 
 
 async def store_all(path, transactions):
-    spool = Spool.open(path)
+    spool = Spool(SqliteStorage(path))
     spool.restore()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
@@ -651,7 +652,7 @@ async def test_draining_a_backlog_gives_disk_space_back(tmp_path):
     def spool_bytes() -> int:
         return sum(f.stat().st_size for f in tmp_path.glob("spool.db*"))
 
-    spool = Spool.open(tmp_path)
+    spool = Spool(SqliteStorage(tmp_path))
     spool.restore()
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:

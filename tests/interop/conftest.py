@@ -178,8 +178,9 @@ def daemon(make_daemon) -> Daemon:
 def restored_spool(path: Path):
     """The spool as a restarted daemon would see it."""
     from trimta.adapters.spool import Spool
+    from trimta.adapters.spool_sqlite import SqliteStorage
 
-    spool = Spool.open(path)
+    spool = Spool(SqliteStorage(path))
     try:
         return spool.restore()
     finally:

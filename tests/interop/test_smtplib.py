@@ -54,9 +54,10 @@ def test_stored_data_has_received_header_and_no_tenant_headers(daemon):
     import trio
 
     from trimta.adapters.spool import Spool
+    from trimta.adapters.spool_sqlite import SqliteStorage
 
     async def load():
-        spool = Spool.open(daemon.spool_path)
+        spool = Spool(SqliteStorage(daemon.spool_path))
         (message,) = spool.restore().messages
         async with trio.open_nursery() as nursery:
             await nursery.start(spool.run)

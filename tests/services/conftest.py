@@ -6,6 +6,7 @@ import trio.testing
 from trimta.adapters.config import ListenerConfig, TenancyConfig
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.spool import Spool
+from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.services.acceptance import Acceptor
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import SmtpListener
@@ -30,7 +31,7 @@ class Harness:
     """A listener wired to a real spool and log sink in a temp dir, served over memory streams."""
 
     def __init__(self, tmp_path, nursery: trio.Nursery, **listener_options) -> None:
-        self.spool = Spool.open(tmp_path / "spool")
+        self.spool = Spool(SqliteStorage(tmp_path / "spool"))
         self.logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
         self.records: list[dict] = []
         self.acceptor = Acceptor(spool=self.spool, logs=self.logs, tenancy=TenancyConfig(), hostname="mx.test")

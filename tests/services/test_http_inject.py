@@ -15,6 +15,7 @@ import trio
 
 from tests.services.test_http_api import running_api
 from trimta.adapters.spool import Spool
+from trimta.adapters.spool_sqlite import SqliteStorage
 
 
 def stored(api) -> dict[str, bytes]:
@@ -264,7 +265,7 @@ async def test_body_over_the_limit_is_413():
 
 
 async def test_a_hundred_personalised_messages_take_one_spool_commit(tmp_path):
-    spool = Spool.open(tmp_path / "spool")
+    spool = Spool(SqliteStorage(tmp_path / "spool"))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(spool.run)
@@ -284,7 +285,7 @@ async def test_a_hundred_personalised_messages_take_one_spool_commit(tmp_path):
     assert reply.status == 200 and reply.json["success_count"] == 100
     assert after.commits - before == 1
     assert after.messages == 100 and after.data_objects == 100
-    restored = Spool.open(tmp_path / "spool")  # what a restarted daemon finds
+    restored = Spool(SqliteStorage(tmp_path / "spool"))  # what a restarted daemon finds
     try:
         messages = restored.restore().messages
         data = {m.recipient: await restored.load_data(m.data_id) for m in messages}
@@ -296,7 +297,7 @@ async def test_a_hundred_personalised_messages_take_one_spool_commit(tmp_path):
 
 async def test_inject_answers_only_once_durable(tmp_path):
     """The 200 comes after the commit: a spool whose writer is not running makes it a 503."""
-    spool = Spool.open(tmp_path / "spool")  # never started: every store fails
+    spool = Spool(SqliteStorage(tmp_path / "spool"))  # never started: every store fails
     try:
         with trio.fail_after(10):
             async with running_api(spool=spool) as api:

@@ -10,6 +10,7 @@ import trio
 from trimta.adapters.config import ListenerConfig, TenancyConfig
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.spool import Spool, encode_metadata
+from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.core.message import Reception
 from trimta.services.acceptance import Acceptor, Submission, encoded, prepare
 from trimta.services.logs import LogSink
@@ -94,7 +95,7 @@ class Daemon:
     """The daemon's side: a real spool and log sink, the listener over 2 processes."""
 
     def __init__(self, tmp_path, **listener_options) -> None:
-        self.spool = Spool.open(tmp_path / "spool")
+        self.spool = Spool(SqliteStorage(tmp_path / "spool"))
         self.logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
         self.records = self.logs.subscribe()
         acceptor = Acceptor(spool=self.spool, logs=self.logs, tenancy=TenancyConfig(), hostname="mx.test")
@@ -164,7 +165,7 @@ async def test_messages_taken_by_either_process_are_durable_and_logged_once(tmp_
             assert 0 < local < 25
             nursery.cancel_scope.cancel()
     daemon.spool.close()
-    reopened = Spool.open(tmp_path / "spool")
+    reopened = Spool(SqliteStorage(tmp_path / "spool"))
     restored = reopened.restore()
     reopened.close()
     assert sorted(m.recipient for m in restored.messages) == sorted(f"r{n}@example.net" for n in range(40))

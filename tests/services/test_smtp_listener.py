@@ -2,6 +2,7 @@ import trio
 import trio.testing
 
 from trimta.adapters.spool import Spool
+from trimta.adapters.spool_sqlite import SqliteStorage
 
 from .conftest import Harness, read_reply
 
@@ -67,7 +68,7 @@ async def test_pipelined_transaction_is_spooled_and_replies_come_in_order(tmp_pa
             assert (await read_reply(client, buf)).startswith(b"221")
         nursery.cancel_scope.cancel()
     h.spool.close()
-    reopened = Spool.open(tmp_path / "spool")
+    reopened = Spool(SqliteStorage(tmp_path / "spool"))
     restored = reopened.restore()
     reopened.close()
     assert sorted((m.recipient, m.tenant) for m in restored.messages) == [
@@ -101,7 +102,7 @@ async def test_smtputf8_transaction_is_recorded_on_the_message_and_in_its_receiv
             assert (await read_reply(client, buf)).startswith(b"250 2.0.0 OK ids=")
         nursery.cancel_scope.cancel()
     h.spool.close()
-    reopened = Spool.open(tmp_path / "spool")
+    reopened = Spool(SqliteStorage(tmp_path / "spool"))
     restored = {m.recipient: m for m in reopened.restore().messages}
     reopened.close()
     utf8, plain = restored["dörte@example.net"], restored["plain@example.net"]

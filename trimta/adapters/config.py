@@ -10,34 +10,30 @@ default (no file) keeps its data under the current working directory.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trimta.adapters.config_base import (
+    LOOPBACK_NETWORKS,
+    ConfigError,
+    Network,
+    Table,
+    parse_host_port,
+    parse_networks,
+)
+from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_config
+from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
+from trimta.adapters.http_config import HttpConfig, http_config_from
+from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
+from trimta.adapters.webhook_config import WebhookConfig, parse_webhooks
 from trimta.core import units
 
 DEFAULT_CONFIG_NAME = "trimta.toml"
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
-
-
-class ConfigError(Exception):
-    """A configuration mistake, with where it is and what would be accepted."""
-
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
-        self.file = file
-        self.key = key
-        where = ": ".join(p for p in (file, key) if p)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +108,12 @@ class Config:
     tenancy: TenancyConfig = TenancyConfig()
     spool: SpoolConfig = SpoolConfig()
     logs: LogsConfig = LogsConfig()
-    dns: Any = None  # trimta.adapters.dns.ResolverConfig
-    delivery: Any = None  # trimta.adapters.delivery_config.DeliveryConfig
-    http: Any = None  # trimta.adapters.http_config.HttpConfig
-    shaping: Any = None  # trimta.adapters.shaping_files.ShapingConfig
-    shaping_loaded: Any = None  # trimta.adapters.shaping_files.LoadedShaping (the files, read and checked)
-    webhooks: tuple = ()  # trimta.adapters.webhook_config.WebhookConfig, one per [[logs.webhook]]
+    dns: ResolverConfig = ResolverConfig()
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    shaping_loaded: LoadedShaping | None = None  # the shaping files, read and checked
+    webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -150,95 +146,6 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return parse_config(raw, source=str(found), base_dir=found.resolve().parent)
 
 
-class _Table:
-    """Reads one TOML table, checking types and rejecting unknown keys."""
-
-    def __init__(self, data: Any, file: str, prefix: str, known: tuple[str, ...]) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError("expected a table", file=file, key=prefix or None)
-        self.data = data
-        self.file = file
-        self.prefix = prefix
-        for key in data:
-            if key not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
-                raise ConfigError(f"unknown key{suggestion}", file=file, key=self.key(key))
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=self.key(name))
-
-    def get(self, name: str, default: Any, convert: Callable[[Any], Any] | None = None) -> Any:
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if convert is None:
-            return value
-        try:
-            return convert(value)
-        except (ValueError, TypeError) as exc:
-            raise self.error(name, str(exc)) from None
-
-    def string(self, name: str, default: Any) -> Any:
-        return self.get(name, default, _expect(str, "a string"))
-
-    def boolean(self, name: str, default: bool) -> bool:
-        return self.get(name, default, _expect(bool, "true or false"))
-
-    def positive_int(self, name: str, default: int) -> int:
-        def convert(v: Any) -> int:
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"expected a positive integer, got {v!r}")
-            return v
-
-        return self.get(name, default, convert)
-
-
-def _expect(kind: type, description: str) -> Callable[[Any], Any]:
-    def convert(v: Any) -> Any:
-        if not isinstance(v, kind):
-            raise ValueError(f"expected {description}, got {v!r}")
-        return v
-
-    return convert
-
-
-def parse_host_port(value: Any, default_port: int | None = None) -> tuple[str, int]:
-    """``"127.0.0.1:25"``, ``"[::1]:25"`` or (with a default port) a bare host."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f'expected "host:port", e.g. "127.0.0.1:2525" or "[::1]:2525", got {value!r}')
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-    else:
-        host, port_text = value, ""
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f'expected "host:port", e.g. "127.0.0.1:2525", got {value!r}')
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r} in {value!r}")
-    return host, int(port_text)
-
-
-def parse_networks(value: Any) -> tuple[Network, ...]:
-    """A list of CIDRs or addresses, e.g. ``["127.0.0.0/8", "::1", "10.1.2.3"]``."""
-    if not isinstance(value, list):
-        raise ValueError(f'expected a list of CIDRs like ["127.0.0.0/8", "::1"], got {value!r}')
-    nets = []
-    for item in value:
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise ValueError(f"not an address or CIDR: {item!r}") from None
-    return tuple(nets)
-
-
 _LISTENER_KEYS = (
     "listen", "hostname", "banner", "relay_hosts", "max_message_size",
     "max_recipients_per_message", "max_messages_per_connection", "max_errors",
@@ -255,7 +162,7 @@ def _parse_auth(value: Any, file: str, prefix: str) -> tuple[AuthUser, ...]:
         )
     users = []
     for i, entry in enumerate(value):
-        t = _Table(entry, file, f"{prefix}[{i}]", ("username", "password", "tenant", "campaign"))
+        t = Table(entry, file, f"{prefix}[{i}]", ("username", "password", "tenant", "campaign"))
         username = t.string("username", None)
         password = t.string("password", None)
         if not username or password is None:
@@ -265,7 +172,7 @@ def _parse_auth(value: Any, file: str, prefix: str) -> tuple[AuthUser, ...]:
 
 
 def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: Path) -> ListenerConfig:
-    t = _Table(data, file, f"listener[{index}]", _LISTENER_KEYS)
+    t = Table(data, file, f"listener[{index}]", _LISTENER_KEYS)
     host, port = t.get("listen", ("127.0.0.1", 2525), lambda v: parse_host_port(v))
     cert = t.string("tls_certificate", None)
     key = t.string("tls_private_key", None)
@@ -320,7 +227,7 @@ _TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns",
 
 def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
     """Validate a parsed TOML document into a `Config`."""
-    top = _Table(raw, source, "", _TOP_KEYS)
+    top = Table(raw, source, "", _TOP_KEYS)
     hostname = top.string("hostname", socket.getfqdn())
 
     listener_tables = raw.get("listener", [{}])
@@ -332,20 +239,20 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         _parse_listener(t, source, i, hostname, base_dir) for i, t in enumerate(listener_tables)
     )
 
-    ten = _Table(raw.get("tenancy", {}), source, "tenancy", ("tenant_header", "campaign_header", "remove_headers"))
+    ten = Table(raw.get("tenancy", {}), source, "tenancy", ("tenant_header", "campaign_header", "remove_headers"))
     tenancy = TenancyConfig(
         tenant_header=ten.string("tenant_header", "X-Tenant"),
         campaign_header=ten.string("campaign_header", "X-Campaign"),
         remove_headers=ten.boolean("remove_headers", True),
     )
 
-    sp = _Table(raw.get("spool", {}), source, "spool", ("path", "max_size"))
+    sp = Table(raw.get("spool", {}), source, "spool", ("path", "max_size"))
     spool = SpoolConfig(
         path=base_dir / sp.string("path", "trimta-data/spool"),
         max_size_bytes=sp.get("max_size", None, units.parse_size),
     )
 
-    lg = _Table(raw.get("logs", {}), source, "logs",
+    lg = Table(raw.get("logs", {}), source, "logs",
                 ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook"))
     logs = LogsConfig(
         path=base_dir / lg.string("path", "trimta-data/logs"),
@@ -354,17 +261,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         flush_interval_s=lg.get("flush_interval", 0.2, units.parse_duration),
     )
 
-    from trimta.adapters.dns import parse_dns_table  # noqa: PLC0415 (keeps dnspython off the import path of tools that don't need it)
-
     dns = parse_dns_table(raw.get("dns", {}), source)
 
-    from trimta.adapters.delivery_config import parse_delivery_config  # noqa: PLC0415 (it imports this module)
-
     delivery = parse_delivery_config(raw, source)
-
-    from trimta.adapters.http_config import http_config_from  # noqa: PLC0415
-    from trimta.adapters.shaping_files import load_shaping_files, parse_shaping_table  # noqa: PLC0415
-    from trimta.adapters.webhook_config import parse_webhooks  # noqa: PLC0415
 
     shaping = parse_shaping_table(raw.get("shaping", {}), source, base_dir)
     return Config(

@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trimta.adapters.config import ConfigError, _Table
+from trimta.adapters.config_base import ConfigError, Table
 from trimta.core import units
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_options import OptionError, StaticPathProvider, apply_options, parse_path_options
@@ -114,17 +114,17 @@ def parse_delivery_config(
     sources = _parse_sources(raw.get("sources", {}), file)
     pools = _parse_pools(raw.get("pools", {}), file, sources)
 
-    queues = _Table(raw.get("queues", {}), file, "queues", (*QUEUE_KEYS, "domains"))
+    queues = Table(raw.get("queues", {}), file, "queues", (*QUEUE_KEYS, "domains"))
     defaults = _queue_overrides(queues, pools)
     domains: dict[str, _Overrides] = {}
     for name, table in _tables(queues.data.get("domains", {}), file, "queues.domains").items():
         prefix = f"queues.domains.{_part(name)}"
-        domains[str(name).lower().rstrip(".")] = _queue_overrides(_Table(table, file, prefix, QUEUE_KEYS), pools)
+        domains[str(name).lower().rstrip(".")] = _queue_overrides(Table(table, file, prefix, QUEUE_KEYS), pools)
 
     tenant_keys = (*QUEUE_KEYS, *other_tenant_keys)
     tenants: dict[str, _Overrides] = {}
     for name, table in _tables(raw.get("tenants", {}), file, "tenants").items():
-        t = _Table(table, file, f"tenants.{_part(name)}", tenant_keys)
+        t = Table(table, file, f"tenants.{_part(name)}", tenant_keys)
         tenants[str(name)] = _queue_overrides(t, pools)
 
     queue_defaults = _checked_queue_config(QueueConfig(), defaults, file, "queues")
@@ -166,7 +166,7 @@ def _part(name: object) -> str:
 
 
 
-def _queue_overrides(t: _Table, pools: Mapping[str, EgressPool]) -> dict[str, object]:
+def _queue_overrides(t: Table, pools: Mapping[str, EgressPool]) -> dict[str, object]:
     """QueueConfig field overrides for the keys present in one queue-settings table."""
     out: dict[str, object] = {}
     if "retry_interval" in t.data:
@@ -204,7 +204,7 @@ def _suggest(name: str, known: Collection[str], what: str) -> str:
 def _parse_sources(data: Any, file: str) -> dict[str, EgressSource]:
     sources = {UNSPECIFIED: DEFAULT_SOURCE}
     for name, table in _tables(data, file, "sources").items():
-        t = _Table(table, file, f"sources.{_part(name)}", SOURCE_KEYS)
+        t = Table(table, file, f"sources.{_part(name)}", SOURCE_KEYS)
         address = t.get("source_address", None, _bind_address)
         ehlo = t.get("ehlo_domain", None, _host_name)
         sources[str(name)] = EgressSource(str(name), address, ehlo)
@@ -232,7 +232,7 @@ def _parse_pools(data: Any, file: str, sources: Mapping[str, EgressSource]) -> d
     pools = {UNSPECIFIED: DEFAULT_POOL}
     for name, table in _tables(data, file, "pools").items():
         prefix = f"pools.{_part(name)}"
-        t = _Table(table, file, prefix, POOL_KEYS)
+        t = Table(table, file, prefix, POOL_KEYS)
         entries = t.data.get("entries")
         if not isinstance(entries, list) or not entries:
             raise ConfigError(
@@ -241,7 +241,7 @@ def _parse_pools(data: Any, file: str, sources: Mapping[str, EgressSource]) -> d
             )
         parsed: list[tuple[str, int]] = []
         for i, entry in enumerate(entries):
-            e = _Table(entry, file, f"{prefix}.entries[{i}]", POOL_ENTRY_KEYS)
+            e = Table(entry, file, f"{prefix}.entries[{i}]", POOL_ENTRY_KEYS)
             source = e.string("name", None)
             if source is None:
                 raise e.error("name", "each entry needs the name of a source")
@@ -267,7 +267,7 @@ def _weight(value: Any) -> int:
 def _parse_egress(
     data: Any, file: str, sources: Mapping[str, EgressSource]
 ) -> tuple[StaticPathProvider, tuple[str, ...]]:
-    egress = _Table(data, file, "egress", EGRESS_KEYS)
+    egress = Table(data, file, "egress", EGRESS_KEYS)
     warnings: list[str] = []
 
     def options(table: Any, prefix: str) -> dict[str, object]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trimta.adapters.config import LOOPBACK_NETWORKS, ConfigError, Network, _Table, parse_host_port, parse_networks
+from trimta.adapters.config_base import LOOPBACK_NETWORKS, ConfigError, Network, Table, parse_host_port, parse_networks
 from trimta.core import units
 
 KEYS = (
@@ -78,7 +78,7 @@ class HttpConfig:
 
 def parse_http_table(data: Any, file: str) -> HttpConfig:
     """Validate the ``[http]`` table (``{}`` when absent) into an `HttpConfig`."""
-    t = _Table(data if data is not None else {}, file, "http", KEYS)
+    t = Table(data if data is not None else {}, file, "http", KEYS)
     host, port = t.get("listen", ("127.0.0.1", DEFAULT_PORT), lambda v: parse_host_port(v, DEFAULT_PORT))
     return HttpConfig(
         enabled=t.boolean("enabled", True),
@@ -110,7 +110,7 @@ def _parse_users(value: Any, file: str) -> tuple[HttpUser, ...]:
         raise ConfigError('expected a list like [{ username = "ops", password = "secret" }]', file=file, key="http.users")
     users = []
     for i, entry in enumerate(value):
-        t = _Table(entry, file, f"http.users[{i}]", ("username", "password"))
+        t = Table(entry, file, f"http.users[{i}]", ("username", "password"))
         username = t.string("username", None)
         password = t.string("password", None)
         if not username or password is None:

@@ -42,7 +42,7 @@ import tomlkit
 import tomlkit.exceptions
 import trio
 
-from trimta.adapters.config import ConfigError, _Table
+from trimta.adapters.config_base import ConfigError, Table
 from trimta.adapters.toml_lines import TomlLines
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_options import StaticPathProvider
@@ -230,7 +230,7 @@ def parse_shaping_table(table: Any, file: str, base_dir: Path) -> ShapingConfig:
     A listed file that does not exist is an error here, so a typo stops the
     daemon at start rather than silently shaping nothing.
     """
-    t = _Table(table, file, "shaping", SHAPING_KEYS)
+    t = Table(table, file, "shaping", SHAPING_KEYS)
     raw = t.data.get("files", [])
     if isinstance(raw, str):
         raw = [raw]

@@ -10,9 +10,10 @@ batch size follows the load by itself: one message alone is committed at once, t
 concurrent sessions share one fsync. The event loop never blocks on the disk.
 
 What is on disk, and how, is the business of a `SpoolStorage` (sync, called from
-worker threads); `Spool.open` uses SQLite (`trimta.adapters.spool_sqlite`), chosen by
-measurement (`bench/spool_designs.py`, `docs/spool.md`). Other storages plug in through
-the constructor: the benchmark's alternative designs, and tests' failing disks.
+worker threads; its types are in `trimta.adapters.spool_storage`), given to the
+constructor. The daemon uses SQLite (`trimta.adapters.spool_sqlite.SqliteStorage`),
+chosen by measurement (`bench/spool_designs.py`, `docs/spool.md`); the benchmark's
+alternative designs and tests' failing disks plug in the same way.
 
 Errors: a disk that refuses a batch (full, read-only, I/O error) fails every operation
 of that batch with `SpoolError`, and nothing of it is on disk; the writer carries on
@@ -32,15 +33,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
 
 import trio
 
+from trimta.adapters.spool_storage import (
+    CommitResult,
+    Entry,
+    Operation,
+    RemoveEntries,
+    SpoolError,
+    SpoolStorage,
+    StoreData,
+    UpdateEntry,
+)
 from trimta.adapters.threads import DedicatedThread
 from trimta.core.message import Message, Sharing
 
@@ -54,110 +63,6 @@ RECENT_DATA_BYTES = 16 * 1024 * 1024
 # smaller one may be applied in the event loop's, only its COMMIT in the writer's
 # (`Spool._staged`).
 STAGE_INLINE_BYTES = 512 * 1024
-
-
-class SpoolError(Exception):
-    """An operation could not be made durable: disk full, I/O error, permission, writer gone.
-
-    The listener answers ``452 4.3.1`` to it; the operation must not be acknowledged.
-    """
-
-
-# --- What a storage is given and gives back -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One message as stored: its id, the data it uses and its metadata (JSON text)."""
-
-    id: str
-    data_id: str
-    meta: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoreData:
-    """Store new data and the messages (recipients) that use it."""
-
-    data_id: str
-    data: bytes
-    entries: tuple[Entry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateEntry:
-    """Replace a stored message's metadata; a message no longer stored is left alone."""
-
-    entry: Entry
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveEntries:
-    """Delete messages; data no message uses any more is deleted with them."""
-
-    ids: tuple[str, ...]
-
-
-Operation = StoreData | UpdateEntry | RemoveEntries
-
-
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    """What one durable batch changed, as counts, and which operations it refused alone.
-
-    `refused` maps an operation's index in the batch to the reason; every other
-    operation of the batch is durable.
-    """
-
-    refused: dict[int, str] = field(default_factory=dict)
-    messages_delta: int = 0
-    data_objects_delta: int = 0
-    data_bytes_delta: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """A message read back at restore; `has_data` is false when its data is missing."""
-
-    id: str
-    data_id: str
-    meta: str | bytes
-    has_data: bool
-
-
-class SpoolStorage(Protocol):
-    """The on-disk half of a spool. Every method is sync and may block on the disk.
-
-    Disk trouble is reported as `SpoolError` (or `OSError`), each storage translating its
-    own library's errors once, here at the seam.
-    """
-
-    def commit(self, batch: Sequence[Operation]) -> CommitResult:
-        """Apply `batch` atomically and durably (fsynced) before returning.
-
-        A storage may also offer `stage(batch)`, `commit` in two halves: the first
-        applied by the caller's thread without waiting, the second (the call it returns,
-        or None to say "use commit") made durable in the writer's; see `Spool._staged`.
-        """
-        ...
-
-    def entries(self) -> Iterator[StoredEntry]:
-        """Every stored message, oldest id first."""
-        ...
-
-    def move_aside(self, damaged: Sequence[tuple[str, str]]) -> None:
-        """Durably move `(id, reason)` entries out of the spool, keeping them for the operator."""
-        ...
-
-    def totals(self) -> tuple[int, int, int]:
-        """(messages, data objects, data bytes) currently stored."""
-        ...
-
-    def load_data(self, data_id: str) -> bytes:
-        """The data stored as `data_id`; KeyError if there is none. Thread-safe."""
-        ...
-
-    def close(self) -> None: ...
 
 
 # --- What callers see ----------------------------------------------------------------
@@ -217,7 +122,7 @@ _IDLE, _RUNNING, _STOPPED, _CLOSED = "idle", "running", "stopped", "closed"
 class Spool:
     """Durable storage of accepted messages, shared by all sessions through group commit.
 
-    Lifecycle: `Spool.open(path)` (sync), `restore()` (sync, before serving), then
+    Lifecycle: `Spool(SqliteStorage(path))` (sync), `restore()` (sync, before serving), then
     ``await nursery.start(spool.run)`` and the async operations; `close()` after `run`
     has ended.
     """
@@ -243,18 +148,6 @@ class Spool:
         self._recent: OrderedDict[str, tuple[bytes, set[str]]] = OrderedDict()
         self._recent_users: dict[str, str] = {}
         self._recent_bytes = 0
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], *, max_size_bytes: int | None = None) -> Spool:
-        """Open (creating if needed) the spool directory `path`. Cheap: reads no messages.
-
-        `max_size_bytes` caps the spool's database: past it, stores fail with SpoolError
-        as on a full disk, leaving the rest of the disk to the logs and the system.
-        Raises SpoolError when the directory or its database cannot be opened.
-        """
-        from trimta.adapters.spool_sqlite import SqliteStorage
-
-        return cls(SqliteStorage(path, max_size_bytes=max_size_bytes))
 
     # --- start and stop --------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from trimta.adapters.spool import (
+from trimta.adapters.spool_storage import (
     CommitResult,
     Operation,
     RemoveEntries,
@@ -104,7 +104,13 @@ def _describe(exc: sqlite3.Error) -> str:
 
 
 class SqliteStorage:
-    """A spool directory holding one SQLite database. See the module docstring."""
+    """A spool directory holding one SQLite database. See the module docstring.
+
+    Opening creates the directory if needed and is cheap: it reads no messages.
+    `max_size_bytes` caps the database: past it, stores fail with SpoolError as on a
+    full disk, leaving the rest of the disk to the logs and the system. Raises
+    SpoolError when the directory or its database cannot be opened.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, max_size_bytes: int | None = None) -> None:
         self.path = Path(path)

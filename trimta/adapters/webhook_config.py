@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trimta.adapters.config import ConfigError, _Table
+from trimta.adapters.config_base import ConfigError, Table
 from trimta.adapters.http_client import Origin, split_url
 from trimta.core import records, units
 
@@ -108,7 +108,7 @@ def parse_webhooks(raw: Mapping[str, Any], source: str) -> tuple[WebhookConfig, 
 
 
 def _parse_one(data: Any, source: str, prefix: str) -> WebhookConfig:
-    t = _Table(data, source, prefix, _KEYS)
+    t = Table(data, source, prefix, _KEYS)
     if "url" not in t.data:
         raise ConfigError('a webhook needs a url, e.g. url = "https://hooks.example.com/trimta"', file=source, key=prefix)
     url = t.get("url", None, _url)

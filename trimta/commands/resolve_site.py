@@ -20,7 +20,8 @@ import sys
 import trio
 
 from trimta.adapters.config import ConfigError
-from trimta.adapters.dns import DnsResolver, ResolverConfig
+from trimta.adapters.dns import DnsResolver
+from trimta.adapters.dns_config import ResolverConfig
 from trimta.core.mx import MxResolution
 
 

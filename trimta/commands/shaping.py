@@ -198,7 +198,8 @@ def run_check(args: argparse.Namespace) -> int:
 async def _check_with_dns(paths: Sequence[Path], use_dns: bool, dns_config: object) -> CheckReport:
     resolver = None
     if use_dns:
-        from trimta.adapters.dns import DnsResolver, ResolverConfig
+        from trimta.adapters.dns import DnsResolver
+        from trimta.adapters.dns_config import ResolverConfig
 
         resolver = DnsResolver.from_config(dns_config if dns_config is not None else ResolverConfig())
     return await check_files(paths, resolver)

@@ -13,7 +13,6 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from trimta.protocol import _commands, _sasl
 from trimta.protocol import replies as R
@@ -39,9 +38,7 @@ from trimta.protocol.events import (
     Verify,
 )
 from trimta.protocol.replies import Reply
-
-if TYPE_CHECKING:
-    from trimta.protocol.server import ServerConfig
+from trimta.protocol.server_config import ServerConfig
 
 
 class Mode(enum.Enum):

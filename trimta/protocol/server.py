@@ -32,15 +32,13 @@ timeouts belong to whoever owns the socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from trimta.protocol import _sasl
 from trimta.protocol import replies as R
 from trimta.protocol._data import ChunkReader, DataReader
 from trimta.protocol._session import ChunkStart, Mode, Session
 from trimta.protocol.errors import LocalProtocolError
 from trimta.protocol.events import NEED_DATA, ConnectionClosed, Event, MailFrom, RcptTo, _NeedData
 from trimta.protocol.replies import Reply
+from trimta.protocol.server_config import ServerConfig
 
 __all__ = ["NEED_DATA", "ServerConfig", "ServerConnection"]
 
@@ -48,25 +46,6 @@ __all__ = ["NEED_DATA", "ServerConfig", "ServerConnection"]
 MAX_COMMAND_LINE = 512
 # RFC 4954 4: a SASL response line may be up to 12288 octets.
 MAX_SASL_LINE = 12288
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """What one listener offers. For every limit, 0 means no limit."""
-
-    hostname: str
-    max_message_size: int = 20_000_000  # octets; advertised as SIZE (RFC 1870)
-    max_recipients: int = 1024  # per transaction; beyond: 452 4.5.3
-    max_errors: int = 10  # refused commands per session; beyond: 421 4.7.0, close
-    max_messages_per_connection: int = 10_000  # beyond: 421 4.7.0 at the next MAIL
-    starttls_available: bool = False  # a certificate is configured
-    auth_mechanisms: tuple[str, ...] = ()  # subset of PLAIN, LOGIN; empty: no AUTH
-    auth_without_tls: bool = False  # offer AUTH on a plaintext session
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.auth_mechanisms if m not in _sasl.MECHANISMS]
-        if unknown:
-            raise ValueError(f"unsupported AUTH mechanisms {unknown}; supported: {list(_sasl.MECHANISMS)}")
 
 
 _TOO_LONG = object()  # what `_read_line` returns for a line beyond the limit

@@ -39,7 +39,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from trimta.adapters.config import ConfigError, _Table
+from trimta.adapters.config_base import ConfigError, Table
 from trimta.core import units
 from trimta.core.units import Rate
 from trimta.protocol.replies import reply
@@ -85,10 +85,10 @@ def load_workload(path: str | Path) -> Workload:
         raise ConfigError("no such file", file=file) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
-    top = _Table(raw, file, "", ("duration", "traffic", "receiver"))
+    top = Table(raw, file, "", ("duration", "traffic", "receiver"))
     traffic = []
     for i, t in enumerate(raw.get("traffic", [])):
-        tt = _Table(t, file, f"traffic[{i}]", ("tenant", "campaign", "domain", "messages", "rate"))
+        tt = Table(t, file, f"traffic[{i}]", ("tenant", "campaign", "domain", "messages", "rate"))
         domain = tt.string("domain", None)
         if not domain:
             raise tt.error("domain", "each [[traffic]] needs a domain")
@@ -99,7 +99,7 @@ def load_workload(path: str | Path) -> Workload:
         ))
     receivers = []
     for i, r in enumerate(raw.get("receiver", [])):
-        rt = _Table(r, file, f"receiver[{i}]", ("domains", "mx", "latency", "defer", "reject", "behaviour", "tls"))
+        rt = Table(r, file, f"receiver[{i}]", ("domains", "mx", "latency", "defer", "reject", "behaviour", "tls"))
         domains = rt.get("domains", None, _domain_list)
         if not domains:
             raise rt.error("domains", 'each [[receiver]] needs domains = ["..."]')
