@@ -214,3 +214,29 @@ def test_response_line_is_not_read_as_a_command():
 def test_refused_challenge_ends_the_exchange():
     s = auth_session(answer=lambda e: R.TEMP_AUTH_FAILURE if isinstance(e, ev.AuthChallenge) else None)
     assert codes(s.send(b"AUTH LOGIN\r\nNOOP\r\n")) == ["454 4.7.0", "250 2.0.0"]
+
+
+# --- HELP names what EHLO offers ---------------------------------------------
+
+
+def test_help_without_tls_or_auth_configured_names_neither():
+    out = ready().send(b"HELP\r\n")
+    assert replies(out) == ["214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"]
+
+
+def test_help_names_starttls_before_tls_and_auth_only_inside_it():
+    s = ready(starttls_available=True, auth_mechanisms=("PLAIN",))
+    before = replies(s.send(b"HELP\r\n"))[0]
+    assert " STARTTLS " in before and " AUTH " not in before
+    s.send(b"STARTTLS\r\n")
+    s.conn.tls_started(version="TLSv1.3")
+    s.send(b"EHLO client.example\r\n")
+    after = replies(s.send(b"HELP\r\n"))[0]
+    assert " STARTTLS " not in after and " AUTH " in after
+
+
+def test_help_names_auth_on_plaintext_when_auth_without_tls_is_allowed():
+    s = ready(auth_mechanisms=("PLAIN", "LOGIN"), auth_without_tls=True)
+    assert replies(s.send(b"HELP\r\n")) == [
+        "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY AUTH HELP QUIT"
+    ]

@@ -97,6 +97,17 @@ def _ehlo_reply(cfg: ServerConfig, tls_active: bool) -> Reply:
     return Reply(250, None, tuple(lines))
 
 
+@functools.lru_cache(maxsize=64)
+def _help_reply(cfg: ServerConfig, tls_active: bool) -> Reply:
+    """HELP names the commands this session can use now: STARTTLS and AUTH as EHLO offers them."""
+    commands = ["EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY"]
+    if cfg.starttls_available and not tls_active:
+        commands.append("STARTTLS")
+    if cfg.auth_mechanisms and (tls_active or cfg.auth_without_tls):
+        commands.append("AUTH")
+    return R.reply(214, "2.0.0", "Commands: " + " ".join([*commands, "HELP", "QUIT"]))
+
+
 class Session:
     """Session and transaction state of one ESMTP conversation."""
 
@@ -325,7 +336,7 @@ class Session:
         raise RemoteProtocolError(R.NOT_IMPLEMENTED)
 
     def _help(self, text: str) -> Help:
-        return Help(text.strip(" "))
+        return Help(text.strip(" "), _help_reply(self.config, self.tls is not None))
 
     def _quit(self, text: str) -> Quit:
         _no_argument(text)

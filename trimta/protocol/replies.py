@@ -126,7 +126,7 @@ BARE_LINE_ENDING = reply(554, "5.6.0", "Bare CR or LF in message data is not all
 
 # Added for the ESMTP server state machine (trimta/protocol/server.py).
 GOODBYE = reply(221, "2.0.0", "Bye")
-HELP = reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY STARTTLS AUTH HELP QUIT")
+HELP = reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT")  # and STARTTLS, AUTH where offered
 AUTH_EMPTY_CHALLENGE = reply(334, None, "")
 AUTH_USERNAME_PROMPT = reply(334, None, "VXNlcm5hbWU6")  # base64 of "Username:"
 AUTH_PASSWORD_PROMPT = reply(334, None, "UGFzc3dvcmQ6")  # base64 of "Password:"
