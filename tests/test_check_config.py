@@ -18,7 +18,7 @@ def test_bad_key_exits_non_zero_naming_file_key_and_suggestion(tmp_path, capsys)
     config.write_text('[[listener]]\nclient_timout = "1s"\n')
     assert main(["check-config", "--config", str(config)]) == 1
     err = capsys.readouterr().err
-    assert err == f"trimta: {config}: listener[0].client_timout: unknown key; did you mean 'client_timeout'?\n"
+    assert err == f"trimta check-config: {config}:2: listener[0].client_timout: unknown key; did you mean 'client_timeout'?\n"
 
 
 def test_shaping_mistake_is_reported_with_file_and_line(tmp_path, capsys):

@@ -381,8 +381,12 @@ def test_credentials_in_the_endpoint_url_are_sent_as_basic(api, capsys):
     assert api.requests[0].headers["authorization"] == "Basic b3BzOnBhIHNz"  # ops:pa ss
 
 
-def test_endpoint_from_the_environment_and_its_default(monkeypatch, api, capsys):
-    assert cli.build_parser().parse_args(["suspend-list"]).endpoint == "http://127.0.0.1:8000"
+def test_endpoint_from_the_environment_and_its_default(monkeypatch, api, capsys, tmp_path):
+    from trimta.commands._api import resolve_endpoint
+
+    monkeypatch.chdir(tmp_path)  # no ./trimta.toml
+    monkeypatch.delenv("TRIMTA_ENDPOINT", raising=False)
+    assert resolve_endpoint(cli.build_parser().parse_args(["suspend-list"])) == "http://127.0.0.1:8000"
     monkeypatch.setenv("TRIMTA_ENDPOINT", api.endpoint + "/")
     api.answer("GET", "/api/admin/suspend/v1", [])
     assert run_cli(capsys, "suspend-list")[0] == 0

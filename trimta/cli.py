@@ -14,7 +14,10 @@ COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin",
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trimta import __version__
+
     parser = argparse.ArgumentParser(prog="trimta", description="A multi-tenant mail transfer agent.")
+    parser.add_argument("--version", action="version", version=f"trimta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -236,3 +236,12 @@ def test_cli_values_are_toml_when_they_can_be_and_strings_otherwise(text, value)
 def test_shaping_without_an_action_prints_usage(capsys):
     assert main(["shaping"]) == 2
     assert "check" in capsys.readouterr().err
+
+
+def test_set_into_a_missing_directory_is_one_line_not_a_traceback(tmp_path, capsys):
+    target = tmp_path / "no-such-dir" / "shaping.toml"
+    assert main(["shaping", "set", "gmail.com", "connection_limit", "5", "--file", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"trimta shaping set: {target}: cannot write: the directory {target.parent} "
+                   "does not exist (create it first)\n")
+    assert not target.parent.exists()

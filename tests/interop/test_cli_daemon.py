@@ -199,5 +199,5 @@ def test_an_address_in_use_is_named_and_the_daemon_exits_1(tmp_path, taken):
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 1
     what = f"ESMTP listener 127.0.0.1:{busy}" if taken == "smtp" else f"HTTP API on 127.0.0.1:{busy}"
-    assert done.stderr.splitlines()[-1] == f"trimta: [Errno 98] {what}: Address already in use"
+    assert done.stderr.splitlines()[-1] == f"trimta serve: [Errno 98] {what}: Address already in use"
     assert "Traceback" not in done.stderr

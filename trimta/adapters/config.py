@@ -10,8 +10,11 @@ default (no file) keeps its data under the current working directory.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 import socket
+import subprocess
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,11 +28,14 @@ from trimta.adapters.config_base import (
     Table,
     parse_host_port,
     parse_networks,
+    toml_key_path,
 )
 from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_config
 from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
 from trimta.adapters.http_config import HttpConfig, http_config_from
 from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
+from trimta.adapters.tls import TlsFileError, check_server_files
+from trimta.adapters.toml_lines import TomlLines
 from trimta.adapters.webhook_config import WebhookConfig, parse_webhooks
 from trimta.core import units
 
@@ -103,7 +109,7 @@ class Config:
     """The whole daemon configuration."""
 
     source: str = "<embedded default>"
-    hostname: str = field(default_factory=socket.getfqdn)
+    hostname: str = field(default_factory=lambda: machine_hostname())
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     tenancy: TenancyConfig = TenancyConfig()
     spool: SpoolConfig = SpoolConfig()
@@ -115,6 +121,74 @@ class Config:
     shaping_loaded: LoadedShaping | None = None  # the shaping files, read and checked
     webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
     raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --- The machine's name -------------------------------------------------------------
+
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6", "ip6-localhost")
+
+
+@functools.lru_cache(maxsize=1)
+def machine_hostname() -> str:
+    """The machine's own fully qualified name, as ``hostname -f`` reports it.
+
+    `socket.getfqdn()` is not trusted alone: on machines whose hosts file maps the
+    host name to a loopback address (a common Debian default) it answers
+    ``localhost``, and that name would then go out in EHLO to the world's MX hosts.
+    It is used only when it adds a domain to the bare name and is not a local name.
+    """
+    name = ""
+    try:
+        done = subprocess.run(["hostname", "-f"], capture_output=True, text=True, timeout=5, check=False)
+        if done.returncode == 0:
+            name = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    name = name or socket.gethostname()
+    if "." not in name:
+        fqdn = socket.getfqdn(name)
+        if "." in fqdn and not is_local_name(fqdn):
+            name = fqdn
+    return name.lower().rstrip(".") or "localhost"
+
+
+def is_local_name(name: str) -> bool:
+    return name.lower().rstrip(".") in _LOCAL_NAMES or name.lower().endswith(".localhost")
+
+
+def hostname_problem(name: str) -> str | None:
+    """Why `name` is a poor EHLO/banner name for mail to the internet, or None."""
+    if is_local_name(name):
+        return "is a local name; receivers that check EHLO names will distrust it"
+    try:
+        ipaddress.ip_address(name)
+        return "is an address, not a name"
+    except ValueError:
+        pass
+    if "." not in name:
+        return "is not fully qualified (no domain); receivers that check EHLO names will distrust it"
+    return None
+
+
+def hostname_warnings(config: Config) -> list[str]:
+    """Warnings about the names the daemon would give itself (EHLO, banners)."""
+    out = []
+    names = {config.hostname: "hostname"}
+    for i, lc in enumerate(config.listeners):
+        names.setdefault(lc.hostname, f"listener[{i}].hostname")
+    for name, key in names.items():
+        problem = hostname_problem(name)
+        if problem is not None:
+            origin = "" if key in config.raw or (key != "hostname") else " (the machine's name: `hostname -f`)"
+            out.append(f"{config.source}: {key}: {name!r}{origin} {problem}; set hostname = \"mta.example.com\" "
+                       "to the name the sending address's PTR record gives")
+    return out
+
+
+def _hostname(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f'expected a host name like "mta1.example.com", got {value!r}')
+    return value.strip()
 
 
 # --- Loading ----------------------------------------------------------------------
@@ -143,7 +217,12 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(found)) from None
-    return parse_config(raw, source=str(found), base_dir=found.resolve().parent)
+    try:
+        return parse_config(raw, source=str(found), base_dir=found.resolve().parent)
+    except ConfigError as exc:
+        if exc.line is not None or exc.file != str(found) or not exc.key:
+            raise
+        raise exc.at_line(TomlLines(text).line_of(toml_key_path(exc.key))) from None
 
 
 _LISTENER_KEYS = (
@@ -183,6 +262,11 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
     for name, p in (("tls_certificate", cert_path), ("tls_private_key", key_path)):
         if p is not None and not p.is_file():
             raise t.error(name, f"no such file: {p}")
+    if cert_path is not None and key_path is not None:
+        try:
+            check_server_files(cert_path, key_path)
+        except TlsFileError as exc:
+            raise t.error(exc.key, str(exc)) from None
     return ListenerConfig(
         host=host,
         port=port,
@@ -228,7 +312,7 @@ _TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns",
 def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
     """Validate a parsed TOML document into a `Config`."""
     top = Table(raw, source, "", _TOP_KEYS)
-    hostname = top.string("hostname", socket.getfqdn())
+    hostname = top.get("hostname", None, _hostname) or machine_hostname()
 
     listener_tables = raw.get("listener", [{}])
     if isinstance(listener_tables, Mapping):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,13 +24,41 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 
 
 class ConfigError(Exception):
-    """A configuration mistake, with where it is and what would be accepted."""
+    """A configuration mistake, with where it is and what would be accepted.
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+    Shown as ``file:line: key: message``, the form compilers and the shaping-file
+    checks use; the line is added by `config.load_config`, which has the text (the
+    section parsers see only parsed values).
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        self.message = message
         self.file = file
         self.key = key
-        where = ": ".join(p for p in (file, key) if p)
+        self.line = line
+        place = f"{file}:{line}" if file and line else file
+        where = ": ".join(p for p in (place, key) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+    def at_line(self, line: int | None) -> ConfigError:
+        return ConfigError(self.message, file=self.file, key=self.key, line=line)
+
+
+_KEY_PART = re.compile(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)|\[(\d+)\]')
+
+
+def toml_key_path(key: str) -> tuple[str | int, ...]:
+    """A key as errors name it (``listener[0].tls_private_key``, ``egress.domains."gmail.com".x``)
+    as the path `toml_lines.TomlLines` knows it by."""
+    path: list[str | int] = []
+    for m in _KEY_PART.finditer(key):
+        double, single, bare, index = m.groups()
+        if index is not None:
+            path.append(int(index))
+        else:
+            path.append(double if double is not None else single if single is not None else bare)
+    return tuple(path)
 
 
 class Table:

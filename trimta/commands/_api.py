@@ -1,7 +1,8 @@
 """What the commands that talk to the daemon's HTTP API share: options, errors, tables.
 
-Every such command takes ``--endpoint`` (default ``$TRIMTA_ENDPOINT``, else
-``http://127.0.0.1:8000``), ``--token`` (default ``$TRIMTA_TOKEN``), ``--timeout`` and
+Every such command takes ``--endpoint`` (default ``$TRIMTA_ENDPOINT``, else the
+``[http] listen`` address of the configuration found by the one rule: ``--config``,
+``./trimta.toml``, the embedded default's ``http://127.0.0.1:8000``), ``--token`` (default ``$TRIMTA_TOKEN``), ``--timeout`` and
 ``--json`` (print the API's answer as JSON, for scripts). Failures are one line on
 stderr, never a traceback, with a distinct exit status:
 
@@ -16,10 +17,13 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trimta.adapters.config import ConfigError, find_config
 from trimta.adapters.http_client import DEFAULT_ENDPOINT, ApiClient, ApiRefused, ApiUnreachable
+from trimta.adapters.http_config import http_config_from
 from trimta.core import units
 
 EXIT_REFUSED = 1
@@ -39,8 +43,14 @@ Handler = Callable[[ApiClient, argparse.Namespace], int]
 def add_api_options(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--endpoint", metavar="URL", default=os.environ.get("TRIMTA_ENDPOINT") or DEFAULT_ENDPOINT,
-        help="the daemon's HTTP API (default: $TRIMTA_ENDPOINT, else %(default)s)",
+        "--endpoint", metavar="URL", default=None,
+        help="the daemon's HTTP API (default: $TRIMTA_ENDPOINT, else the [http] listen address of the "
+        f"configuration, else {DEFAULT_ENDPOINT})",
+    )
+    group.add_argument(
+        "--config", metavar="FILE",
+        help="the configuration whose [http] listen address to use (default: ./trimta.toml if present, "
+        "else the embedded default)",
     )
     group.add_argument(
         "--token", metavar="TOKEN", default=os.environ.get("TRIMTA_TOKEN"),
@@ -56,7 +66,10 @@ def api_command(name: str, handler: Handler) -> Callable[[argparse.Namespace], i
 
     def run(args: argparse.Namespace) -> int:
         try:
-            client = ApiClient(args.endpoint, token=args.token, timeout_s=duration(args.timeout, "--timeout"))
+            endpoint = resolve_endpoint(args)
+            client = ApiClient(endpoint, token=args.token, timeout_s=duration(args.timeout, "--timeout"))
+        except ConfigError as exc:
+            return fail(name, str(exc), EXIT_USAGE)
         except ValueError as exc:
             return fail(name, f"--endpoint: {exc}", EXIT_USAGE)
         except UsageError as exc:
@@ -71,6 +84,30 @@ def api_command(name: str, handler: Handler) -> Callable[[argparse.Namespace], i
             return fail(name, refused_message(exc), EXIT_REFUSED)
 
     return run
+
+
+def resolve_endpoint(args: argparse.Namespace) -> str:
+    """--endpoint, else $TRIMTA_ENDPOINT, else where the configuration's [http] listens.
+
+    The configuration is found by the rule every command follows (--config, else
+    ./trimta.toml, else the embedded default); only its ``[http]`` table is read.
+    """
+    if args.endpoint:
+        return str(args.endpoint)
+    if os.environ.get("TRIMTA_ENDPOINT"):
+        return os.environ["TRIMTA_ENDPOINT"]
+    found = find_config(args.config)
+    if found is None:
+        return DEFAULT_ENDPOINT
+    try:
+        raw = tomllib.loads(found.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(found)) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(found)) from None
+    http = http_config_from(raw, str(found))
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
+    return f"http://[{host}]:{http.port}" if ":" in host else f"http://{host}:{http.port}"
 
 
 def refused_message(exc: ApiRefused) -> str:

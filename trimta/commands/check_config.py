@@ -1,29 +1,41 @@
-"""``trimta check-config``: validate a configuration file without starting anything."""
+"""``trimta check-config``: everything `serve` checks before it listens, without listening.
+
+It reads the configuration (the rule of `trimta.commands._config`), the shaping
+files it names, and the TLS certificates and keys (parsed, and each key checked
+against its certificate), and warns about names receivers would distrust. It
+resolves nothing remote: ``trimta shaping check`` does that for shaping files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from trimta.adapters.config import ConfigError, load_config
+from trimta.adapters.config import ConfigError, hostname_warnings
+from trimta.commands._config import add_config_option, load, which
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("--config", metavar="FILE", help="config file (default: ./trimta.toml, else the embedded default)")
+    p = subparsers.add_parser("check-config", help="validate a configuration file",
+                              description="Check a configuration as `trimta serve` would before listening.")
+    add_config_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = load(args)
     except ConfigError as exc:
-        print(f"trimta: {exc}", file=sys.stderr)
+        print(f"trimta check-config: {exc}", file=sys.stderr)
         return 1
+    print(f"configuration: {which(args)}")
     print(f"{config.source}: OK")
+    print(f"  hostname {config.hostname} (EHLO name of deliveries)")
     for lc in config.listeners:
         tls = "STARTTLS" if lc.tls_certificate else "no TLS"
         print(f"  listener {lc.name} ({tls}, max message size {lc.max_message_size_bytes} bytes)")
+    if config.http is not None and config.http.enabled:
+        print(f"  http {config.http.name}")
     print(f"  spool {config.spool.path}")
     print(f"  logs {config.logs.path}")
     if config.shaping_loaded is not None:
@@ -31,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         for warning in config.shaping_loaded.warnings:
             print(f"warning: {warning}")
     for warning in config.delivery.warnings:
+        print(f"warning: {warning}")
+    for warning in hostname_warnings(config):
         print(f"warning: {warning}")
     print("  (trimta shaping check FILE... also asks DNS: conflicting tables of one site, null MX, unresolvable domains)")
     return 0

@@ -3,9 +3,9 @@
 For each domain it prints the MX hosts with their preferences and addresses, the
 site name (the ready queue's destination part), failures as such (null MX,
 NXDOMAIN, DNS errors), and which of the other domains asked about share the
-site. ``--json`` prints the same as a JSON array for scripts. With ``--config``
-it resolves through the nameservers and settings of that file's ``[dns]`` table,
-as the daemon would.
+site. ``--json`` prints the same as a JSON array for scripts. It resolves
+through the ``[dns]`` table of the configuration (``--config FILE``, else
+``./trimta.toml``, else the embedded default: ``/etc/resolv.conf``), as the daemon would.
 
 Exit status: 0 if every domain has somewhere to deliver, 1 if any has not, 2 for
 a configuration error.
@@ -22,6 +22,7 @@ import trio
 from trimta.adapters.config import ConfigError
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.dns_config import ResolverConfig
+from trimta.commands._config import add_config_option
 from trimta.core.mx import MxResolution
 
 
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN")
-    parser.add_argument("--config", metavar="FILE", help="use the [dns] settings of this trimta.toml")
+    add_config_option(parser, "resolve through the [dns] settings of this configuration "
+                      "(default: ./trimta.toml if present, else /etc/resolv.conf)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per domain")
     parser.set_defaults(func=run)
 
@@ -58,12 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_resolver_config(path: str | None) -> ResolverConfig:
-    """The resolver settings of a config file, or the defaults (resolv.conf) without one."""
-    if path is None:
-        return ResolverConfig()
-    # Imported here: the config loader pulls in every section's parser, which plain
-    # `resolve-site DOMAIN` does not need.
-    from trimta.adapters.config import load_config
+    """The resolver settings of the configuration (the one rule: --config, ./trimta.toml,
+    the embedded default, whose [dns] is /etc/resolv.conf)."""
+    from trimta.adapters.config import load_config  # noqa: PLC0415 (every section's parser)
 
     return load_config(path).dns
 

@@ -8,14 +8,15 @@ import sys
 
 import trio
 
-from trimta.adapters.config import ConfigError, load_config
+from trimta.adapters.config import ConfigError, hostname_warnings
 from trimta.adapters.spool import SpoolError
 from trimta.app import App
+from trimta.commands._config import add_config_option, load, which
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the MTA daemon")
-    p.add_argument("--config", metavar="FILE", help="config file (default: ./trimta.toml, else the embedded default)")
+    add_config_option(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -25,20 +26,23 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = load_config(args.config)
+        config = load(args)
     except ConfigError as exc:
-        print(f"trimta: {exc}", file=sys.stderr)
+        print(f"trimta serve: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("trimta").info("configuration: %s", config.source)
+    log = logging.getLogger("trimta")
+    log.info("configuration: %s", which(args))
+    for warning in hostname_warnings(config):
+        log.warning("%s", warning)
     try:
         trio.run(App(config).run)
     except BaseException as exc:  # noqa: BLE001 (sorted below; anything else is re-raised)
         leaf = _single_leaf(exc)
         if isinstance(leaf, SpoolError):  # e.g. an unreadable spool database
-            print(f"trimta: spool: {leaf}", file=sys.stderr)
+            print(f"trimta serve: spool: {leaf}", file=sys.stderr)
             return 1
         if isinstance(leaf, OSError):  # e.g. the listen address is in use
-            print(f"trimta: {leaf}", file=sys.stderr)
+            print(f"trimta serve: {leaf}", file=sys.stderr)
             return 1
         if isinstance(leaf, KeyboardInterrupt):
             return 130

@@ -3,7 +3,8 @@
 ``trimta shaping check FILE... [--config FILE]`` reads the files in order, as the
 daemon would layer them, and prints every mistake with its file, line and key
 (exit status 1 if there is one). Then it resolves every domain that has a table,
-through the ``[dns]`` settings of ``--config`` (or ``/etc/resolv.conf``), and
+through the ``[dns]`` settings of the configuration (``--config``, else
+``./trimta.toml``, else ``/etc/resolv.conf``), and
 warns about a domain with a null MX or that does not resolve (its rules shape
 nothing), and about two domain tables that roll up into the same site and set
 an option differently (the later one wins, which may not be what was meant).
@@ -64,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("files", nargs="*", metavar="FILE",
                        help="shaping files, in the order they are layered (default: those of the config)")
-    check.add_argument("--config", metavar="FILE", help="trimta.toml: its [dns] settings and [shaping] files")
+    check.add_argument("--config", metavar="FILE", help="configuration whose [dns] settings (and [shaping] files, "
+                       "without FILE) are used (default: ./trimta.toml if present, else the embedded default)")
     check.add_argument("--with-default", action="store_true",
                        help="layer the FILEs over the shipped shaping/default.toml, as the daemon does")
     check.add_argument("--no-dns", action="store_true", help="only read the files; resolve nothing")
@@ -162,15 +164,12 @@ async def _dns_warnings(loaded: LoadedShaping, resolver: Resolver) -> list[str]:
 
 def run_check(args: argparse.Namespace) -> int:
     try:
-        config = None
-        if args.config is not None or not args.files:
-            from trimta.adapters.config import load_config
+        from trimta.adapters.config import load_config  # noqa: PLC0415
 
-            config = load_config(args.config)
+        config = load_config(args.config)  # its [dns], and its [shaping] files unless FILEs are given
         if args.files:
             paths: list[Path] = ([default_shaping_file()] if args.with_default else []) + [Path(f) for f in args.files]
         else:
-            assert config is not None
             base_dir = Path(config.source).resolve().parent if Path(config.source).is_file() else Path.cwd()
             paths = list(parse_shaping_table(config.raw.get("shaping", {}), config.source, base_dir).paths)
     except ShapingError as exc:
@@ -180,7 +179,7 @@ def run_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"trimta shaping check: {exc}", file=sys.stderr)
         return 1
-    dns = None if args.no_dns else (getattr(config, "dns", None) if config is not None else None)
+    dns = None if args.no_dns else config.dns
     report = trio.run(_check_with_dns, paths, not args.no_dns, dns)
     for error in report.errors:
         print(error, file=sys.stderr)
@@ -262,9 +261,20 @@ def run_set(args: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         print(f"trimta shaping set: {path} left unchanged", file=sys.stderr)
         return 1
-    _write_atomically(path, new_text)
+    try:
+        _write_atomically(path, new_text)
+    except OSError as exc:
+        print(f"trimta shaping set: {path}: cannot write: {_write_problem(path, exc)}", file=sys.stderr)
+        return 1
     print(f"{path}: {shown} = {args.value}")
     return 0
+
+
+def _write_problem(path: Path, exc: OSError) -> str:
+    directory = path.resolve().parent
+    if not directory.is_dir():
+        return f"the directory {directory} does not exist (create it first)"
+    return exc.strerror or str(exc)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from trimta.adapters.config import ConfigError, load_config
+from trimta.commands._config import add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workload", required=True, metavar="FILE", help="workload file (TOML, see docs/simulate.md)")
     p.add_argument("--shaping", nargs="*", default=None, metavar="FILE",
                    help="shaping files (default: those of the configuration)")
-    p.add_argument("--config", metavar="FILE", help="trimta.toml for queues, pools and shaping (default: ./trimta.toml or built-in)")
+    add_config_option(p, "configuration for queues, pools, [egress] and [shaping] "
+                      "(default: ./trimta.toml if present, else the embedded default)")
     p.add_argument("--seed", type=int, default=0, help="random seed (receiver behaviour, jitter)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         workload = load_workload(args.workload)
         paths = shaping_paths(config, args.shaping)
     except ConfigError as exc:
-        print(f"trimta: {exc}", file=sys.stderr)
+        print(f"trimta simulate: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
     report = run_simulation(workload, config=config.delivery, paths=_Reachable(paths), seed=args.seed)
@@ -56,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.table())
         print(f"(ran in {time.monotonic() - started:.1f}s of real time)")
-    return 0
+    for warning in report.warnings:
+        print(f"trimta simulate: warning: {warning}", file=sys.stderr)
+    # Receivers that were never reached make every figure meaningless: say so in the status too.
+    return 1 if report.unreached else 0
 
 
 def shaping_paths(config, files):

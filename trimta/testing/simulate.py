@@ -41,6 +41,7 @@ import trio.testing
 
 from trimta.adapters.config_base import ConfigError, Table
 from trimta.core import units
+from trimta.core.sites import site_name
 from trimta.core.units import Rate
 from trimta.protocol.replies import reply
 from trimta.testing.harness import DeliveryHarness
@@ -163,6 +164,10 @@ class SimulationReport:
     injected: int
     left_in_queue: int
     sites: list[SiteReport] = field(default_factory=list)
+    # Receivers (MX names) that traffic was meant for and that were never connected to.
+    unreached: list[str] = field(default_factory=list)
+    # Reasons the figures do not show what the shaping would do (receivers never reached, ...).
+    warnings: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         head = f"{'site':<48} {'delivered':>9} {'/min avg':>9} {'/min peak':>9} {'peak conn':>9} {'deferred':>8} {'bounced':>7} {'drained':>9}"
@@ -192,7 +197,10 @@ async def simulate(workload: Workload, harness: DeliveryHarness, *, seed: int = 
         for domain in spec.domains:
             harness.resolver.add_mx(domain, spec.mx)
         harness.resolver.add_host(spec.mx, address)
-        receivers[spec.mx] = harness.network.add_receiver(address, 25, _receiver(spec, rng, times[spec.mx]))
+        receiver = _receiver(spec, rng, times[spec.mx])
+        for port in _ports(harness, spec):
+            harness.network.add_receiver(address, port, receiver)
+        receivers[spec.mx] = receiver
     start = trio.current_time()
 
     async def feed(t: Traffic) -> None:
@@ -218,6 +226,7 @@ async def simulate(workload: Workload, harness: DeliveryHarness, *, seed: int = 
     logs: CountingLogs = harness.logs  # type: ignore[assignment]
     report = SimulationReport(simulated_s=elapsed, injected=sum(t.messages for t in workload.traffic),
                               left_in_queue=len(harness.spool.messages))
+    report.unreached, report.warnings = _warnings(workload, receivers, harness)
     for mx, receiver in receivers.items():
         site = _site_of(harness, mx)
         counts = logs.by_site.get(site, Counter())
@@ -233,6 +242,36 @@ async def simulate(workload: Workload, harness: DeliveryHarness, *, seed: int = 
             drained_after_s=(received[-1] - start) if received else None,
         ))
     return report
+
+
+def _ports(harness: DeliveryHarness, spec: ReceiverSpec) -> set[int]:
+    """The ports deliveries to these domains connect to (``smtp_port``, 25 unless configured)."""
+    site = site_name([spec.mx])
+    sources = [source.name for source in harness.config.sources.values()]
+    return {harness.engine.paths.path_config(source, site, domain).smtp_port
+            for source in sources for domain in spec.domains}
+
+
+def _warnings(
+    workload: Workload, receivers: dict[str, ScriptedReceiver], harness: DeliveryHarness
+) -> tuple[list[str], list[str]]:
+    """What makes the figures meaningless: receivers that answered nothing, traffic with no receiver."""
+    out = []
+    unreached = []
+    sent_to = {t.domain for t in workload.traffic}
+    for spec in workload.receivers:
+        receiver = receivers[spec.mx]
+        aimed = sorted(sent_to & set(spec.domains))
+        if aimed and spec.behaviour == "accept" and receiver.connection_count == 0:
+            unreached.append(spec.mx)
+            tried = sorted({f"{a}:{p}" for _, a, p in harness.network.connect_attempts})
+            out.append(f"receiver {spec.mx} (for {', '.join(aimed)}) was never connected to; "
+                       f"connections went to {', '.join(tried) or 'nowhere'}; "
+                       "the figures below describe failures, not the shaping")
+    covered = {d for spec in workload.receivers for d in spec.domains}
+    for domain in sorted(sent_to - covered):
+        out.append(f"no [[receiver]] has {domain!r} in its domains: its mail bounces as a domain that does not exist")
+    return unreached, out
 
 
 def _site_of(harness: DeliveryHarness, mx: str) -> str:
