@@ -33,6 +33,7 @@ from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
 from trimta.adapters.spool import Spool
+from trimta.adapters.spool_lock import SpoolLock
 from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
@@ -72,6 +73,13 @@ class App:
 
     async def _run(self, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus) -> None:
         config = self.config
+        # Before anything reads the spool: a second daemon on it stops here (SpoolInUse).
+        with SpoolLock.acquire(config.spool.path):
+            await self._run_locked(config, reloads, task_status=task_status)
+
+    async def _run_locked(
+        self, config: Config, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus
+    ) -> None:
         spool = Spool(SqliteStorage(config.spool.path, max_size_bytes=config.spool.max_size_bytes))
         started = time.monotonic()
         restored = spool.restore()

@@ -10,6 +10,7 @@ import trio
 
 from trimta.adapters.config import ConfigError, hostname_warnings
 from trimta.adapters.spool import SpoolError
+from trimta.adapters.spool_lock import SpoolInUse
 from trimta.app import App
 from trimta.commands._config import add_config_option, load, which
 
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         trio.run(App(config).run)
     except BaseException as exc:  # noqa: BLE001 (sorted below; anything else is re-raised)
         leaf = _single_leaf(exc)
+        if isinstance(leaf, SpoolInUse):  # another daemon runs on this spool
+            print(f"trimta: {leaf}", file=sys.stderr)
+            return 1
         if isinstance(leaf, SpoolError):  # e.g. an unreadable spool database
             print(f"trimta serve: spool: {leaf}", file=sys.stderr)
             return 1
