@@ -434,6 +434,16 @@ def test_message_over_the_advertised_size_is_not_sendable():
     )
 
 
+@pytest.mark.parametrize("data", [b"Subject: x\r\n\r\na\r\n\x00.\r\nb\r\n", b"a\r\n.\x00\r\nb"], ids=["nullbefore", "nullafter"])
+def test_a_message_with_a_nul_is_never_sent(data):
+    peer = session("PIPELINING", "SIZE 1000", "CHUNKING")
+    with pytest.raises(MessageNotSendable) as caught:
+        peer.client.start_transaction("s@a", ["r@b"], data)
+    assert (caught.value.reply.code, caught.value.reply.enhanced_code) == (554, "5.6.0")
+    assert caught.value.reply.is_permanent
+    assert peer.client.state is ClientState.READY  # nothing went out
+
+
 def test_size_counts_crlf_line_endings_before_dot_stuffing():
     peer = session("SIZE 1000")
     # Four bytes become seven with CRLF line ends and a final CRLF; the stuffed dot

@@ -22,6 +22,14 @@ def test_pipelined_chunks_with_last_make_one_message():
     assert s.conn.messages_accepted == 1
 
 
+def test_a_nul_in_any_chunk_refuses_the_message_at_last():
+    s = in_transaction()
+    out = s.send(bdat(b"Subject: x\r\n\r\na\r\n\x00") + bdat(b".\r\nb\r\n", last=True) + b"NOOP\r\n")
+    assert codes(out) == ["250 2.0.0", "554 5.6.0", "250 2.0.0"]
+    assert not s.of_type(ev.MessageComplete)
+    assert s.conn.mail_from is None
+
+
 def test_bdat_last_ends_the_transaction():
     s = in_transaction()
     out = s.send(bdat(b"body\r\n", last=True) + b"RCPT TO:<x@example.net>\r\n")

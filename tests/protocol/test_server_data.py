@@ -65,9 +65,11 @@ def test_mail_from_is_still_available_while_the_message_awaits_its_reply():
 
 
 # Each look-alike of the end of data must stay inside the content: the message ends
-# at the real CRLF.CRLF and is refused for its bare CR or LF, and the commands
-# "smuggled" after the look-alike never run.
-SMUGGLING_VARIANTS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r"]
+# at the real CRLF.CRLF and is refused for its bare CR or LF, or its NUL, and the
+# commands "smuggled" after the look-alike never run. These are hannob/smtpsmug's
+# variants, all of them (lflf ... crlfcr, nullbefore, nullafter).
+SMUGGLING_VARIANTS = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
+                      b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\x00\r\n"]
 
 
 @pytest.mark.parametrize("fake_end", SMUGGLING_VARIANTS, ids=repr)
@@ -99,6 +101,16 @@ def test_bare_cr_or_lf_anywhere_refuses_the_message_at_its_end(content):
     s = data_session()
     assert codes(s.send(content + b".\r\n")) == ["554 5.6.0"]
     assert s.conn.errors == 0
+
+
+@pytest.mark.parametrize("content", [b"\x00\r\n", b"a\x00b\r\n", b"x\r\n\x00.\r\ny\r\n", b"x\r\n.\x00\r\n"])
+def test_a_nul_anywhere_refuses_the_message_at_its_end(content):
+    s = data_session()
+    out = s.send(content + b".\r\nNOOP\r\n")
+    assert out.startswith(b"554 5.6.0 NUL in message data")
+    assert codes(out) == ["554 5.6.0", "250 2.0.0"]
+    assert not s.of_type(ev.MessageComplete)
+    assert s.conn.mail_from is None
 
 
 def test_text_line_of_1000_octets_is_accepted_and_1001_refused():

@@ -137,25 +137,27 @@ def test_a_valid_session_split_anywhere_gives_the_same_transactions(cuts):
 
 _CONTENT = st.lists(
     st.one_of(
-        st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r", b".", b"x"]),
+        st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r", b".", b"x", b"\x00"]),
         st.integers(0, 1002).map(lambda n: b"y" * n),
     ),
     max_size=12,
 ).map(b"".join)
 
 
-def _lines_by_definition(framed: bytes) -> tuple[bool, int, int]:
+def _lines_by_definition(framed: bytes) -> tuple[bool, int, int, bool]:
     """(a bare CR or LF, the longest line counting its CRLF, the octets after the last
-    CRLF), one octet at a time."""
-    bare, longest, line, i = False, 0, 0, 0
+    CRLF, a NUL), one octet at a time."""
+    bare, longest, line, i, nul = False, 0, 0, 0, False
     while i < len(framed):
         if framed[i : i + 2] == b"\r\n":
             longest, line, i = max(longest, line + 2), 0, i + 2
             continue
         if framed[i] in b"\r\n":
             bare = True
+        if framed[i] == 0:
+            nul = True
         line, i = line + 1, i + 1
-    return bare, longest, line
+    return bare, longest, line, nul
 
 
 @given(_CONTENT)
@@ -165,14 +167,15 @@ def _lines_by_definition(framed: bytes) -> tuple[bool, int, int]:
 @example(b"y" * 999)  # BDAT content may end without CRLF: 999 octets pass
 @example(b"y" * 1000)
 def test_content_refusal_is_its_definition(content):
-    """Refused for a bare CR or LF first, then for a line over 1000 octets with its CRLF
-    (a last line without CRLF: at 1000 octets)."""
+    """Refused for a bare CR or LF first, then for a NUL, then for a line over 1000
+    octets with its CRLF (a last line without CRLF: at 1000 octets)."""
     from trimta.protocol._data import content_refusal
 
     framed = b"\r\n" + content
-    bare, longest, last = _lines_by_definition(framed)
+    bare, longest, last, nul = _lines_by_definition(framed)
     too_long = longest > 1000 or last >= 1000
-    expected = R.BARE_LINE_ENDING if bare else R.LINE_TOO_LONG if too_long else None
+    expected = (R.BARE_LINE_ENDING if bare else R.NUL_IN_DATA if nul
+                else R.LINE_TOO_LONG if too_long else None)
     assert content_refusal(framed) == expected
 
 

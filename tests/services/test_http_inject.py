@@ -252,6 +252,17 @@ async def test_content_that_is_not_a_message_fails_its_recipients():
     assert "does not start with a header field" in reply.json["errors"][0]
 
 
+async def test_content_with_a_nul_is_refused_and_nothing_is_stored():
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {"envelope_sender": "a@b.example",
+                                       "content": "Subject: x\r\n\r\nhello\r\n\u0000.\r\nMAIL FROM:<x@y>\r\n",
+                                       "recipients": ["a@example.net"]})
+            assert stored(api) == {}
+    assert reply.status == 400
+    assert "NUL character" in reply.json["errors"][0]
+
+
 async def test_body_over_the_limit_is_413():
     from trimta.adapters.http_config import HttpConfig
 

@@ -12,6 +12,11 @@ dot is always "\\r\\n.". Only that exact sequence ends the data (RFC 5321 4.1.1.
 "\\n.\\n", "\\r.\\r" and the other look-alikes stay inside the content, and a content
 with a bare CR or LF is refused as a whole (RFC 5321 2.3.8). Taking the look-alikes
 for an end is what SMTP smuggling (CVE-2023-51764 and kin) exploits.
+
+A NUL octet is refused in the same way. It is not text (RFC 5322 2.3, RFC 5321 2.3.8:
+only BINARYMIME, which trimta does not offer, would carry it), and a downstream MTA
+that drops NULs turns "\r\n\x00.\r\n" or "\r\n.\x00\r\n" into an end of data:
+smuggling through the relay (hannob/smtpsmug's ``nullbefore`` and ``nullafter``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ _END = b"\r\n.\r\n"
 def content_refusal(framed: bytes) -> Reply | None:
     """Why unstuffed content must be refused, or None. `framed` starts with CRLF.
 
-    One split at every CRLF answers both questions: a CR or LF left in the pieces is a
+    In this order: a bare CR or LF, a NUL, a line over 1000 octets. One split at every CRLF answers both questions: a CR or LF left in the pieces is a
     bare one, and the longest piece is the longest line. (Counting CRLF, CR and LF and
     searching for a long line with a regex walked 100 KB of content four times, at
     about twice the cost.)
@@ -39,6 +44,8 @@ def content_refusal(framed: bytes) -> Reply | None:
     rest = b"".join(lines)
     if b"\r" in rest or b"\n" in rest:
         return R.BARE_LINE_ENDING
+    if b"\x00" in framed:
+        return R.NUL_IN_DATA
     last = lines.pop()  # no CRLF after it (empty unless BDAT content ends without one)
     if len(last) >= MAX_TEXT_LINE or max(map(len, lines), default=0) > MAX_TEXT_LINE - 2:
         return R.LINE_TOO_LONG

@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 CRLF = commands.CRLF
+# The bounce of a message holding a NUL octet (it came in by HTTP or from an old spool).
+NUL_NOT_SENDABLE = reply(554, "5.6.0", "Message data holds a NUL octet, which is never sent (RFC 5321 2.3.8)")
 
 CONNECTION_LOST = reply(451, "4.4.2", "Connection closed by the remote host before it replied")
 """The reason given to recipients whose transaction the server hung up on."""
@@ -276,6 +278,10 @@ class ClientConnection:
         commands.check_addresses(addresses, smtputf8)
 
         prepared = prepare_message(message)
+        # Never a NUL on the wire: a receiver that drops it may see an end of data where
+        # there is none (smuggling, see protocol/_data.py). No server can take it.
+        if b"\x00" in prepared:
+            raise MessageNotSendable(NUL_NOT_SENDABLE)
         refusal = commands.refusal(self._extensions, len(prepared), smtputf8)
         if refusal is not None:
             raise MessageNotSendable(refusal)

@@ -123,6 +123,7 @@ MESSAGE_TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 PATH_TOO_LONG = reply(501, "5.1.3", "Path too long")
 NO_VALID_RECIPIENTS = reply(554, "5.5.1", "No valid recipients")
 BARE_LINE_ENDING = reply(554, "5.6.0", "Bare CR or LF in message data is not allowed (RFC 5321 2.3.8)")
+NUL_IN_DATA = reply(554, "5.6.0", "NUL in message data is not allowed (RFC 5321 2.3.8, RFC 5322 2.3)")
 
 # Added for the ESMTP server state machine (trimta/protocol/server.py).
 GOODBYE = reply(221, "2.0.0", "Bye")

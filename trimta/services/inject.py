@@ -486,5 +486,8 @@ class Injector:
             if len(data) > self.max_message_size_bytes:
                 out.append((recipient, f"message of {len(data)} bytes exceeds {self.max_message_size_bytes}"))
                 continue
+            if b"\x00" in data:  # never relayed (see protocol/_data.py): refused here, not bounced later
+                out.append((recipient, "the message holds a NUL character (\\u0000), which SMTP does not carry"))
+                continue
             out.append((recipient, data))
         return out
