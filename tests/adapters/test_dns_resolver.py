@@ -176,6 +176,14 @@ async def test_internationalised_domain_is_asked_in_punycode():
     assert r.ok and r.addresses == ("192.0.2.9",)
 
 
+async def test_internationalised_domain_is_asked_in_idna_2008_not_2003():
+    # IDNA 2003 (Python's "idna" codec) maps faß.de to fass.de: someone else's domain.
+    resolver = FakeResolver({"xn--fa-hia.example": {"A": ["192.0.2.9"]}, "fass.example": {"A": ["192.0.2.66"]}})
+    r = await resolve(resolver, "faß.example")
+    assert r.ok and r.addresses == ("192.0.2.9",)
+    assert all("fass" not in str(q) for q in resolver.queries)
+
+
 async def test_mx_rollup_false_gives_the_domain_its_own_site():
     resolver = FakeResolver(GOOGLE)
     resolver.set("googlemail.com", "MX", GOOGLE["gmail.com"]["MX"])

@@ -45,6 +45,7 @@ import trio
 
 from trimta.adapters.config_base import ConfigError
 from trimta.adapters.dns_config import ResolverConfig
+from trimta.core.domains import ascii_domain
 from trimta.core.mx import (
     IpLookupStrategy,
     MxFailure,
@@ -485,10 +486,12 @@ def _transient(domain: str, status: Status, detail: str) -> MxResolution:
 
 
 def _ascii_domain(domain: str) -> str:
-    """The domain as DNS asks for it: IDNA (punycode) for non-ASCII names; ValueError if invalid."""
+    """The domain as DNS asks for it: IDNA 2008 A-labels for non-ASCII names
+    (`domains.ascii_domain`: ``faß.de`` is ``xn--fa-hia.de``, never IDNA 2003's
+    ``fass.de``); ValueError if invalid."""
     try:
-        text = domain if domain.isascii() else domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        text = ascii_domain(domain)
+    except ValueError:
         raise ValueError(f"not a domain name: {domain!r}") from None
     if ":" in text:
         raise ValueError(f"not a domain name: {domain!r}")

@@ -25,6 +25,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from trimta.core.domains import canonical_domain
 from trimta.core.egress import EgressPathConfig, Network, TlsPolicy
 from trimta.core.mx import IpLookupStrategy
 from trimta.core.units import parse_duration, parse_rate
@@ -228,13 +229,13 @@ class StaticPathProvider:
         by_source: Mapping[str, Mapping[str, object]] | None = None,
     ) -> None:
         self.default = default if default is not None else EgressPathConfig()
-        self.by_domain = {k.lower().rstrip("."): dict(v) for k, v in (by_domain or {}).items()}
+        self.by_domain = {canonical_domain(k): dict(v) for k, v in (by_domain or {}).items()}
         self.by_site = {k: dict(v) for k, v in (by_site or {}).items()}
         self.by_source = {k: dict(v) for k, v in (by_source or {}).items()}
         self._cache: dict[tuple[str | None, str | None, str | None], EgressPathConfig] = {}
 
     def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig:
-        domain = domain.lower().rstrip(".")
+        domain = canonical_domain(domain)
         key = (
             site if site in self.by_site else None,
             domain if domain in self.by_domain else None,

@@ -7,14 +7,21 @@ left out (``tenant@domain``, ``campaign:@domain``, ``domain``). A ready queue is
 
 from __future__ import annotations
 
+from trimta.core.domains import canonical_domain
+
 
 def routing_domain(address: str) -> str:
-    """The domain part of an address, lowercased; a domain literal keeps its brackets."""
+    """The domain part of an address in its canonical form (`domains.canonical_domain`:
+    the A-labels of an internationalised name, lowercased), so ``user@bücher.example``
+    and ``user@xn--bcher-kva.example`` share one scheduled queue; a domain literal
+    keeps its brackets."""
     at = address.rfind("@")
     if at < 0:
         return ""
     domain = address[at + 1 :]
-    return domain.lower().rstrip(".")
+    if domain.isascii():  # the common case, without a call
+        return domain.lower().rstrip(".")
+    return canonical_domain(domain)
 
 
 def queue_name(campaign: str | None, tenant: str | None, domain: str) -> str:

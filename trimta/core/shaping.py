@@ -40,6 +40,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trimta.core.domains import canonical_domain
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_options import IGNORED_KUMOMTA_OPTIONS, OptionError, apply_options, parse_path_options
 from trimta.core.shaping_automation import (
@@ -228,7 +229,7 @@ def read_document(data: Mapping[str, Any], *, origin: str = "", locate: Locate |
             if block is not None:
                 default.append(block)
             continue
-        name = key.strip().lower().removesuffix(".")
+        name = canonical_domain(key)
         if not name or any(c.isspace() for c in name):
             problems.append(Problem((key,), f"not a domain name: {key!r}"))
             continue
@@ -517,7 +518,7 @@ class Shaping:
 
 
 def _domain(domain: str) -> str:
-    return domain.strip().lower().removesuffix(".")
+    return canonical_domain(domain)
 
 
 def overrides_of(config: EgressPathConfig, base: EgressPathConfig | None = None) -> dict[str, object]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trimta.core.domains import canonical_domain
 from trimta.core.shaping_automation import InvalidValue, suggest
 from trimta.core.sites import OWN_SITE_PREFIX
 
@@ -62,7 +63,7 @@ def provider_matches(matches: Sequence[ProviderMatch], domain: str, mx_hosts: Se
     neither. Suffixes are plain string suffixes: ``".google.com"`` does not match
     ``google.com`` itself. With no hosts known, only ``DomainSuffix`` can match.
     """
-    domain = domain.lower().removesuffix(".")
+    domain = canonical_domain(domain)
     host_rules = []
     for m in matches:
         if m.kind is MatchKind.DOMAIN_SUFFIX:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from trimta.core.domains import canonical_domain
+
 # What a host name may contain once normalised (RFC 5321 4.1.2 "Domain": letters,
 # digits, hyphens; underscores are tolerated because real MX targets have them).
 # Keeping everything else out guarantees that "(", "|", "?", "=" never come from a
@@ -91,7 +93,7 @@ def site_name(hosts: Iterable[str]) -> str:
 
 def own_site(domain: str) -> str:
     """The site of a domain that is not rolled up: ``domain=<domain>``."""
-    return OWN_SITE_PREFIX + domain.strip().lower().removesuffix(".")
+    return OWN_SITE_PREFIX + canonical_domain(domain)
 
 
 def site_for(domain: str, hosts: Sequence[str], *, rollup: bool = True) -> str:
