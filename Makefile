@@ -5,12 +5,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast deps system-deps bench-reception bench clean
+.PHONY: run test test-fast lint deps system-deps bench-reception bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 deps: $(STAMP)
@@ -26,6 +26,13 @@ run: deps
 ## test: install what the tests need (Debian packages too) and run the whole suite
 test: deps system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## lint: ruff, mypy (plain on trimta, --strict on protocol and core), no import cycles
+lint: deps
+	$(BIN)/ruff check trimta tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/mypy --strict --no-warn-unused-configs trimta/protocol trimta/core
+	$(BIN)/python scripts/check_import_cycles.py trimta
 
 ## test-fast: unit and service tests only (no real peers)
 test-fast: deps

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, *, alive=lambda: True, timeout_s: float = 30.0) -> None:
+def wait_for_port(host: str, port: int, *, alive: Callable[[], bool] = lambda: True, timeout_s: float = 30.0) -> None:
     """Return once something accepts connections on host:port.
 
     `alive` is asked between attempts so that a daemon that died at start-up is reported at

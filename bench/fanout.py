@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -139,7 +140,7 @@ class BlastClient:
                 pass  # the message is accepted; a lost 221 does not matter
 
 
-def _expect(reader, code: int) -> None:
+def _expect(reader: BinaryIO, code: int) -> None:
     while True:
         line = reader.readline(1024)
         if not line:

@@ -20,7 +20,6 @@ thread of its own fed by a `queue.SimpleQueue` (`trimta.adapters.threads`).
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchError, free_port, machine_summary, run_smtp_source, tree_cpu_seconds, wait_for_port  # noqa: E402
+from common import BenchError, free_port, machine_summary, run_smtp_source, tree_cpu_seconds, wait_for_port
 
 HOST = "127.0.0.1"
 

@@ -29,7 +29,9 @@ import datetime
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -46,7 +48,9 @@ from relay import RelayResult, relay_table, say  # noqa: E402
 WORKLOADS = ("accept-2k", "relay-2k", "relay-100k", "fanout", "tenants", "backlog")
 
 
-def parsed(add_arguments, argv: list[str], common: argparse.Namespace) -> argparse.Namespace:
+def parsed(
+    add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str], common: argparse.Namespace
+) -> argparse.Namespace:
     """A workload's own arguments (its defaults, then `argv`), plus the suite's shared ones."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -65,7 +69,7 @@ class _AcceptDaemon(reception.TrimtaDaemon):
     start; bench/reception.py's own config should do this (reported to its owner).
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if "[http]" not in self.config_path.read_text():
             with open(self.config_path, "a") as f:

@@ -41,11 +41,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import trio  # noqa: E402
+import trio
 
-from trimta.adapters.spool import Spool  # noqa: E402
-from trimta.adapters.spool_sqlite import SqliteStorage  # noqa: E402
-from trimta.adapters.spool_storage import (  # noqa: E402
+from trimta.adapters.spool import Spool
+from trimta.adapters.spool_sqlite import SqliteStorage
+from trimta.adapters.spool_storage import (
     CommitResult,
     Entry,
     Operation,
@@ -55,7 +55,7 @@ from trimta.adapters.spool_storage import (  # noqa: E402
     StoredEntry,
     UpdateEntry,
 )
-from trimta.core.message import Message, Reception, new_id  # noqa: E402
+from trimta.core.message import Message, Reception, new_id
 
 
 def _fsync_dir(path: Path) -> None:
@@ -402,10 +402,11 @@ def _run_child(args: list[str], *, count_fsyncs: bool) -> tuple[dict, int | None
 def _machine() -> str:
     cpu = "unknown cpu"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     import sqlite3

@@ -22,7 +22,8 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -65,13 +66,13 @@ class App:
         self.config = config
         self.grace_s = grace_s
 
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
         # SIGHUP's default action ends the process: caught from the very start, a reload
         # asked for while the daemon starts (restore, listeners) is done once it runs.
         with _signal_receiver(signal.SIGHUP) as reloads:
             await self._run(reloads, task_status=task_status)
 
-    async def _run(self, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus) -> None:
+    async def _run(self, reloads: AsyncIterator[int] | None, *, task_status: trio.TaskStatus[Running]) -> None:
         config = self.config
         # Before anything reads the spool: a second daemon on it stops here (SpoolInUse).
         with SpoolLock.acquire(config.spool.path):
@@ -136,7 +137,7 @@ class App:
                                 _serve_in_scope, listener.serve, f"ESMTP listener {listener.config.name}",
                                 handlers, scope))
                         running = Running(config, spool, logs, listeners, addresses, engine)
-                        for listener, addrs in zip(listeners, addresses):
+                        for addrs in addresses:
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                         if config.http.enabled:
                             api = HttpApi(acceptor=acceptor, engine=engine, spool=spool, logs=logs,
@@ -165,7 +166,7 @@ class App:
         log.info("stopped")
 
 
-async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskStatus) -> None:
+async def _handler_nursery(scope: trio.CancelScope, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
     """A nursery for connection tasks that outlives the accept loops, inside `scope`."""
     with scope:
         async with trio.open_nursery() as nursery:
@@ -186,7 +187,12 @@ def _settle_memory() -> None:
 
 
 async def _serve_in_scope(
-    serve, what: str, handlers: trio.Nursery, scope: trio.CancelScope, *, task_status: trio.TaskStatus
+    serve: Callable[..., Awaitable[None]],
+    what: str,
+    handlers: trio.Nursery,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[Any],
 ) -> None:
     """Run an accept loop (`serve(handler_nursery=..., task_status=...)`) inside `scope`.
 
@@ -219,7 +225,7 @@ async def reload_shaping(running: Running) -> str | None:
 
 
 @contextlib.contextmanager
-def _signal_receiver(*signums: int) -> Iterator[trio.abc.ReceiveChannel | None]:
+def _signal_receiver(*signums: int) -> Iterator[AsyncIterator[int] | None]:
     """`trio.open_signal_receiver`, or None where signals cannot be caught (not the main
     thread: embedded use, where the caller stops the daemon)."""
     try:
@@ -231,8 +237,8 @@ def _signal_receiver(*signums: int) -> Iterator[trio.abc.ReceiveChannel | None]:
         yield received
 
 
-async def _wait_for_shutdown(running: Running, reloads: trio.abc.ReceiveChannel | None) -> None:
-    async def reload_on_sighup() -> None:
+async def _wait_for_shutdown(running: Running, reloads: AsyncIterator[int] | None) -> None:
+    async def reload_on_sighup(reloads: AsyncIterator[int]) -> None:
         async for signum in reloads:
             log.info("received %s", signal.Signals(signum).name)
             await reload_shaping(running)
@@ -248,7 +254,7 @@ async def _wait_for_shutdown(running: Running, reloads: trio.abc.ReceiveChannel 
 
     async with trio.open_nursery() as nursery:
         if reloads is not None:
-            nursery.start_soon(reload_on_sighup)
+            nursery.start_soon(reload_on_sighup, reloads)
         nursery.start_soon(stop_on_signal)
         await running.shutdown.wait()
         nursery.cancel_scope.cancel()

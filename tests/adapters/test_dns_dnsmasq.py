@@ -17,7 +17,7 @@ from trimta.adapters.dns import Answer, CachingLookup, DnspythonLookup, DnsResol
 from trimta.core.mx import IpLookupStrategy, MxFailure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsmasq import Dnsmasq, dnsmasq  # noqa: E402,F401  (dnsmasq is the fixture)
+from dnsmasq import Dnsmasq, dnsmasq  # noqa: F401  (dnsmasq is the fixture)
 
 pytestmark = pytest.mark.interop
 

@@ -13,7 +13,7 @@ from trimta.commands.resolve_site import render, shared_sites
 from trimta.core.mx import MxFailure, MxHost, MxRecord, MxResolution
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsmasq import dnsmasq  # noqa: E402,F401  (the fixture)
+from dnsmasq import dnsmasq  # noqa: F401  (the fixture)
 
 DNSMASQ_ZONE = [
     "--mx-host=a.test,mx1.a.test,10",

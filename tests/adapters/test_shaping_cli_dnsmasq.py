@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsmasq import dnsmasq  # noqa: E402,F401  (the fixture)
+from dnsmasq import dnsmasq  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.interop
 

@@ -450,15 +450,14 @@ async def test_stopping_the_writer_commits_what_was_already_queued(tmp_path):
         outcomes.append(recipient)
 
     with trio.fail_after(DEADLINE_S):
-        async with trio.open_nursery() as sessions:
-            async with trio.open_nursery() as writer:
-                await writer.start(spool.run)
-                sessions.start_soon(session, "in-flight@gmail.com")
-                await wait_until_committing(storage)
-                sessions.start_soon(session, "queued@gmail.com")
-                await wait_until_pending(spool, 1)
-                writer.cancel_scope.cancel()  # shutdown begins mid-commit
-                storage.release(2)
+        async with trio.open_nursery() as sessions, trio.open_nursery() as writer:
+            await writer.start(spool.run)
+            sessions.start_soon(session, "in-flight@gmail.com")
+            await wait_until_committing(storage)
+            sessions.start_soon(session, "queued@gmail.com")
+            await wait_until_pending(spool, 1)
+            writer.cancel_scope.cancel()  # shutdown begins mid-commit
+            storage.release(2)
         with pytest.raises(SpoolError):
             await spool.store(b"late", transaction("late@gmail.com"))
     assert sorted(outcomes) == ["in-flight@gmail.com", "queued@gmail.com"]

@@ -27,11 +27,10 @@ async def test_raises_what_the_call_raised() -> None:
 
 async def test_calls_run_one_at_a_time_in_order() -> None:
     order: list[int] = []
-    async with DedicatedThread("test") as thread:
-        async with trio.open_nursery() as nursery:
-            for i in range(20):
-                nursery.start_soon(thread.run_sync, order.append, i)
-                await trio.lowlevel.checkpoint()
+    async with DedicatedThread("test") as thread, trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(thread.run_sync, order.append, i)
+            await trio.lowlevel.checkpoint()
     assert order == list(range(20))
 
 
@@ -52,14 +51,13 @@ async def test_a_cancelled_caller_still_waits_for_its_call() -> None:
         with caller:
             results.append(await thread.run_sync(slow))
 
-    async with DedicatedThread("test") as thread:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call, thread)
-            await trio.to_thread.run_sync(started.wait, 10)
-            caller.cancel()
-            await trio.testing.wait_all_tasks_blocked()
-            assert not done  # the caller is still waiting: no outcome is lost
-            release.set()
+    async with DedicatedThread("test") as thread, trio.open_nursery() as nursery:
+        nursery.start_soon(call, thread)
+        await trio.to_thread.run_sync(started.wait, 10)
+        caller.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done  # the caller is still waiting: no outcome is lost
+        release.set()
     assert done == ["finished"]
     # The call's result arrived; the cancellation was delivered after it, at the
     # caller's next checkpoint (there is none in `call`, so the result is kept).

@@ -70,7 +70,7 @@ def test_zero_weight_source_stays_in_the_pool_but_gets_nothing():
 
 
 def test_default_pool_sends_through_the_unspecified_source_which_binds_nothing():
-    assert DEFAULT_SOURCE == EgressSource("unspecified", None, None)
+    assert EgressSource("unspecified", None, None) == DEFAULT_SOURCE
     assert DEFAULT_POOL.name == "unspecified"
     assert picks(PoolPicker(DEFAULT_POOL), 3) == ["unspecified"] * 3
 

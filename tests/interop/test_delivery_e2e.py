@@ -257,7 +257,9 @@ def test_sighup_reloads_and_a_broken_file_keeps_the_running_rules(make_daemon, d
     d = make_daemon(dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"',
                     extra_config=f"[egress.default]\nsmtp_port = {mx_port}\nprohibited_hosts = []\n").start()
     text = d.config_path.read_text()
-    d.config_path.write_text(text.replace("[egress.default]", '[egress.domains."c.test"]\nconnection_limit = 1\n[egress.default]'))
+    d.config_path.write_text(
+        text.replace("[egress.default]", '[egress.domains."c.test"]\nconnection_limit = 1\n[egress.default]')
+    )
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "reloaded shaping from" in d.stderr(), what="the reload")
     d.config_path.write_text(text.replace("[egress.default]", "[egress.default]\nconection_limit = 1"))

@@ -92,7 +92,10 @@ def test_ehlo_resets_the_transaction():
 
 
 def test_refused_ehlo_keeps_previous_state():
-    s = in_transaction("r@example.net", answer=lambda e: R.reply(550, "5.7.1", "no") if isinstance(e, ev.Hello) and e.name == "bad.example" else None)
+    s = in_transaction(
+        "r@example.net",
+        answer=lambda e: R.reply(550, "5.7.1", "no") if isinstance(e, ev.Hello) and e.name == "bad.example" else None,
+    )
     assert codes(s.send(b"EHLO bad.example\r\n")) == ["550 5.7.1"]
     assert s.conn.helo_name == "client.example"
     assert s.conn.mail_from is not None

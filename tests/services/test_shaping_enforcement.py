@@ -207,7 +207,9 @@ async def test_lowered_connection_limit_on_reload_closes_connections_down_to_it(
             from trimta.adapters.delivery_config import parse_delivery_config
             import tomllib
 
-            lowered = parse_delivery_config(tomllib.loads(BASE + '[egress.domains."example.net"]\nconnection_limit = 2\n'), "<reload>")
+            lowered = parse_delivery_config(
+                tomllib.loads(BASE + '[egress.domains."example.net"]\nconnection_limit = 2\n'), "<reload>"
+            )
             h.engine.egress.reload(lowered.path_provider)
             reloaded_at = trio.current_time()
             await trio.sleep(5)  # each connection finishes its current message first

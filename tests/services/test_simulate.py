@@ -19,7 +19,8 @@ mx = "gmail-smtp-in.l.google.com"
 latency = "10ms"
 """)
     config = parse_delivery_config(
-        {"egress": {"default": {"prohibited_hosts": []}, "domains": {"gmail.com": {"max_message_rate": "100/min", "connection_limit": 2}}}},
+        {"egress": {"default": {"prohibited_hosts": []},
+                    "domains": {"gmail.com": {"max_message_rate": "100/min", "connection_limit": 2}}}},
         "<test>",
     )
     report = run_simulation(load_workload(workload), config=config)

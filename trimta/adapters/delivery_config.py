@@ -32,7 +32,13 @@ from typing import Any
 from trimta.adapters.config_base import ConfigError, Table
 from trimta.core import units
 from trimta.core.egress import EgressPathConfig
-from trimta.core.egress_options import OptionError, StaticPathProvider, apply_options, parse_path_options
+from trimta.core.egress_options import (
+    OptionError,
+    StaticPathProvider,
+    apply_options,
+    extra_options,
+    parse_path_options,
+)
 from trimta.core.pools import DEFAULT_POOL, DEFAULT_SOURCE, UNSPECIFIED, EgressPool, EgressSource
 from trimta.core.retry import QueueConfig
 
@@ -275,7 +281,7 @@ def _parse_egress(
             overrides = parse_path_options(_tables(table, file, prefix), where=file)
         except OptionError as exc:
             raise ConfigError(exc.message, file=file, key=f"{prefix}.{exc.key}") from None
-        for name in overrides.get("extra", {}):  # type: ignore[union-attr]
+        for name in extra_options(overrides):
             warnings.append(f"{file}: {prefix}.{name}: a KumoMTA option trimta does not act on; ignored")
         return overrides
 

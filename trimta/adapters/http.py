@@ -157,7 +157,7 @@ class HttpServer:
         listeners: list[trio.SocketListener],
         *,
         handler_nursery: trio.Nursery | None = None,
-        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections until cancelled; `task_status.started` gets the bound addresses."""
         addresses = [lst.socket.getsockname() for lst in listeners]
@@ -184,7 +184,12 @@ class HttpServer:
             self._open -= 1
             await trio.aclose_forcefully(stream)
 
-    def _count(self, status: int) -> None:
+    def count_request(self) -> None:
+        """A connection read one more request (for `statistics`)."""
+        self._requests += 1
+
+    def count_response(self, status: int) -> None:
+        """A connection answered with `status` (4xx and 5xx are counted apart)."""
         if 400 <= status < 500:
             self._client_errors += 1
         elif status >= 500:
@@ -194,7 +199,7 @@ class HttpServer:
 class _Addresses:
     """Passes the listeners' addresses, rather than the listeners, to `started`."""
 
-    def __init__(self, task_status: trio.TaskStatus, addresses: list) -> None:
+    def __init__(self, task_status: trio.TaskStatus[Any], addresses: list[Any]) -> None:
         self.task_status = task_status
         self.addresses = addresses
 
@@ -210,9 +215,9 @@ def _addresses(stream: trio.abc.Stream) -> tuple[str, str]:
         try:
             p = sock.getpeername()
             peer = str(p[0]) if isinstance(p, tuple) else ""
-            l = sock.getsockname()
-            if isinstance(l, tuple):
-                local = f"[{l[0]}]:{l[1]}" if ":" in l[0] else f"{l[0]}:{l[1]}"
+            ours = sock.getsockname()
+            if isinstance(ours, tuple):
+                local = f"[{ours[0]}]:{ours[1]}" if ":" in ours[0] else f"{ours[0]}:{ours[1]}"
         except OSError:
             pass
     return peer, local
@@ -243,7 +248,7 @@ class _Connection:
                 status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
                 await self.refuse(error_response(status, f"malformed request: {exc}"))
                 return
-            self.server._requests += 1
+            self.server.count_request()
             response = await self.dispatch(request)
             close = self.h11.their_state is h11.MUST_CLOSE
             with trio.move_on_after(self.limits.body_timeout_s) as scope:
@@ -254,9 +259,9 @@ class _Connection:
 
     async def _receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.h11.receive_data(data)  # b"" is the end of the stream; h11 knows
+        self.h11.receive_data(bytes(data))  # b"" is the end of the stream; h11 knows
 
-    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA]:
+    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         event = self.h11.next_event()
         while event is h11.NEED_DATA:
             await self._receive()
@@ -328,7 +333,7 @@ class _Connection:
             return error_response(500, "internal error (logged by the server)")
 
     async def send(self, response: Response, *, close: bool) -> None:
-        self.server._count(response.status)
+        self.server.count_response(response.status)
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),

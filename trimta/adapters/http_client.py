@@ -365,7 +365,8 @@ class HttpClient:
         answered = False
         try:
             await self._stream.send_all(data)
-            status, reason, response_headers, chunks, complete = 0, "", (), [], False
+            status, reason, chunks, complete = 0, "", [], False
+            response_headers: tuple[tuple[str, str], ...] = ()
             size = 0
             while True:
                 event = conn.next_event()
@@ -373,7 +374,7 @@ class HttpClient:
                     received = await self._stream.receive_some(RECEIVE_SIZE)
                     if not received and not answered:
                         raise _StaleConnection
-                    conn.receive_data(received)
+                    conn.receive_data(bytes(received))
                     continue
                 answered = True
                 if isinstance(event, h11.InformationalResponse):

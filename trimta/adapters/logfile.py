@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class JsonLinesWriter:
@@ -30,7 +31,7 @@ class JsonLinesWriter:
         self.max_file_size_bytes = max_file_size_bytes
         self.max_segment_duration_s = max_segment_duration_s
         self.clock = clock
-        self._file = None
+        self._file: BinaryIO | None = None
         self._opened_at = 0.0
         self._size = 0
         self.current_path: Path | None = None

@@ -160,9 +160,11 @@ class TrioStream:
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         try:
-            return await self._stream.receive_some(max_bytes)
+            data = await self._stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             raise TransportError(f"receive failed: {_reason(exc)}") from exc
+        # trio types it bytes | bytearray; its socket and TLS streams return bytes.
+        return data if isinstance(data, bytes) else bytes(data)
 
     async def send_all(self, data: bytes) -> None:
         try:

@@ -28,6 +28,7 @@ trimta.toml's ``[egress]`` tables, is in `ShapingProvider`.
 
 from __future__ import annotations
 
+import enum
 import importlib.resources
 import json
 import os
@@ -427,7 +428,7 @@ class ShapingProvider:
 
     def conflicts(self) -> list[tuple[str, Conflict]]:
         """(site, conflict) for domain tables known to share a site and disagree."""
-        out = []
+        out: list[tuple[str, Conflict]] = []
         for site in sorted(set(self._site_of.values())):
             out.extend((site, c) for c in self._shaping.conflicts(self.site_domains(site)))
         return out
@@ -464,8 +465,8 @@ def value_summary(value: object) -> str:
         periods = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "d"}
         text = f"{value.limit:g}/{periods.get(value.period_s, f'{value.period_s:g}s')}"
         return text + (f",max_burst={value.max_burst}" if value.max_burst is not None else "")
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):
-        return str(getattr(value, "value"))
+    if isinstance(value, enum.Enum) and isinstance(value.value, str):
+        return value.value
     if isinstance(value, tuple):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return str(value) if not isinstance(value, Mapping) else repr(dict(value))

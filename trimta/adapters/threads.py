@@ -60,7 +60,7 @@ class DedicatedThread:
         await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
         if call.error is not None:
             raise call.error
-        return call.result  # type: ignore[no-any-return]
+        return call.result
 
     def _work(self) -> None:
         get = self._queue.get
@@ -73,7 +73,7 @@ class DedicatedThread:
                 return
             try:
                 call.result = call.fn(*call.args)
-            except BaseException as exc:  # handed to the caller, raised there
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
                 call.error = exc
             try:
                 token.run_sync_soon(reschedule, call.task)

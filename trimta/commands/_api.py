@@ -172,7 +172,7 @@ def age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     total = max(0, int(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         n, total = divmod(total, size)
         if n or (unit == "s" and not parts):

@@ -9,6 +9,7 @@ statuses are in `trimta.commands._api`; the commands are described with examples
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from trimta.adapters.http_client import ApiClient
@@ -210,7 +211,7 @@ def create_ready_suspension(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_rules(path: str, kind: str):
+def _list_rules(path: str, kind: str) -> Callable[[ApiClient, argparse.Namespace], int]:
     def list_rules(client: ApiClient, args: argparse.Namespace) -> int:
         answer = client.get(path)
         if args.json:
@@ -232,7 +233,7 @@ def _list_rules(path: str, kind: str):
     return list_rules
 
 
-def _cancel(path: str, kind: str):
+def _cancel(path: str, kind: str) -> Callable[[ApiClient, argparse.Namespace], int]:
     def cancel(client: ApiClient, args: argparse.Namespace) -> int:
         answer = client.delete(path, {"id": args.id})
         if args.json:

@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  logs {config.logs.path}")
     if config.shaping_loaded is not None:
         print(f"  shaping {', '.join(config.shaping_loaded.files) or '(none)'}")
-        for warning in config.shaping_loaded.warnings:
-            print(f"warning: {warning}")
+        for problem in config.shaping_loaded.warnings:
+            print(f"warning: {problem}")
     for warning in config.delivery.warnings:
         print(f"warning: {warning}")
     for warning in hostname_warnings(config):

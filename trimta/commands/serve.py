@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     try:
         trio.run(App(config).run)
-    except BaseException as exc:  # noqa: BLE001 (sorted below; anything else is re-raised)
+    except BaseException as exc:  # sorted below; anything else is re-raised
         leaf = _single_leaf(exc)
         if isinstance(leaf, SpoolInUse):  # another daemon runs on this spool
             print(f"trimta: {leaf}", file=sys.stderr)

@@ -32,6 +32,8 @@ from pathlib import Path
 import trio
 
 from trimta.adapters.config import ConfigError
+from trimta.adapters.http_client import ApiClient
+from trimta.adapters.dns_config import ResolverConfig
 from trimta.adapters.shaping_edit import set_option
 from trimta.adapters.shaping_files import (
     LoadedShaping,
@@ -97,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
-def run_reload(client, args: argparse.Namespace) -> int:
+def run_reload(client: ApiClient, args: argparse.Namespace) -> int:
     answer = client.post("/api/admin/shaping/reload/v1", {})
     if args.json:
         print(json.dumps(answer))
@@ -194,11 +196,10 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_with_dns(paths: Sequence[Path], use_dns: bool, dns_config: object) -> CheckReport:
+async def _check_with_dns(paths: Sequence[Path], use_dns: bool, dns_config: ResolverConfig | None) -> CheckReport:
     resolver = None
     if use_dns:
         from trimta.adapters.dns import DnsResolver
-        from trimta.adapters.dns_config import ResolverConfig
 
         resolver = DnsResolver.from_config(dns_config if dns_config is not None else ResolverConfig())
     return await check_files(paths, resolver)

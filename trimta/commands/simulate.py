@@ -7,9 +7,13 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from trimta.adapters.config import ConfigError, load_config
+from trimta.adapters.config import Config, ConfigError, load_config
+from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
 from trimta.commands._config import add_config_option
+from trimta.core.egress import EgressPathConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,13 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _Reachable:
     """The configured paths, except that the simulated receivers' loopback addresses are allowed."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner: ShapingProvider) -> None:
         self.inner = inner
 
-    def path_config(self, source: str, site: str, domain: str):
+    def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig:
         return dataclasses.replace(self.inner.path_config(source, site, domain), prohibited_hosts=())
 
-    def __getattr__(self, name: str):  # rollup, automation_for, observe, resolve_sites, ...
+    def __getattr__(self, name: str) -> Any:  # rollup, automation_for, observe, resolve_sites, ...
         return getattr(self.inner, name)
 
 
@@ -64,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.unreached else 0
 
 
-def shaping_paths(config, files):
+def shaping_paths(config: Config, files: Sequence[str] | None) -> ShapingProvider:
     """The egress path provider: the configuration's shaping files, or the ones given."""
-    from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
-
     loaded = config.shaping_loaded if files is None else load_shaping_files(files)
     return ShapingProvider(loaded, overrides=config.delivery.path_provider)

@@ -72,15 +72,16 @@ def top(client: ApiClient, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
     if args.once:
-        previous = take_sample(client)
-        current = previous
+        first = take_sample(client)
+        current = first
         if interval > 0:
             time.sleep(interval)
             current = take_sample(client)
-        print(render_frame(client.endpoint, current, previous if current is not previous else None, args.limit))
+        print(render_frame(client.endpoint, current, first if current is not first else None, args.limit))
         return 0
-    previous = take_sample(client)  # a daemon that cannot be reached at all is an error, not a frame
-    frame = render_frame(client.endpoint, previous, None, args.limit)
+    first = take_sample(client)  # a daemon that cannot be reached at all is an error, not a frame
+    previous: Sample | None = first
+    frame = render_frame(client.endpoint, first, None, args.limit)
     try:
         while True:
             sys.stdout.write(CLEAR_SCREEN + frame + "\n")

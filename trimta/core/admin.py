@@ -74,10 +74,10 @@ class Rules:
     def cancel(self, rule_id: str) -> MessageRule | ReadyQueueRule | None:
         return self._rules.pop(rule_id, None)
 
-    def active(self, now: float) -> list:
+    def active(self, now: float) -> list[MessageRule | ReadyQueueRule]:
         return [r for r in self._rules.values() if r.expires > now]
 
-    def expire(self, now: float) -> list:
+    def expire(self, now: float) -> list[MessageRule | ReadyQueueRule]:
         """Remove and return the rules whose time is up."""
         gone = [r for r in self._rules.values() if r.expires <= now]
         for r in gone:
@@ -89,8 +89,8 @@ class Rules:
 
     def first_match(self, message: Message, now: float) -> MessageRule | None:
         for rule in self._rules.values():
-            if rule.expires > now and rule.matches(message):  # type: ignore[union-attr]
-                return rule  # type: ignore[return-value]
+            if isinstance(rule, MessageRule) and rule.expires > now and rule.matches(message):
+                return rule
         return None
 
     def __len__(self) -> int:

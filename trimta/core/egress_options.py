@@ -197,10 +197,16 @@ def apply_options(base: EgressPathConfig, overrides: Mapping[str, object]) -> Eg
     """
     if not overrides:
         return base
-    changes = dict(overrides)
+    changes: dict[str, Any] = dict(overrides)
     if "extra" in changes:
-        changes["extra"] = {**base.extra, **changes["extra"]}  # type: ignore[dict-item]
+        changes["extra"] = {**base.extra, **extra_options(overrides)}
     return dataclasses.replace(base, **changes)
+
+
+def extra_options(overrides: Mapping[str, object]) -> Mapping[str, object]:
+    """The options of `overrides` kept unparsed under ``extra`` (KumoMTA's we ignore)."""
+    extra = overrides.get("extra")
+    return extra if isinstance(extra, Mapping) else {}
 
 
 class StaticPathProvider:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from trimta.core.queues import queue_name, routing_domain
 
@@ -86,7 +87,7 @@ class Message:
             reception=reception,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The metadata as plain JSON-ready data (what `dataclasses.asdict` would give)."""
         r = self.reception
         return {
@@ -113,7 +114,7 @@ class Message:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Message:
+    def from_dict(cls, d: dict[str, Any]) -> Message:
         """Rebuild from `to_dict` output; raises ValueError/KeyError/TypeError on damage.
 
         Unknown keys are ignored (metadata written by a later version); missing optional

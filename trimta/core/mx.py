@@ -25,7 +25,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from trimta.core.sites import normalize_host, own_site, site_name
 from trimta.protocol.replies import Reply, reply
@@ -252,10 +252,10 @@ class MxResolution:
             return self
         return replace(self, site=own_site(self.domain))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for ``resolve-site --json`` and the admin API; hosts by preference."""
         by_preference = sorted(self.hosts, key=lambda h: (h.preference, h.name))
-        out: dict = {
+        out: dict[str, Any] = {
             "domain": self.domain,
             "site": self.site,
             "null_mx": self.null_mx,

@@ -42,7 +42,13 @@ from typing import Any
 
 from trimta.core.domains import canonical_domain
 from trimta.core.egress import EgressPathConfig
-from trimta.core.egress_options import IGNORED_KUMOMTA_OPTIONS, OptionError, apply_options, parse_path_options
+from trimta.core.egress_options import (
+    IGNORED_KUMOMTA_OPTIONS,
+    OptionError,
+    apply_options,
+    extra_options,
+    parse_path_options,
+)
 from trimta.core.shaping_automation import (
     ACTION_FORMS,
     Action,
@@ -150,7 +156,7 @@ def merge_blocks(blocks: Iterable[Block]) -> Entry:
 def _merge_overrides(into: dict[str, object], more: Overrides) -> None:
     for key, value in more.items():
         if key == "extra" and isinstance(value, Mapping):
-            into["extra"] = {**into.get("extra", {}), **value}  # type: ignore[dict-item]
+            into["extra"] = {**extra_options(into), **value}
         else:
             into[key] = value
 
@@ -271,7 +277,7 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
                          ignored=ignored_here)
     if overrides is None:
         ok = False
-    for key in (overrides or {}).get("extra", {}):  # type: ignore[union-attr]
+    for key in extra_options(overrides or {}):
         problems.append(Problem((*path, key), "a KumoMTA option trimta does not act on; ignored", warning=True))
 
     flags: dict[str, bool | None] = {"replace_base": False, "mx_rollup": None}
@@ -301,7 +307,7 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
         if parsed is None:
             ok = False
             continue
-        for key in parsed.get("extra", {}):  # type: ignore[union-attr]
+        for key in extra_options(parsed):
             problems.append(Problem((*spath, key), "a KumoMTA option trimta does not act on; ignored", warning=True))
         sources[str(source)] = parsed
 
@@ -359,7 +365,7 @@ def _options(table: Mapping[str, Any], path: Path, problems: list[Problem], *, s
         return None
     extra = {k: v for k, v in table.items() if k in ignored}
     if extra:
-        overrides["extra"] = {**overrides.get("extra", {}), **extra}  # type: ignore[dict-item]
+        overrides["extra"] = {**extra_options(overrides), **extra}
     return overrides
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+import enum
 from enum import StrEnum
+from typing import Final
 
 from trimta.protocol.replies import Reply
 
@@ -32,14 +34,16 @@ class Command(StrEnum):
     QUIT = "quit"
 
 
-class _NeedData:
-    __slots__ = ()
+class _NeedData(enum.Enum):
+    """A one-member enum, so that ``event is NEED_DATA`` narrows the type for a checker."""
+
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 """`next_event()` needs more bytes from the server before it can say anything."""
 
 

@@ -8,27 +8,27 @@ transaction, a 550 does not).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 from trimta.protocol import replies as R
 from trimta.protocol.replies import Reply
 
 
-class _NeedData:
-    """Sentinel type: the machine needs more bytes before it can say anything."""
+class _NeedData(enum.Enum):
+    """Sentinel type: the machine needs more bytes before it can say anything.
 
-    _instance: _NeedData | None = None
+    A one-member enum, so that ``event is NEED_DATA`` narrows the type for a checker.
+    """
 
-    def __new__(cls) -> _NeedData:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,8 @@ class ConnectionClosed:
     """
 
 
-Event = (
+# Every event that waits for one reply (all but ConnectionClosed).
+Answerable = (
     Hello
     | StartTls
     | AuthChallenge
@@ -188,5 +189,5 @@ Event = (
     | Help
     | Quit
     | BadCommand
-    | ConnectionClosed
 )
+Event = Answerable | ConnectionClosed

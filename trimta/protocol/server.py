@@ -119,7 +119,7 @@ class ServerConnection:
 
     # --- Bytes in, events out. -------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """What the client sent; b"" when it closed its side.
 
         While waiting for the TLS handshake after STARTTLS, plaintext is dropped:

@@ -33,7 +33,7 @@ from trimta.core.pools import EgressSource, PoolPicker
 from trimta.core.retry import due_after_restart, expires_before
 from trimta.services.automation import Automation
 from trimta.services.egress import Egress
-from trimta.services.logs import LogSink
+from trimta.services.logs import RecordSink
 from trimta.services.outcomes import OutcomeRecorder
 from trimta.services.ready_queue import ReadyQueueStatistics
 from trimta.services.scheduler import QueueSummary, Scheduler
@@ -47,7 +47,7 @@ class DeliveryEngine:
         self,
         *,
         spool,
-        logs: LogSink,
+        logs: RecordSink,
         resolver: Resolver,
         network: NetworkBackend,
         delivery: DeliveryConfig,

@@ -55,6 +55,7 @@ from trimta.adapters.http import (
 from trimta.adapters.http_config import HttpConfig
 from trimta.adapters.spool import SpoolError
 from trimta.core import units
+from trimta.core.admin import ReadyQueueRule
 from trimta.services.inject import Injector, parse_inject_request
 from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_for, render
 
@@ -408,7 +409,7 @@ class HttpApi:
                 "oldest_age_s": round(now - q.oldest_created, 3) if q.oldest_created is not None else None,
                 "suspended_by": [r.id for r in suspensions if _rule_covers(r, q)],
             })
-        ready_rules = {}
+        ready_rules: dict[str, ReadyQueueRule] = {}
         for rule in self.engine.ready_queue_suspensions():
             ready_rules.setdefault(rule.name, rule)
         ready = []

@@ -32,7 +32,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
-from typing import Any
+from typing import Any, cast
 
 import trio
 from jinja2 import TemplateError, TemplateSyntaxError
@@ -226,9 +226,9 @@ class _Sandbox(SandboxedEnvironment):
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_ITEMS:
                     raise SecurityError("the template repeats a string or list too often")
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-            if right * math.log2(abs(left)) > MAX_POWER_BITS:
-                raise SecurityError("the template computes a power too large")
+        if (operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+                and right * math.log2(abs(left)) > MAX_POWER_BITS):
+            raise SecurityError("the template computes a power too large")
         return super().call_binop(context, operator, left, right)
 
 
@@ -354,7 +354,9 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
     else:
         _set_text(msg, "", "plain")
     if any(inline):
-        html_part = msg if text_body is None else msg.get_payload()[-1]
+        # With a text body too, msg is multipart/alternative: its last part is the HTML one.
+        parts = cast("list[EmailMessage]", msg.get_payload())
+        html_part = msg if text_body is None else parts[-1]
         for a in (a for a, is_inline in zip(content.attachments, inline) if is_inline):
             maintype, subtype = a.content_type.split("/", 1)
             html_part.add_related(a.data, maintype=maintype, subtype=subtype, cid=f"<{a.content_id}>",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -26,6 +26,12 @@ _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 def encode_record(record: dict[str, Any]) -> str:
     """A record as the log file holds it (one JSON text, without the newline)."""
     return _encode_json(record)
+
+
+class RecordSink(Protocol):
+    """Where a service's log records go: the `LogSink`, a reception worker's forwarder, a test's recorder."""
+
+    def emit(self, record: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,7 @@ class LogSink:
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    def subscribe(self, max_buffer: int = 10_000) -> trio.MemoryReceiveChannel:
+    def subscribe(self, max_buffer: float = 10_000) -> trio.MemoryReceiveChannel:
         """A channel receiving every record emitted from now on (for webhooks, tests)."""
         send, receive = trio.open_memory_channel(max_buffer)
         self._subscribers.append(send)

@@ -103,7 +103,7 @@ class FrameReader:
         self._buffer = bytearray()
         self._start = 0  # the next frame begins here
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._start:
             del self._buffer[: self._start]
             self._start = 0

@@ -607,7 +607,7 @@ class OutboundConnection:
             except ClientProtocolError as exc:
                 raise _SessionLost(_protocol_error(str(exc)), client.awaiting) from None
             if event is not NEED_DATA:
-                return event  # type: ignore[return-value]
+                return event
             command = client.awaiting
             timeout_s = self._timeouts[command] if command is not None else self.path.rset_timeout_s
             stream = self._require_stream()

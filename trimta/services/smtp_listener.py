@@ -30,6 +30,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, replace
 
 import trio
@@ -44,7 +45,7 @@ from trimta.protocol import replies
 from trimta.protocol.replies import Reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
 from trimta.services.acceptance import Accepting, Submission
-from trimta.services.logs import LogSink
+from trimta.services.logs import RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class SmtpListener:
         config: ListenerConfig,
         *,
         acceptor: Accepting,
-        logs: LogSink,
+        logs: RecordSink,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -114,7 +115,7 @@ class SmtpListener:
         listeners: list[trio.SocketListener] | None = None,
         *,
         handler_nursery: trio.Nursery | None = None,
-        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections until cancelled; `task_status.started` gets the bound addresses.
 
@@ -500,7 +501,7 @@ class Session:
         self.conn.tls_started(version=tls.version() or "TLS")
         self.user = None
 
-    async def answer(self, event: object) -> Reply:
+    async def answer(self, event: ev.Answerable) -> Reply:
         """The reply to one event: the machine's suggestion unless policy says otherwise."""
         if isinstance(event, ev.RcptTo):
             if not (self.relay_ok or self.conn.auth_identity):

@@ -338,7 +338,7 @@ class _Session:
         self.outbox.clear()
         return out
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self.record.client_bytes += data
         if self.closed or self.stalled or self.server.closed:
             return
@@ -359,7 +359,7 @@ class _Session:
         self.record.tls_version = version
         self.server.tls_started(version)
 
-    def _answer(self, event: ev.Event) -> None:
+    def _answer(self, event: ev.Answerable) -> None:
         phase, subject = _phase(event), event
         message = None
         if isinstance(event, ev.MessageComplete):
@@ -373,7 +373,7 @@ class _Session:
                 received_at=trio.current_time(),
                 smtputf8=bool(mail and mail.smtputf8),
             )
-            subject = message
+            subject = message  # type: ignore[assignment]  # the rule sees the message, not the event
         default = event.reply
         without = self.receiver.without
         if isinstance(event, ev.Hello) and event.extended and default.code == 250 and without:
@@ -561,10 +561,10 @@ class FakeNetwork:
     ) -> NetworkStream:
         self.connect_attempts.append((source_address, address, port))
         where = f"{address}:{port}"
-        if self.local_addresses is not None and source_address is not None:
-            if source_address not in self.local_addresses:
-                await trio.lowlevel.checkpoint()
-                raise ConnectFailed(f"cannot use source address {source_address}: Cannot assign requested address")
+        if (self.local_addresses is not None and source_address is not None
+                and source_address not in self.local_addresses):
+            await trio.lowlevel.checkpoint()
+            raise ConnectFailed(f"cannot use source address {source_address}: Cannot assign requested address")
         receiver = self.receivers.get((address, port))
         if receiver is None:
             await trio.lowlevel.checkpoint()

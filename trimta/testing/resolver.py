@@ -52,7 +52,7 @@ class TableLookup:
     Put it under a `CachingLookup` to test the cache without DNS.
     """
 
-    def __init__(self, table: Mapping[str, Entry] | None = None, *, ttl_s: float = 300.0, latency_s: float = 0.0):
+    def __init__(self, table: Mapping[str, Entry] | None = None, *, ttl_s: float = 300.0, latency_s: float = 0.0) -> None:
         self.table: dict[str, Entry] = {}
         self.ttl_s = ttl_s
         self.latency_s = latency_s

@@ -170,7 +170,8 @@ class SimulationReport:
     warnings: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        head = f"{'site':<48} {'delivered':>9} {'/min avg':>9} {'/min peak':>9} {'peak conn':>9} {'deferred':>8} {'bounced':>7} {'drained':>9}"
+        head = (f"{'site':<48} {'delivered':>9} {'/min avg':>9} {'/min peak':>9} {'peak conn':>9}"
+                f" {'deferred':>8} {'bounced':>7} {'drained':>9}")
         lines = [head, "-" * len(head)]
         for s in self.sites:
             drained = "-" if s.drained_after_s is None else _fmt_duration(s.drained_after_s)
@@ -281,7 +282,7 @@ def _site_of(harness: DeliveryHarness, mx: str) -> str:
 
 
 def _receiver(spec: ReceiverSpec, rng: random.Random, times: list[float]) -> ScriptedReceiver:
-    def rcpt(event) -> Any:
+    def rcpt(event: object) -> Any:
         x = rng.random()
         if x < spec.reject:
             return reply(550, "5.1.1", "No such user (simulated)")
@@ -289,7 +290,7 @@ def _receiver(spec: ReceiverSpec, rng: random.Random, times: list[float]) -> Scr
             return reply(451, "4.7.1", "Try again later (simulated)")
         return None
 
-    def data_dot(message) -> Any:
+    def data_dot(message: object) -> Any:
         times.append(trio.current_time())
         return None
 

@@ -140,7 +140,7 @@ class WebhookReceiver:
                             data = await stream.receive_some(65536)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             return
-                        conn.receive_data(data)
+                        conn.receive_data(bytes(data))
                         continue
                     if isinstance(event, h11.ConnectionClosed):
                         return
