@@ -29,7 +29,8 @@ READS_NO_CONFIGURATION = {
 def leaf_commands(parser: argparse.ArgumentParser | None = None, prefix: tuple[str, ...] = ()):
     """(words, parser) of every runnable subcommand, e.g. (("shaping", "check"), parser)."""
     parser = parser or build_parser()
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    # argparse offers no public way to walk a parser's subcommands and options.
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
     if not subs:
         yield prefix, parser
         return
@@ -38,7 +39,7 @@ def leaf_commands(parser: argparse.ArgumentParser | None = None, prefix: tuple[s
 
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    return {s for a in parser._actions for s in a.option_strings}
+    return {s for a in parser._actions for s in a.option_strings}  # noqa: SLF001
 
 
 def test_version_is_the_installed_distributions_which_is_pyprojects():

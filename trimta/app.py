@@ -79,7 +79,7 @@ class App:
             await self._run_locked(config, reloads, task_status=task_status)
 
     async def _run_locked(
-        self, config: Config, reloads: trio.abc.ReceiveChannel | None, *, task_status: trio.TaskStatus
+        self, config: Config, reloads: AsyncIterator[int] | None, *, task_status: trio.TaskStatus[Running]
     ) -> None:
         spool = Spool(SqliteStorage(config.spool.path, max_size_bytes=config.spool.max_size_bytes))
         started = time.monotonic()

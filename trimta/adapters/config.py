@@ -104,25 +104,6 @@ class LogsConfig:
     flush_interval_s: float = 0.2
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    """The whole daemon configuration."""
-
-    source: str = "<embedded default>"
-    hostname: str = field(default_factory=lambda: machine_hostname())
-    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
-    tenancy: TenancyConfig = TenancyConfig()
-    spool: SpoolConfig = SpoolConfig()
-    logs: LogsConfig = LogsConfig()
-    dns: ResolverConfig = ResolverConfig()
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    shaping: ShapingConfig = field(default_factory=ShapingConfig)
-    shaping_loaded: LoadedShaping | None = None  # the shaping files, read and checked
-    webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
-    raw: Mapping[str, Any] = field(default_factory=dict)
-
-
 # --- The machine's name -------------------------------------------------------------
 
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6", "ip6-localhost")
@@ -189,6 +170,25 @@ def _hostname(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f'expected a host name like "mta1.example.com", got {value!r}')
     return value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole daemon configuration."""
+
+    source: str = "<embedded default>"
+    hostname: str = field(default_factory=machine_hostname)
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    tenancy: TenancyConfig = TenancyConfig()
+    spool: SpoolConfig = SpoolConfig()
+    logs: LogsConfig = LogsConfig()
+    dns: ResolverConfig = ResolverConfig()
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    shaping_loaded: LoadedShaping | None = None  # the shaping files, read and checked
+    webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
+    raw: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --- Loading ----------------------------------------------------------------------

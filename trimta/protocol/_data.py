@@ -35,10 +35,11 @@ _END = b"\r\n.\r\n"
 def content_refusal(framed: bytes) -> Reply | None:
     """Why unstuffed content must be refused, or None. `framed` starts with CRLF.
 
-    In this order: a bare CR or LF, a NUL, a line over 1000 octets. One split at every CRLF answers both questions: a CR or LF left in the pieces is a
-    bare one, and the longest piece is the longest line. (Counting CRLF, CR and LF and
-    searching for a long line with a regex walked 100 KB of content four times, at
-    about twice the cost.)
+    In this order: a bare CR or LF, a NUL, a line over 1000 octets. One split at every
+    CRLF answers both questions: a CR or LF left in the pieces is a bare one, and the
+    longest piece is the longest line. (Counting CRLF, CR and LF and searching for a
+    long line with a regex walked 100 KB of content four times, at about twice the
+    cost.)
     """
     lines = framed.split(b"\r\n")
     rest = b"".join(lines)
