@@ -34,7 +34,7 @@ lint: deps
 	$(BIN)/mypy --strict --no-warn-unused-configs trimta/protocol trimta/core
 	$(BIN)/python scripts/check_import_cycles.py trimta
 
-## test-fast: unit and service tests only (no real peers)
+## test-fast: unit and service tests only (no real peers; tests/conftest.py marks the others interop)
 test-fast: deps
 	$(BIN)/pytest -q -m "not interop"
 
