@@ -2,14 +2,14 @@
 
 `Session` is the state machine without the bytes: it turns one command line into an
 event, checking sequence, syntax and limits on the way, and `answered()` applies the
-reply actually sent to each event: that method is the transition table.
-`ServerConnection` (server.py) cuts the byte stream into lines, message data and
-chunks, and asks the session what they mean.
+reply actually sent to each event, naming the trigger that moves the session's state
+(the moves themselves are the table in `_state.py`). `ServerConnection` (server.py)
+cuts the byte stream into lines, message data and chunks, asks the session what they
+mean, and keeps the state.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from trimta.protocol import _commands, _sasl
 from trimta.protocol import replies as R
 from trimta.protocol._abnf import HELO_NAME
 from trimta.protocol._data import content_refusal
+from trimta.protocol._state import ServerTrigger
 from trimta.protocol.errors import RemoteProtocolError
 from trimta.protocol.events import (
     AuthAttempt,
@@ -39,18 +40,6 @@ from trimta.protocol.events import (
 )
 from trimta.protocol.replies import Reply
 from trimta.protocol.server_config import ServerConfig
-
-
-class Mode(enum.Enum):
-    """What the next bytes from the client are."""
-
-    GREETING = "nothing yet: the greeting has not been sent"
-    COMMAND = "command lines"
-    AUTH = "the response line to a 334"
-    DATA = "DATA content, up to CRLF.CRLF"
-    BDAT = "the octets of a BDAT chunk"
-    TLS = "nothing: STARTTLS accepted, the TLS handshake comes next"
-    CLOSED = "nothing: the session is over"
 
 
 @dataclass(slots=True)
@@ -359,44 +348,53 @@ class Session:
         b"QUIT": _quit,
     }
 
-    # --- Replies: the transition table. ----------------------------------------
+    # --- Replies: what each one does. -----------------------------------------
 
-    def answered(self, event: Event, reply: Reply) -> Mode | None:
-        """Apply the reply sent to `event`; a Mode if the next bytes are not commands.
+    def answered(self, event: Event, reply: Reply) -> ServerTrigger | None:
+        """Apply the reply sent to `event` to the session's data; the trigger it fires.
 
-        A 421 is not handled here: whatever it answers, it ends the session.
+        None: the state stays. A 421 is not handled here: whatever it answers, it ends
+        the session.
         """
         positive = _positive(reply)
         match event:
             case MailFrom() if positive:
                 self.end_transaction()
                 self.mail_from = event
+                return ServerTrigger.MAIL_ACCEPTED
             case RcptTo() if positive:
                 self.recipients.append(event)
+                return ServerTrigger.RCPT_ACCEPTED
             case DataStart() if reply.code == 354:
-                return Mode.DATA
-            case BdatChunk() if not positive:
-                self._transaction_refusal = reply  # RFC 3030 2: the transaction failed
+                return ServerTrigger.DATA_ACCEPTED
+            case BdatChunk():
+                if not positive:
+                    self._transaction_refusal = reply  # RFC 3030 2: the transaction failed
+                return ServerTrigger.CHUNK_ANSWERED
             case MessageComplete():
                 if positive:
                     self.messages_accepted += 1
                 self.end_transaction()
+                return ServerTrigger.TRANSACTION_ENDED
             case BadCommand() if self._refusal_ends_transaction:
                 self.end_transaction()
+                return ServerTrigger.TRANSACTION_ENDED
             case Hello() if positive:
                 self.helo_name = event.name
                 self.esmtp = event.extended
                 self.end_transaction()
+                return ServerTrigger.HELLO_ACCEPTED
             case Reset() if positive:
                 self.end_transaction()
+                return ServerTrigger.TRANSACTION_ENDED
             case StartTls() if positive:
-                return Mode.TLS
+                return ServerTrigger.STARTTLS_ACCEPTED
             case AuthChallenge():
                 if reply.code == 334:
-                    return Mode.AUTH
+                    return ServerTrigger.AUTH_CHALLENGED
                 self._sasl = None
             case AuthAttempt() if positive:
                 self.auth_identity = event.username
             case Quit() if reply.code == 221:
-                return Mode.CLOSED
+                return ServerTrigger.CLOSE
         return None

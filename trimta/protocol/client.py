@@ -34,10 +34,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, auto
 
 from trimta.protocol import _client_commands as commands
 from trimta.protocol._reply_parser import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINES, ReplyParser
+from trimta.protocol._state import ClientState, ClientTrigger, next_client_state
 from trimta.protocol.client_errors import (
     ClientProtocolError,
     ClientUsageError,
@@ -78,19 +78,6 @@ NUL_NOT_SENDABLE = reply(554, "5.6.0", "Message data holds a NUL octet, which is
 
 CONNECTION_LOST = reply(451, "4.4.2", "Connection closed by the remote host before it replied")
 """The reason given to recipients whose transaction the server hung up on."""
-
-
-class ClientState(Enum):
-    """Where the session stands. Commands in flight are separate: see `awaiting`."""
-
-    GREETING = auto()  # connected, waiting for the banner
-    HELLO = auto()  # EHLO or HELO is due: after the banner, after TLS, after EHLO 5xx
-    READY = auto()  # session open: transactions, STARTTLS, RSET, NOOP, QUIT
-    TRANSACTION = auto()  # from start_transaction until its TransactionResult
-    TLS_HANDSHAKE = auto()  # STARTTLS got 220: the shell runs TLS, then tls_started()
-    REFUSED = auto()  # the banner refused service: only QUIT is left
-    CLOSED = auto()  # QUIT answered, 421 received, or the connection is gone
-    ERROR = auto()  # the server broke the protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +193,12 @@ class ClientConnection:
             if received is not None:
                 self._handle(received)
         except ClientProtocolError as exc:
-            self._state = ClientState.ERROR
-            self._error = exc
-            self._parser.clear()
+            self._fail(exc)
+            raise
+        except Exception as exc:
+            # A bug in the machine: raised as it is this once, then the session answers
+            # every call as a failed one (ERROR is sticky, see _state.py).
+            self._fail(ClientProtocolError(f"the client failed with an internal error: {exc!r}"), cause=exc)
             raise
         if received is None:
             if not self._eof:
@@ -246,7 +236,7 @@ class ClientConnection:
         self._parser.clear()
         self._extensions = {}
         self._tls_active = True
-        self._state = ClientState.HELLO
+        self._move(ClientTrigger.TLS_STARTED)
 
     def start_transaction(
         self,
@@ -307,7 +297,7 @@ class ClientConnection:
                 out += b"DATA" + CRLF
                 self._pending.append(_Pending(Command.DATA))
         self._transaction = transaction
-        self._state = ClientState.TRANSACTION
+        self._move(ClientTrigger.TRANSACTION_STARTED)
         return out
 
     def send_rset(self) -> bytes:
@@ -336,8 +326,7 @@ class ClientConnection:
         self._pending.clear()
         self._events.clear()
         self._parser.clear()
-        if self._state is not ClientState.ERROR:
-            self._state = ClientState.CLOSED
+        self._move(ClientTrigger.CLOSE)  # in ERROR, it stays ERROR
         return result
 
     # --- Replies in ----------------------------------------------------------------
@@ -363,18 +352,18 @@ class ClientConnection:
             case Command.BANNER:
                 if code_class == 3:
                     raise ClientProtocolError(f"banner with a 3xx code: {received}")
-                self._state = ClientState.HELLO if code_class == 2 else ClientState.REFUSED
+                self._move(ClientTrigger.BANNER_ACCEPTED if code_class == 2 else ClientTrigger.BANNER_REFUSED)
                 self._events.append(Greeting(received))
             case Command.EHLO:
                 self._extensions = {}
                 if code_class == 2:
                     self._extensions = commands.parse_extensions(received.lines[1:])
-                    self._state = ClientState.READY
+                    self._move(ClientTrigger.HELLO_ACCEPTED)
                 self._events.append(EhloResult(received, dict(self._extensions)))
             case Command.HELO:
                 if code_class == 2:
                     self._extensions = {}
-                    self._state = ClientState.READY
+                    self._move(ClientTrigger.HELLO_ACCEPTED)
                 self._events.append(HeloResult(received))
             case Command.STARTTLS:
                 if code_class == 2:
@@ -382,7 +371,7 @@ class ClientConnection:
                         # Sent in plaintext after the 220 yet meant to be read as if
                         # it came over TLS: a response injection (RFC 3207 4.2).
                         raise ClientProtocolError("data after the 220 to STARTTLS, before TLS")
-                    self._state = ClientState.TLS_HANDSHAKE
+                    self._move(ClientTrigger.STARTTLS_ACCEPTED)
                 self._events.append(StartTlsResult(received))
             case Command.MAIL_FROM:
                 self._on_mail(received)
@@ -516,8 +505,7 @@ class ClientConnection:
         )
         self._transaction = None
         self._needs_reset = mail_ok and not transaction.finished_data
-        if self._state is ClientState.TRANSACTION:
-            self._state = ClientState.READY
+        self._move(ClientTrigger.TRANSACTION_FINISHED)
         if emit:
             self._events.append(result)
         return result
@@ -533,7 +521,19 @@ class ClientConnection:
     # --- Helpers -------------------------------------------------------------------
 
     def _close(self) -> None:
-        self._state = ClientState.CLOSED
+        self._move(ClientTrigger.CLOSE)
+        self._parser.clear()
+
+    def _move(self, trigger: ClientTrigger) -> None:
+        """Take the move `trigger` makes from the current state (the table in `_state.py`)."""
+        self._state = next_client_state(self._state, trigger)
+
+    def _fail(self, error: ClientProtocolError, *, cause: BaseException | None = None) -> None:
+        """ERROR, for good: every later `next_event` raises `error`, commands are refused."""
+        if cause is not None:
+            error.__cause__ = cause
+        self._state = ClientState.ERROR
+        self._error = error
         self._parser.clear()
 
     def _current(self) -> _Transaction:
