@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.interop
+# Every test here is marked `interop` by tests/conftest.py (pytest ignores a pytestmark
+# in a conftest.py).
 
 ROOT = Path(__file__).resolve().parents[2]
 
