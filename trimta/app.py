@@ -33,9 +33,12 @@ from trimta.adapters.config import Config, ConfigError, load_config
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
+from trimta.adapters.rules_store import FileRuleStore
+from trimta.adapters.shaping_files import ShapingProvider
 from trimta.adapters.spool import Spool
 from trimta.adapters.spool_lock import SpoolLock
 from trimta.adapters.spool_sqlite import SqliteStorage
+from trimta.core.egress_paths import EgressPathProvider
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
@@ -57,6 +60,7 @@ class Running:
     listeners: list[SmtpListener | ReceptionWorkers]
     addresses: list[list[tuple]]
     engine: DeliveryEngine
+    shaping: ShapingProvider | None = None  # the shaping files' provider, when there are any
     shutdown: trio.Event = field(default_factory=trio.Event)
     http_addresses: list[tuple] = field(default_factory=list)
 
@@ -98,6 +102,7 @@ class App:
             ),
             flush_interval_s=config.logs.flush_interval_s,
         )
+        shaping, paths = egress_paths(config)
         engine = DeliveryEngine(
             spool=spool,
             logs=logs,
@@ -105,7 +110,8 @@ class App:
             network=TrioNetworkBackend(),
             delivery=config.delivery,
             hostname=config.hostname,
-            shaping=config.shaping_loaded,
+            paths=paths,
+            rule_store=FileRuleStore(config.spool.path),
         )
         # Subscribed before anything can emit, so webhooks see every record.
         webhook_feeds = [(w, logs.subscribe(math.inf)) for w in config.webhooks]
@@ -136,11 +142,11 @@ class App:
                             addresses.append(await ingress.start(
                                 _serve_in_scope, listener.serve, f"ESMTP listener {listener.config.name}",
                                 handlers, scope))
-                        running = Running(config, spool, logs, listeners, addresses, engine)
+                        running = Running(config, spool, logs, listeners, addresses, engine, shaping=shaping)
                         for addrs in addresses:
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                         if config.http.enabled:
-                            api = HttpApi(acceptor=acceptor, engine=engine, spool=spool, logs=logs,
+                            api = HttpApi(acceptor=acceptor, engine=engine, rules=engine.rules, spool=spool, logs=logs,
                                           listeners=listeners, hostname=config.hostname,
                                           reload=partial(reload_shaping, running),
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
@@ -219,9 +225,29 @@ async def reload_shaping(running: Running) -> str | None:
     except ConfigError as exc:
         log.error("reload failed, keeping the running rules: %s", exc)
         return str(exc)
-    await running.engine.reload(fresh)
+    running.shaping, paths = egress_paths(fresh, running.shaping)
+    await running.engine.reload(fresh.delivery, paths)
     log.info("reloaded shaping from %s", source)
     return None
+
+
+def egress_paths(
+    config: Config, shaping: ShapingProvider | None = None
+) -> tuple[ShapingProvider | None, EgressPathProvider]:
+    """Where delivery takes its path options from: the shaping files over the ``[egress]``
+    tables, or those tables alone without shaping files. Returns the shaping provider
+    (None without shaping files) and the provider delivery uses.
+
+    On a reload (the running `shaping` given) it takes the new rules in place,
+    keeping what it learnt of sites and MX hosts.
+    """
+    if config.shaping_loaded is None:
+        return None, config.delivery.path_provider
+    if shaping is not None:
+        shaping.swap(config.shaping_loaded, overrides=config.delivery.path_provider)
+    else:
+        shaping = ShapingProvider(config.shaping_loaded, overrides=config.delivery.path_provider)
+    return shaping, shaping
 
 
 @contextlib.contextmanager

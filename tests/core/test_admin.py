@@ -1,4 +1,4 @@
-from trimta.core.admin import MessageRule, Rules, admin_bounce_reply
+from trimta.core.admin import MessageRule, Rules, admin_bounce_reply, first_match
 from trimta.core.message import Message, Reception
 
 
@@ -28,10 +28,10 @@ def test_rules_expire_by_themselves():
     rules.add(rule(id="a", expires=10))
     rules.add(rule(id="b", expires=20, tenant="acme"))
     assert rules.next_expiry() == 10
-    assert rules.first_match(msg("acme"), now=5).id == "a"
+    assert first_match(rules, msg("acme"), now=5).id == "a"
     assert [r.id for r in rules.expire(now=10)] == ["a"]
-    assert rules.first_match(msg("globex"), now=11) is None
-    assert rules.first_match(msg("acme"), now=11).id == "b"
+    assert first_match(rules, msg("globex"), now=11) is None
+    assert first_match(rules, msg("acme"), now=11).id == "b"
     assert rules.cancel("b").id == "b"
     assert len(rules) == 0
 

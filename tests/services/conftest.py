@@ -20,9 +20,9 @@ prohibited_hosts = []
 """
 
 
-def example_net_harness(extra: str = "") -> DeliveryHarness:
-    """A delivery harness with `extra` config, example.net's MX at 127.0.0.10."""
-    h = DeliveryHarness(config=DELIVERY_BASE + extra)
+def example_net_harness(extra: str = "", *, paths=None) -> DeliveryHarness:
+    """A delivery harness with `extra` config (and `paths`, if given), example.net's MX at 127.0.0.10."""
+    h = DeliveryHarness(config=DELIVERY_BASE + extra, paths=paths)
     h.resolver.add_domain("example.net", "127.0.0.10")
     return h
 

@@ -24,7 +24,7 @@ async def test_suspended_tenant_waits_while_another_flows_then_flows_after_cance
     mx = h.network.add_receiver("127.0.0.10", 25, accepting())
     with trio.fail_after(3600):
         async with h.running():
-            rule = h.engine.suspend(tenant="acme", duration_s=3600, reason="complaints")
+            rule = await h.engine.rules.suspend(tenant="acme", duration_s=3600, reason="complaints")
             (held,) = await h.inject(recipients=["a@example.net"], tenant="acme")
             await h.inject(recipients=["b@example.net"], tenant="globex")
             await h.network.wait_messages(1)
@@ -33,7 +33,7 @@ async def test_suspended_tenant_waits_while_another_flows_then_flows_after_cance
             assert h.engine.find_message(held.id)[1] == "suspended"
             summary = {q.name: q.count for q in h.engine.queue_summary().scheduled}
             assert summary == {"acme@example.net": 1}
-            assert h.engine.cancel_suspension(rule.id)
+            assert await h.engine.rules.cancel_suspension(rule.id)
             await h.wait_until_settled()
     assert sorted(m.recipients[0] for m in mx.messages) == ["a@example.net", "b@example.net"]
     delivery = next(r for r in h.records("Delivery") if r["tenant"] == "acme")
@@ -47,7 +47,7 @@ async def test_suspension_ends_by_itself(autojump_clock):
     with trio.fail_after(3600):
         async with h.running():
             start = trio.current_time()
-            h.engine.suspend(campaign="spring", duration_s=600, reason="")
+            await h.engine.rules.suspend(campaign="spring", duration_s=600, reason="")
             await h.inject(recipients=["a@example.net"], tenant="acme", campaign="spring")
             await h.wait_until_settled()
             finished = trio.current_time()
@@ -63,7 +63,7 @@ async def test_admin_bounce_by_campaign_removes_exactly_that_campaign(autojump_c
             spring = await h.inject(recipients=[f"s{i}@example.net" for i in range(3)], tenant="acme", campaign="spring")
             summer = await h.inject(recipients=[f"u{i}@example.net" for i in range(2)], tenant="acme", campaign="summer")
             await trio.sleep(5)
-            result = await h.engine.admin_bounce(campaign="spring", duration_s=3600, reason="bad list")
+            result = await h.engine.rules.bounce(campaign="spring", duration_s=3600, reason="bad list")
             assert result.total_bounced == 3
             assert result.bounced == {"spring:acme@example.net": 3}
             late = await h.inject(recipients=["late@example.net"], tenant="acme", campaign="spring")
@@ -80,12 +80,12 @@ async def test_suspended_ready_queue_holds_its_mail_until_cancelled(autojump_clo
     name = "unspecified->mx.example.net@smtp"
     with trio.fail_after(3600):
         async with h.running():
-            rule = h.engine.suspend_ready_queue(name=name, duration_s=3600, reason="provider asked")
+            rule = await h.engine.rules.suspend_ready_queue(name=name, duration_s=3600, reason="provider asked")
             await h.inject(recipients=["a@example.net"])
             await trio.sleep(120)
             assert mx.messages == []
-            assert [r.id for r in h.engine.ready_queue_suspensions()] == [rule.id]
-            assert h.engine.cancel_ready_queue_suspension(rule.id)
+            assert [r.id for r in h.engine.rules.ready_queue_suspensions()] == [rule.id]
+            assert await h.engine.rules.cancel_ready_queue_suspension(rule.id)
             await h.wait_until_settled()
     assert len(mx.messages) == 1
 
@@ -113,7 +113,7 @@ async def test_max_age_holds_in_a_suspended_ready_queue(autojump_clock):
     with trio.fail_after(100_000):
         async with h.running():
             start = trio.current_time()
-            h.engine.suspend_ready_queue(name="unspecified->mx.example.net@smtp", duration_s=7200, reason="")
+            await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp", duration_s=7200, reason="")
             await h.inject(recipients=["a@example.net"])
             await h.wait_until_settled()
             expired_at = trio.current_time()
@@ -129,7 +129,7 @@ async def test_max_age_holds_for_suspended_scheduled_mail(autojump_clock):
     h.network.add_receiver("127.0.0.10", 25, accepting())
     with trio.fail_after(100_000):
         async with h.running():
-            h.engine.suspend(tenant="acme", duration_s=7200, reason="")
+            await h.engine.rules.suspend(tenant="acme", duration_s=7200, reason="")
             await h.inject(recipients=["a@example.net"], tenant="acme")
             await h.wait_until_settled()
     (record,) = h.records("Expiration")
@@ -153,3 +153,42 @@ async def test_restore_expires_what_outlived_max_age_and_queues_the_rest(autojum
     assert expired == [stale]
     assert h.engine.find_message("m2")[1] == "scheduled"
     assert h.engine.find_message("m1") is None
+
+
+# --- durable rules: written before the call returns, restored with their remaining time -------
+
+
+async def test_rules_are_saved_before_the_call_returns_and_restored_by_the_next_engine(autojump_clock):
+    h = harness()
+    async with h.running():
+        rule = await h.engine.rules.suspend(tenant="acme", duration_s=7200, reason="incident")
+        assert [r["id"] for r in h.rule_store.saved] == [rule.id]  # on "disk" when suspend returns
+        ready = await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp",
+                                                         duration_s=600, reason="asked")
+        await trio.sleep(1800)
+    restarted = DeliveryHarness(config=h.config, rule_store=h.rule_store)
+    restarted.engine.restore([])
+    (restored,) = restarted.engine.rules.suspensions()
+    assert (restored.id, restored.tenant, restored.reason) == (rule.id, "acme", "incident")
+    assert restored.remaining_s(trio.current_time()) == 7200 - 1800
+    assert restarted.engine.rules.ready_queue_suspensions() == []  # its 600 s are over
+    assert ready.expires < trio.current_time()
+
+
+async def test_a_restored_suspension_holds_restored_mail(autojump_clock):
+    h = harness()
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    async with h.running():
+        await h.engine.rules.suspend(tenant="acme", duration_s=3600, reason="incident")
+    restarted = DeliveryHarness(config=h.config, rule_store=h.rule_store, network=h.network)
+    restarted.resolver.add_domain("example.net", "127.0.0.10")
+    restarted.engine.restore([])  # as the app does at start, before delivery runs
+    with trio.fail_after(7200):
+        async with restarted.running():
+            await restarted.inject(recipients=["a@example.net"], tenant="acme")
+            await restarted.inject(recipients=["g@example.net"], tenant="globex")
+            await restarted.network.wait_messages(1)
+            await trio.sleep(600)
+            assert [m.recipients for m in mx.messages] == [("g@example.net",)]
+            await restarted.wait_until_settled()  # the suspension's hour ends; acme's mail goes
+    assert sorted(m.recipients[0] for m in mx.messages) == ["a@example.net", "g@example.net"]

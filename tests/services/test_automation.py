@@ -5,6 +5,7 @@ import dataclasses
 import trio
 
 from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_options import StaticPathProvider
 from trimta.core.shaping import parse_rule
 from trimta.protocol.replies import reply
 from trimta.testing.harness import DeliveryHarness
@@ -13,8 +14,9 @@ from trimta.testing.network import deferring
 TS04 = reply(421, "4.7.0", "[TS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume")
 
 
-class Paths:
+class Paths(StaticPathProvider):
     def __init__(self, *rules):
+        super().__init__()
         self.rules = rules
 
     def path_config(self, source, site, domain):
@@ -38,7 +40,7 @@ async def test_ts04_deferral_suspends_the_ready_queue_for_its_duration(autojump_
         async with h.running():
             start = trio.current_time()
             await h.inject(recipients=["a@yahoo.example"])
-            while not h.engine.ready_queue_suspensions():
+            while not h.engine.rules.ready_queue_suspensions():
                 await trio.sleep(1)
             fired_at = trio.current_time()
             await h.inject(recipients=["b@yahoo.example"])

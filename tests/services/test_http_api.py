@@ -90,7 +90,7 @@ async def running_api(config: HttpConfig | None = None, *, spool=None, harness: 
     spool = spool if spool is not None else h.spool
     acceptor = Acceptor(spool=spool, logs=h.logs, tenancy=TenancyConfig(), hostname="mx.trimta.test",
                         on_accepted=h.engine.accept, clock=trio.current_time)
-    api = HttpApi(acceptor=acceptor, engine=h.engine, spool=spool if hasattr(spool, "statistics") else None,
+    api = HttpApi(acceptor=acceptor, engine=h.engine, rules=h.engine.rules, spool=spool if hasattr(spool, "statistics") else None,
                   logs=None, clock=trio.current_time, **api_options)
     config = config or HttpConfig(port=0)
     async with h.running(), trio.open_nursery() as nursery:

@@ -2,10 +2,13 @@
 
 import dataclasses
 import math
+import tomllib
 
 import trio
 
+from trimta.adapters.delivery_config import parse_delivery_config
 from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_options import StaticPathProvider
 from trimta.core.units import parse_rate
 from trimta.testing.network import accepting
 
@@ -142,7 +145,7 @@ async def test_rate_wait_longer_than_idle_timeout_closes_connections(autojump_cl
     assert all(c.closed_at - c.opened_at < 15 for c in h.network.connections)
 
 
-class ProviderPaths:
+class ProviderPaths(StaticPathProvider):
     """Two sites of one provider sharing a connection limit of 2 and a rate of 60/min."""
 
     def path_config(self, source, site, domain):
@@ -153,8 +156,7 @@ class ProviderPaths:
 
 
 async def test_provider_limits_are_shared_across_two_sites(autojump_clock):
-    h = harness()
-    h.engine.egress.paths = ProviderPaths()
+    h = harness(paths=ProviderPaths())
     h.resolver.add_domain("one.example", "127.0.0.11")
     h.resolver.add_domain("two.example", "127.0.0.12")
     one = h.network.add_receiver("127.0.0.11", 25, accepting(latency_s=0.5))
@@ -259,8 +261,8 @@ async def test_mx_rollup_false_gives_the_domain_its_own_ready_queue(autojump_clo
 
     document, problems = parse_shaping_text('["own.example"]\nmx_rollup = false\nconnection_limit = 1\n', "t.toml")
     assert not problems
-    h = harness()
-    h.engine.use_paths(ShapingProvider(Shaping([document]), overrides=h.config.path_provider))
+    config = parse_delivery_config(tomllib.loads(DELIVERY_BASE), "<test>")
+    h = harness(paths=ShapingProvider(Shaping([document]), overrides=config.path_provider))
     h.resolver.add_mx("own.example", "mx.shared.example")
     h.resolver.add_mx("other.example", "mx.shared.example")
     h.resolver.add_host("mx.shared.example", "127.0.0.10")

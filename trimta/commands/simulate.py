@@ -7,13 +7,15 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from trimta.adapters.config import Config, ConfigError, load_config
 from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
 from trimta.commands._config import add_config_option
 from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_paths import EgressPathProvider
+from trimta.core.mx import MxResolution, Resolver
+from trimta.core.shaping_automation import AutomationRule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,14 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _Reachable:
     """The configured paths, except that the simulated receivers' loopback addresses are allowed."""
 
-    def __init__(self, inner: ShapingProvider) -> None:
+    def __init__(self, inner: EgressPathProvider) -> None:
         self.inner = inner
 
     def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig:
         return dataclasses.replace(self.inner.path_config(source, site, domain), prohibited_hosts=())
 
-    def __getattr__(self, name: str) -> Any:  # rollup, automation_for, observe, resolve_sites, ...
-        return getattr(self.inner, name)
+    def rollup(self, domain: str) -> bool:
+        return self.inner.rollup(domain)
+
+    def observe(self, resolution: MxResolution) -> None:
+        self.inner.observe(resolution)
+
+    def automation_for(self, source: str, site: str, domain: str) -> tuple[AutomationRule, ...]:
+        return self.inner.automation_for(source, site, domain)
+
+    async def resolve_sites(self, resolver: Resolver) -> Mapping[str, MxResolution]:
+        return await self.inner.resolve_sites(resolver)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,14 +1,19 @@
-"""Operator actions on queued mail: suspensions, admin bounces, ready-queue suspensions.
+"""Operator actions on queued mail: suspensions, admin bounces, ready-queue suspensions,
+and option overrides of one ready queue (automation's ``SetConfig``).
 
 Each is a rule with an id, a reason and an expiry; a rule matching by tenant, campaign
 and domain matches a message when every field it names equals the message's (a rule
 naming none matches every message). Rules expire by themselves; time enters as `now`.
+Rules are kept across restarts as plain dicts (`rule_to_dict`, `rule_from_dict`).
 """
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from trimta.core.message import Message
 from trimta.protocol.replies import Reply, reply
@@ -52,6 +57,41 @@ class ReadyQueueRule:
         return max(0.0, self.expires - now)
 
 
+@dataclass(frozen=True, slots=True)
+class PathOverrideRule:
+    """Options of one ready queue overridden for a while: ``option = value`` as a shaping file says it."""
+
+    id: str
+    name: str
+    option: str
+    value: Any
+    reason: str
+    created: float
+    expires: float
+
+    def remaining_s(self, now: float) -> float:
+        return max(0.0, self.expires - now)
+
+
+AnyRule = MessageRule | ReadyQueueRule | PathOverrideRule
+R = TypeVar("R", MessageRule, ReadyQueueRule, PathOverrideRule)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What operator rules say of a due message: bounce it, hold it, or (neither) route it."""
+
+    bounce: MessageRule | None = None
+    hold: MessageRule | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.bounce is None and self.hold is None
+
+
+ADMIT = Admission()
+
+
 def new_rule_id() -> str:
     return str(uuid.uuid4())
 
@@ -62,22 +102,22 @@ def admin_bounce_reply(reason: str) -> Reply:
     return reply(551, "5.7.1", text)
 
 
-class Rules:
+class Rules(Generic[R]):
     """The active rules of one kind, expiring by themselves."""
 
     def __init__(self) -> None:
-        self._rules: dict[str, MessageRule | ReadyQueueRule] = {}
+        self._rules: dict[str, R] = {}
 
-    def add(self, rule: MessageRule | ReadyQueueRule) -> None:
+    def add(self, rule: R) -> None:
         self._rules[rule.id] = rule
 
-    def cancel(self, rule_id: str) -> MessageRule | ReadyQueueRule | None:
+    def cancel(self, rule_id: str) -> R | None:
         return self._rules.pop(rule_id, None)
 
-    def active(self, now: float) -> list[MessageRule | ReadyQueueRule]:
+    def active(self, now: float) -> list[R]:
         return [r for r in self._rules.values() if r.expires > now]
 
-    def expire(self, now: float) -> list[MessageRule | ReadyQueueRule]:
+    def expire(self, now: float) -> list[R]:
         """Remove and return the rules whose time is up."""
         gone = [r for r in self._rules.values() if r.expires <= now]
         for r in gone:
@@ -87,11 +127,57 @@ class Rules:
     def next_expiry(self) -> float | None:
         return min((r.expires for r in self._rules.values()), default=None)
 
-    def first_match(self, message: Message, now: float) -> MessageRule | None:
-        for rule in self._rules.values():
-            if isinstance(rule, MessageRule) and rule.expires > now and rule.matches(message):
-                return rule
-        return None
+    def __iter__(self) -> Iterator[R]:
+        return iter(list(self._rules.values()))
 
     def __len__(self) -> int:
         return len(self._rules)
+
+
+def first_match(rules: Rules[MessageRule], message: Message, now: float) -> MessageRule | None:
+    """The first active rule matching `message`, if any."""
+    for rule in rules:
+        if rule.expires > now and rule.matches(message):
+            return rule
+    return None
+
+
+# --- kept across restarts -------------------------------------------------------------------
+
+_KINDS = {"suspend", "bounce", "suspend-ready-q", "set-config"}
+
+
+def rule_to_dict(rule: AnyRule) -> dict[str, Any]:
+    """A rule as JSON-ready data (times as the clock gave them: epoch seconds in the daemon)."""
+    common = {"id": rule.id, "reason": rule.reason, "created": rule.created, "expires": rule.expires}
+    if isinstance(rule, MessageRule):
+        return {"kind": rule.kind, "tenant": rule.tenant, "campaign": rule.campaign, "domain": rule.domain, **common}
+    if isinstance(rule, ReadyQueueRule):
+        return {"kind": "suspend-ready-q", "name": rule.name, **common}
+    return {"kind": "set-config", "name": rule.name, "option": rule.option, "value": rule.value, **common}
+
+
+def rule_from_dict(data: Mapping[str, Any]) -> AnyRule:
+    """The rule `rule_to_dict` wrote; ValueError (saying what) for anything else."""
+    kind = data.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown rule kind {kind!r}")
+    try:
+        rule_id, reason = str(data["id"]), str(data.get("reason") or "")
+        created, expires = float(data["created"]), float(data["expires"])
+        if not (math.isfinite(created) and math.isfinite(expires)):
+            raise ValueError("created and expires must be finite")
+        if kind in ("suspend", "bounce"):
+            return MessageRule(rule_id, kind, _opt(data, "tenant"), _opt(data, "campaign"), _opt(data, "domain"),
+                               reason, created, expires)
+        if kind == "suspend-ready-q":
+            return ReadyQueueRule(rule_id, str(data["name"]), reason, created, expires)
+        return PathOverrideRule(rule_id, str(data["name"]), str(data["option"]), data["value"], reason,
+                                created, expires)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{kind} rule is missing or mistypes {exc}") from None
+
+
+def _opt(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else str(value)

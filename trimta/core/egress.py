@@ -4,7 +4,8 @@ Names are KumoMTA's egress path options (`connection_limit`, `max_message_rate`,
 `idle_timeout`, `enable_tls`, ...), with units in the field names once parsed
 (`idle_timeout_s`). Defaults follow KumoMTA's. Where the values come from (built-in
 defaults, a plain override table, shaping files) is the business of an
-`EgressPathProvider`; delivery code only asks it for the path of (source, site, domain).
+`EgressPathProvider` (`trimta.core.egress_paths`); delivery code only asks it for the
+path of (source, site, domain).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from trimta.core.mx import IpLookupStrategy
 from trimta.core.units import Rate
@@ -102,9 +102,3 @@ def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
-
-
-class EgressPathProvider(Protocol):
-    """Where delivery gets the options of a path. The shaping layer implements it too."""
-
-    def path_config(self, source: str, site: str, domain: str) -> EgressPathConfig: ...

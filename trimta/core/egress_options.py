@@ -27,7 +27,7 @@ from typing import Any
 
 from trimta.core.domains import canonical_domain
 from trimta.core.egress import EgressPathConfig, Network, TlsPolicy
-from trimta.core.mx import IpLookupStrategy
+from trimta.core.mx import IpLookupStrategy, MxResolution, Resolver
 from trimta.core.units import parse_duration, parse_rate
 
 
@@ -259,3 +259,17 @@ class StaticPathProvider:
                 config = apply_options(config, self.by_source[source_key])
             self._cache[key] = config
         return config
+
+    def rollup(self, domain: str) -> bool:
+        """Every domain joins its site's ready queue: these tables have no ``mx_rollup``."""
+        return True
+
+    def observe(self, resolution: MxResolution) -> None:
+        """Nothing to learn: these tables name sites and domains, not providers."""
+
+    def automation_for(self, source: str, site: str, domain: str) -> tuple[()]:
+        return ()
+
+    async def resolve_sites(self, resolver: Resolver) -> dict[str, MxResolution]:
+        """Nothing to resolve: by-site tables name their sites already."""
+        return {}

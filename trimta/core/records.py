@@ -18,6 +18,9 @@ TRANSIENT_FAILURE = "TransientFailure"
 BOUNCE = "Bounce"
 EXPIRATION = "Expiration"
 ADMIN_BOUNCE = "AdminBounce"
+# KumoMTA's record for a message held back without an attempt; trimta writes it when a
+# bug met while routing or sending a message sent it back to its scheduled queue.
+DELAYED = "Delayed"
 # trimta's own: an automation rule started or ended its actions on a ready queue.
 AUTOMATION = "Automation"
 

@@ -134,6 +134,38 @@ def due_after_restart(
     return max(now, min(due, expiry_time(config, created)))
 
 
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """What a transient failure leads to: the next attempt at `due`, or expiry now.
+
+    Exactly one of `due` and `expiration` is set; `attempts` is the count with the
+    failed attempt included (what the records and the spool carry from now on).
+    """
+
+    attempts: int
+    due: float | None = None
+    expiration: Reply | None = None
+
+    @property
+    def expires(self) -> bool:
+        return self.expiration is not None
+
+
+def after_transient_failure(
+    config: QueueConfig, created: float, attempts: int, now: float, rng: random.Random
+) -> RetryDecision:
+    """The one decision for a message whose attempt just failed transiently.
+
+    `attempts` counts the attempts made before this one. The next attempt comes
+    after the backoff (`next_attempt_delay`); if that falls past the message's
+    ``max_age``, it expires now instead, with `expiration_reply`.
+    """
+    due = now + next_attempt_delay(config, attempts, rng)
+    if expires_before(config, created, due):
+        return RetryDecision(attempts + 1, expiration=expiration_reply(attempts + 1))
+    return RetryDecision(attempts + 1, due=due)
+
+
 def expiration_reply(attempts: int) -> Reply:
     """The response an `Expiration` record carries (RFC 3463 5.4.7: delivery time expired)."""
     noun = "attempt" if attempts == 1 else "attempts"

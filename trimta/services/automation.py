@@ -15,7 +15,9 @@ within its period), its actions hold for the rule's `duration`:
 
 Every action expires by itself; each start and end is logged (an `Automation` record,
 and a line on stderr). While a rule's actions hold on a queue it does not fire again
-there.
+there. The actions are operator rules (`trimta.services.operator_rules`), made and
+cancelled through the `Actions` protocol, so they are durable like an operator's:
+after a restart a suspension fired before it still holds for its remaining time.
 """
 
 from __future__ import annotations
@@ -23,17 +25,39 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import trio
 
 from trimta.core import records
-from trimta.core.egress_options import apply_options
+from trimta.core.admin import MessageRule, PathOverrideRule, ReadyQueueRule
 from trimta.core.message import Message
-from trimta.core.shaping import ActionKind, AutomationRule
+from trimta.core.outcome import Outcome
+from trimta.core.shaping_automation import ActionKind, AutomationRule
+from trimta.protocol.replies import Reply
+from trimta.services.logs import RecordSink
+from trimta.services.ready_queue import ReadyQueue
 
 log = logging.getLogger("trimta.automation")
+
+
+class Actions(Protocol):
+    """The operator rules automation makes and ends (`OperatorRules`)."""
+
+    async def suspend(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
+                      duration_s: float, reason: str = "") -> MessageRule: ...
+    async def cancel_suspension(self, rule_id: str) -> bool: ...
+    async def bounce(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
+                     duration_s: float, reason: str = "") -> Any: ...
+    async def cancel_bounce(self, rule_id: str) -> bool: ...
+    async def bounce_ready_queue(self, name: str, reason: str) -> int: ...
+    async def suspend_ready_queue(self, *, name: str, duration_s: float, reason: str = "") -> ReadyQueueRule: ...
+    async def cancel_ready_queue_suspension(self, rule_id: str) -> bool: ...
+    async def override(self, *, name: str, option: str, value: Any, duration_s: float,
+                       reason: str = "") -> PathOverrideRule: ...
+    async def cancel_override(self, rule_id: str) -> bool: ...
 
 
 @dataclass
@@ -41,34 +65,30 @@ class _Firing:
     rule: AutomationRule
     queue_name: str
     until: float
-    undo: list[Callable[[], None]]
-    record: dict | None = None  # the "Fired" log record, once the actions have started
+    undo: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+    record: dict[str, Any] | None = None  # the "Fired" log record, once the actions have started
 
 
 class Automation:
     """Watches outcomes and fires rules; `run` ends actions when their time is up."""
 
-    def __init__(self, engine, rules_for: Callable[[object], Sequence[AutomationRule]],
-                 clock: Callable[[], float], logs=None) -> None:
-        self.engine = engine
+    def __init__(self, *, rules: Actions, clock: Callable[[], float], logs: RecordSink | None = None) -> None:
+        self.rules = rules
         self.logs = logs  # where "Automation" records go (a LogSink); None: Python logging only
-        self.rules_for = rules_for
         self.clock = clock
         self._matches: dict[tuple[str, int], deque[float]] = {}
         self._active: dict[tuple[str, int], _Firing] = {}
         self._changed = trio.Event()
-        self._pending: list[tuple[AutomationRule, object, Message, object]] = []
+        self._pending: list[tuple[AutomationRule, ReadyQueue, Message, Reply]] = []
         self.fired = 0
 
-    def observe(self, message: Message, outcome, queue) -> None:
+    def observe(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None:
         """One response on `queue` (sync; called for every attempt outcome)."""
-        if queue is None or outcome is None:
-            return
-        rules = self.rules_for(queue)
+        rules = queue.automation_rules
         if not rules:
             return
         text = str(outcome.reply).replace("\n", " ")
-        internal = bool(getattr(outcome, "connection_failure", False))
+        internal = outcome.connection_failure
         now = self.clock()
         for rule in rules:
             if not rule.matches(text, internal=internal):
@@ -85,7 +105,7 @@ class Automation:
                     continue
                 window.clear()
             self._pending.append((rule, queue, message, outcome.reply))
-            self._active[key] = _Firing(rule, queue.name, now + rule.duration_s, [])
+            self._active[key] = _Firing(rule, queue.name, now + rule.duration_s)
             self._changed.set()
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -99,7 +119,7 @@ class Automation:
                 if firing.until <= now:
                     del self._active[key]
                     for undo in firing.undo:
-                        undo()
+                        await undo()
                     log.info("automation ended on %s: %s (%s)", firing.queue_name, _describe(firing.rule),
                              firing.rule.origin)
                     if firing.record is not None and self.logs is not None:
@@ -111,7 +131,7 @@ class Automation:
             with trio.move_on_after(max(0.0, next_end - self.clock())):
                 await self._changed.wait()
 
-    async def _fire(self, rule: AutomationRule, queue, message: Message, reply) -> None:
+    async def _fire(self, rule: AutomationRule, queue: ReadyQueue, message: Message, reply: Reply) -> None:
         firing = self._active.get((queue.name, id(rule)))
         if firing is None:
             return
@@ -127,30 +147,30 @@ class Automation:
         )
         if self.logs is not None:
             self.logs.emit(firing.record)
-        engine = self.engine
+        rules = self.rules
+        duration_s = rule.duration_s
         for action in rule.actions:
             kind = action.kind
             if kind is ActionKind.SUSPEND:
-                r = engine.suspend_ready_queue(name=queue.name, duration_s=rule.duration_s, reason=reason)
-                firing.undo.append(lambda r=r: engine.cancel_ready_queue_suspension(r.id))
-            elif kind is ActionKind.SUSPEND_TENANT:
-                r = engine.suspend(tenant=message.tenant, domain=message.domain, duration_s=rule.duration_s, reason=reason)
-                firing.undo.append(lambda r=r: engine.cancel_suspension(r.id))
-            elif kind is ActionKind.SUSPEND_CAMPAIGN:
-                r = engine.suspend(tenant=message.tenant, campaign=message.campaign, domain=message.domain,
-                                   duration_s=rule.duration_s, reason=reason)
-                firing.undo.append(lambda r=r: engine.cancel_suspension(r.id))
+                ready_rule = await rules.suspend_ready_queue(name=queue.name, duration_s=duration_s, reason=reason)
+                firing.undo.append(lambda r=ready_rule: rules.cancel_ready_queue_suspension(r.id))
+            elif kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
+                campaign = message.campaign if kind is ActionKind.SUSPEND_CAMPAIGN else None
+                suspension = await rules.suspend(tenant=message.tenant, campaign=campaign, domain=message.domain,
+                                                 duration_s=duration_s, reason=reason)
+                firing.undo.append(lambda r=suspension: rules.cancel_suspension(r.id))
             elif kind is ActionKind.BOUNCE:
-                await engine.bounce_ready_queue(queue, reason)
+                await rules.bounce_ready_queue(queue.name, reason)
             elif kind in (ActionKind.BOUNCE_TENANT, ActionKind.BOUNCE_CAMPAIGN):
                 campaign = message.campaign if kind is ActionKind.BOUNCE_CAMPAIGN else None
-                result = await engine.admin_bounce(tenant=message.tenant, campaign=campaign, domain=message.domain,
-                                                   duration_s=rule.duration_s, reason=reason)
-                firing.undo.append(lambda r=result.rule: engine.cancel_bounce(r.id))
+                result = await rules.bounce(tenant=message.tenant, campaign=campaign, domain=message.domain,
+                                            duration_s=duration_s, reason=reason)
+                firing.undo.append(lambda r=result.rule: rules.cancel_bounce(r.id))
             elif kind in (ActionKind.SET_CONFIG, ActionKind.SET_DOMAIN_CONFIG):
-                before = queue.path
-                queue.set_path(apply_options(before, action.overrides))
-                firing.undo.append(lambda q=queue: engine.restore_path(q))
+                assert action.option is not None
+                override = await rules.override(name=queue.name, option=action.option, value=action.value,
+                                                duration_s=duration_s, reason=reason)
+                firing.undo.append(lambda r=override: rules.cancel_override(r.id))
 
 
 def _describe(rule: AutomationRule) -> str:

@@ -2,20 +2,31 @@
 
 ```
 egress nursery
-├── dispatcher workers: resolve the domain's site, pick a source from the pool
+├── dispatcher workers: operator rules, the domain's site, a source from the pool
 └── one supervised task group per ready queue (source, site)
     └── connection tasks
 ```
 
-Due messages wait for a dispatcher grouped by domain: a worker takes every message
-due for one domain so far and resolves the domain once for all of them, so a burst of
-mail to one domain costs one MX resolution (and one worker wake-up), not one per
-message. Workers are several so that one domain's slow DNS holds up no other domain.
+Due messages wait for a dispatcher grouped by domain (`DueMessages`): a worker takes
+every message due for one domain so far and resolves the domain once for all of
+them, so a burst of mail to one domain costs one MX resolution (and one worker
+wake-up), not one per message. Workers are several so that one domain's slow DNS
+holds up no other domain.
+
+Before routing, each message meets the operator rules (`Admission`): a bounce rule
+bounces it, a suspension holds it in the scheduler, no attempt counted.
 
 A ready queue's group is started on its first message and reaped when it has been
-empty and idle for a while. Supervision: if a ready queue's group dies of a bug, its
-messages go back to their scheduled queues (no attempt counted), the error is logged
-with its traceback, and the daemon keeps running.
+empty and idle for a while. Supervision, at each level a bug can strike:
+
+- a dispatcher that raises while routing a burst sends the message that met the bug
+  and the rest of its burst back to their scheduled queues (`Delayed` records, no
+  attempt counted, due after `RETRY_AFTER_BUG_S`); what was routed stays routed;
+- a ready queue's group that dies returns every queued and in-flight message the
+  same way, after `RETURN_AFTER_CRASH_S`, and a fresh group takes the next message;
+- a connection task's bug is handled in the ready queue (`trimta.services.ready_queue`).
+
+Each is logged with its traceback; the daemon keeps running.
 """
 
 from __future__ import annotations
@@ -23,136 +34,176 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import trio
 
-from trimta.core.egress import EgressPathProvider
+from trimta.core.admin import Admission as AdmissionDecision
+from trimta.core.admin import admin_bounce_reply
+from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message
 from trimta.core.mx import MxResolution, Resolver
-from trimta.core.pools import EgressSource, PoolPicker
+from trimta.core.pools import EgressPool, EgressSource, PoolPicker
 from trimta.core.queues import ready_queue_name
-from trimta.services.outcomes import OutcomeRecorder
-from trimta.services.ready_queue import Connect, ReadyQueue, SharedLimits
+from trimta.services.outcomes import RETRY_AFTER_BUG_S, OutcomeRecorder
+from trimta.services.ready_queue import Connect, Observer, ReadyQueue, SharedLimits
+from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 DISPATCH_WORKERS = 32
-RETRY_AFTER_BUG_S = 60.0
 RETURN_AFTER_CRASH_S = 10.0
+# A message whose pool's sources all have its site suspended waits this long, no attempt counted.
+SUSPENDED_SOURCES_WAIT_S = 60.0
+
+
+class Admission(Protocol):
+    """What the operator rules say to the egress (`trimta.services.operator_rules.OperatorRules`)."""
+
+    def admission(self, message: Message) -> AdmissionDecision: ...
+    def ready_queue_suspended(self, name: str) -> bool: ...
+    def path_overrides(self, name: str) -> Mapping[str, object]: ...
+
+
+class DueMessages:
+    """Messages due for routing, grouped by domain, domains in the order they fell due.
+
+    The scheduler puts (never blocks); dispatchers take a whole domain's group at once.
+    """
+
+    def __init__(self) -> None:
+        self._by_domain: dict[str, deque[Message]] = {}
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def put(self, message: Message) -> None:
+        group = self._by_domain.get(message.domain)
+        if group is None:
+            self._by_domain[message.domain] = deque((message,))
+            self._lot.unpark()
+        else:
+            group.append(message)
+
+    async def take_group(self) -> tuple[str, deque[Message]]:
+        """The oldest domain's due messages, waiting for some if there are none."""
+        while not self._by_domain:
+            await self._lot.park()
+        domain = next(iter(self._by_domain))
+        return domain, self._by_domain.pop(domain)
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._by_domain.values())
 
 
 class Egress:
-    """Owns the ready queues and the dispatcher that feeds them."""
+    """Owns the ready queues' groups and the dispatchers that feed them."""
 
     def __init__(
         self,
         *,
         resolver: Resolver,
         paths: EgressPathProvider,
-        sources: dict[str, EgressSource],
-        picker_for: Callable[[Message], PoolPicker],
+        sources: Mapping[str, EgressSource],
+        pool_for: Callable[[str | None], EgressPool],
         connect: Connect,
         outcomes: OutcomeRecorder,
         scheduler: Scheduler,
+        rules: Admission,
+        ready: ReadyQueues,
+        due: DueMessages,
+        observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
-        rollup: Callable[[str], bool] = lambda domain: True,
         linger_s: float = 10.0,
-        admission: Callable[[Message], Awaitable[bool]] | None = None,
-        ready_queue_suspended: Callable[[str], bool] = lambda name: False,
     ) -> None:
         self.resolver = resolver
         self.paths = paths
-        self.sources = sources
-        self.picker_for = picker_for
+        self.sources = dict(sources)
+        self.pool_for = pool_for
         self.connect = connect
         self.outcomes = outcomes
         self.scheduler = scheduler
+        self.rules = rules
+        self.ready = ready
+        self.due = due
+        self.observer = observer
         self.clock = clock
-        self.rollup = rollup
         self.linger_s = linger_s
-        # Operator rules (admin bounces, suspensions, expiry) get a say before routing:
-        # False means the message was dealt with and is not to be routed.
-        self.admission = admission
-        self.ready_queue_suspended = ready_queue_suspended
-        self.ready: dict[str, ReadyQueue] = {}
         self.shared: dict[str, SharedLimits] = {}
-        # Due messages by domain, domains in the order their first message fell due.
-        self._due: dict[str, deque[Message]] = {}
-        self._due_lot = trio.lowlevel.ParkingLot()
+        self._pickers: dict[str, PoolPicker] = {}
         self._nursery: trio.Nursery | None = None
         self.reaped = 0
         self.crashed = 0
 
-    # --- in: due messages ------------------------------------------------------------------
-
-    def dispatch(self, message: Message) -> None:
-        """The scheduler's hand-off: never blocks."""
-        group = self._due.get(message.domain)
-        if group is None:
-            self._due[message.domain] = deque((message,))
-            self._due_lot.unpark()
-        else:
-            group.append(message)
-
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for _ in range(DISPATCH_WORKERS):
                 nursery.start_soon(self._dispatcher)
             task_status.started()
 
+    # --- routing ------------------------------------------------------------------------------
+
     async def _dispatcher(self) -> None:
         while True:
-            while not self._due:
-                await self._due_lot.park()
-            domain = next(iter(self._due))
-            group = self._due.pop(domain)
+            domain, group = await self.due.take_group()
             try:
                 await self._route(domain, group)
-            except Exception:
+            except Exception as exc:
                 # What is left in the group (the message that met the bug, and those
                 # after it) goes back to wait; what was routed stays routed.
                 log.exception("routing %d message(s) to %s failed; they wait %ds",
                               len(group), domain, RETRY_AFTER_BUG_S)
-                due = self.clock() + RETRY_AFTER_BUG_S
                 for message in group:
-                    self.scheduler.add(message, due)
+                    await self.outcomes.internal_error(message, exc, None)
 
     async def _route(self, domain: str, group: deque[Message]) -> None:
         """Route every message of `group` (all to `domain`), taking each out once dealt with."""
         resolution: MxResolution | None = None
         while group:
             message = group[0]
-            if self.admission is None or await self.admission(message):
+            if await self._admitted(message):
                 if resolution is None:
                     resolution = await self._resolve(domain)
                 await self._route_one(message, resolution)
             group.popleft()
 
+    async def _admitted(self, message: Message) -> bool:
+        """Expired, admin-bounced or suspended messages are dealt with here, not routed."""
+        if self.outcomes.expires_at(message) <= self.clock():
+            await self.outcomes.expired(message)
+            return False
+        decision = self.rules.admission(message)
+        if decision.bounce is not None:
+            await self.outcomes.admin_bounce(message, admin_bounce_reply(decision.bounce.reason))
+            return False
+        if decision.hold is not None:
+            self.scheduler.hold(message, decision.hold.id)
+            return False
+        return True
+
     async def _resolve(self, domain: str) -> MxResolution:
-        resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.rollup(domain))
-        observe = getattr(self.paths, "observe", None)
-        if observe is not None and resolution.ok:  # the real MX hosts, for provider matching
-            observe(resolution)
+        resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.paths.rollup(domain))
+        if resolution.ok:  # the real MX hosts, for provider matching
+            self.paths.observe(resolution)
         return resolution
 
     async def _route_one(self, message: Message, resolution: MxResolution) -> None:
         if not resolution.ok:
-            reply = resolution.reply
-            assert reply is not None
+            answer = resolution.reply
+            assert answer is not None
             if resolution.is_permanent:
-                await self.outcomes.bounce(message, reply, classification=resolution.bounce_classification)
+                await self.outcomes.bounce(message, answer, classification=resolution.bounce_classification)
             else:
-                await self.outcomes.retry(message, reply)
+                await self.outcomes.retry(message, answer)
             return
-        picker = self.picker_for(message)
+        picker = self._picker_for(message)
         site = resolution.site
-        source_name = picker.next(skip=lambda name: self._suspended(name, site))
+        source_name = picker.next(skip=lambda name: self.rules.ready_queue_suspended(ready_queue_name(name, site)))
         if source_name is None:
             # Every source of the pool has this site suspended: wait without an attempt.
-            self.scheduler.add(message, self.clock() + 60.0)
+            self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
             return
         queue = self.ready_queue(self.sources[source_name], site, message.domain)
         queue.resolution = resolution
@@ -161,15 +212,19 @@ class Egress:
             queue.resolution = resolution
             queue.add(message)
 
-    def _suspended(self, source: str, site: str) -> bool:
-        return self.ready_queue_suspended(ready_queue_name(source, site))
+    def _picker_for(self, message: Message) -> PoolPicker:
+        pool = self.pool_for(self.scheduler.config_for(message).egress_pool)
+        picker = self._pickers.get(pool.name)
+        if picker is None:
+            picker = self._pickers[pool.name] = PoolPicker(pool)
+        return picker
 
-    # --- ready queues ------------------------------------------------------------------------
+    # --- ready queues ---------------------------------------------------------------------------
 
     def ready_queue(self, source: EgressSource, site: str, domain: str) -> ReadyQueue:
         name = ready_queue_name(source.name, site)
         queue = self.ready.get(name)
-        if queue is None or queue._closed:
+        if queue is None or queue.closed:
             path = self.paths.path_config(source.name, site, domain)
             queue = ReadyQueue(
                 source=source,
@@ -181,14 +236,19 @@ class Egress:
                 clock=self.clock,
                 shared=self._shared_limits(path),
                 domain=domain,
+                observer=self.observer,
+                automation_rules=self.paths.automation_for(source.name, site, domain),
             )
-            queue.suspended = self.ready_queue_suspended(name)
-            self.ready[name] = queue
+            overrides = self.rules.path_overrides(name)
+            if overrides:
+                queue.set_overrides(overrides)
+            queue.suspend(self.rules.ready_queue_suspended(name))
+            self.ready.register(queue)
             assert self._nursery is not None, "Egress.run must be started first"
             self._nursery.start_soon(self._supervise, queue)
         return queue
 
-    def _shared_limits(self, path) -> SharedLimits | None:
+    def _shared_limits(self, path: EgressPathConfig) -> SharedLimits | None:
         """The provider-wide limits this path shares with the provider's other ready queues."""
         if not path.provider or (path.provider_connection_limit is None and path.provider_max_message_rate is None):
             return None
@@ -198,37 +258,35 @@ class Egress:
         shared.configure(path.provider_connection_limit, path.provider_max_message_rate)
         return shared
 
-    def reload(self, paths: EgressPathProvider) -> None:
-        """New shaping: live ready queues take their new options at once."""
+    def reload(self, paths: EgressPathProvider, *, pool_for: Callable[[str | None], EgressPool] | None = None,
+               sources: Mapping[str, EgressSource] | None = None) -> None:
+        """New shaping (and pools and sources): live ready queues take their new options at once."""
         self.paths = paths
-        for queue in self.queues():
+        if pool_for is not None:
+            self.pool_for = pool_for
+        if sources is not None:
+            self.sources = dict(sources)
+        for queue in self.ready:
             path = paths.path_config(queue.source.name, queue.site, queue.domain)
             shared = self._shared_limits(path)
             if shared is not queue.shared:
-                if queue.shared is not None:
-                    queue.shared.members.discard(queue)
-                queue.shared = shared
-                if shared is not None:
-                    shared.members.add(queue)
+                queue.share(shared)
             queue.set_path(path)
+            queue.set_automation_rules(paths.automation_for(queue.source.name, queue.site, queue.domain))
 
     async def _supervise(self, queue: ReadyQueue) -> None:
         try:
             await queue.run(linger_s=self.linger_s)
-        except Exception:
+        except Exception as exc:
             self.crashed += 1
-            queue._closed = True
+            queue.close()
             returned = queue.drain()
             log.exception("ready queue %s failed; %d messages go back to their scheduled queues",
                           queue.name, len(returned))
             # Back without an attempt counted, after a pause so a bug cannot spin.
-            due = self.clock() + RETURN_AFTER_CRASH_S
             for message in returned:
-                self.scheduler.add(message, due)
+                await self.outcomes.internal_error(message, exc, queue, delay_s=RETURN_AFTER_CRASH_S)
         finally:
-            if self.ready.get(queue.name) is queue:
-                del self.ready[queue.name]
+            if self.ready.unregister(queue):
                 self.reaped += 1
 
-    def queues(self) -> Sequence[ReadyQueue]:
-        return list(self.ready.values())

@@ -53,9 +53,12 @@ from trimta.adapters.http import (
     read_json,
 )
 from trimta.adapters.http_config import HttpConfig
-from trimta.adapters.spool import SpoolError
+from trimta.adapters.spool import Spool, SpoolError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
+from trimta.services.acceptance import Acceptor
+from trimta.services.engine import DeliveryEngine
+from trimta.services.operator_rules import OperatorRules
 from trimta.services.inject import Injector, parse_inject_request
 from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_for, render
 
@@ -163,9 +166,10 @@ class HttpApi:
     def __init__(
         self,
         *,
-        acceptor,
-        engine,
-        spool=None,
+        acceptor: Acceptor,
+        engine: DeliveryEngine,
+        rules: OperatorRules,
+        spool: Spool | None = None,
         logs=None,
         listeners: Sequence = (),
         clock: Callable[[], float] = time.time,
@@ -177,6 +181,7 @@ class HttpApi:
         known_tenants: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.engine = engine
+        self.rules = rules
         # Re-reads the configuration's shaping; returns None, or why it was refused.
         self.reload = reload
         # When given, a request naming a tenant outside these is refused ([http] known_tenants_only).
@@ -298,34 +303,34 @@ class HttpApi:
     async def create_suspension(self, request: Request) -> Response:
         f = JsonFields(read_json(request), "", RULE_FIELDS)
         match = self._match(f)
-        reason = f.string("reason", required=True)
-        rule = self.engine.suspend(**match, duration_s=self._duration(f), reason=reason)
+        reason = f.string("reason", required=True) or ""
+        rule = await self.rules.suspend(**match, duration_s=self._duration(f), reason=reason)
         return json_response(200, {"id": rule.id})
 
     async def list_suspensions(self, request: Request) -> Response:
-        return json_response(200, [self._rule(r) for r in self.engine.suspensions()])
+        return json_response(200, [self._rule(r) for r in self.rules.suspensions()])
 
     async def cancel_suspension(self, request: Request) -> Response:
         rule_id = self._id(request)
-        if not self.engine.cancel_suspension(rule_id):
+        if not await self.rules.cancel_suspension(rule_id):
             raise HttpError(404, f"no active suspension with id {rule_id!r}")
         return json_response(200, {"id": rule_id})
 
     async def create_bounce(self, request: Request) -> Response:
         f = JsonFields(read_json(request), "", RULE_FIELDS)
         match = self._match(f)
-        reason = f.string("reason", required=True)
-        result = await self.engine.admin_bounce(**match, duration_s=self._duration(f), reason=reason)
+        reason = f.string("reason", required=True) or ""
+        result = await self.rules.bounce(**match, duration_s=self._duration(f), reason=reason)
         return json_response(200, {
             "id": result.rule.id, "bounced": dict(result.bounced), "total_bounced": result.total_bounced,
         })
 
     async def list_bounces(self, request: Request) -> Response:
-        return json_response(200, [self._rule(r) for r in self.engine.bounces()])
+        return json_response(200, [self._rule(r) for r in self.rules.bounces()])
 
     async def cancel_bounce(self, request: Request) -> Response:
         rule_id = self._id(request)
-        if not self.engine.cancel_bounce(rule_id):
+        if not await self.rules.cancel_bounce(rule_id):
             raise HttpError(404, f"no active bounce with id {rule_id!r}")
         return json_response(200, {"id": rule_id})
 
@@ -344,16 +349,16 @@ class HttpApi:
         assert name is not None
         if "->" not in name:
             raise f.error("name", f"expected a ready queue name like 'ip-1->mx.example.com@smtp', got {name!r}")
-        reason = f.string("reason", required=True)
-        rule = self.engine.suspend_ready_queue(name=name, duration_s=self._duration(f), reason=reason)
+        reason = f.string("reason", required=True) or ""
+        rule = await self.rules.suspend_ready_queue(name=name, duration_s=self._duration(f), reason=reason)
         return json_response(200, {"id": rule.id})
 
     async def list_ready_suspensions(self, request: Request) -> Response:
-        return json_response(200, [self._ready_rule(r) for r in self.engine.ready_queue_suspensions()])
+        return json_response(200, [self._ready_rule(r) for r in self.rules.ready_queue_suspensions()])
 
     async def cancel_ready_suspension(self, request: Request) -> Response:
         rule_id = self._id(request)
-        if not self.engine.cancel_ready_queue_suspension(rule_id):
+        if not await self.rules.cancel_ready_queue_suspension(rule_id):
             raise HttpError(404, f"no active ready queue suspension with id {rule_id!r}")
         return json_response(200, {"id": rule_id})
 
@@ -398,7 +403,7 @@ class HttpApi:
         wanted = {name: request.query_value(name) for name in MATCH_FIELDS if request.query_value(name)}
         report = self.engine.queue_summary()
         now = self.clock()
-        suspensions = self.engine.suspensions()
+        suspensions = self.rules.suspensions()
         scheduled = []
         for q in sorted(report.scheduled, key=lambda q: (q.tenant or "", q.campaign or "", q.domain)):
             if any(getattr(q, name) != value for name, value in wanted.items()):
@@ -410,15 +415,15 @@ class HttpApi:
                 "suspended_by": [r.id for r in suspensions if _rule_covers(r, q)],
             })
         ready_rules: dict[str, ReadyQueueRule] = {}
-        for rule in self.engine.ready_queue_suspensions():
+        for rule in self.rules.ready_queue_suspensions():
             ready_rules.setdefault(rule.name, rule)
         ready = []
         for stats in sorted(report.ready, key=lambda s: s.name):
             entry = dataclasses.asdict(stats)
             if entry.get("paused_until") is not None:
                 entry["paused_until"] = format_time(self._epoch(entry["paused_until"]))
-            rule = ready_rules.get(stats.name)
-            entry["suspension"] = self._ready_rule(rule) if rule is not None else None
+            ready_rule = ready_rules.get(stats.name)
+            entry["suspension"] = self._ready_rule(ready_rule) if ready_rule is not None else None
             ready.append(entry)
         return json_response(200, {
             "scheduled": scheduled,

@@ -2,7 +2,12 @@
 
 - delivered: a `Delivery` record; the message leaves the spool.
 - transient: attempts + 1; rescheduled after the backoff, or, when the next attempt
-  would fall past `max_age`, an `Expiration` record and removal.
+  would fall past `max_age`, an `Expiration` record and removal (one decision:
+  `trimta.core.retry.after_transient_failure`).
+- internal error (a bug met while routing or sending it): a `Delayed` record with
+  ``451 4.3.0`` naming the error; back in its scheduled queue after
+  `RETRY_AFTER_BUG_S`, no attempt counted (so a bug cannot spin, nor cost the
+  message its backoff schedule).
 - permanent: a `Bounce` record with its classification; removal.
 
 A rescheduled message's spool update is awaited (group-committed with everyone
@@ -22,20 +27,52 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import trio
 
-from trimta.adapters.spool import Spool, SpoolError
+from trimta.adapters.spool import SpoolError
 from trimta.core import records
 from trimta.core.bounce import classify
 from trimta.core.message import Message
-from trimta.core.retry import QueueConfig, expiration_reply, expires_before, next_attempt_delay
-from trimta.protocol.replies import Reply
-from trimta.services.logs import LogSink
-from trimta.services.scheduler import Scheduler
+from trimta.core.outcome import Outcome, OutcomeKind
+from trimta.core.retry import QueueConfig, after_transient_failure, expiration_reply, expiry_time
+from trimta.protocol.replies import Reply, reply
+from trimta.services.logs import RecordSink
+from trimta.services.ready_queue import ReadyQueue
 
 log = logging.getLogger(__name__)
+
+# How long a message that met a bug waits before it is tried again.
+RETRY_AFTER_BUG_S = 60.0
+
+
+class MessageStore(Protocol):
+    """What delivery needs of the spool: a message's data, and its state kept up to date."""
+
+    async def load_data(self, data_id: str) -> bytes: ...
+    async def update(self, message: Message) -> None: ...
+    async def remove(self, ids: Sequence[str]) -> None: ...
+
+
+class Schedule(Protocol):
+    """Where a message waits for its next attempt (`trimta.services.scheduler.Scheduler`)."""
+
+    def config_for(self, message: Message) -> QueueConfig: ...
+    def add(self, message: Message, due: float | None = None) -> None: ...
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of the bug, looking through the groups nurseries wrap one error in."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def internal_error_reply(error: BaseException, where: str) -> Reply:
+    """The response a message that met a bug carries: transient, naming the error."""
+    return reply(451, "4.3.0", f"Internal error {where} ({error_text(error)}); back in its scheduled queue")
 
 
 class OutcomeRecorder:
@@ -44,9 +81,9 @@ class OutcomeRecorder:
     def __init__(
         self,
         *,
-        spool: Spool,
-        logs: LogSink,
-        scheduler: Scheduler,
+        spool: MessageStore,
+        logs: RecordSink,
+        scheduler: Schedule,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         pool_name: Callable[[Message], str | None] = lambda message: None,
@@ -57,16 +94,9 @@ class OutcomeRecorder:
         self.clock = clock
         self.rng = rng or random.Random()
         self.pool_name = pool_name
-        self.delivered_count = 0
-        self.transient_count = 0
-        self.bounced_count = 0
-        self.expired_count = 0
-        self.admin_bounced_count = 0
         # Records by type, by tenant ("" for none) and by site, for metrics.
         self.by_tenant: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.by_site: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        # Called with (message, outcome, ready queue) after every attempt (automation).
-        self.observers: list[Callable] = []
         self._removals: list[str] = []  # finished, not yet removed from the spool
         self._removals_due = trio.Event()
 
@@ -74,70 +104,69 @@ class OutcomeRecorder:
         return self.scheduler.config_for(message)
 
     def expires_at(self, message: Message) -> float:
-        return message.created + self.config_for(message).max_age_s
+        return expiry_time(self.config_for(message), message.created)
 
     async def load_data(self, message: Message) -> bytes:
         return await self.spool.load_data(message.data_id)
 
-    def _observe(self, message: Message, outcome, queue) -> None:
-        for observer in self.observers:
-            observer(message, outcome, queue)
-
-    async def delivered(self, message: Message, outcome, queue) -> None:
-        self._observe(message, outcome, queue)
-        self.delivered_count += 1
+    async def delivered(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None:
         message.attempts += 1
         self._emit(records.DELIVERY, message, outcome.reply, queue, outcome)
         self._remove(message)
 
-    async def failed(self, message: Message, outcome, queue) -> None:
-        self._observe(message, outcome, queue)
-        if outcome.kind == "permanent":
+    async def failed(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None:
+        if outcome.kind is OutcomeKind.PERMANENT:
             await self.bounce(message, outcome.reply, queue, outcome)
         else:
             await self.retry(message, outcome.reply, queue, outcome)
 
-    async def bounce(self, message: Message, reply: Reply, queue=None, outcome=None,
-                     classification: str | None = None) -> None:
-        self.bounced_count += 1
+    async def internal_error(self, message: Message, error: BaseException, queue: ReadyQueue | None,
+                             *, delay_s: float = RETRY_AFTER_BUG_S) -> None:
+        """A bug met while this message was routed or sent: back to its scheduled queue, with a
+        `Delayed` record saying so. No attempt is counted."""
+        where = f"in ready queue {queue.name}" if queue is not None else "while routing"
+        due = self.clock() + delay_s
+        self._emit(records.DELAYED, message, internal_error_reply(error, where), queue, None,
+                   internal_error=error_text(error), next_due=int(due))
+        self.scheduler.add(message, due)
+
+    async def bounce(self, message: Message, reply: Reply, queue: ReadyQueue | None = None,
+                     outcome: Outcome | None = None, classification: str | None = None) -> None:
         message.attempts += 1
         self._emit(records.BOUNCE, message, reply, queue, outcome,
                    bounce_classification=classification or classify(reply))
         self._remove(message)
 
-    async def retry(self, message: Message, reply: Reply, queue=None, outcome=None) -> None:
+    async def retry(self, message: Message, reply: Reply, queue: ReadyQueue | None = None,
+                    outcome: Outcome | None = None) -> None:
         """A transient failure: back to the scheduled queue after the backoff, or expire."""
-        now = self.clock()
-        config = self.config_for(message)
-        delay = next_attempt_delay(config, message.attempts, self.rng)
-        message.attempts += 1
-        due = now + delay
-        if expires_before(config, message.created, due):
+        decision = after_transient_failure(
+            self.config_for(message), message.created, message.attempts, self.clock(), self.rng
+        )
+        message.attempts = decision.attempts
+        if decision.due is None:
             self._emit(records.TRANSIENT_FAILURE, message, reply, queue, outcome)
-            await self._expire(message, queue)
+            self._expire(message, queue, decision.expiration)
             return
-        self.transient_count += 1
-        self._emit(records.TRANSIENT_FAILURE, message, reply, queue, outcome, next_due=int(due))
-        message.due = due
+        self._emit(records.TRANSIENT_FAILURE, message, reply, queue, outcome, next_due=int(decision.due))
+        message.due = decision.due
         try:
             await self.spool.update(message)
         except SpoolError as exc:
             # The old state on disk is still a valid one (fewer attempts): keep going.
             log.error("could not record attempt %d of %s: %s", message.attempts, message.id, exc)
-        self.scheduler.add(message, due)
+        self.scheduler.add(message, decision.due)
 
     async def admin_bounce(self, message: Message, reply: Reply) -> None:
         """An operator's bounce: an `AdminBounce` record, and the message is gone."""
-        self.admin_bounced_count += 1
         self._emit(records.ADMIN_BOUNCE, message, reply, None, None)
         self._remove(message)
 
-    async def expired(self, message: Message, queue=None) -> None:
-        await self._expire(message, queue)
+    async def expired(self, message: Message, queue: ReadyQueue | None = None) -> None:
+        self._expire(message, queue)
 
-    async def _expire(self, message: Message, queue) -> None:
-        self.expired_count += 1
-        self._emit(records.EXPIRATION, message, expiration_reply(message.attempts), queue, None)
+    def _expire(self, message: Message, queue: ReadyQueue | None, answer: Reply | None = None) -> None:
+        self._emit(records.EXPIRATION, message, answer or expiration_reply(message.attempts), queue, None)
         self._remove(message)
 
     def _remove(self, message: Message) -> None:
@@ -174,9 +203,10 @@ class OutcomeRecorder:
             self._removals[:0] = ids  # cut short: removed on the way out (twice is harmless)
             raise
 
-    def _emit(self, kind: str, message: Message, reply: Reply, queue, outcome, **extra) -> None:
+    def _emit(self, kind: str, message: Message, reply: Reply, queue: ReadyQueue | None,
+              outcome: Outcome | None, **extra: Any) -> None:
         peer = None
-        if outcome is not None and getattr(outcome, "peer_address", None):
+        if outcome is not None and outcome.peer_address:
             peer = {"name": outcome.peer_host or "", "addr": outcome.peer_address}
         record = records.message_record(
             kind,
@@ -187,7 +217,7 @@ class OutcomeRecorder:
             egress_pool=self.pool_name(message),
             egress_source=queue.source.name if queue is not None else None,
             peer_address=peer if peer is not None else ({"name": "", "addr": ""} if queue is not None else None),
-            command=getattr(outcome, "command", None),
+            command=outcome.command if outcome is not None else None,
             ready_queue=queue.name if queue is not None else None,
             **extra,
         )

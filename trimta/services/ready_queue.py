@@ -20,6 +20,18 @@ connections that deliver them:
 Failures are outcomes: a refused connection, a timeout, a TLS or protocol error gives
 the message a transient (or permanent) outcome through `Outcomes`; nothing a peer
 does raises out of a connection task.
+
+Supervision: a connection task that raises anyway (a bug in the client, a stream
+raising something no network error explains) ends that connection only. Its
+message goes back to its scheduled queue through `Outcomes.internal_error` (a
+`Delayed` record says what happened; no attempt is counted), the error is logged
+with its traceback, and the queue goes on. A message is in flight from the moment a connection takes
+it until its outcome is recorded, so if even that fails, the error ends the queue's
+group and the egress supervisor returns every queued and in-flight message to its
+scheduled queue (`drain`).
+
+Which connections to open and when one closes is decided by pure functions of a
+snapshot (`trimta.core.ready_pool`); the task applies the decisions.
 """
 
 from __future__ import annotations
@@ -27,18 +39,23 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_options import apply_options
 from trimta.core.message import Message
 from trimta.core.mx import MxResolution
+from trimta.core.outcome import Outcome
 from trimta.core.pools import EgressSource
 from trimta.core.queues import ready_queue_name
+from trimta.core.shaping_automation import AutomationRule
+from trimta.core.ready_pool import ConnectionState, PoolState, connections_to_open, should_close
 from trimta.core.throttle import Gcra
+from trimta.core.units import Rate
 from trimta.services.smtp_client import ConnectionFailed
 
 log = logging.getLogger(__name__)
@@ -53,7 +70,7 @@ class Connection(Protocol):
 
     @property
     def usable(self) -> bool: ...
-    async def send(self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False): ...
+    async def send(self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False) -> Outcome: ...
     async def quit(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -61,10 +78,17 @@ class Connection(Protocol):
 class Outcomes(Protocol):
     """Where a ready queue reports what happened to each message."""
 
-    async def delivered(self, message: Message, outcome, queue: ReadyQueue) -> None: ...
-    async def failed(self, message: Message, outcome, queue: ReadyQueue) -> None: ...
-    async def expired(self, message: Message, queue: ReadyQueue) -> None: ...
+    async def delivered(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
+    async def failed(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
+    async def expired(self, message: Message, queue: ReadyQueue | None = None) -> None: ...
+    async def internal_error(self, message: Message, error: BaseException, queue: ReadyQueue | None) -> None: ...
     async def load_data(self, message: Message) -> bytes: ...
+
+
+class Observer(Protocol):
+    """Told of every attempt's outcome on a queue, before it is recorded (automation)."""
+
+    def observe(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
 
 
 Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig], Awaitable[Connection]]
@@ -81,15 +105,16 @@ class SharedLimits:
     """Limits shared by every ready queue of one provider (``provider_connection_limit``,
     ``provider_max_message_rate``): one connection count and one GCRA for all of them."""
 
-    def __init__(self, name: str, connection_limit: int | None = None, message_rate=None) -> None:
+    def __init__(self, name: str, connection_limit: int | None = None, message_rate: Rate | None = None) -> None:
         self.name = name
         self.connections = 0
         self.members: set[ReadyQueue] = set()
         self.connection_limit: int | None = None
         self.message_rate: Gcra | None = None
+        self._rate: Rate | None = None
         self.configure(connection_limit, message_rate)
 
-    def configure(self, connection_limit: int | None, message_rate) -> None:
+    def configure(self, connection_limit: int | None, message_rate: Rate | None) -> None:
         self.connection_limit = connection_limit
         if message_rate is None:
             self.message_rate = None
@@ -97,12 +122,13 @@ class SharedLimits:
             self.message_rate = Gcra.from_rate(message_rate)
         self._rate = message_rate
 
-    def has_room(self) -> bool:
-        return self.connection_limit is None or self.connections < self.connection_limit
+    def room(self) -> int | None:
+        """Connections the limit still allows; None without a limit."""
+        return None if self.connection_limit is None else max(0, self.connection_limit - self.connections)
 
     def released(self) -> None:
         for queue in self.members:
-            queue._changed.set()
+            queue.wake()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +163,19 @@ class ReadyQueue:
         clock: Callable[[], float],
         shared: SharedLimits | None = None,
         domain: str | None = None,
+        observer: Observer | None = None,
+        automation_rules: Sequence[AutomationRule] = (),
     ) -> None:
         self.source = source
         self.site = site
         self.name = ready_queue_name(source.name, site)
         # The domain whose message created it: its path options are looked up with it.
         self.domain = domain or site
+        self.observer = observer
+        # The shaping's automation rules watching this queue's responses (the observer reads them).
+        self.automation_rules = tuple(automation_rules)
+        self._configured = path  # as the path provider gives it; `path` has the overrides laid over
+        self._overrides: dict[str, object] = {}
         self.path = path
         self.connect = connect
         self.outcomes = outcomes
@@ -173,6 +206,27 @@ class ReadyQueue:
         self.shared = shared
         if shared is not None:
             shared.members.add(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once the queue takes no more messages (reaped, or its group failed)."""
+        return self._closed
+
+    def close(self) -> None:
+        """Take no more messages (`add` returns False): the egress makes a new queue."""
+        self._closed = True
+
+    def share(self, shared: SharedLimits | None) -> None:
+        """Count against other provider-wide limits from now on (a reload); None: none."""
+        if self.shared is not None:
+            self.shared.members.discard(self)
+        self.shared = shared
+        if shared is not None:
+            shared.members.add(self)
+
+    def wake(self) -> None:
+        """Look again at what to do now (a shared limit has room, an option changed)."""
+        self._changed.set()
 
     # --- messages in --------------------------------------------------------------------
 
@@ -294,26 +348,32 @@ class ReadyQueue:
             return max(0.001, min(self._connection_rate.wait_s(now), 60.0))
         return 60.0
 
-    def _start_connections(self) -> None:
-        """Start connections for work that no idle connection can take."""
-        assert self._nursery is not None
+    def pool_state(self) -> PoolState:
+        """The snapshot `connections_to_open` decides on."""
         now = self.clock()
-        if self.suspended or self._paused_until > now or self._rate_blocked_until > now:
-            return
-        shared = self.shared
-        if self._connections and self._message_rate_wait_s(now) > 0:
-            return  # the connections there are already wait for the message rate
-        while (
-            self._count > self._idle + self._starting
-            and self._connections < self.path.connection_limit
-            and (shared is None or shared.has_room())
-        ):
+        return PoolState(
+            queued=self._count,
+            idle=self._idle,
+            starting=self._starting,
+            connections=self._connections,
+            connection_limit=self.path.connection_limit,
+            provider_room=self.shared.room() if self.shared is not None else None,
+            held=self.suspended or self._paused_until > now or self._rate_blocked_until > now,
+            message_rate_wait_s=self._message_rate_wait_s(now),
+        )
+
+    def _start_connections(self) -> None:
+        """Start the connections `connections_to_open` asks for, as the connection rate allows."""
+        assert self._nursery is not None
+        wanted = connections_to_open(self.pool_state())
+        now = self.clock()
+        for _ in range(wanted):
             if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
                 return
             self._connections += 1
             self._starting += 1
-            if shared is not None:
-                shared.connections += 1
+            if self.shared is not None:
+                self.shared.connections += 1
             self._nursery.start_soon(self._connection)
 
     async def _sweep_expired(self) -> None:
@@ -332,6 +392,7 @@ class ReadyQueue:
                 if self.expires_at(message) <= self.clock():
                     await self.outcomes.expired(message, self)
                     continue
+                self._in_flight[message.id] = message  # until its outcome is recorded
                 return message
             scope.deadline = trio.current_time() + self.path.idle_timeout_s
             self._idle += 1
@@ -348,9 +409,14 @@ class ReadyQueue:
         Its first message's rate turn is reserved before connecting (no connection is
         opened without a turn for it) and counted when the message is sent, so connect,
         banner and EHLO do not make it reach the receiver later than the count says.
+
+        Anything it raises besides cancellation is a bug: the message it holds goes back
+        to its scheduled queue (`Outcomes.internal_error`) and the connection ends; the
+        queue and its other connections go on.
         """
         self._starting -= 1  # running now: it takes a message below, or waits idle
         conn: Connection | None = None
+        message: Message | None = None
         try:
             with trio.CancelScope() as scope:
                 message = await self._next_message(scope)
@@ -359,28 +425,37 @@ class ReadyQueue:
                 scope.deadline = math.inf
                 turn = await self._reserve_message_turn(message)
                 if turn is None:
-                    return  # not worth a connection yet: the queue waits
+                    message = None  # put back: the queue waits
+                    return
                 conn = await self._open(message)
                 if conn is None:
+                    message = None  # its outcome is recorded
                     return
                 sent = 0
                 while message is not None:
                     if not sent:
                         await self._use_reserved_turn(turn)
                     elif not await self._wait_for_message_rate(message):
-                        break  # the wait is longer than the idle timeout: close, the queue waits
+                        message = None  # put back: the wait is longer than the idle timeout
+                        break
                     scope.deadline = math.inf
                     await self._deliver(conn, message)
+                    message = None
                     sent += 1
-                    if (
-                        not conn.usable
-                        or sent >= self.path.max_deliveries_per_connection
-                        or self._connections > self.path.connection_limit  # lowered by a reload
-                    ):
+                    if should_close(ConnectionState(
+                        usable=conn.usable, sent=sent, max_deliveries=self.path.max_deliveries_per_connection,
+                        connections=self._connections, connection_limit=self.path.connection_limit,
+                    )):
                         break
                     message = await self._next_message(scope)
-        except Exception:
-            log.exception("connection task of %s failed", self.name)
+        except Exception as exc:
+            log.exception("connection task of %s failed%s", self.name,
+                          f"; message {message.id} goes back to its scheduled queue" if message else "")
+            if message is not None:
+                # Raising here ends the queue's group; the message is still in flight
+                # then, and the egress supervisor returns it.
+                await self.outcomes.internal_error(message, exc, self)
+                self._in_flight.pop(message.id, None)
         finally:
             # The slot is free only once the socket is: limits count open connections.
             if conn is not None:
@@ -417,6 +492,7 @@ class ReadyQueue:
         """Wait for the message rate; False (message put back) if that would idle too long."""
         while (wait := self._message_wait_s(self.clock(), reserve=reserve)) > 0:
             if wait > self.path.idle_timeout_s:
+                self._in_flight.pop(message.id, None)
                 self._put_back(message)
                 self._rate_blocked_until = self.clock() + wait
                 self._changed.set()
@@ -447,13 +523,11 @@ class ReadyQueue:
 
     async def _open(self, message: Message) -> Connection | None:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
-        self._in_flight[message.id] = message
         resolution = self.resolution
         targets = resolution.targets if resolution is not None else ()
         try:
             conn = await self.connect(targets, self.source, self.path)
         except ConnectionFailed as failure:
-            self._in_flight.pop(message.id, None)
             self._failed += 1
             if failure.outcome.connection_failure:
                 self._failures += 1
@@ -462,29 +536,47 @@ class ReadyQueue:
                 log.warning("%s: %d connection failures in a row, pausing %.0fs",
                             self.name, self._failures, self.path.delay_after_connection_failures_s)
                 self._failures = 0
+            if self.observer is not None:
+                self.observer.observe(message, failure.outcome, self)
             await self.outcomes.failed(message, failure.outcome, self)
+            self._in_flight.pop(message.id, None)
             return None
         self._failures = 0
         return conn
 
     async def _deliver(self, conn: Connection, message: Message) -> None:
-        self._in_flight[message.id] = message
-        try:
-            data = await self.outcomes.load_data(message)
-            outcome = await conn.send(message.sender, message.recipient, data, smtputf8=message.reception.smtputf8)
-        finally:
-            self._in_flight.pop(message.id, None)
-        if outcome.kind == "delivered":
+        """One transaction for `message`, and its outcome recorded; then it is no longer in flight."""
+        data = await self.outcomes.load_data(message)
+        outcome = await conn.send(message.sender, message.recipient, data, smtputf8=message.reception.smtputf8)
+        if self.observer is not None:
+            self.observer.observe(message, outcome, self)
+        if outcome.delivered:
             self._delivered += 1
             await self.outcomes.delivered(message, outcome, self)
         else:
             self._failed += 1
             await self.outcomes.failed(message, outcome, self)
+        self._in_flight.pop(message.id, None)
 
     # --- operator actions ----------------------------------------------------------------------
 
+    def set_automation_rules(self, rules: Sequence[AutomationRule]) -> None:
+        self.automation_rules = tuple(rules)
+
     def set_path(self, path: EgressPathConfig) -> None:
-        """New options (a reload); a lower connection_limit takes effect as connections end."""
+        """New configured options (a reload); a lower connection_limit takes effect as connections end.
+
+        Overrides in force (`set_overrides`) stay laid over them.
+        """
+        self._configured = path
+        self._use_path(apply_options(path, self._overrides))
+
+    def set_overrides(self, overrides: Mapping[str, object]) -> None:
+        """Options laid over the configured ones (automation's SetConfig); empty: none."""
+        self._overrides = dict(overrides)
+        self._use_path(apply_options(self._configured, self._overrides))
+
+    def _use_path(self, path: EgressPathConfig) -> None:
         if path.max_connection_rate != self.path.max_connection_rate:
             self._connection_rate = Gcra.from_rate(path.max_connection_rate) if path.max_connection_rate else None
         if path.max_message_rate != self.path.max_message_rate:

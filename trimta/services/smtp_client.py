@@ -25,7 +25,6 @@ the message and the failure of each target tried.
 
 from __future__ import annotations
 
-import enum
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from trimta.adapters.network import (
     tls_context,
 )
 from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.outcome import Outcome, OutcomeKind, outcome_kind
 from trimta.core.pools import EgressSource
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
 from trimta.protocol.client_errors import ClientProtocolError, ClientUsageError, MessageNotSendable
@@ -98,44 +98,6 @@ _SPELLING = {
 }
 
 
-class OutcomeKind(enum.StrEnum):
-    DELIVERED = "delivered"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt did for one recipient, with the reply that decided it.
-
-    `command` is what the reply answered (``"RCPT TO"``, ``"."``, ``"banner"``) or
-    ``"connect"`` when there was no session; `connection_failure` is True when no
-    session could be established at all (it counts toward
-    ``consecutive_connection_failures_before_delay``). `peer_address` is None when
-    no TCP connection was ever made.
-    """
-
-    kind: OutcomeKind
-    reply: Reply
-    peer_host: str | None = None
-    peer_address: str | None = None
-    command: str | None = None
-    connection_failure: bool = False
-    recipient: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.kind is OutcomeKind.DELIVERED
-
-    @property
-    def transient(self) -> bool:
-        return self.kind is OutcomeKind.TRANSIENT
-
-    @property
-    def permanent(self) -> bool:
-        return self.kind is OutcomeKind.PERMANENT
-
-
 @dataclass(frozen=True, slots=True)
 class TargetFailure:
     """Why one (host, address) target gave no session; `connected` if TCP got through."""
@@ -170,13 +132,6 @@ class _SessionLost(Exception):
         super().__init__(str(reason))
         self.reason = reason
         self.command = command
-
-
-def outcome_kind(answer: Reply, delivered: bool = False) -> OutcomeKind:
-    """2xx delivered; 5xx permanent; anything else (4xx, or an unfinished 2xx) transient."""
-    if delivered:
-        return OutcomeKind.DELIVERED
-    return OutcomeKind.PERMANENT if answer.code >= 500 else OutcomeKind.TRANSIENT
 
 
 def connection_plan(

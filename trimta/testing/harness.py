@@ -33,10 +33,13 @@ from typing import Any
 import trio
 
 from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_config
+from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message, Reception, new_id
 from trimta.services.engine import DeliveryEngine
+from trimta.services.logs import RecordSink
 from trimta.testing.network import FakeNetwork
 from trimta.testing.resolver import FakeResolver
+from trimta.testing.rules import MemoryRuleStore
 from trimta.testing.spool import MemorySpool
 
 DEFAULT_DATA = b"From: sender@example.com\r\nSubject: test\r\n\r\nHello.\r\n"
@@ -67,8 +70,9 @@ class DeliveryHarness:
         hostname: str = "trimta.test",
         seed: int = 0,
         linger_s: float = 10.0,
-        logs=None,
-        paths=None,
+        logs: RecordSink | None = None,
+        paths: EgressPathProvider | None = None,
+        rule_store: MemoryRuleStore | None = None,
     ) -> None:
         if config is None or isinstance(config, str):
             raw = tomllib.loads(textwrap.dedent(config or ""))
@@ -77,7 +81,9 @@ class DeliveryHarness:
         self.resolver = resolver or FakeResolver()
         self.network = network or FakeNetwork()
         self.spool = MemorySpool()
-        self.logs = logs if logs is not None else RecordingLogs()
+        self.logs: RecordSink = logs if logs is not None else RecordingLogs()
+        # The operator rules "on disk": a harness built with another's store restores its rules.
+        self.rule_store = rule_store if rule_store is not None else MemoryRuleStore()
         self.engine = DeliveryEngine(
             spool=self.spool,
             logs=self.logs,
@@ -88,9 +94,9 @@ class DeliveryHarness:
             clock=trio.current_time,
             rng=random.Random(seed),
             linger_s=linger_s,
+            paths=paths,  # e.g. a ShapingProvider from shaping files; None: the config's [egress] tables
+            rule_store=self.rule_store,
         )
-        if paths is not None:  # e.g. a ShapingProvider from shaping files
-            self.engine.use_paths(paths)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[DeliveryHarness]:
@@ -134,4 +140,7 @@ class DeliveryHarness:
             await trio.sleep(poll_s)
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return self.logs.records if kind is None else self.logs.of(kind)
+        """The records written so far (of one type); needs the default `RecordingLogs`."""
+        logs = self.logs
+        assert isinstance(logs, RecordingLogs), "records() reads a RecordingLogs"
+        return logs.records if kind is None else logs.of(kind)

@@ -1,0 +1,57 @@
+"""What one delivery attempt did for one recipient: an `Outcome` and its kind.
+
+The SMTP client produces outcomes; the ready queue, the outcome recorder and
+automation read them. They are values, so they live here, below all of those.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from trimta.protocol.replies import Reply
+
+
+class OutcomeKind(enum.StrEnum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did for one recipient, with the reply that decided it.
+
+    `command` is what the reply answered (``"RCPT TO"``, ``"."``, ``"banner"``) or
+    ``"connect"`` when there was no session; `connection_failure` is True when no
+    session could be established at all (it counts toward
+    ``consecutive_connection_failures_before_delay``). `peer_address` is None when
+    no TCP connection was ever made.
+    """
+
+    kind: OutcomeKind
+    reply: Reply
+    peer_host: str | None = None
+    peer_address: str | None = None
+    command: str | None = None
+    connection_failure: bool = False
+    recipient: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is OutcomeKind.DELIVERED
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is OutcomeKind.TRANSIENT
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is OutcomeKind.PERMANENT
+
+
+def outcome_kind(answer: Reply, delivered: bool = False) -> OutcomeKind:
+    """2xx delivered; 5xx permanent; anything else (4xx, or an unfinished 2xx) transient."""
+    if delivered:
+        return OutcomeKind.DELIVERED
+    return OutcomeKind.PERMANENT if answer.code >= 500 else OutcomeKind.TRANSIENT

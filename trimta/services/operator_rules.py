@@ -1,0 +1,345 @@
+"""Operator rules: the one owner of suspensions, admin bounces, ready-queue suspensions
+and ready-queue option overrides.
+
+The HTTP admin API and automation make rules here; the egress asks here, for each due
+message, whether a rule bounces or holds it (`admission`), and for each ready queue
+whether it is suspended and which options are overridden. What a rule does to mail
+already queued, it does itself: a suspension takes matching messages out of the ready
+queues and holds them in the scheduler; a bounce takes them out of both and records
+an `AdminBounce` for each.
+
+Durability: every change is written to the rule store (`trimta.adapters.rules_store`)
+before the call returns, so the API answers 200 only for a rule that survives a
+restart; at start the rules in force are restored with their remaining time. A store
+that cannot be written refuses the change (`RulesStoreError`) and nothing changes.
+
+Time comes from `clock` (epoch seconds in the daemon, so restored expiries mean what
+they meant; trio's virtual clock in tests); rules end by themselves in `run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from trimta.core.admin import (
+    ADMIT,
+    Admission,
+    AnyRule,
+    MessageRule,
+    PathOverrideRule,
+    ReadyQueueRule,
+    Rules,
+    admin_bounce_reply,
+    first_match,
+    new_rule_id,
+)
+from trimta.core.egress_options import parse_path_options
+from trimta.core.message import Message
+from trimta.core.retry import QueueConfig
+from trimta.protocol.replies import Reply
+from trimta.services.ready_queues import ReadyQueues
+
+log = logging.getLogger(__name__)
+
+SWEEP_SUSPENDED_S = 60.0
+
+
+class RuleStore(Protocol):
+    """Where rules are kept across restarts (`FileRuleStore`; `MemoryRuleStore` in tests)."""
+
+    def load(self) -> list[AnyRule]: ...
+    async def save(self, rules: Sequence[AnyRule]) -> None: ...
+
+
+class HeldMessages(Protocol):
+    """The scheduler, as far as rules use it: holding, releasing and taking out messages."""
+
+    def hold(self, message: Message, key: str) -> None: ...
+    def release(self, key: str, due: float | None = None) -> int: ...
+    def discard(self, message_id: str) -> Message | None: ...
+    def messages(self) -> Iterator[Message]: ...
+    def held(self) -> Iterator[tuple[str, Message]]: ...
+    def config_for(self, message: Message) -> QueueConfig: ...
+
+
+class FinalOutcomes(Protocol):
+    """The outcome recorder, as far as rules use it."""
+
+    async def admin_bounce(self, message: Message, reply: Reply) -> None: ...
+    async def expired(self, message: Message, queue: None = None) -> None: ...
+    def expires_at(self, message: Message) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdminBounceResult:
+    rule: MessageRule
+    bounced: dict[str, int]
+    total_bounced: int
+
+
+class OperatorRules:
+    """Suspensions, bounces, ready-queue suspensions and overrides: made, kept, applied, ended."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: HeldMessages,
+        outcomes: FinalOutcomes,
+        ready: ReadyQueues,
+        store: RuleStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scheduler = scheduler
+        self.outcomes = outcomes
+        self.ready = ready
+        self.store = store
+        self.clock = clock
+        self._suspensions: Rules[MessageRule] = Rules()
+        self._bounces: Rules[MessageRule] = Rules()
+        self._ready_suspensions: Rules[ReadyQueueRule] = Rules()
+        self._overrides: Rules[PathOverrideRule] = Rules()
+        self._changed = trio.Event()
+
+    # --- start ----------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Load the rules in force from the store (before delivery starts); returns how many."""
+        if self.store is None:
+            return 0
+        now = self.clock()
+        count = 0
+        for rule in self.store.load():
+            if rule.expires <= now:
+                continue
+            if isinstance(rule, MessageRule):
+                (self._suspensions if rule.kind == "suspend" else self._bounces).add(rule)
+            elif isinstance(rule, ReadyQueueRule):
+                self._ready_suspensions.add(rule)
+            else:
+                try:
+                    parse_path_options({rule.option: rule.value}, where="")
+                except ValueError as exc:
+                    log.error("override %s of %s not restored: %s", rule.id, rule.name, exc)
+                    continue
+                self._overrides.add(rule)
+            count += 1
+        if count:
+            log.info("restored %d operator rules in force", count)
+        return count
+
+    async def _save(self) -> None:
+        if self.store is not None:
+            await self.store.save([*self._suspensions, *self._bounces, *self._ready_suspensions, *self._overrides])
+
+    async def _saved_with(self, rules: Rules[Any], rule: AnyRule) -> None:
+        """Add `rule` durably: if the store refuses, the rule is not in force."""
+        rules.add(rule)
+        try:
+            await self._save()
+        except BaseException:
+            rules.cancel(rule.id)
+            raise
+
+    async def _saved_without(self, rules: Rules[Any], rule_id: str) -> Any:
+        rule = rules.cancel(rule_id)
+        if rule is None:
+            return None
+        try:
+            await self._save()
+        except BaseException:
+            rules.add(rule)
+            raise
+        return rule
+
+    # --- what the egress asks ---------------------------------------------------------------
+
+    def admission(self, message: Message) -> Admission:
+        """Whether a due message is to be bounced or held instead of routed."""
+        now = self.clock()
+        bounce = first_match(self._bounces, message, now)
+        if bounce is not None:
+            return Admission(bounce=bounce)
+        suspension = first_match(self._suspensions, message, now)
+        if suspension is not None:
+            return Admission(hold=suspension)
+        return ADMIT
+
+    def ready_queue_suspended(self, name: str) -> bool:
+        now = self.clock()
+        return any(r.name == name for r in self._ready_suspensions.active(now))
+
+    def path_overrides(self, name: str) -> Mapping[str, object]:
+        """The option overrides in force on ready queue `name`, parsed, oldest first."""
+        now = self.clock()
+        merged: dict[str, object] = {}
+        for rule in sorted(self._overrides.active(now), key=lambda r: r.created):
+            if rule.name == name:
+                merged.update(parse_path_options({rule.option: rule.value}, where=""))
+        return merged
+
+    # --- suspensions --------------------------------------------------------------------------
+
+    async def suspend(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
+                      duration_s: float, reason: str = "") -> MessageRule:
+        """Suspend matching mail: it waits, no attempt counted, until cancelled or expired."""
+        now = self.clock()
+        rule = MessageRule(new_rule_id(), "suspend", tenant, campaign, _domain(domain), reason, now, now + duration_s)
+        await self._saved_with(self._suspensions, rule)
+        for message in self.ready.take_matching(rule.matches):
+            self.scheduler.hold(message, rule.id)
+        self._changed.set()
+        log.info("suspension %s: tenant=%s campaign=%s domain=%s for %.0fs: %s",
+                 rule.id, tenant, campaign, domain, duration_s, reason)
+        return rule
+
+    def suspensions(self) -> list[MessageRule]:
+        return self._suspensions.active(self.clock())
+
+    async def cancel_suspension(self, rule_id: str) -> bool:
+        if await self._saved_without(self._suspensions, rule_id) is None:
+            return False
+        self.scheduler.release(rule_id)
+        self._changed.set()
+        log.info("suspension %s cancelled", rule_id)
+        return True
+
+    # --- bounces ------------------------------------------------------------------------------
+
+    async def bounce(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
+                     duration_s: float, reason: str = "") -> AdminBounceResult:
+        """Bounce every matching queued message now, and new ones while the rule lasts."""
+        now = self.clock()
+        rule = MessageRule(new_rule_id(), "bounce", tenant, campaign, _domain(domain), reason, now, now + duration_s)
+        await self._saved_with(self._bounces, rule)
+        self._changed.set()
+        victims = [m for m in self.scheduler.messages() if rule.matches(m)]
+        for message in victims:
+            self.scheduler.discard(message.id)
+        victims.extend(self.ready.take_matching(rule.matches))
+        bounced: Counter[str] = Counter()
+        answer = admin_bounce_reply(reason)
+        for message in victims:
+            bounced[message.queue] += 1
+            await self.outcomes.admin_bounce(message, answer)
+        log.info("admin bounce %s: %d messages: %s", rule.id, len(victims), reason)
+        return AdminBounceResult(rule, dict(bounced), len(victims))
+
+    def bounces(self) -> list[MessageRule]:
+        return self._bounces.active(self.clock())
+
+    async def cancel_bounce(self, rule_id: str) -> bool:
+        self._changed.set()
+        return await self._saved_without(self._bounces, rule_id) is not None
+
+    async def bounce_ready_queue(self, name: str, reason: str) -> int:
+        """Admin-bounce every message waiting in one ready queue now (automation's ``Bounce``)."""
+        queue = self.ready.get(name)
+        victims = queue.remove_matching(lambda m: True) if queue is not None else []
+        answer = admin_bounce_reply(reason)
+        for message in victims:
+            await self.outcomes.admin_bounce(message, answer)
+        return len(victims)
+
+    # --- ready queues -------------------------------------------------------------------------
+
+    async def suspend_ready_queue(self, *, name: str, duration_s: float, reason: str = "") -> ReadyQueueRule:
+        now = self.clock()
+        rule = ReadyQueueRule(new_rule_id(), name, reason, now, now + duration_s)
+        await self._saved_with(self._ready_suspensions, rule)
+        self._apply_ready_suspension(name)
+        self._changed.set()
+        log.info("ready queue %s suspended for %.0fs: %s", name, duration_s, reason)
+        return rule
+
+    def ready_queue_suspensions(self) -> list[ReadyQueueRule]:
+        return self._ready_suspensions.active(self.clock())
+
+    async def cancel_ready_queue_suspension(self, rule_id: str) -> bool:
+        rule = await self._saved_without(self._ready_suspensions, rule_id)
+        if rule is None:
+            return False
+        self._apply_ready_suspension(rule.name)
+        self._changed.set()
+        return True
+
+    async def override(self, *, name: str, option: str, value: Any, duration_s: float,
+                       reason: str = "") -> PathOverrideRule:
+        """Set ``option = value`` on ready queue `name` for a while (automation's ``SetConfig``)."""
+        parse_path_options({option: value}, where="")  # refused here, before it is kept
+        now = self.clock()
+        rule = PathOverrideRule(new_rule_id(), name, option, value, reason, now, now + duration_s)
+        await self._saved_with(self._overrides, rule)
+        self._apply_overrides(name)
+        self._changed.set()
+        return rule
+
+    def overrides(self) -> list[PathOverrideRule]:
+        return self._overrides.active(self.clock())
+
+    async def cancel_override(self, rule_id: str) -> bool:
+        rule = await self._saved_without(self._overrides, rule_id)
+        if rule is None:
+            return False
+        self._apply_overrides(rule.name)
+        self._changed.set()
+        return True
+
+    def _apply_ready_suspension(self, name: str) -> None:
+        queue = self.ready.get(name)
+        if queue is not None:
+            queue.suspend(self.ready_queue_suspended(name))
+
+    def _apply_overrides(self, name: str) -> None:
+        queue = self.ready.get(name)
+        if queue is not None:
+            queue.set_overrides(self.path_overrides(name))
+
+    # --- the task -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """End rules when their time is up, and expire suspended mail past its max_age."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_rules)
+            nursery.start_soon(self._sweep_suspended)
+            task_status.started()
+
+    async def _expire_rules(self) -> None:
+        """Ends rules when their time is up: suspended mail flows again."""
+        while True:
+            now = self.clock()
+            for rule in self._suspensions.expire(now):
+                self.scheduler.release(rule.id)
+                log.info("suspension %s ended (expired)", rule.id)
+            self._bounces.expire(now)
+            for ready_rule in self._ready_suspensions.expire(now):
+                self._apply_ready_suspension(ready_rule.name)
+            for override in self._overrides.expire(now):
+                self._apply_overrides(override.name)
+            self._changed = trio.Event()
+            expiries = [e for e in (self._suspensions.next_expiry(), self._bounces.next_expiry(),
+                                    self._ready_suspensions.next_expiry(), self._overrides.next_expiry())
+                        if e is not None]
+            with trio.move_on_after(max(0.0, min(expiries) - self.clock()) if expiries else math.inf):
+                await self._changed.wait()
+
+    async def _sweep_suspended(self) -> None:
+        """max_age holds for suspended mail too."""
+        while True:
+            await trio.sleep(SWEEP_SUSPENDED_S)
+            now = self.clock()
+            for _, message in self.scheduler.held():
+                if self.outcomes.expires_at(message) <= now:
+                    self.scheduler.discard(message.id)
+                    await self.outcomes.expired(message)
+
+
+def _domain(domain: str | None) -> str | None:
+    return domain.lower().rstrip(".") if domain else None
