@@ -90,6 +90,9 @@ class FileStorage:
         finally:
             os.close(fd)
 
+    def stage(self, batch: Sequence[Operation]) -> None:
+        return None  # commits whole, in the writer's thread
+
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
         messages = objects = size = 0
         for op in batch:
@@ -180,6 +183,9 @@ class LogStorage:
         self.offset = os.fstat(self.fd).st_size
         if self.fsync:
             _fsync_dir(self.path)
+
+    def stage(self, batch: Sequence[Operation]) -> None:
+        return None  # commits whole, in the writer's thread
 
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
         if self.fd < 0 or self.offset > _SEGMENT_BYTES:

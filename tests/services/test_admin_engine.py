@@ -192,3 +192,28 @@ async def test_a_restored_suspension_holds_restored_mail(autojump_clock):
             assert [m.recipients for m in mx.messages] == [("g@example.net",)]
             await restarted.wait_until_settled()  # the suspension's hour ends; acme's mail goes
     assert sorted(m.recipients[0] for m in mx.messages) == ["a@example.net", "g@example.net"]
+
+
+async def test_a_rule_the_store_cannot_keep_is_refused_and_not_in_force(autojump_clock):
+    from trimta.adapters.rules_store import RulesStoreError
+    from trimta.testing.rules import MemoryRuleStore
+
+    class FullDisk(MemoryRuleStore):
+        async def save(self, rules) -> None:
+            raise RulesStoreError("cannot write operator-rules.json: No space left on device")
+
+    h = DeliveryHarness(config=BASE, rule_store=FullDisk())
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(600):
+        async with h.running():
+            try:
+                await h.engine.rules.suspend(tenant="acme", duration_s=3600, reason="incident")
+            except RulesStoreError:
+                pass
+            else:
+                raise AssertionError("the suspension should have been refused")
+            assert h.engine.rules.suspensions() == []
+            await h.inject(recipients=["a@example.net"], tenant="acme")
+            await h.wait_until_settled()
+    assert [m.recipients for m in mx.messages] == [("a@example.net",)]

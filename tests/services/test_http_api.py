@@ -467,3 +467,21 @@ async def test_unknown_tenant_is_refused_when_only_known_tenants_may_be_named():
     assert refused.json["error"] == "tenant: unknown tenant 'acme2' (known: acme, globex)"
     assert suspend.status == 400 and "unknown tenant 'acme2'" in suspend.json["error"]
     assert accepted.status == 200 and accepted.json["success_count"] == 1
+
+
+async def test_a_rule_that_cannot_be_kept_answers_503_and_is_not_in_force():
+    from trimta.adapters.rules_store import RulesStoreError
+    from trimta.testing.rules import MemoryRuleStore
+
+    class FullDisk(MemoryRuleStore):
+        async def save(self, rules) -> None:
+            raise RulesStoreError("cannot write operator-rules.json: No space left on device")
+
+    with trio.fail_after(10):
+        async with running_api(harness=DeliveryHarness(config=DELIVERY, rule_store=FullDisk())) as api:
+            created = await api.call("POST", "/api/admin/suspend/v1",
+                                     {"tenant": "acme", "reason": "incident", "duration": "1h"})
+            listed = await api.call("GET", "/api/admin/suspend/v1")
+    assert created.status == 503
+    assert "No space left on device" in created.json["error"] and "nothing changed" in created.json["error"]
+    assert listed.json == []

@@ -119,3 +119,31 @@ async def test_accepted_connections_have_tcp_nodelay(tmp_path, monkeypatch):
                 await stream.aclose()
         nursery.cancel_scope.cancel()
     assert len(served) == 3 and all(served)
+
+
+async def test_client_timeout_holds_while_the_listener_shuts_down(tmp_path, autojump_clock):
+    # As the app stops: accepting ends, the sessions in the handler nursery get a grace
+    # period. A client silent through it still gets its 421 at client_timeout.
+    logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
+    acceptor = Acceptor(spool=MemorySpool(), logs=logs, tenancy=TenancyConfig(), hostname="mx.test")
+    listener = SmtpListener(ListenerConfig(host="127.0.0.1", port=0, hostname="mx.test", client_timeout_s=TIMEOUT),
+                            acceptor=acceptor, logs=logs)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(10 * TIMEOUT):
+        async with trio.open_nursery() as handlers:
+            accepting = trio.CancelScope()
+
+            async def serve(*, task_status):
+                with accepting:
+                    await listener.serve(listeners, handler_nursery=handlers, task_status=task_status)
+
+            (address,) = await handlers.start(serve)
+            stream, buf = await _connect(address)
+            await stream.send_all(b"EHLO client.example\r\n")
+            assert (await read_reply(stream, buf)).startswith(b"250-mx.test")
+            last = trio.current_time()
+            accepting.cancel()  # shutdown begins: no new connections
+            assert (await read_reply(stream, buf)).startswith(b"421 4.4.2")
+            assert trio.current_time() - last == TIMEOUT
+        # The handler nursery ended by itself: the watch stopped with the last session.
+    assert listener.statistics().connections_open == 0

@@ -347,9 +347,8 @@ class Spool:
         to be read from disk. Data beyond `STAGE_INLINE_BYTES` in all is copied into
         the database in the thread.
         """
-        stage = getattr(self._storage, "stage", None)
-        if stage is not None and self._stageable(batch):
-            finish = stage(batch)
+        if self._stageable(batch):
+            finish = self._storage.stage(batch)
             if finish is not None:
                 return finish
         return partial(self._storage.commit, batch)

@@ -10,7 +10,7 @@ passes it to `Spool(storage)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,11 +92,15 @@ class SpoolStorage(Protocol):
     """
 
     def commit(self, batch: Sequence[Operation]) -> CommitResult:
-        """Apply `batch` atomically and durably (fsynced) before returning.
+        """Apply `batch` atomically and durably (fsynced) before returning."""
+        ...
 
-        A storage may also offer `stage(batch)`, `commit` in two halves: the first
-        applied by the caller's thread without waiting, the second (the call it returns,
-        or None to say "use commit") made durable in the writer's; see `Spool._staged`.
+    def stage(self, batch: Sequence[Operation]) -> Callable[[], CommitResult] | None:
+        """`commit` in two halves, or None: "use `commit`" (a storage that cannot split it).
+
+        The first half is applied now, by the caller's thread, without waiting on the
+        disk; the call returned is the second, run in the writer's thread, which makes
+        it durable. See `Spool._staged`.
         """
         ...
 

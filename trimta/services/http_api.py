@@ -53,6 +53,7 @@ from trimta.adapters.http import (
     read_json,
 )
 from trimta.adapters.http_config import HttpConfig
+from trimta.adapters.rules_store import RulesStoreError
 from trimta.adapters.spool import Spool, SpoolError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
@@ -225,7 +226,11 @@ class HttpApi:
             allowed = ", ".join(methods)
             raise HttpError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
                             headers=(("allow", allowed),))
-        return await route(request)
+        try:
+            return await route(request)
+        except RulesStoreError as exc:
+            # The rule would not survive a restart: it is not in force, and the caller may retry.
+            raise HttpError(503, f"the rule could not be kept ({exc}); nothing changed, try again") from None
 
     # --- injection ---------------------------------------------------------------------------
 

@@ -125,11 +125,17 @@ class SmtpListener:
         if listeners is None:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         addresses = [lst.socket.getsockname() for lst in listeners]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.silence.run)
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, handler_nursery or nursery)
-            task_status.started(addresses)
+        try:
+            async with trio.open_nursery() as nursery:
+                # The silence watch lives where the sessions do: when this call is
+                # cancelled (shutdown stops accepting), sessions in `handler_nursery` go
+                # on through the grace period, and their client timeouts still hold.
+                (handler_nursery or nursery).start_soon(self.silence.run)
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, handler_nursery or nursery)
+                task_status.started(addresses)
+        finally:
+            self.silence.close()  # the watch ends with the last session
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         """Accept TCP connections one by one and start a task for each.
@@ -387,6 +393,7 @@ class SilenceWatch:
         self.running = False
         self._sessions: set[Session] = set()
         self._idle = True  # sleeping until woken: no session was waiting
+        self._closing = False
         self._wakeup = trio.Event()
 
     def add(self, session: Session) -> None:
@@ -394,6 +401,13 @@ class SilenceWatch:
 
     def remove(self, session: Session) -> None:
         self._sessions.discard(session)
+        if self._closing and not self._sessions:
+            self._wakeup.set()
+
+    def close(self) -> None:
+        """No new sessions will come: `run` returns once the last one has ended."""
+        self._closing = True
+        self._wakeup.set()
 
     def waiting(self, session: Session) -> None:
         """`session` waits for its client from now on."""
@@ -403,10 +417,10 @@ class SilenceWatch:
             self._wakeup.set()
 
     async def run(self) -> None:
-        """Watch until cancelled."""
+        """Watch until cancelled, or until closed and the last session has ended."""
         self.running = True
         try:
-            while True:
+            while not (self._closing and not self._sessions):
                 now = trio.current_time()
                 earliest = math.inf
                 for session in list(self._sessions):
