@@ -27,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -153,24 +154,24 @@ class Automation:
             kind = action.kind
             if kind is ActionKind.SUSPEND:
                 ready_rule = await rules.suspend_ready_queue(name=queue.name, duration_s=duration_s, reason=reason)
-                firing.undo.append(lambda r=ready_rule: rules.cancel_ready_queue_suspension(r.id))
+                firing.undo.append(partial(rules.cancel_ready_queue_suspension, ready_rule.id))
             elif kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
                 campaign = message.campaign if kind is ActionKind.SUSPEND_CAMPAIGN else None
                 suspension = await rules.suspend(tenant=message.tenant, campaign=campaign, domain=message.domain,
                                                  duration_s=duration_s, reason=reason)
-                firing.undo.append(lambda r=suspension: rules.cancel_suspension(r.id))
+                firing.undo.append(partial(rules.cancel_suspension, suspension.id))
             elif kind is ActionKind.BOUNCE:
                 await rules.bounce_ready_queue(queue.name, reason)
             elif kind in (ActionKind.BOUNCE_TENANT, ActionKind.BOUNCE_CAMPAIGN):
                 campaign = message.campaign if kind is ActionKind.BOUNCE_CAMPAIGN else None
                 result = await rules.bounce(tenant=message.tenant, campaign=campaign, domain=message.domain,
                                             duration_s=duration_s, reason=reason)
-                firing.undo.append(lambda r=result.rule: rules.cancel_bounce(r.id))
+                firing.undo.append(partial(rules.cancel_bounce, result.rule.id))
             elif kind in (ActionKind.SET_CONFIG, ActionKind.SET_DOMAIN_CONFIG):
                 assert action.option is not None
                 override = await rules.override(name=queue.name, option=action.option, value=action.value,
                                                 duration_s=duration_s, reason=reason)
-                firing.undo.append(lambda r=override: rules.cancel_override(r.id))
+                firing.undo.append(partial(rules.cancel_override, override.id))
 
 
 def _describe(rule: AutomationRule) -> str:
