@@ -59,6 +59,7 @@ from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
+from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.inject import Injector, parse_inject_request
 from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_for, render
@@ -171,7 +172,7 @@ class HttpApi:
         engine: DeliveryEngine,
         rules: OperatorRules,
         spool: Spool | None = None,
-        logs=None,
+        logs: LogSink | None = None,
         listeners: Sequence = (),
         clock: Callable[[], float] = time.time,
         hostname: str | None = None,

@@ -31,6 +31,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from trimta.adapters.spool import Spool
+from trimta.services.engine import DeliveryEngine
+from trimta.services.logs import LogSink
+
 OTHER = "other"
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -125,10 +129,10 @@ class TrimtaCollector(Collector):
     def __init__(
         self,
         *,
-        engine,
-        spool=None,
+        engine: DeliveryEngine,
+        spool: Spool | None = None,
         listeners: Sequence = (),
-        logs=None,
+        logs: LogSink | None = None,
         lag: LoopLagMonitor | None = None,
         http_servers: Callable[[], Iterable] = tuple,
         max_tenants: int = 100,
@@ -152,10 +156,10 @@ class TrimtaCollector(Collector):
         yield from self._engine()
         yield from self._ready_queues()
         if self.spool is not None:
-            yield from self._spool()
+            yield from self._spool(self.spool)
         yield from self._listeners()
         if self.logs is not None:
-            yield from self._logs()
+            yield from self._logs(self.logs)
         yield from self._http()
         if self.lag is not None:
             yield from self._lag()
@@ -211,8 +215,8 @@ class TrimtaCollector(Collector):
             conns.add_metric((OTHER,), sum(q.connections for q in rest))
         yield from (ready, conns, limit, suspended)
 
-    def _spool(self) -> Iterator[Metric]:
-        s = self.spool.statistics()
+    def _spool(self, spool: Spool) -> Iterator[Metric]:
+        s = spool.statistics()
         yield GaugeMetricFamily("trimta_spool_messages", "Messages in the spool.", value=s.messages)
         yield GaugeMetricFamily("trimta_spool_data_bytes", "Bytes of message data in the spool.", value=s.data_bytes)
         yield GaugeMetricFamily("trimta_spool_pending_operations", "Operations waiting for the next commit.",
@@ -242,8 +246,8 @@ class TrimtaCollector(Collector):
             accepted.add_metric(name, s.messages_accepted)
         yield from (open_, total, refused, accepted)
 
-    def _logs(self) -> Iterator[Metric]:
-        s = self.logs.statistics()
+    def _logs(self, logs: LogSink) -> Iterator[Metric]:
+        s = logs.statistics()
         yield CounterMetricFamily("trimta_log_records", "Log records emitted.", value=s.emitted)
         yield CounterMetricFamily("trimta_log_records_written", "Log records written to the log files.",
                                   value=s.written)
