@@ -5,6 +5,8 @@ Runs, one after the other, each with both MTAs where Postfix has an equivalent:
   accept-2k    durable accepts/s, delivery held (`bench/reception.py`)
   relay-2k     smtp-source -> MTA -> smtp-sink via MX, 2 KB (`bench/relay.py`)
   relay-100k   the same with 100 KB messages: MB/s
+  relay-2k-dkim  relay-2k with every message DKIM-signed (RSA-2048): trimta against
+               Postfix with the OpenDKIM milter, and trimta unsigned (`bench/relay_dkim.py`)
   fanout       2,000 domains over 50 sites on loopback (`bench/fanout.py`)
   tenants      20 tenants to one site under max_message_rate, trimta only (`bench/tenants.py`)
   backlog      N messages queued, delivery held: memory, spool, restart, trimta only
@@ -41,11 +43,12 @@ import backlog  # noqa: E402
 import fanout  # noqa: E402
 import reception  # noqa: E402
 import relay  # noqa: E402
+import relay_dkim  # noqa: E402
 import tenants  # noqa: E402
 from common import ROOT, BenchError, find_tool, free_port, machine_summary  # noqa: E402
 from relay import RelayResult, relay_table, say  # noqa: E402
 
-WORKLOADS = ("accept-2k", "relay-2k", "relay-100k", "fanout", "tenants", "backlog")
+WORKLOADS = ("accept-2k", "relay-2k", "relay-100k", "relay-2k-dkim", "fanout", "tenants", "backlog")
 
 
 def parsed(
@@ -106,6 +109,13 @@ def relay_100k(common: argparse.Namespace) -> list[RelayResult]:
     return relay.run(parsed(relay.add_arguments, argv, common))
 
 
+def relay_2k_dkim(common: argparse.Namespace) -> list[RelayResult]:
+    argv = ["--messages", "2000"] if common.quick else []
+    results = relay_dkim.run(parsed(relay_dkim.add_arguments, argv, common))
+    common.details.append(relay_dkim.signing_cost_table(results))
+    return results
+
+
 def fanout_(common: argparse.Namespace) -> list[RelayResult]:
     argv = ["--messages", "2000", "--domains", "200", "--sites", "10"] if common.quick else []
     return fanout.run(parsed(fanout.add_arguments, argv, common))
@@ -142,6 +152,7 @@ def backlog_(common: argparse.Namespace) -> list[RelayResult]:
 
 
 RUNNERS = {"accept-2k": accept_2k, "relay-2k": relay_2k, "relay-100k": relay_100k,
+           "relay-2k-dkim": relay_2k_dkim,
            "fanout": fanout_, "tenants": tenants_, "backlog": backlog_}
 
 

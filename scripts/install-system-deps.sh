@@ -8,6 +8,11 @@ command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 # swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
+# DKIM: Perl's Mail::DKIM verifies in the interop tests (CryptX for its Ed25519);
+# OpenDKIM's milter signs for Postfix in the relay-2k-dkim benchmark.
+perl -MMail::DKIM::Verifier -e1 >/dev/null 2>&1 || missing="$missing libmail-dkim-perl"
+perl -MCrypt::PK::Ed25519 -e1 >/dev/null 2>&1 || missing="$missing libcryptx-perl"
+{ command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ]; } || missing="$missing opendkim opendkim-tools"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != "0" ]; then
     echo "install-system-deps: need root to install:$missing (tests using them will be skipped)" >&2

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +48,9 @@ from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
 from trimta.services.webhooks import WebhookSender
 
+if TYPE_CHECKING:
+    from trimta.adapters.dkim import DkimSigner
+
 log = logging.getLogger("trimta")
 
 
@@ -63,6 +67,8 @@ class Running:
     shaping: ShapingProvider | None = None  # the shaping files' provider, when there are any
     shutdown: trio.Event = field(default_factory=trio.Event)
     http_addresses: list[tuple] = field(default_factory=list)
+    acceptor: Acceptor | None = None
+    dkim_signer: DkimSigner | None = None  # the keys in use; a reload's fresh ones replace them
 
 
 class App:
@@ -118,7 +124,8 @@ class App:
         expired = engine.restore(restored.messages)
         _settle_memory()
         acceptor = Acceptor(
-            spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept
+            spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept,
+            signer=config.dkim_signer,
         )
         listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in config.listeners]
         try:
@@ -142,7 +149,8 @@ class App:
                             addresses.append(await ingress.start(
                                 _serve_in_scope, listener.serve, f"ESMTP listener {listener.config.name}",
                                 handlers, scope))
-                        running = Running(config, spool, logs, listeners, addresses, engine, shaping=shaping)
+                        running = Running(config, spool, logs, listeners, addresses, engine, shaping=shaping,
+                                          acceptor=acceptor, dkim_signer=config.dkim_signer)
                         for addrs in addresses:
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                         if config.http.enabled:
@@ -214,19 +222,29 @@ async def _serve_in_scope(
 
 async def reload_shaping(running: Running) -> str | None:
     """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP, the
-    reload endpoint). A file with errors leaves the running rules in place: the error is
-    logged and returned; None means reloaded."""
+    reload endpoint), and its DKIM data files and keys (for new messages, in every
+    reception worker too). A file with errors leaves the running rules in place: the
+    error is logged and returned; None means reloaded."""
     source = running.config.source
     if source.startswith("<"):
         log.info("reload: running on the embedded default, nothing to re-read")
         return "running on the embedded default: there is no file to re-read"
+    acceptor = running.acceptor
     try:
-        fresh = load_config(source)
+        fresh = load_config(source, dkim_previous=running.dkim_signer)
     except ConfigError as exc:
         log.error("reload failed, keeping the running rules: %s", exc)
         return str(exc)
     running.shaping, paths = egress_paths(fresh, running.shaping)
     await running.engine.reload(fresh.delivery, paths)
+    running.dkim_signer = fresh.dkim_signer
+    if acceptor is not None:
+        acceptor.signer = fresh.dkim_signer
+        for listener in running.listeners:
+            if isinstance(listener, ReceptionWorkers):
+                listener.set_signer(fresh.dkim_signer)
+        if fresh.dkim_signer is not None:
+            log.info("reloaded DKIM from %s", ", ".join(str(f) for f in fresh.dkim.files))
     log.info("reloaded shaping from %s", source)
     return None
 

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "top", "inject", "shaping")
+COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "top", "inject", "shaping", "dkim")
 
 
 def build_parser() -> argparse.ArgumentParser:

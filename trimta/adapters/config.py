@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trimta.adapters.config_base import (
     LOOPBACK_NETWORKS,
@@ -31,6 +31,7 @@ from trimta.adapters.config_base import (
     toml_key_path,
 )
 from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_config
+from trimta.adapters.dkim_config import DkimConfig, parse_dkim_config
 from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
 from trimta.adapters.http_config import HttpConfig, http_config_from
 from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
@@ -38,6 +39,9 @@ from trimta.adapters.tls import TlsFileError, check_server_files
 from trimta.adapters.toml_lines import TomlLines
 from trimta.adapters.webhook_config import WebhookConfig, parse_webhooks
 from trimta.core import units
+
+if TYPE_CHECKING:
+    from trimta.adapters.dkim import DkimSigner
 
 DEFAULT_CONFIG_NAME = "trimta.toml"
 
@@ -188,6 +192,8 @@ class Config:
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     shaping_loaded: LoadedShaping | None = None  # the shaping files, read and checked
     webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    dkim_signer: DkimSigner | None = None  # keys read; None without [dkim] files
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -202,8 +208,12 @@ def find_config(path: str | os.PathLike | None) -> Path | None:
     return default if default.is_file() else None
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load and validate a config file; with None, ``./trimta.toml`` or the embedded default."""
+def load_config(path: str | os.PathLike | None = None, *, dkim_previous: DkimSigner | None = None) -> Config:
+    """Load and validate a config file; with None, ``./trimta.toml`` or the embedded default.
+
+    DKIM keys are read too; `dkim_previous` (the running signer, on a reload) lends its
+    cached keys to key files that have disappeared since.
+    """
     found = find_config(path)
     if found is None:
         return parse_config({}, source="<embedded default>", base_dir=Path.cwd())
@@ -218,7 +228,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(found)) from None
     try:
-        return parse_config(raw, source=str(found), base_dir=found.resolve().parent)
+        return parse_config(raw, source=str(found), base_dir=found.resolve().parent, dkim_previous=dkim_previous)
     except ConfigError as exc:
         if exc.line is not None or exc.file != str(found) or not exc.key:
             raise
@@ -304,12 +314,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns",
+_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim",
              # Sections read by later parts of the daemon, validated there.
              "queues", "tenants", "sources", "pools", "shaping", "http", "egress")
 
 
-def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Config:
+def parse_config(
+    raw: Mapping[str, Any], *, source: str, base_dir: Path, dkim_previous: DkimSigner | None = None
+) -> Config:
     """Validate a parsed TOML document into a `Config`."""
     top = Table(raw, source, "", _TOP_KEYS)
     hostname = top.get("hostname", None, _hostname) or machine_hostname()
@@ -347,7 +359,14 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
 
     dns = parse_dns_table(raw.get("dns", {}), source)
 
-    delivery = parse_delivery_config(raw, source)
+    delivery = parse_delivery_config(raw, source, other_tenant_keys=("dkim",))
+
+    dkim = parse_dkim_config(raw, source, base_dir)
+    dkim_signer = None
+    if dkim.enabled:
+        from trimta.adapters.dkim import DkimSigner  # noqa: PLC0415 (cryptography only when signing)
+
+        dkim_signer = DkimSigner.from_config(dkim, dkim_previous)
 
     shaping = parse_shaping_table(raw.get("shaping", {}), source, base_dir)
     return Config(
@@ -355,4 +374,5 @@ def parse_config(raw: Mapping[str, Any], *, source: str, base_dir: Path) -> Conf
         spool=spool, logs=logs, dns=dns, delivery=delivery, raw=raw,
         http=http_config_from(raw, source), webhooks=parse_webhooks(raw, source),
         shaping=shaping, shaping_loaded=load_shaping_files(shaping.paths),
+        dkim=dkim, dkim_signer=dkim_signer,
     )

@@ -76,7 +76,8 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The answer to one question: `MxRecord` values for MX, address strings for A/AAAA."""
+    """The answer to one question: `MxRecord` values for MX, address strings for A/AAAA,
+    texts for TXT."""
 
     status: Status
     records: tuple = ()
@@ -150,6 +151,9 @@ class DnspythonLookup:
                 except ValueError:
                     continue  # a target that is no host name cannot be connected to
             return Answer(Status.ANSWER, tuple(records), ttl_s)
+        if rdtype == "TXT":  # each record's strings joined (RFC 6376 3.6.2.2), e.g. DKIM keys
+            texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer.rrset)
+            return Answer(Status.ANSWER, texts, ttl_s)
         return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s)
 
 

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  shaping {', '.join(config.shaping_loaded.files) or '(none)'}")
         for problem in config.shaping_loaded.warnings:
             print(f"warning: {problem}")
+    if config.dkim_signer is not None:
+        from trimta.adapters.dkim import describe  # noqa: PLC0415
+
+        for line in describe(config.dkim_signer):
+            print(line)
     for warning in config.delivery.warnings:
         print(f"warning: {warning}")
     for warning in hostname_warnings(config):

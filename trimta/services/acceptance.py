@@ -9,6 +9,13 @@ Accepting is two steps, so that they can run in different processes (see
 `reception_workers`): `prepare` works out what to store from the submission alone
 (pure computation, no waiting), and `Acceptor.commit` stores it durably, then logs
 and queues it. `Acceptor.accept` does both.
+
+DKIM signing (docs/dkim.md) is part of `prepare`: once per message, before the data is
+stored, so every recipient's copy carries the same signatures and a restart (which
+restores the stored data) never signs again. With a signer, `Acceptor.accept` runs
+`prepare` in a worker thread (the RSA and Ed25519 operations release the GIL), so the
+event loop goes on serving other sessions meanwhile; a reception worker process does
+the same in its own process.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
+
+import trio
 
 from trimta.adapters.config import TenancyConfig
 from trimta.adapters.spool import Spool, encode_metadata
 from trimta.core import records
+from trimta.core.dkim import AddedSignature, SigningRefused
 from trimta.core.message import Message, Reception, new_id
 from trimta.core.tenancy import extract_tenancy
 from trimta.core.trace import received_header
@@ -59,6 +70,8 @@ class Prepared:
     now: float
     metas: tuple[str, ...] | None = None
     records: tuple[str, ...] | None = None
+    # The DKIM signatures added; None when no signing is configured.
+    signatures: tuple[AddedSignature, ...] | None = None
 
     @property
     def data_id(self) -> str:
@@ -69,6 +82,14 @@ class Prepared:
 class Accepted:
     reply: Reply
     messages: tuple[Message, ...]
+
+
+class MessageSigner(Protocol):
+    """Adds DKIM signatures (`trimta.adapters.dkim.DkimSigner`); may be called from a thread."""
+
+    def sign(self, data: bytes, *, tenant: str | None, now: float) -> tuple[bytes, tuple[AddedSignature, ...]]:
+        """`data` with signatures on top, and which; `SigningRefused` with the reply otherwise."""
+        ...
 
 
 class Accepting(Protocol):
@@ -82,8 +103,11 @@ def accepted_reply(data_id: str) -> Reply:
     return Reply(250, (2, 0, 0), (f"OK ids={data_id}",))
 
 
-def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, now: float) -> Prepared:
-    """The data to store and its messages: tenancy headers read (and removed), trace header added."""
+def prepare(
+    submission: Submission, *, tenancy: TenancyConfig, hostname: str, now: float, signer: MessageSigner | None = None
+) -> Prepared:
+    """The data to store and its messages: tenancy headers read (and removed), trace header
+    added, then the DKIM signatures (`SigningRefused` if the message cannot be signed)."""
     found = extract_tenancy(
         submission.data,
         tenancy.tenant_header,
@@ -106,6 +130,9 @@ def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, no
             now=now,
             tls_version=rec.tls,
         ) + data
+    signatures = None
+    if signer is not None:
+        data, signatures = signer.sign(data, tenant=tenant, now=now)
     size = len(data)
     messages = tuple(
         Message.new(
@@ -121,19 +148,29 @@ def prepare(submission: Submission, *, tenancy: TenancyConfig, hostname: str, no
         )
         for i, recipient in enumerate(submission.recipients)
     )
-    return Prepared(data, messages, now)
+    return Prepared(data, messages, now, signatures=signatures)
+
+
+def _extra(prepared: Prepared) -> dict[str, Any]:
+    """The Reception record's fields beyond those of every record: the DKIM signatures."""
+    if prepared.signatures is None:
+        return {}
+    return {"dkim_signatures": [s.to_dict() for s in prepared.signatures]}
 
 
 def encoded(prepared: Prepared) -> Prepared:
     """`prepared` with its spool metadata and its Reception records (as if stored) encoded."""
     reply = accepted_reply(prepared.data_id)
     messages, now = prepared.messages, prepared.now
+    extra = _extra(prepared)
     return Prepared(
         prepared.data,
         messages,
         now,
         metas=tuple([encode_metadata(m) for m in messages]),
-        records=tuple([encode_record(records.message_record(records.RECEPTION, m, reply, now)) for m in messages]),
+        records=tuple([encode_record(records.message_record(records.RECEPTION, m, reply, now, **extra))
+                       for m in messages]),
+        signatures=prepared.signatures,
     )
 
 
@@ -149,6 +186,7 @@ class Acceptor:
         hostname: str,
         on_accepted: Callable[[Sequence[Message]], None] = lambda messages: None,
         clock: Callable[[], float] = time.time,
+        signer: MessageSigner | None = None,
     ) -> None:
         self.spool = spool
         self.logs = logs
@@ -156,9 +194,17 @@ class Acceptor:
         self.hostname = hostname
         self.on_accepted = on_accepted
         self.clock = clock
+        # Replaced by a reload (new keys, new data files); None: no DKIM signing.
+        self.signer = signer
 
     async def accept(self, submission: Submission) -> Accepted:
-        prepared = prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=self.clock())
+        signer = self.signer
+        make = partial(prepare, submission, tenancy=self.tenancy, hostname=self.hostname, now=self.clock(),
+                       signer=signer)
+        try:
+            prepared = make() if signer is None else await trio.to_thread.run_sync(make)
+        except SigningRefused as exc:
+            return Accepted(exc.reply, ())
         return await self.commit(prepared)
 
     async def commit(self, prepared: Prepared) -> Accepted:
@@ -186,8 +232,9 @@ class Acceptor:
                 for line in prepared.records:
                     self.logs.emit_encoded(line)
             else:
+                extra = _extra(prepared)
                 for message in messages:
-                    emit(records.message_record(records.RECEPTION, message, reply, prepared.now))
+                    emit(records.message_record(records.RECEPTION, message, reply, prepared.now, **extra))
             self.on_accepted(messages)
             results.append(Accepted(reply, messages))
         return results

@@ -456,7 +456,9 @@ class Injector:
             if accepted.reply.is_positive:
                 result.success_count += len(accepted.messages)
             else:
-                result.server_failed = True
+                # 4xx: ours, for now (the spool, a DKIM key); 5xx: the message's own
+                # fault (a DKIM policy that cannot sign it: no From:).
+                result.server_failed = result.server_failed or accepted.reply.is_transient
                 for email in recipients:
                     result.fail(email, str(accepted.reply))
 

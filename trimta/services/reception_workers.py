@@ -57,14 +57,25 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import trio
 
 from trimta.adapters.config import ListenerConfig, TenancyConfig
 from trimta.adapters.spool import MetadataDecoder
+from trimta.core.dkim import SigningRefused
 from trimta.protocol import replies
-from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, encoded, prepare
+from trimta.services.acceptance import (
+    Accepted,
+    Acceptor,
+    MessageSigner,
+    Prepared,
+    Submission,
+    accepted_reply,
+    encoded,
+    prepare,
+)
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import ListenerStatistics, SmtpListener, SocketConnection
 
@@ -195,6 +206,7 @@ class WorkerSetup:
     listener: ListenerConfig
     tenancy: TenancyConfig
     hostname: str
+    signer: MessageSigner | None = None  # DKIM (pickled: its keys are read again from their octets)
 
 
 class WorkerFailed(Exception):
@@ -227,6 +239,12 @@ class ReceptionWorkers:
         self._statistics: dict[int, tuple[int, int, int, int]] = {}
         self._finished = ListenerStatistics(0, 0, 0, 0)  # of workers that have exited
         self.restarts = 0
+
+    def set_signer(self, signer: MessageSigner | None) -> None:
+        """Sign with `signer` from now on, here and in every worker (a reload's new keys)."""
+        self.acceptor.signer = signer
+        for channel in self._channels.values():
+            channel.send(["signer"], pickle.dumps(signer))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -322,7 +340,8 @@ class ReceptionWorkers:
             theirs.close()
         self._pids[index] = process.pid
         link = _Link(Channel(SocketConnection(ours)))
-        setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname)
+        setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname,
+                            self.acceptor.signer)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
         try:
@@ -528,16 +547,27 @@ async def _write_until_broken(channel: Channel) -> None:
 class RemoteAcceptor:
     """The worker's acceptor: prepares here, has the daemon commit, then answers."""
 
-    def __init__(self, channel: Channel, *, tenancy: TenancyConfig, hostname: str) -> None:
+    def __init__(
+        self, channel: Channel, *, tenancy: TenancyConfig, hostname: str, signer: MessageSigner | None = None
+    ) -> None:
         self.channel = channel
         self.tenancy = tenancy
         self.hostname = hostname
+        self.signer = signer
         self._next_request = 0
         self._waiting: dict[int, trio.lowlevel.Task] = {}  # request -> its session's task
         self._answers: dict[int, str | None] = {}  # request -> the daemon's answer, until read
 
     async def accept(self, submission: Submission) -> Accepted:
-        prepared = encoded(prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time()))
+        signer = self.signer
+        make = partial(prepare, submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time(),
+                       signer=signer)
+        try:
+            # Signing in a thread: the private-key operation releases the GIL, so this
+            # process's other sessions go on meanwhile.
+            prepared = encoded(make() if signer is None else await trio.to_thread.run_sync(make))
+        except SigningRefused as exc:
+            return Accepted(exc.reply, ())
         self._next_request += 1
         request = self._next_request
         # The session task sleeps until `stored` reschedules it with the daemon's answer
@@ -584,7 +614,7 @@ async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) ->
     if frame is None or frame[0] != ["setup"]:
         raise SystemExit("reception worker: no set-up from the daemon")
     setup: WorkerSetup = pickle.loads(frame[1])
-    acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname)
+    acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname, signer=setup.signer)
     listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel))
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_sockets]
     accepting = trio.CancelScope()
@@ -593,6 +623,8 @@ async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) ->
         if header[0] == "stored":
             for request, error in header[1]:
                 acceptor.stored(request, error)
+        elif header[0] == "signer":
+            acceptor.signer = pickle.loads(body)
         elif header[0] == "stop":
             accepting.cancel()
 
