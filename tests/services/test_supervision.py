@@ -190,3 +190,21 @@ async def test_a_failing_group_returns_its_in_flight_message(autojump_clock):
     assert delayed["internal_error"] == "RuntimeError: log sink bug on Delayed"
     assert len(h.records("Delivery")) == 1
 
+
+
+async def test_a_message_taken_by_an_idle_connection_survives_a_rate_wait_past_its_idle_deadline(autojump_clock):
+    # The connection waits idle (deadline: 10 s after its first message), takes the next
+    # message 9 s in, and must wait 6 s more for the message rate: past the idle
+    # deadline. That message was once dropped from every queue until a restart.
+    h = DeliveryHarness(config=DELIVERY_BASE + '[egress.domains."example.net"]\n'
+                                               'max_message_rate = "4/min"\nidle_timeout = "10s"\n')
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting())
+    with trio.fail_after(HOUR):
+        async with h.running():
+            await h.inject(recipients=["a@example.net"])
+            await h.network.wait_messages(1)
+            await trio.sleep(9)
+            await h.inject(recipients=["b@example.net"])
+            await h.wait_until_settled()
+    assert [m.recipients for m in mx.messages] == [("a@example.net",), ("b@example.net",)]

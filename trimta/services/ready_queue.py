@@ -433,12 +433,13 @@ class ReadyQueue:
                     return
                 sent = 0
                 while message is not None:
+                    # A message in hand: the idle deadline set while waiting for it is over.
+                    scope.deadline = math.inf
                     if not sent:
                         await self._use_reserved_turn(turn)
                     elif not await self._wait_for_message_rate(message):
                         message = None  # put back: the wait is longer than the idle timeout
                         break
-                    scope.deadline = math.inf
                     await self._deliver(conn, message)
                     message = None
                     sent += 1
@@ -448,6 +449,10 @@ class ReadyQueue:
                     )):
                         break
                     message = await self._next_message(scope)
+            if message is not None:  # cut short by the idle deadline with a message in hand
+                self._in_flight.pop(message.id, None)
+                self._put_back(message)
+                message = None
         except Exception as exc:
             log.exception("connection task of %s failed%s", self.name,
                           f"; message {message.id} goes back to its scheduled queue" if message else "")
