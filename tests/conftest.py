@@ -4,8 +4,10 @@ A ``pytestmark`` in a conftest.py is ignored by pytest, so the mark is given her
 path, when the tests are collected:
 
 - everything under tests/interop (the real daemon against swaks, smtp-source,
-  smtplib, openssl, aiosmtpd, dnsmasq);
-- every test that uses the `dnsmasq` fixture (a real DNS server, tests/dnsmasq.py);
+  smtplib, openssl, aiosmtpd, dnsmasq) and tests/faults (the real daemon under faults
+  and abuse);
+- every test that uses a fixture in `REAL_PEER_FIXTURES`: a real DNS server
+  (tests/dnsmasq.py) or the real daemon (tests/interop/conftest.py), wherever it is;
 - the modules in `REAL_PEER_MODULES`, which start processes of their own.
 
 tests/test_collection.py checks that ``-m "not interop"`` deselects all of them.
@@ -19,6 +21,10 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 INTEROP_DIR = TESTS / "interop"
+INTEROP_DIRS = (INTEROP_DIR, TESTS / "faults")
+
+# Fixtures that start a real peer (or the real daemon) for the test that asks for them.
+REAL_PEER_FIXTURES = frozenset({"dnsmasq", "make_daemon", "daemon"})
 
 # Test modules outside tests/interop that start real processes, and which ones.
 REAL_PEER_MODULES = {
@@ -30,7 +36,11 @@ REAL_PEER_MODULES = {
 def is_interop(path: Path, fixturenames: list[str] | tuple[str, ...]) -> bool:
     """Whether the test at `path`, asking for `fixturenames`, runs against real peers."""
     path = path.resolve()
-    return INTEROP_DIR in path.parents or path in REAL_PEER_MODULES or "dnsmasq" in fixturenames
+    return (
+        any(directory in path.parents for directory in INTEROP_DIRS)
+        or path in REAL_PEER_MODULES
+        or not REAL_PEER_FIXTURES.isdisjoint(fixturenames)
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,8 +3,6 @@ and helpers to watch it (its memory, its stderr)."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.interop.conftest import (  # noqa: F401 (fixtures used by the tests here)
     Daemon,
     free_port,
@@ -15,7 +13,8 @@ from tests.interop.conftest import (  # noqa: F401 (fixtures used by the tests h
     wait_for_port,
 )
 
-pytestmark = pytest.mark.interop
+# Every test here is marked `interop` by tests/conftest.py (pytest ignores a pytestmark
+# in a conftest.py).
 
 
 def rss_kib(pid: int) -> int:
