@@ -24,7 +24,7 @@ from trimta.core.egress import EgressPathConfig, TlsPolicy
 from trimta.core.egress_options import OPTIONS
 from trimta.core.mx import IpLookupStrategy
 from trimta.core.shaping import ActionKind
-from trimta.core.units import Rate
+from trimta.core.units import Limit, Rate
 
 ROOT = Path(__file__).resolve().parents[2]
 GMAIL_SITE = "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com"
@@ -73,6 +73,21 @@ enable_pipelining = false
 ehlo_domain = "mta1.example.com"
 provider_connection_limit = 100
 provider_max_message_rate = "1000/h"
+auth_timeout = "19s"
+enable_rset = true
+max_recipients_per_batch = "1,000"
+try_next_host_on_transport_error = true
+remember_broken_tls = "1month"
+opportunistic_tls_reconnect_on_failed_handshake = true
+smtp_auth_plain_username = "daniel"
+smtp_auth_plain_password = { key_data = "tiger" }
+allow_smtp_auth_plain_without_tls = false
+allow_smtp_auth_plain_without_valid_certificate = false
+provider_name = "bigmail"
+additional_connection_limits = { "global" = "local:1_000" }
+additional_message_rate_throttles = { "global" = "3/5m" }
+source_selection_rate = "100/2h,max_burst=1"
+additional_source_selection_rates = { "warm" = "1,000/d,max_burst=1,000" }
 """
 
 
@@ -97,6 +112,15 @@ def check_every_option(config: EgressPathConfig) -> None:
     assert config.ehlo_domain == "mta1.example.com"
     assert config.provider_connection_limit == 100
     assert config.provider_max_message_rate == Rate(1000, 3600.0)
+    assert config.auth_timeout_s == 19 and config.enable_rset and config.try_next_host_on_transport_error
+    assert config.max_recipients_per_batch == 1000
+    assert config.remember_broken_tls_s == 2_630_016  # humantime's month: 30.44 days
+    assert config.opportunistic_tls_reconnect_on_failed_handshake
+    assert config.smtp_auth_plain_username == "daniel" and config.smtp_auth_plain_password.data == "tiger"
+    assert config.additional_connection_limits == (("global", Limit(1000, local=True)),)
+    assert config.additional_message_rate_throttles == (("global", Rate(3, 300.0)),)
+    assert config.source_selection_rate == Rate(100, 7200.0, 1)
+    assert config.additional_source_selection_rates == (("warm", Rate(1000, 86400.0, 1000)),)
 
 
 def test_every_option_and_value_form_in_the_default_table(tmp_path):
@@ -104,6 +128,7 @@ def test_every_option_and_value_form_in_the_default_table(tmp_path):
     assert keys == set(OPTIONS)
     provider = ShapingProvider(load(tmp_path, '["default"]\n' + EVERY_OPTION))
     check_every_option(provider.path_config("ip-1", "mx.example.net", "example.net"))
+    assert provider.path_config("ip-1", "mx.example.net", "example.net").provider == "bigmail"
 
 
 def test_every_option_in_a_domain_source_table(tmp_path):
@@ -178,6 +203,7 @@ def test_every_mistake_of_every_file_is_reported_in_one_go(tmp_path):
     assert "unknown duration unit 'eon'" in messages[1]
     assert "Opportunistic" in messages[2]
     assert "expected a positive integer, got 'ten'" in messages[3]
+    assert 'or "local:5" works too' in messages[3]
     assert "did you mean 'MXSuffix'?" in messages[4]
     assert "did you mean 'Suspend'?" in messages[5]
     assert messages[6].startswith("max_message_rate: expected a string like")
@@ -341,7 +367,8 @@ def test_a_kumomta_file_loads_unchanged(tmp_path):
     assert (own.connection_limit, own.max_deliveries_per_connection) == (5, 100)
     assert provider.rollup("example.com") is False
     dane = provider.path_config("ip-1", "x-example.a-v1.mx.microsoft", "x.example")
-    assert dane.provider_max_message_rate == Rate(1000, 3600.0)
+    # "local:" is kept: this limit stays on this node once limits are shared.
+    assert dane.provider_max_message_rate == Rate(1000, 3600.0, local=True)
     assert gmail_hosts  # the site name alone was enough to recognise Google
 
 

@@ -130,7 +130,10 @@ async def test_mx_rollup_false_domain_keeps_its_own_site_and_its_rules(tmp_path)
     resolver = google_resolver()
     with trio.fail_after(5):
         resolutions = await p.resolve_sites(resolver)
-    assert resolutions["workspace.example"].site == "domain=workspace.example"
+        # A table without rollup is not resolved at load (as in KumoMTA): nothing rolls up into it.
+        assert "workspace.example" not in resolutions
+        # Delivery resolves it, and shows the provider its hosts.
+        p.observe(await resolver.resolve_mx("workspace.example", mx_rollup=False))
     assert p.rollup("workspace.example") is False and p.rollup("gmail.com") is True
     own = p.path_config("ip-1", "domain=workspace.example", "workspace.example")
     # Its own rules, and the provider recognised from the hosts DNS gave for its own site.

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.egress import EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.egress_options import (
     OPTIONS,
     OptionError,
@@ -15,7 +15,7 @@ from trimta.core.egress_options import (
     parse_path_options,
 )
 from trimta.core.mx import IpLookupStrategy
-from trimta.core.units import Rate
+from trimta.core.units import Limit, Rate
 
 GMAIL_SITE = "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com"
 
@@ -48,6 +48,21 @@ def test_every_option_parses_into_its_field():
         "ehlo_domain": "mta1.example.com",
         "provider_connection_limit": 100,
         "provider_max_message_rate": "1000/h",
+        "auth_timeout": "19s",
+        "enable_rset": True,
+        "max_recipients_per_batch": 10,
+        "try_next_host_on_transport_error": True,
+        "remember_broken_tls": "3 days",
+        "opportunistic_tls_reconnect_on_failed_handshake": True,
+        "smtp_auth_plain_username": "daniel",
+        "smtp_auth_plain_password": {"key_data": "tiger"},
+        "allow_smtp_auth_plain_without_tls": True,
+        "allow_smtp_auth_plain_without_valid_certificate": True,
+        "provider_name": "bigmail",
+        "additional_connection_limits": {"global-connection-limit": "local:100"},
+        "additional_message_rate_throttles": {"global-message-rate": "4000/s"},
+        "source_selection_rate": "100/day,max_burst=1",
+        "additional_source_selection_rates": {"overall-ip-1": "10,000/day,max_burst=1"},
     }
     assert set(table) == set(OPTIONS)
     config = apply_options(EgressPathConfig(), parse_path_options(table, where="test"))
@@ -71,6 +86,19 @@ def test_every_option_parses_into_its_field():
     assert config.ehlo_domain == "mta1.example.com"
     assert config.provider_connection_limit == 100
     assert config.provider_max_message_rate == Rate(1000, 3600.0)
+    assert config.auth_timeout_s == 19
+    assert config.enable_rset and config.try_next_host_on_transport_error
+    assert config.max_recipients_per_batch == 10
+    assert config.remember_broken_tls_s == 3 * 86400
+    assert config.opportunistic_tls_reconnect_on_failed_handshake
+    assert config.smtp_auth_plain_username == "daniel"
+    assert config.smtp_auth_plain_password == KeySource(data="tiger")
+    assert config.allow_smtp_auth_plain_without_tls and config.allow_smtp_auth_plain_without_valid_certificate
+    assert config.provider == "bigmail"
+    assert config.additional_connection_limits == (("global-connection-limit", Limit(100, local=True)),)
+    assert config.additional_message_rate_throttles == (("global-message-rate", Rate(4000, 1.0)),)
+    assert config.source_selection_rate == Rate(100, 86400.0, 1)
+    assert config.additional_source_selection_rates == (("overall-ip-1", Rate(10_000, 86400.0, 1)),)
 
 
 def test_only_given_options_are_overridden():
@@ -111,7 +139,10 @@ def test_unknown_option_with_nothing_close_lists_the_options():
         ("max_message_rate", "100 per second", 'a string like "100/s"'),
         ("max_message_rate", 100, 'a string like "100/s"'),
         ("connection_limit", 0, "expected a positive integer, got 0"),
-        ("connection_limit", "3", "expected a positive integer, got '3'"),
+        ("connection_limit", "three", "got 'three' (a string like \"1,000\", \"1_000\" or \"local:5\" works too)"),
+        ("connection_limit", "local:0", "got 'local:0'"),
+        ("max_message_rate", "3/0m", "the period must be longer than zero"),
+        ("smtp_auth_plain_password", {"vault_mount": "secret", "vault_path": "x"}, "Vault"),
         ("smtp_port", 70000, "port number from 1 to 65535"),
         ("enable_tls", "Sometimes", '"Opportunistic", "OpportunisticInsecure", "Required"'),
         ("ip_lookup_strategy", "Ipv5", '"Ipv4AndIpv6"'),

@@ -53,6 +53,7 @@ from trimta.core.shaping import (
     AutomationRule,
     Conflict,
     Layer,
+    Notice,
     Shaping,
     ShapingDocument,
     overrides_of,
@@ -206,7 +207,16 @@ def load_shaping_files(paths: Sequence[str | os.PathLike]) -> LoadedShaping:
             documents.append(document)
     if errors:
         raise ShapingError(errors)
-    return LoadedShaping(Shaping(documents), tuple(str(p) for p in paths), tuple(warnings))
+    shaping = Shaping(documents)
+    warnings.extend(_notice_problem(n) for n in shaping.notices())
+    return LoadedShaping(shaping, tuple(str(p) for p in paths), tuple(warnings))
+
+
+def _notice_problem(notice: Notice) -> ShapingProblem:
+    file, _, line = notice.where.rpartition(":")
+    if not file or not line.isdigit():
+        return ShapingProblem(notice.where, None, notice.key, notice.message, warning=True)
+    return ShapingProblem(file, int(line), notice.key, notice.message, warning=True)
 
 
 # --- [shaping] in trimta.toml -----------------------------------------------------------------
@@ -341,10 +351,13 @@ class ShapingProvider:
     async def resolve_sites(self, resolver: Resolver) -> dict[str, MxResolution]:
         """Resolve every domain with a table, so each table shapes its site from the start.
 
-        Returns each domain's resolution (as delivery would see it, rollup
-        applied), for callers that warn about null MX and failures.
+        Returns each such domain's resolution, for callers that warn about null
+        MX and failures; domains whose tables say ``mx_rollup = false`` are not
+        resolved.
         """
-        domains = self._shaping.domains
+        # A table with mx_rollup = false is matched by its domain name alone: nothing to resolve
+        # (KumoMTA's own such tables name internal queues and URLs, which have no MX).
+        domains = tuple(d for d in self._shaping.domains if self._shaping.rollup(d))
         results: dict[str, MxResolution] = {}
 
         async def resolve(domain: str) -> None:
@@ -356,9 +369,8 @@ class ShapingProvider:
         out = {}
         for domain in domains:
             resolution = results[domain]
-            rolled = resolution.with_rollup(self._shaping.rollup(domain))
-            self.observe(rolled)
-            out[domain] = rolled
+            self.observe(resolution)
+            out[domain] = resolution
         return out
 
     def site_domains(self, site: str) -> tuple[str, ...]:

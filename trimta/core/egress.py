@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from trimta.core.mx import IpLookupStrategy
-from trimta.core.units import Rate
+from trimta.core.units import Limit, Rate
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -46,6 +46,20 @@ class TlsPolicy(enum.Enum):
         raise ValueError(f"expected one of {names}, got {text!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """A secret as KumoMTA's keysource gives it: inline (``{ key_data = "..." }``) or a file's contents.
+
+    Only the form is kept here; whoever sends the secret reads a file when it needs it.
+    """
+
+    data: str | None = None
+    path: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"KeySource(path={self.path!r})" if self.path else "KeySource(<inline>)"
+
+
 DEFAULT_PROHIBITED_HOSTS: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
@@ -57,6 +71,8 @@ class EgressPathConfig:
     """Every option of one egress path, parsed. Frozen: a reload makes a new one."""
 
     connection_limit: int = 32
+    # ``connection_limit = "local:N"``: the limit stays on this node when limits are shared.
+    connection_limit_local: bool = False
     max_connection_rate: Rate | None = None
     max_message_rate: Rate | None = None
     max_deliveries_per_connection: int = 1024
@@ -79,12 +95,41 @@ class EgressPathConfig:
     data_dot_timeout_s: float = 300.0
     starttls_timeout_s: float = 5.0
     rset_timeout_s: float = 5.0
+    auth_timeout_s: float = 60.0
     enable_pipelining: bool = True
+    # RSET before every transaction after a connection's first (KumoMTA's default is
+    # true; trimta's false: RSET only when the previous transaction was left open).
+    enable_rset: bool = False
+    # At most this many RCPT TO in one transaction (trimta sends one recipient per message).
+    max_recipients_per_batch: int = 100
+    # A transport error, a timeout or a refusal before MAIL FROM: the message gets a
+    # TransientFailure and the next host of the plan, instead of waiting for a retry.
+    try_next_host_on_transport_error: bool = False
+    # How long a site whose TLS broke is remembered (None: not at all); meanwhile
+    # Opportunistic sends in plaintext and Required fails saying why.
+    remember_broken_tls_s: float | None = None
+    # Opportunistic TLS whose handshake (or the EHLO after it) fails: reconnect to the
+    # same host with TLS disabled rather than moving to the next host.
+    opportunistic_tls_reconnect_on_failed_handshake: bool = False
+    # Outbound AUTH PLAIN: never without TLS unless allowed, never over an
+    # unverified certificate unless allowed.
+    smtp_auth_plain_username: str | None = None
+    smtp_auth_plain_password: KeySource | None = None
+    allow_smtp_auth_plain_without_tls: bool = False
+    allow_smtp_auth_plain_without_valid_certificate: bool = False
     ehlo_domain: str | None = None
-    # Provider-wide limits, shared by every ready queue of the provider (shaping issue).
+    # Provider-wide limits, shared by every ready queue of the provider from one source
+    # (KumoMTA keys them by provider and source).
     provider: str | None = None
     provider_connection_limit: int | None = None
+    provider_connection_limit_local: bool = False
     provider_max_message_rate: Rate | None = None
+    # KumoMTA's named limits, shared by every path that names them (name, limit).
+    additional_connection_limits: tuple[tuple[str, Limit], ...] = ()
+    additional_message_rate_throttles: tuple[tuple[str, Rate], ...] = ()
+    # How often the pool may pick this path's source (IP warm-up); named ones too.
+    source_selection_rate: Rate | None = None
+    additional_source_selection_rates: tuple[tuple[str, Rate], ...] = ()
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def is_prohibited(self, address: str) -> bool:

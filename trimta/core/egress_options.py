@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from trimta.core.domains import canonical_domain
-from trimta.core.egress import EgressPathConfig, Network, TlsPolicy
+from trimta.core.egress import EgressPathConfig, KeySource, Network, TlsPolicy
 from trimta.core.mx import IpLookupStrategy, MxResolution, Resolver
-from trimta.core.units import parse_duration, parse_rate
+from trimta.core.units import Limit, parse_count, parse_duration, parse_limit, parse_rate
 
 
 class OptionError(ValueError):
@@ -46,9 +46,40 @@ class OptionError(ValueError):
 
 
 def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+    return parse_count(value)
+
+
+def _named(parse: Callable[[Any], Any], example: str) -> Callable[[Any], tuple[tuple[str, Any], ...]]:
+    """KumoMTA's maps from a limit's name to its spec (``{ "global-limit" = 100 }``)."""
+    def parse_map(value: Any) -> tuple[tuple[str, Any], ...]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a table of named limits like {example}, got {value!r}")
+        out = []
+        for name, spec in value.items():
+            try:
+                out.append((str(name), parse(spec)))
+            except ValueError as exc:
+                raise ValueError(f"{name!r}: {exc}") from None
+        return tuple(out)
+    return parse_map
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+def _key_source(value: Any) -> KeySource:
+    """KumoMTA's keysource: ``{ key_data = "..." }`` inline, or a string naming a file."""
+    if isinstance(value, str) and value:
+        return KeySource(path=value)
+    if isinstance(value, Mapping) and set(value) == {"key_data"} and isinstance(value["key_data"], str):
+        return KeySource(data=value["key_data"])
+    if isinstance(value, Mapping) and any(str(k).startswith(("vault_", "event_")) for k in value):
+        raise ValueError("HashiCorp Vault and event keysources are not supported; "
+                         'use { key_data = "..." } or the name of a file holding the secret')
+    raise ValueError(f'expected {{ key_data = "..." }} or the name of a file holding the secret, got {value!r}')
 
 
 def _non_negative_int(value: Any) -> int:
@@ -101,11 +132,12 @@ def _ip_strategy(value: Any) -> IpLookupStrategy:
     return IpLookupStrategy.parse(value)
 
 
-# option name -> (EgressPathConfig field, parser). The names are KumoMTA's, except
+# option name -> (EgressPathConfig field, parser). A `Limit` goes into two fields: its
+# count into the field, its ``local:`` into FIELD_local. The names are KumoMTA's, except
 # `delay_after_connection_failures`, trimta's knob for the pause that
 # `consecutive_connection_failures_before_delay` triggers.
 OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
-    "connection_limit": ("connection_limit", _positive_int),
+    "connection_limit": ("connection_limit", parse_limit),
     "max_connection_rate": ("max_connection_rate", parse_rate),
     "max_message_rate": ("max_message_rate", parse_rate),
     "max_deliveries_per_connection": ("max_deliveries_per_connection", _positive_int),
@@ -128,28 +160,62 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "data_dot_timeout": ("data_dot_timeout_s", parse_duration),
     "starttls_timeout": ("starttls_timeout_s", parse_duration),
     "rset_timeout": ("rset_timeout_s", parse_duration),
+    "auth_timeout": ("auth_timeout_s", parse_duration),
     "enable_pipelining": ("enable_pipelining", _boolean),
+    "enable_rset": ("enable_rset", _boolean),
+    "max_recipients_per_batch": ("max_recipients_per_batch", _positive_int),
+    "try_next_host_on_transport_error": ("try_next_host_on_transport_error", _boolean),
+    "remember_broken_tls": ("remember_broken_tls_s", parse_duration),
+    "opportunistic_tls_reconnect_on_failed_handshake": (
+        "opportunistic_tls_reconnect_on_failed_handshake", _boolean),
+    "smtp_auth_plain_username": ("smtp_auth_plain_username", _text),
+    "smtp_auth_plain_password": ("smtp_auth_plain_password", _key_source),
+    "allow_smtp_auth_plain_without_tls": ("allow_smtp_auth_plain_without_tls", _boolean),
+    "allow_smtp_auth_plain_without_valid_certificate": (
+        "allow_smtp_auth_plain_without_valid_certificate", _boolean),
     "ehlo_domain": ("ehlo_domain", _host_name),
-    "provider_connection_limit": ("provider_connection_limit", _positive_int),
+    "provider_name": ("provider", _text),
+    "provider_connection_limit": ("provider_connection_limit", parse_limit),
     "provider_max_message_rate": ("provider_max_message_rate", parse_rate),
+    "additional_connection_limits": (
+        "additional_connection_limits", _named(parse_limit, '{ "global-connection-limit" = 100 }')),
+    "additional_message_rate_throttles": (
+        "additional_message_rate_throttles", _named(parse_rate, '{ "global-message-rate" = "4000/s" }')),
+    "source_selection_rate": ("source_selection_rate", parse_rate),
+    "additional_source_selection_rates": (
+        "additional_source_selection_rates", _named(parse_rate, '{ "warm-up-ip-1" = "500/d,max_burst=1" }')),
 }
 
-# KumoMTA egress path options trimta accepts without acting on them yet.
+# KumoMTA egress path options trimta accepts without acting on them (reported once
+# per set of files, docs/kumomta.md says why for each).
 IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
-    "additional_connection_limits", "additional_message_rate_throttles",
-    "additional_source_selection_rates", "aggressive_connection_opening",
-    "allow_smtp_auth_plain_without_tls", "dispatcher_wakeup_strategy", "enable_dane",
-    "enable_mta_sts", "enable_rset", "ignore_8bit_checks", "low_memory_reduction_policy",
-    "maintainer_wakeup_strategy", "max_recipients_per_batch", "no_memory_reduction_policy",
-    "openssl_cipher_list", "openssl_cipher_suites", "openssl_options",
-    "opportunistic_tls_reconnect_on_failed_handshake", "reconnect_strategy",
-    "refresh_interval", "refresh_strategy", "remember_broken_tls", "rustls_cipher_suites",
-    "smtp_auth_plain_password", "smtp_auth_plain_username", "source_selection_rate",
+    "aggressive_connection_opening", "dispatcher_progress_watchdog_timeout",
+    "dispatcher_wakeup_strategy", "enable_dane", "enable_mta_sts", "ignore_8bit_checks",
+    "low_memory_reduction_policy", "maintainer_wakeup_strategy", "no_memory_reduction_policy",
+    "openssl_cipher_list", "openssl_cipher_suites", "openssl_options", "readyq_pool_name",
+    "reconnect_strategy", "refresh_interval", "refresh_strategy", "rustls_cipher_suites",
     "suspended", "system_shutdown_timeout", "tls_certificate", "tls_prefer_openssl",
-    "tls_private_key", "try_next_host_on_transport_error",
+    "tls_private_key", "use_lmtp",
+})
+
+# Options whose value is a table (a map of named limits, a keysource).
+TABLE_OPTIONS: frozenset[str] = frozenset({
+    "additional_connection_limits", "additional_message_rate_throttles",
+    "additional_source_selection_rates", "smtp_auth_plain_password",
+})
+
+# Options checked and parsed into their fields, which delivery does not act on yet: they
+# are also kept under ``extra``, so they are reported as not acted on.
+NOT_YET_ACTED_ON: frozenset[str] = frozenset({
+    "auth_timeout", "enable_rset", "try_next_host_on_transport_error", "remember_broken_tls",
+    "opportunistic_tls_reconnect_on_failed_handshake", "smtp_auth_plain_username",
+    "smtp_auth_plain_password", "allow_smtp_auth_plain_without_tls",
+    "allow_smtp_auth_plain_without_valid_certificate", "additional_connection_limits",
+    "additional_message_rate_throttles", "source_selection_rate", "additional_source_selection_rates",
 })
 
 OPTION_NAMES: tuple[str, ...] = tuple(OPTIONS)
+_LIMIT_FIELDS = ("connection_limit", "provider_connection_limit")
 
 
 def parse_path_options(table: Mapping[str, Any], *, where: str) -> dict[str, object]:
@@ -169,9 +235,17 @@ def parse_path_options(table: Mapping[str, Any], *, where: str) -> dict[str, obj
         if key in OPTIONS:
             field_name, parse = OPTIONS[key]
             try:
-                overrides[field_name] = parse(value)
+                parsed = parse(value)
             except (ValueError, TypeError) as exc:
                 raise OptionError(key, str(exc), where=where) from None
+            if isinstance(parsed, Limit):
+                overrides[field_name] = parsed.limit
+                if parsed.local:
+                    overrides[f"{field_name}_local"] = True
+            else:
+                overrides[field_name] = parsed
+            if key in NOT_YET_ACTED_ON:
+                extra[key] = "<secret>" if key == "smtp_auth_plain_password" else value
         elif key in IGNORED_KUMOMTA_OPTIONS:
             extra[key] = value
         else:
@@ -198,6 +272,9 @@ def apply_options(base: EgressPathConfig, overrides: Mapping[str, object]) -> Eg
     if not overrides:
         return base
     changes: dict[str, Any] = dict(overrides)
+    for name in _LIMIT_FIELDS:  # a limit set without "local:" is shared again
+        if name in changes:
+            changes.setdefault(f"{name}_local", False)
     if "extra" in changes:
         changes["extra"] = {**base.extra, **extra_options(overrides)}
     return dataclasses.replace(base, **changes)

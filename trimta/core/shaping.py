@@ -44,6 +44,7 @@ from trimta.core.domains import canonical_domain
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_options import (
     IGNORED_KUMOMTA_OPTIONS,
+    TABLE_OPTIONS,
     OptionError,
     apply_options,
     extra_options,
@@ -67,7 +68,7 @@ from trimta.core.shaping_providers import (
 
 __all__ = [
     "ACTION_FORMS", "Action", "ActionKind", "AutomationRule", "Block", "Conflict", "Entry", "Layer",
-    "MatchKind", "Problem", "ProviderMatch", "Shaping", "ShapingDocument", "merge_blocks", "overrides_of",
+    "MatchKind", "Notice", "Problem", "ProviderMatch", "Shaping", "ShapingDocument", "merge_blocks", "overrides_of",
     "parse_matches", "parse_rule", "provider_matches", "read_document", "resolve_path", "site_hosts",
 ]
 
@@ -100,6 +101,15 @@ class Problem:
     warning: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A warning about the merged files, given once: `where` is the first ``"file:line"`` it concerns."""
+
+    where: str
+    key: str
+    message: str
+
+
 # --- Blocks and entries ---------------------------------------------------------------
 
 
@@ -119,6 +129,9 @@ class Block:
     mx_rollup: bool | None = None
     matches: tuple[ProviderMatch, ...] = ()
     where: str = ""
+    # Options trimta does not act on, as (key path as written, "file:line").
+    unacted: tuple[tuple[str, str], ...] = ()
+    match_given: bool = False  # a provider table that says match = [...], even empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +215,10 @@ def read_document(data: Mapping[str, Any], *, origin: str = "", locate: Locate |
     """Check and read one parsed shaping file.
 
     Every mistake becomes a `Problem` (the table it is in is left out, the rest
-    is read), so one pass reports them all. Warnings: KumoMTA options trimta
-    does not act on, a domain of a single label (an unquoted ``[gmail.com]`` is
-    the table ``gmail`` holding a table ``com``), a provider without ``match``.
+    is read), so one pass reports them all. Warnings: a domain of a single label
+    (an unquoted ``[gmail.com]`` is the table ``gmail`` holding a table ``com``).
+    What only the merged files can tell (a provider no file gives a ``match``,
+    options trimta does not act on) is `Shaping.notices`'.
     `locate` gives ``"file:line"`` for a path, kept with blocks and rules so
     later messages can say where they came from.
     """
@@ -263,7 +277,7 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
         key = str(key)
         if key in structure or key in ignored_here:
             continue
-        if isinstance(value, Mapping) and key not in IGNORED_KUMOMTA_OPTIONS:
+        if isinstance(value, Mapping) and key not in IGNORED_KUMOMTA_OPTIONS and key not in TABLE_OPTIONS:
             # An unquoted [gmail.com] header makes "com" a table inside "gmail".
             hint = (f'; if {name}.{key} is a domain, quote it: ["{name}.{key}"]' if not provider and name != DEFAULT
                     else "")
@@ -277,8 +291,6 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
                          ignored=ignored_here)
     if overrides is None:
         ok = False
-    for key in extra_options(overrides or {}):
-        problems.append(Problem((*path, key), "a KumoMTA option trimta does not act on; ignored", warning=True))
 
     flags: dict[str, bool | None] = {"replace_base": False, "mx_rollup": None}
     for key in ("replace_base", "mx_rollup"):
@@ -307,8 +319,6 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
         if parsed is None:
             ok = False
             continue
-        for key in extra_options(parsed):
-            problems.append(Problem((*spath, key), "a KumoMTA option trimta does not act on; ignored", warning=True))
         sources[str(source)] = parsed
 
     rules: list[AutomationRule] = []
@@ -333,14 +343,20 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
             except InvalidValue as exc:
                 problems.append(Problem((*path, "match", *exc.path), exc.message))
                 ok = False
-        elif not flags["replace_base"]:
-            problems.append(Problem(path, "a provider without match = [...] applies to no site", warning=True))
 
     if not ok:
         return None
+    label = f'provider."{name}"' if provider else f'"{name}"'
+    unacted = [(f"{label}.{key}", where((*path, key))) for key in extra_options(overrides or {})]
+    for source, table in sources.items():
+        unacted += [(f'{label}.sources."{source}".{key}', where((*path, "sources", source, key)))
+                    for key in extra_options(table)]
+    for i, rule in enumerate(rules):
+        unacted += [(f"{label}.automation {action}", where((*path, "automation", i)))
+                    for action in rule.actions if extra_options(action.overrides)]
     return Block(name=name, overrides=overrides or {}, sources=sources, automation=tuple(rules),
                  replace_base=bool(flags["replace_base"]), mx_rollup=flags["mx_rollup"], matches=matches,
-                 where=where(path))
+                 where=where(path), unacted=tuple(unacted), match_given="match" in table)
 
 
 def _options(table: Mapping[str, Any], path: Path, problems: list[Problem], *, source: bool = False,
@@ -410,6 +426,35 @@ class Shaping:
 
     # --- what the tables are ---
 
+    def notices(self) -> list[Notice]:
+        """Warnings about the files taken together, each given once.
+
+        A provider that no file gives a ``match`` (KumoMTA's community file adds
+        rules to providers that its policy-extras file defines), and each KumoMTA
+        option trimta does not act on, wherever it is set: a table, a source's
+        table, or a ``SetConfig`` action.
+        """
+        out: list[Notice] = []
+        places: dict[str, list[tuple[str, str]]] = {}
+        for doc in self.documents:
+            for block in (*doc.default, *doc.providers, *doc.domains):
+                for key, where in block.unacted:
+                    option = key.rsplit(".", 1)[-1]
+                    if " " in key:  # a SetConfig action: "...automation SetConfig(use_lmtp=True)"
+                        option = key.split("(", 1)[1].split("=", 1)[0]
+                    places.setdefault(option, []).append((key, where))
+        for option, found in places.items():
+            key, where = found[0]
+            more = f" (set in {len(found)} places; this is the first)" if len(found) > 1 else ""
+            out.append(Notice(where, key, f"a KumoMTA option trimta does not act on; ignored{more}"))
+        for name in self.providers:
+            blocks = [b for d in self.documents for b in d.providers if b.name == name]
+            if not any(b.match_given for b in blocks):
+                where = blocks[0].where
+                out.append(Notice(where, f'provider."{name}"',
+                                  "no file gives this provider a match = [...]: it applies to no site"))
+        return out
+
     @property
     def domains(self) -> tuple[str, ...]:
         """Every domain with a table, in the order they first appear."""
@@ -464,7 +509,10 @@ class Shaping:
             layers.append(Layer(f'provider "{name}"', {**entry.overrides, "provider": name}, entry.replace_base))
         for name, entry in providers:
             if source in entry.sources:
-                layers.append(Layer(f'provider "{name}" source "{source}"', entry.sources[source]))
+                table = entry.sources[source]
+                if "provider" in table:  # the provider's name stands, whatever provider_name says (as in KumoMTA)
+                    table = {**table, "provider": name}
+                layers.append(Layer(f'provider "{name}" source "{source}"', table))
         in_site = set(site_domains)
         if self._rollup.get(domain) is True:
             in_site.add(domain)

@@ -1,8 +1,13 @@
 """Durations, sizes and rates as operators write them, parsed once into numbers.
 
-Forms follow KumoMTA's: durations like ``"60s"``, ``"5 minutes"``, ``"1h30m"``;
-sizes like ``"20MB"`` (decimal) or ``"20MiB"`` (binary); rates like ``"100/s"``
-with an optional ``",max_burst=B"``.
+Forms follow KumoMTA's: durations in humantime's forms (``"60s"``, ``"5 minutes"``,
+``"1h30m"``, ``"3 days"``, ``"1month"``, ``"2y"``); sizes like ``"20MB"`` (decimal) or
+``"20MiB"`` (binary); rates in KumoMTA's throttle form ``[local:]N/[K]unit[,max_burst=B]``
+(``"100/s"``, ``"3/5m"``, ``"local:1,000/h,max_burst=1_000"``); limits as integers or
+strings ``[local:]N`` with digits grouped by ``,`` or ``_`` (``"local:5"``, ``"1,000"``).
+
+``local:`` marks a rate or limit that stays on this node when limits are shared
+between nodes (`Rate.local`, `Limit.local`); on a single node it changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ _DURATION_UNITS = {
     "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
     "d": 86400.0, "day": 86400.0, "days": 86400.0,
     "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
+    # humantime's: a month is 30.44 days, a year 365.25 days.
+    "month": 2_630_016.0, "months": 2_630_016.0,
+    "y": 31_557_600.0, "year": 31_557_600.0, "years": 31_557_600.0,
+    "ns": 1e-9, "nsec": 1e-9, "us": 1e-6, "usec": 1e-6,
 }
+# Case matters for one unit, as in humantime: "M" is a month, "m" a minute.
+_DURATION_CASED = {"M": 2_630_016.0}
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 _SIZE_UNITS = {
@@ -33,14 +44,19 @@ _RATE_PERIODS = {
     "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
     "d": 86400.0, "day": 86400.0,
 }
-# The limit may group digits KumoMTA's way ("10,000/h", "10_000/h"); its "local:"
-# prefix (keep the throttle on this node) is accepted and means nothing here.
+_NUMBER = r"\d(?:[\d_,]*\d)?"
+# KumoMTA's throttle: "local:" (keep it on this node), a limit whose digits may be grouped
+# ("10,000/h", "10_000/h"), a period of an optional multiplier and a unit ("3/5m": three
+# per five minutes), and an optional burst, also grouped ("max_burst=1,000").
 _RATE = re.compile(
-    r"\s*(?:local:)?(\d(?:[\d_,]*\d)?(?:\.\d+)?)\s*/\s*([a-zA-Z]+)\s*(?:,\s*max_burst\s*=\s*(\d+)\s*)?")
+    rf"\s*(local:)?({_NUMBER}(?:\.\d+)?)\s*/\s*(\d+)?\s*([a-zA-Z]+)\s*(?:,\s*max_burst\s*=\s*({_NUMBER})\s*)?")
+_LIMIT = re.compile(rf"\s*(local:)?({_NUMBER})\s*")
 
 DURATION_FORMS = 'a number of seconds or a string like "30s", "5m", "2h", "7d", "1h30m"'
 SIZE_FORMS = 'a number of bytes or a string like "512KB", "20MB", "1GiB"'
-RATE_FORMS = 'a string like "100/s", "20/min", "500/h", "1000/d", optionally ",max_burst=N"'
+RATE_FORMS = ('a string like "100/s", "20/min", "3/5m", "1,000/h", "1000/d", optionally prefixed "local:" '
+              'and followed by ",max_burst=N"')
+LIMIT_FORMS = 'a string like "1,000", "1_000" or "local:5" works too'
 
 
 def parse_duration(value: object) -> float:
@@ -60,10 +76,12 @@ def parse_duration(value: object) -> float:
         m = _DURATION_PART.match(text, pos)
         if not m or m.end() == pos:
             raise ValueError(f"expected {DURATION_FORMS}, got {value!r}")
-        unit = m.group(2).lower() or "s"
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f"unknown duration unit {m.group(2)!r} in {value!r}; expected {DURATION_FORMS}")
-        total += float(m.group(1)) * _DURATION_UNITS[unit]
+        written = m.group(2)
+        unit = written.lower() or "s"
+        scale = _DURATION_CASED.get(written) or _DURATION_UNITS.get(unit)
+        if scale is None:
+            raise ValueError(f"unknown duration unit {written!r} in {value!r}; expected {DURATION_FORMS}")
+        total += float(m.group(1)) * scale
         pos = m.end()
     return total
 
@@ -94,26 +112,93 @@ def parse_size(value: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """A rate: `limit` events per `period_s` seconds, with an optional burst."""
+    """A rate: `limit` events per `period_s` seconds, with an optional burst.
+
+    `local` is KumoMTA's ``local:`` prefix: the throttle stays on this node even
+    when throttles are shared between nodes.
+    """
 
     limit: float
     period_s: float
     max_burst: int | None = None
+    local: bool = False
 
     @property
     def per_second(self) -> float:
         return self.limit / self.period_s
 
 
+def _ungroup(digits: str) -> str:
+    return digits.replace(",", "").replace("_", "")
+
+
 def parse_rate(value: object) -> Rate:
-    """A `Rate` from ``"N/unit"`` with an optional ``",max_burst=B"``."""
+    """A `Rate` from KumoMTA's ``[local:]N/[K]unit[,max_burst=B]``."""
     if not isinstance(value, str):
         raise ValueError(f"expected {RATE_FORMS}, got {value!r}")
     m = _RATE.fullmatch(value)
-    if not m or m.group(2).lower() not in _RATE_PERIODS:
+    if not m or m.group(4).lower() not in _RATE_PERIODS:
         raise ValueError(f"expected {RATE_FORMS}, got {value!r}")
-    limit = float(m.group(1).replace(",", "").replace("_", ""))
+    limit = float(_ungroup(m.group(2)))
     if limit <= 0:
         raise ValueError(f"rate must be positive, got {value!r}")
-    burst = int(m.group(3)) if m.group(3) else None
-    return Rate(limit, _RATE_PERIODS[m.group(2).lower()], burst)
+    multiplier = int(m.group(3)) if m.group(3) else 1
+    if multiplier <= 0:
+        raise ValueError(f"the period must be longer than zero, got {value!r}")
+    burst = int(_ungroup(m.group(5))) if m.group(5) else None
+    if burst is not None and burst <= 0:
+        raise ValueError(f"max_burst must be positive, got {value!r}")
+    return Rate(limit, multiplier * _RATE_PERIODS[m.group(4).lower()], burst, local=m.group(1) is not None)
+
+
+def format_rate(rate: Rate) -> str:
+    """A `Rate` written back in KumoMTA's form (``"local:3/5m,max_burst=2"``)."""
+    units = ((86400.0, "d"), (3600.0, "h"), (60.0, "m"), (1.0, "s"))
+    period = f"{rate.period_s:g}s"
+    for seconds, unit in units:
+        if rate.period_s == seconds:
+            period = unit
+            break
+        if rate.period_s % seconds == 0:
+            period = f"{rate.period_s / seconds:g}{unit}"
+            break
+    text = f"{'local:' if rate.local else ''}{rate.limit:g}/{period}"
+    return text + (f",max_burst={rate.max_burst}" if rate.max_burst is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A count limit (``connection_limit``): `limit`, and whether it stays on this node (``local:``)."""
+
+    limit: int
+    local: bool = False
+
+    def __str__(self) -> str:
+        return f"{'local:' if self.local else ''}{self.limit}"
+
+
+def parse_limit(value: object) -> Limit:
+    """A `Limit` from a positive integer or KumoMTA's ``[local:]N`` string (``"1,000"``, ``"1_000"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive integer, got {value!r} ({LIMIT_FORMS})")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"expected a positive integer, got {value!r} ({LIMIT_FORMS})")
+        return Limit(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a positive integer, got {value!r} ({LIMIT_FORMS})")
+    m = _LIMIT.fullmatch(value)
+    if not m or int(_ungroup(m.group(2))) <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r} ({LIMIT_FORMS})")
+    return Limit(int(_ungroup(m.group(2))), local=m.group(1) is not None)
+
+
+def parse_count(value: object) -> int:
+    """A positive integer, written as a number or a string with grouped digits (``"1,000"``)."""
+    if isinstance(value, str) and not value.strip().startswith("local:"):
+        m = _LIMIT.fullmatch(value)
+        if m:
+            value = int(_ungroup(m.group(2)))
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
