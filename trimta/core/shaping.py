@@ -22,9 +22,10 @@ The merge order is KumoMTA's, each step overriding the ones before it:
 
 Tables of the same name in several files (or twice in one file through dotted
 keys) merge in file order before any of this; one with ``replace_base = true``
-drops what came before it under that name. In the path, a table with
-``replace_base = true`` restarts from the base (the caller's: built-in defaults
-plus the operator's own) instead of what the earlier steps set.
+drops what came before it under that name. In the path, a table whose first
+appearance says ``replace_base = true`` restarts from the base (the caller's:
+built-in defaults plus the operator's own) instead of what the earlier steps set
+(KumoMTA keeps the flag of a table's first appearance too).
 
 Nothing here knows which site a domain resolves to: callers pass the domains
 known to roll up into the site, and the site's MX host names for provider
@@ -148,22 +149,29 @@ class Entry:
 def merge_blocks(blocks: Iterable[Block]) -> Entry:
     """Blocks of one name, in order: later values win, sources merge per source,
     automation rules and provider matches add up; a block with ``replace_base``
-    drops everything before it (and makes the entry restart the path from the base)."""
+    drops everything before it.
+
+    The entry restarts the path from the base only if its *first* block says
+    ``replace_base``, as in KumoMTA: a later file's ``replace_base`` discards the
+    earlier tables of that name and nothing else (KumoMTA's documented use:
+    "discard any other gmail.com rules provided by earlier files").
+    """
     overrides: dict[str, object] = {}
     sources: dict[str, dict[str, object]] = {}
     automation: list[AutomationRule] = []
     matches: list[ProviderMatch] = []
-    replace = False
+    replace: bool | None = None
     for block in blocks:
+        if replace is None:
+            replace = block.replace_base
         if block.replace_base:
             overrides, sources, automation, matches = {}, {}, [], []
-            replace = True
         _merge_overrides(overrides, block.overrides)
         for name, table in block.sources.items():
             _merge_overrides(sources.setdefault(name, {}), table)
         automation.extend(block.automation)
         matches.extend(block.matches)
-    return Entry(overrides, sources, tuple(automation), replace, tuple(matches))
+    return Entry(overrides, sources, tuple(automation), bool(replace), tuple(matches))
 
 
 def _merge_overrides(into: dict[str, object], more: Overrides) -> None:
