@@ -10,6 +10,7 @@ default (no file) keeps its data under the current working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -34,11 +35,13 @@ from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_confi
 from trimta.adapters.dkim_config import DkimConfig, parse_dkim_config
 from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
 from trimta.adapters.http_config import HttpConfig, http_config_from
+from trimta.adapters.kumomta_files import HelperFile, parse_kumomta_table, parse_listener_domains
 from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
 from trimta.adapters.tls import TlsFileError, check_server_files
 from trimta.adapters.toml_lines import TomlLines
 from trimta.adapters.webhook_config import WebhookConfig, parse_webhooks
 from trimta.core import units
+from trimta.core.listener_domains import ListenerDomains
 
 if TYPE_CHECKING:
     from trimta.adapters.dkim import DkimSigner
@@ -78,6 +81,8 @@ class ListenerConfig:
     # Processes serving this listener (the daemon and workers - 1 reception workers);
     # a config file without the key gets one per usable CPU ("auto").
     workers: int = 1
+    # KumoMTA's listener domains (relay_to, relay_from), from [kumomta] listener_domains.
+    listener_domains: ListenerDomains = field(default_factory=ListenerDomains)
 
     @property
     def name(self) -> str:
@@ -92,6 +97,10 @@ class TenancyConfig:
     tenant_header: str = "X-Tenant"
     campaign_header: str = "X-Campaign"
     remove_headers: bool = True
+    # None: as remove_headers. KumoMTA's queues.toml has a flag for each header.
+    remove_campaign_header: bool | None = None
+    # The tenant of a message that names none (queues.toml's default_tenant).
+    default_tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +323,35 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim",
+_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim", "kumomta",
              # Sections read by later parts of the daemon, validated there.
              "queues", "tenants", "sources", "pools", "shaping", "http", "egress")
+
+
+def _kumomta_tenancy(tenancy: TenancyConfig, ten: Table, helper: HelperFile) -> TenancyConfig:
+    """queues.toml's header keys (KumoMTA's queue helper), over ``[tenancy]``; both setting one is an error.
+
+    As in KumoMTA, a header is removed only if its ``remove_*_header`` says so.
+    """
+    data = helper.data
+    pairs = {"tenant_header": "tenant_header", "campaign_header": "campaign_header",
+             "default_tenant": "default_tenant", "remove_tenant_header": "remove_headers",
+             "remove_campaign_header": "remove_headers"}
+    for theirs, ours in pairs.items():
+        if theirs in data and ours in ten.data:
+            raise ConfigError(f"set twice: here and in {ten.file} (tenancy.{ours}); keep one",
+                              file=helper.file, key=theirs)
+    h = Table({k: v for k, v in data.items() if k in pairs}, helper.file, "", tuple(pairs))
+    return dataclasses.replace(
+        tenancy,
+        tenant_header=h.string("tenant_header", tenancy.tenant_header),
+        campaign_header=h.string("campaign_header", tenancy.campaign_header),
+        default_tenant=h.string("default_tenant", tenancy.default_tenant),
+        remove_headers=h.boolean("remove_tenant_header", False) if "remove_headers" not in ten.data
+        else tenancy.remove_headers,
+        remove_campaign_header=h.boolean("remove_campaign_header", False) if "remove_headers" not in ten.data
+        else None,
+    )
 
 
 def parse_config(
@@ -335,12 +370,17 @@ def parse_config(
         _parse_listener(t, source, i, hostname, base_dir) for i, t in enumerate(listener_tables)
     )
 
-    ten = Table(raw.get("tenancy", {}), source, "tenancy", ("tenant_header", "campaign_header", "remove_headers"))
+    ten = Table(raw.get("tenancy", {}), source, "tenancy",
+                ("tenant_header", "campaign_header", "remove_headers", "default_tenant"))
     tenancy = TenancyConfig(
         tenant_header=ten.string("tenant_header", "X-Tenant"),
         campaign_header=ten.string("campaign_header", "X-Campaign"),
         remove_headers=ten.boolean("remove_headers", True),
+        default_tenant=ten.string("default_tenant", None),
     )
+    kumomta = parse_kumomta_table(raw.get("kumomta", {}), source, base_dir)
+    if kumomta.queues is not None:
+        tenancy = _kumomta_tenancy(tenancy, ten, kumomta.queues)
 
     sp = Table(raw.get("spool", {}), source, "spool", ("path", "max_size"))
     spool = SpoolConfig(
@@ -359,7 +399,11 @@ def parse_config(
 
     dns = parse_dns_table(raw.get("dns", {}), source)
 
-    delivery = parse_delivery_config(raw, source, other_tenant_keys=("dkim",))
+    delivery = parse_delivery_config(raw, source, other_tenant_keys=("dkim",), kumomta=kumomta)
+    if kumomta.listener_domains is not None:
+        domains, domain_warnings = parse_listener_domains(kumomta.listener_domains)
+        listeners = tuple(dataclasses.replace(listener, listener_domains=domains) for listener in listeners)
+        delivery = dataclasses.replace(delivery, warnings=(*delivery.warnings, *domain_warnings))
 
     dkim = parse_dkim_config(raw, source, base_dir)
     dkim_signer = None

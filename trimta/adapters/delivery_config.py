@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trimta.adapters.config_base import ConfigError, Table
+from trimta.adapters.kumomta_files import HelperFile, KumoMtaFiles, tables_of
 from trimta.core import units
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_options import (
@@ -44,6 +45,14 @@ from trimta.core.retry import QueueConfig
 
 QUEUE_KEYS = ("retry_interval", "max_retry_interval", "max_age", "egress_pool", "max_message_rate")
 SOURCE_KEYS = ("source_address", "ehlo_domain")
+# KumoMTA's other make_egress_source options: accepted in sources.toml, not acted on.
+KUMOMTA_SOURCE_OPTIONS = ("remote_port", "ha_proxy_server", "ha_proxy_source_address", "socks5_proxy_server",
+                          "socks5_proxy_source_address", "suspend_when_proxy_unhealthy", "suspend_when_unplumbed",
+                          "ttl", "name")
+# KumoMTA's other make_queue_config options and queue.lua keys: accepted in queues.toml, not acted on.
+KUMOMTA_QUEUE_OPTIONS = ("protocol", "reap_interval", "refresh_interval", "refresh_strategy", "strategy",
+                         "timerwheel_tick_interval", "shrink_policy", "provider_name", "overall_max_message_rate",
+                         "routing_domain")
 POOL_KEYS = ("entries",)
 POOL_ENTRY_KEYS = ("name", "weight")
 EGRESS_KEYS = ("default", "domains", "sites", "sources")
@@ -59,30 +68,35 @@ class DeliveryConfig:
     # QueueConfig field overrides, by destination domain (lowercase) and by tenant.
     domain_overrides: Mapping[str, _Overrides] = field(default_factory=dict)
     tenant_overrides: Mapping[str, _Overrides] = field(default_factory=dict)
+    # queues.toml's [queue.'DOMAIN'.'TENANT'] and [queue.'DOMAIN'.'TENANT'.'CAMPAIGN'].
+    domain_tenant_overrides: Mapping[tuple[str, str], _Overrides] = field(default_factory=dict)
+    campaign_overrides: Mapping[tuple[str, str, str], _Overrides] = field(default_factory=dict)
     sources: Mapping[str, EgressSource] = field(default_factory=lambda: {UNSPECIFIED: DEFAULT_SOURCE})
     pools: Mapping[str, EgressPool] = field(default_factory=lambda: {UNSPECIFIED: DEFAULT_POOL})
     path_provider: StaticPathProvider = field(default_factory=StaticPathProvider)
     # KumoMTA options that were accepted but are not acted on, as "file: key" lines.
     warnings: tuple[str, ...] = ()
-    _cache: dict[tuple[str | None, str | None], QueueConfig] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _cache: dict[tuple[str | None, str | None, tuple[str, ...] | None, tuple[str, ...] | None], QueueConfig] = \
+        field(default_factory=dict, compare=False, repr=False)
 
     def queue_config(self, tenant: str | None, campaign: str | None, domain: str) -> QueueConfig:
-        """The config of scheduled queue ``campaign:tenant@domain``: defaults -> domain -> tenant.
-
-        `campaign` is accepted for the day campaigns get their own overrides; it
-        changes nothing yet.
-        """
+        """The config of scheduled queue ``campaign:tenant@domain``, in KumoMTA's order:
+        defaults -> domain -> tenant -> domain and tenant -> domain, tenant and campaign."""
         domain = domain.lower().rstrip(".")
+        pair = (domain, tenant or "")
+        triple = (domain, tenant or "", campaign or "")
         key = (
             tenant if tenant is not None and tenant in self.tenant_overrides else None,
             domain if domain in self.domain_overrides else None,
+            pair if pair in self.domain_tenant_overrides else None,
+            triple if triple in self.campaign_overrides else None,
         )
         config = self._cache.get(key)
         if config is None:
             config = _resolve(self.queue_defaults, self.domain_overrides.get(key[1] or ""),
-                              self.tenant_overrides.get(key[0] or ""))
+                              self.tenant_overrides.get(key[0] or ""),
+                              self.domain_tenant_overrides.get(pair) if key[2] else None,
+                              self.campaign_overrides.get(triple) if key[3] else None)
             self._cache[key] = config
         return config
 
@@ -110,15 +124,24 @@ def _resolve(base: QueueConfig, *layers: _Overrides | None) -> QueueConfig:
 
 
 def parse_delivery_config(
-    raw: Mapping[str, Any], file: str, *, other_tenant_keys: Collection[str] = ()
+    raw: Mapping[str, Any], file: str, *, other_tenant_keys: Collection[str] = (),
+    kumomta: KumoMtaFiles | None = None,
 ) -> DeliveryConfig:
     """Read the delivery tables of a parsed ``trimta.toml`` document.
 
     `other_tenant_keys` are ``[tenants.NAME]`` keys other parts of the daemon own;
-    they are left alone here instead of being reported as unknown.
+    they are left alone here instead of being reported as unknown. `kumomta`'s
+    ``sources`` and ``queues`` files add to these tables; a setting made both there
+    and in ``trimta.toml`` is an error naming both places.
     """
+    kumomta = kumomta or KumoMtaFiles()
+    warnings: list[str] = []
     sources = _parse_sources(raw.get("sources", {}), file)
+    if kumomta.sources is not None:
+        _add_kumomta_sources(sources, kumomta.sources, file, warnings)
     pools = _parse_pools(raw.get("pools", {}), file, sources)
+    if kumomta.sources is not None:
+        _add_kumomta_pools(pools, kumomta.sources, file, sources)
 
     queues = Table(raw.get("queues", {}), file, "queues", (*QUEUE_KEYS, "domains"))
     defaults = _queue_overrides(queues, pools)
@@ -133,6 +156,14 @@ def parse_delivery_config(
         t = Table(table, file, f"tenants.{_part(name)}", tenant_keys)
         tenants[str(name)] = _queue_overrides(t, pools)
 
+    domain_tenants: dict[tuple[str, str], _Overrides] = {}
+    campaigns: dict[tuple[str, str, str], _Overrides] = {}
+    if kumomta.queues is not None:
+        defaults, domains, tenants = dict(defaults), {d: dict(o) for d, o in domains.items()}, \
+            {t: dict(o) for t, o in tenants.items()}
+        _add_kumomta_queues(kumomta.queues, file, pools, defaults, domains, tenants, domain_tenants, campaigns,
+                            warnings)
+
     queue_defaults = _checked_queue_config(QueueConfig(), defaults, file, "queues")
     for name, overrides in domains.items():
         _checked_queue_config(queue_defaults, overrides, file, f"queues.domains.{_part(name)}")
@@ -146,16 +177,135 @@ def parse_delivery_config(
             _checked_queue_config(queue_defaults, layered, file, f"tenants.{_part(tenant)}",
                                   context=f" (for mail to {domain})" if domain else "")
 
-    provider, warnings = _parse_egress(raw.get("egress", {}), file, sources)
+    for key, overrides in (*domain_tenants.items(), *campaigns.items()):
+        _checked_queue_config(queue_defaults, {**domains.get(key[0], {}), **tenants.get(key[1], {}), **overrides},
+                              kumomta.queues.file if kumomta.queues else file,
+                              "queue." + ".".join(f"'{k}'" for k in key))
+
+    provider, egress_warnings = _parse_egress(raw.get("egress", {}), file, sources)
     return DeliveryConfig(
         queue_defaults=queue_defaults,
         domain_overrides=domains,
         tenant_overrides=tenants,
+        domain_tenant_overrides=domain_tenants,
+        campaign_overrides=campaigns,
         sources=sources,
         pools=pools,
         path_provider=provider,
-        warnings=warnings,
+        warnings=(*warnings, *egress_warnings),
     )
+
+
+# --- KumoMTA's helper files (sources.toml, queues.toml) -------------------------------
+
+
+def _add_kumomta_sources(sources: dict[str, EgressSource], helper: HelperFile, file: str,
+                         warnings: list[str]) -> None:
+    """sources.toml's ``[source.NAME]`` tables, as `[sources.NAME]` are read."""
+    Table(helper.data, helper.file, "", ("source", "pool"))
+    for name, table in tables_of(helper.data.get("source", {}), helper.file, "source").items():
+        key = f"source.{_part(name)}"
+        if str(name) in sources and str(name) != UNSPECIFIED:
+            raise ConfigError(f"source {name!r} is defined twice: here and in {file} (sources.{_part(name)}); "
+                              f"keep one", file=helper.file, key=key)
+        t = Table(table, helper.file, key, (*SOURCE_KEYS, *KUMOMTA_SOURCE_OPTIONS))
+        for option in t.data:
+            if option in KUMOMTA_SOURCE_OPTIONS and option != "name":
+                warnings.append(f"{helper.file}: {key}.{option}: a KumoMTA option trimta does not act on; ignored")
+        sources[str(name)] = EgressSource(str(name), t.get("source_address", None, _bind_address),
+                                          t.get("ehlo_domain", None, _host_name))
+
+
+def _add_kumomta_pools(pools: dict[str, EgressPool], helper: HelperFile, file: str,
+                       sources: Mapping[str, EgressSource]) -> None:
+    """sources.toml's ``[pool.NAME.SOURCE]`` tables (``weight``, default 1), as `[pools.NAME]` are read."""
+    for name, members in tables_of(helper.data.get("pool", {}), helper.file, "pool").items():
+        key = f"pool.{_part(name)}"
+        if str(name) in pools and str(name) != UNSPECIFIED:
+            raise ConfigError(f"pool {name!r} is defined twice: here and in {file} (pools.{_part(name)}); keep one",
+                              file=helper.file, key=key)
+        entries: list[tuple[str, int]] = []
+        for source, entry in tables_of(members, helper.file, key).items():
+            e = Table(entry, helper.file, f"{key}.{_part(source)}", ("weight",))
+            if source not in sources:
+                raise ConfigError(f"no source named {source!r}{_suggest(str(source), sources, 'sources')}",
+                                  file=helper.file, key=f"{key}.{_part(source)}")
+            weight = e.get("weight", 1, _weight_number)
+            entries.append((str(source), weight))
+        try:
+            pools[str(name)] = EgressPool(str(name), tuple(entries))
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=helper.file, key=key) from None
+
+
+def _weight_number(value: Any) -> int:
+    # sources.lua takes any number; a whole one is what a weight can be.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _weight(value)
+
+
+QUEUES_TOP_KEYS = ("scheduling_header", "tenant_header", "remove_tenant_header", "campaign_header",
+                   "remove_campaign_header", "default_tenant", "tenant", "queue")
+
+
+def _add_kumomta_queues(helper: HelperFile, file: str, pools: Mapping[str, EgressPool],
+                        defaults: dict[str, object], domains: dict[str, dict[str, object]],
+                        tenants: dict[str, dict[str, object]], domain_tenants: dict[tuple[str, str], _Overrides],
+                        campaigns: dict[tuple[str, str, str], _Overrides], warnings: list[str]) -> None:
+    """queues.toml's ``[tenant.NAME]`` and ``[queue.default]``, ``[queue.'DOMAIN']``,
+    ``[queue.'DOMAIN'.'TENANT']``, ``[queue.'DOMAIN'.'TENANT'.'CAMPAIGN']`` tables.
+
+    The header keys at its top are read by `trimta.adapters.config` (they are
+    ``[tenancy]``'s); here they are only let through.
+    """
+    hf = helper.file
+    Table(helper.data, hf, "", QUEUES_TOP_KEYS)
+    unacted: dict[str, str] = {}
+
+    def read(table: Any, key: str, *, extra: tuple[str, ...] = ()) -> dict[str, object]:
+        options = {k: v for k, v in tables_of(table, hf, key).items() if not isinstance(v, Mapping) or k in extra}
+        t = Table(options, hf, key, (*QUEUE_KEYS, *KUMOMTA_QUEUE_OPTIONS, *extra))
+        for option in t.data:
+            if option in KUMOMTA_QUEUE_OPTIONS or option in extra:
+                unacted.setdefault(option, t.key(option))
+        return _queue_overrides(Table({k: v for k, v in t.data.items() if k in QUEUE_KEYS}, hf, key, QUEUE_KEYS),
+                                pools)
+
+    def into(target: dict[str, object], more: Mapping[str, object], there: str, here: str) -> None:
+        for option, value in more.items():
+            if option in target:
+                raise ConfigError(f"{_option_name(option)} is set twice: here and in {file} ({there}); keep one",
+                                  file=hf, key=f"{here}.{_option_name(option)}")
+            target[option] = value
+
+    for name, table in tables_of(helper.data.get("tenant", {}), hf, "tenant").items():
+        key = f"tenant.{_part(name)}"
+        into(tenants.setdefault(str(name), {}), read(table, key, extra=("require_authz", "campaigns")),
+             f"tenants.{_part(name)}", key)
+    for name, table in tables_of(helper.data.get("queue", {}), hf, "queue").items():
+        key = f"queue.{_part(name)}"
+        if str(name) == "default":
+            into(defaults, read(table, key), "queues", key)
+            continue
+        domain = str(name).lower().rstrip(".")
+        into(domains.setdefault(domain, {}), read(table, key), f"queues.domains.{_part(name)}", key)
+        for tenant, tenant_table in table.items():
+            if not isinstance(tenant_table, Mapping):
+                continue
+            tkey = f"{key}.{_part(tenant)}"
+            domain_tenants[(domain, str(tenant))] = read(tenant_table, tkey)
+            for campaign, campaign_table in tenant_table.items():
+                if isinstance(campaign_table, Mapping):
+                    campaigns[(domain, str(tenant), str(campaign))] = read(campaign_table, f"{tkey}.{_part(campaign)}")
+    if "scheduling_header" in helper.data:
+        unacted.setdefault("scheduling_header", "scheduling_header")
+    for option, where in unacted.items():
+        warnings.append(f"{hf}: {where}: a KumoMTA option trimta does not act on; ignored")
+
+
+def _option_name(field_name: str) -> str:
+    return field_name.removesuffix("_s")
 
 
 def _tables(data: Any, file: str, key: str) -> Mapping[str, Any]:

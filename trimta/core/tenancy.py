@@ -50,19 +50,25 @@ def _field_value(raw: bytes) -> str | None:
     return text or None
 
 
-def extract_tenancy(data: bytes, tenant_header: str, campaign_header: str, remove: bool) -> Tenancy:
-    """Read (and optionally strip) the tenant and campaign headers of a message."""
+def extract_tenancy(data: bytes, tenant_header: str, campaign_header: str, remove: bool,
+                    remove_campaign: bool | None = None) -> Tenancy:
+    """Read (and optionally strip) the tenant and campaign headers of a message.
+
+    `remove` strips the tenant header, and the campaign header too unless
+    `remove_campaign` says otherwise (KumoMTA's queue helper has a flag for each).
+    """
     end = header_section_end(data)
     headers = data[:end]
     lower = headers.lower()
     spans = []
     values: list[str | None] = []
-    for name in (tenant_header, campaign_header):
+    strip = (remove, remove if remove_campaign is None else remove_campaign)
+    for name, stripped in zip((tenant_header, campaign_header), strip):
         span = _field_span(lower, name.lower().encode("ascii"))
         values.append(_field_value(headers[span[0] : span[1]]) if span else None)
-        if span:
+        if span and stripped:
             spans.append(span)
-    if not spans or not remove:
+    if not spans:
         return Tenancy(values[0], values[1], data)
     pieces = []
     cursor = 0

@@ -113,8 +113,9 @@ def prepare(
         tenancy.tenant_header,
         tenancy.campaign_header,
         tenancy.remove_headers,
+        tenancy.remove_campaign_header,
     )
-    tenant = submission.tenant or found.tenant
+    tenant = submission.tenant or found.tenant or tenancy.default_tenant
     campaign = submission.campaign or found.campaign
     data_id = new_id(now)
     data = found.data

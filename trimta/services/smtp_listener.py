@@ -518,7 +518,7 @@ class Session:
     async def answer(self, event: ev.Answerable) -> Reply:
         """The reply to one event: the machine's suggestion unless policy says otherwise."""
         if isinstance(event, ev.RcptTo):
-            if not (self.relay_ok or self.conn.auth_identity):
+            if not (self.relay_ok or self.conn.auth_identity or self._domain_allows_relay(event.address)):
                 self.reject(replies.RELAY_DENIED, "RCPT TO", event.address)
                 return replies.RELAY_DENIED
             return event.reply
@@ -536,6 +536,16 @@ class Session:
             # A refused message (too big, bare CR/LF, long line) is a rejection worth a record.
             self.reject(event.reply, event.command, None)
         return event.reply
+
+    def _domain_allows_relay(self, recipient: str) -> bool:
+        """KumoMTA's listener domains: relay_to for the recipient's domain, relay_from for the sender's."""
+        rules = self.config.listener_domains
+        if not rules:
+            return False
+        mail = self.conn.mail_from
+        sender_domain = mail.address.rpartition("@")[2] if mail is not None and "@" in mail.address else None
+        return rules.relay_allowed(listener=self.config.name, peer=self.peer, sender_domain=sender_domain,
+                                   recipient_domain=recipient.rpartition("@")[2], authz_id=self.conn.auth_identity)
 
     async def accept_message(self, event: ev.MessageComplete) -> Reply:
         conn = self.conn
