@@ -19,7 +19,6 @@ def test_both_files_load_unchanged_with_each_warning_given_once():
     _, loaded = kumomta_harness(*SHIPPED)
     found = sorted((p.key, p.message) for p in loaded.warnings)
     assert found == [
-        ('"default".remember_broken_tls', "a KumoMTA option trimta does not act on; ignored"),
         ('"http://127.0.0.1:8008.tsa.kumomta".system_shutdown_timeout',
          "a KumoMTA option trimta does not act on; ignored"),
         # The community file adds rules to "gmail", a provider no file defines (the
@@ -253,3 +252,26 @@ def test_tsa_table_keeps_its_limit_local_to_this_node():
     assert h.engine.paths.rollup(domain) is False
     default = h.engine.paths.path_config("unspecified", "mx.example.net", "example.net")
     assert (default.connection_limit, default.connection_limit_local) == (10, False)
+
+
+async def test_default_remembers_broken_tls_for_three_days(autojump_clock):
+    # ["default"]: remember_broken_tls = "3 days" with enable_tls = "Opportunistic".
+    h, _ = kumomta_harness(*SHIPPED)
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    mx = h.network.add_receiver("127.0.0.10", 25, accepting("mx.example.net", tls=FakeTls.BROKEN))
+    with trio.fail_after(10**6):
+        async with h.running():
+            await h.inject(recipients=["first@example.net"])
+            await h.wait_until_settled()
+            await trio.sleep(2 * 86400)
+            await h.inject(recipients=["two-days-later@example.net"])
+            await h.wait_until_settled()
+            await trio.sleep(2 * 86400)
+            await h.inject(recipients=["four-days-later@example.net"])
+            await trio.sleep(600)
+    starttls = [b"STARTTLS" in b"".join(c.writes) for c in mx.connections]
+    # The handshake fails once; the retry and everything for three days go in plaintext;
+    # then TLS is tried again.
+    assert starttls[:3] == [True, False, False] and starttls[3] is True
+    assert [m.recipients[0] for m in mx.messages][:2] == ["first@example.net", "two-days-later@example.net"]
+    assert len(h.records("TransientFailure")) >= 1

@@ -47,7 +47,7 @@ from trimta.services.outcomes import MessageStore, OutcomeRecorder
 from trimta.services.ready_queue import Connection, ReadyQueueStatistics
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import QueueSummary, Scheduler
-from trimta.services.smtp_client import OutboundConnection
+from trimta.services.smtp_client import BrokenTls, OutboundConnection
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class DeliveryEngine:
         self.due = DueMessages()
         self.scheduler = Scheduler(queue_config=delivery.queue_config, dispatch=self.due.put, clock=clock)
         self.ready = ReadyQueues()
+        self.broken_tls = BrokenTls(clock)  # remember_broken_tls: hosts whose TLS failed, in memory
         self.outcomes = OutcomeRecorder(
             spool=spool, logs=logs, scheduler=self.scheduler, clock=clock, rng=self.rng,
             pool_name=lambda m: self.scheduler.config_for(m).egress_pool,
@@ -112,7 +113,8 @@ class DeliveryEngine:
         self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig
     ) -> Connection:
         return await OutboundConnection.open(
-            self.network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts
+            self.network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
+            broken_tls=self.broken_tls,
         )
 
     @property

@@ -25,6 +25,7 @@ the message and the failure of each target tried.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,7 @@ from trimta.protocol.replies import Reply, reply
 
 __all__ = [
     "QUIT_TIMEOUT_S",
+    "BrokenTls",
     "ConnectionFailed",
     "EgressSource",
     "OutboundConnection",
@@ -107,6 +109,37 @@ class TargetFailure:
     reply: Reply
     command: str
     connected: bool
+    tls: bool = False  # the TLS handshake, or the EHLO inside TLS, failed
+
+
+class BrokenTls:
+    """The hosts whose TLS failed, each for as long as its path's ``remember_broken_tls`` says.
+
+    Kept in this process's memory only, as KumoMTA does: a restart forgets. `clock`
+    is the caller's (trio's current_time in the engine, so virtual time in tests).
+    """
+
+    def __init__(self, clock: Callable[[], float], *, max_hosts: int = 100_000) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+        self._max_hosts = max_hosts
+
+    def remember(self, host: str, for_s: float) -> None:
+        if len(self._until) >= self._max_hosts:
+            now = self._clock()
+            self._until = {h: t for h, t in self._until.items() if t > now}
+            if len(self._until) >= self._max_hosts:
+                self._until.clear()
+        self._until[host.lower()] = self._clock() + for_s
+
+    def is_broken(self, host: str) -> bool:
+        until = self._until.get(host.lower())
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[host.lower()]
+            return False
+        return True
 
 
 class ConnectionFailed(Exception):
@@ -210,6 +243,7 @@ class OutboundConnection:
         path: EgressPathConfig,
         hostname: str,
         tls_contexts: Callable[[TlsPolicy], ssl.SSLContext] = tls_context,
+        broken_tls: BrokenTls | None = None,
     ) -> OutboundConnection:
         """A session with the first target that gives one; raises `ConnectionFailed`.
 
@@ -218,6 +252,12 @@ class OutboundConnection:
         greets with anything but 2xx, refuses EHLO and HELO, or fails the TLS that
         `path.enable_tls` asks for. `tls_contexts` gives the SSL context for a policy
         (tests pass one that trusts their own CA).
+
+        With ``opportunistic_tls_reconnect_on_failed_handshake``, an opportunistic
+        handshake that fails (or the EHLO after it) reconnects to the same target
+        without TLS before moving on. With ``remember_broken_tls``, `broken_tls`
+        remembers the hosts whose TLS failed: until the memory ends an opportunistic
+        path to them sends in plaintext, and a required one fails saying why.
         """
         # The path's ehlo_domain wins over the source's, as in KumoMTA; the node's name last.
         ehlo_domain = path.ehlo_domain or source.ehlo_domain or hostname
@@ -226,11 +266,32 @@ class OutboundConnection:
             raise ConnectionFailed(refusal)
         failures: list[TargetFailure] = []
         for host, address in plan:
+            target_path = path
+            if path.remember_broken_tls_s and broken_tls is not None and broken_tls.is_broken(host):
+                if path.enable_tls.required:
+                    text = (f"TLS with {host} failed earlier and remember_broken_tls is set "
+                            f"({path.remember_broken_tls_s:g}s); enable_tls = {path.enable_tls.value} needs it")
+                    failures.append(TargetFailure(host, address, reply(451, "4.7.5", text), "STARTTLS", False))
+                    continue
+                if path.enable_tls is not TlsPolicy.DISABLED:
+                    target_path = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
             try:
-                return await cls._open_target(network, host, address, source, path, ehlo_domain, tls_contexts)
+                return await cls._open_target(network, host, address, source, target_path, ehlo_domain,
+                                              tls_contexts)
             except _TargetFailed as exc:
                 log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
                 failures.append(exc.failure)
+                if not exc.failure.tls:
+                    continue
+                if path.remember_broken_tls_s and broken_tls is not None:
+                    broken_tls.remember(host, path.remember_broken_tls_s)
+                if path.opportunistic_tls_reconnect_on_failed_handshake and not target_path.enable_tls.required:
+                    plaintext = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
+                    try:
+                        return await cls._open_target(network, host, address, source, plaintext, ehlo_domain,
+                                                      tls_contexts)
+                    except _TargetFailed as again:
+                        failures.append(again.failure)
         raise ConnectionFailed(_all_failed(failures), failures)
 
     @classmethod
@@ -312,15 +373,17 @@ class OutboundConnection:
             with trio.move_on_after(timeout_s) as scope:
                 self._stream = await stream.start_tls(context, _tls_server_name(self.peer_host))
         except TlsFailed as exc:
-            self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS)
+            self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS, tls=True)
         if scope.cancelled_caught:
             text = f"TLS handshake with {where} timed out after {timeout_s:g}s"
-            self._fail(reply(451, "4.7.5", text), Command.STARTTLS)
+            self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True)
         self._client.tls_started()
         self._tls_version = self._stream.tls_version or "TLS"
 
-    def _fail(self, answer: Reply, command: Command) -> NoReturn:
-        failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True)
+    def _fail(self, answer: Reply, command: Command, *, tls: bool = False) -> NoReturn:
+        tls = tls or self._client.tls_active  # anything failing once TLS is up is TLS failing
+        failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True,
+                                tls=tls)
         raise _TargetFailed(failure)
 
     async def _expect(self, kind: type[_E]) -> _E:
@@ -400,7 +463,8 @@ class OutboundConnection:
     ) -> list[Outcome]:
         client = self._client
         try:
-            if client.needs_reset:
+            # enable_rset: RSET between messages even when the last transaction ended cleanly.
+            if client.needs_reset or (self.path.enable_rset and self.deliveries > 1):
                 reset = await self._reset()
                 if reset is not None:
                     # Whatever RSET got, this message was never offered: try it again later.
