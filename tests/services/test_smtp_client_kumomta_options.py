@@ -94,3 +94,79 @@ async def test_remember_broken_tls_with_required_tls_fails_saying_why(autojump_c
     with pytest.raises(ConnectionFailed, match="remember_broken_tls is set"):
         await open_with(net, path, broken=broken)
     assert net.connect_attempts == []  # not even tried
+
+
+# --- Outbound AUTH PLAIN ------------------------------------------------------------------------
+
+USERS = {"daniel": "tiger"}
+
+
+def auth_path(**options) -> EgressPathConfig:
+    from trimta.core.egress import KeySource
+
+    return EgressPathConfig(smtp_auth_plain_username="daniel", smtp_auth_plain_password=KeySource(data="tiger"),
+                            **options)
+
+
+async def test_auth_plain_over_tls_logs_in_before_mail(autojump_clock):
+    net = FakeNetwork()
+    mx1 = net.add_receiver("10.0.0.1", 25, accepting("mx1.example.com", tls=FakeTls.VALID, auth=USERS))
+    conn = await open_with(net, auth_path(enable_tls=TlsPolicy.REQUIRED))
+    with trio.fail_after(DEADLINE_S):
+        assert (await conn.send("a@example.net", "b@example.com", b"x\r\n")).delivered
+        await conn.quit()
+    record = mx1.connections[0]
+    assert (record.auth_user, record.auth_tls) == ("daniel", "TLSv1.3")
+    wire = b"".join(record.writes)
+    # RFC 4616: authzid empty, then the user and the password, NUL-separated, in base64.
+    assert b"AUTH PLAIN AGRhbmllbAB0aWdlcg==\r\n" in wire
+    assert wire.index(b"AUTH PLAIN") < wire.index(b"MAIL FROM")
+
+
+async def test_auth_plain_is_never_sent_without_tls_unless_allowed(autojump_clock):
+    net = FakeNetwork()
+    mx1 = net.add_receiver("10.0.0.1", 25, accepting("mx1.example.com", auth=USERS))
+    with pytest.raises(ConnectionFailed, match="allow_smtp_auth_plain_without_tls = false"):
+        await open_with(net, auth_path())
+    assert b"AUTH" not in b"".join(mx1.connections[0].writes)
+    conn = await open_with(net, auth_path(allow_smtp_auth_plain_without_tls=True))
+    await conn.quit()
+    assert (mx1.connections[1].auth_user, mx1.connections[1].auth_tls) == ("daniel", None)
+
+
+async def test_auth_plain_is_never_sent_over_an_unverified_certificate_unless_allowed(autojump_clock):
+    net = FakeNetwork()
+    mx1 = net.add_receiver("10.0.0.1", 25, accepting("mx1.example.com", tls=FakeTls.SELF_SIGNED, auth=USERS))
+    with pytest.raises(ConnectionFailed, match="certificate was not verified"):
+        await open_with(net, auth_path(enable_tls=TlsPolicy.REQUIRED_INSECURE))
+    assert b"AUTH" not in b"".join(mx1.connections[0].writes)
+    conn = await open_with(net, auth_path(enable_tls=TlsPolicy.REQUIRED_INSECURE,
+                                          allow_smtp_auth_plain_without_valid_certificate=True))
+    await conn.quit()
+    assert mx1.connections[1].auth_user == "daniel"
+
+
+async def test_a_refused_login_fails_the_session_with_the_servers_reply(autojump_clock):
+    net = FakeNetwork()
+    mx1 = net.add_receiver("10.0.0.1", 25, accepting("mx1.example.com", tls=FakeTls.VALID, auth={"daniel": "lion"}))
+    with pytest.raises(ConnectionFailed, match="535 5.7.8"):
+        await open_with(net, auth_path(enable_tls=TlsPolicy.REQUIRED))
+    assert mx1.connections[0].auth_user is None and mx1.messages == []
+
+
+async def test_the_password_may_come_from_a_file(tmp_path):
+    # Real time: the file is read in a worker thread, which a virtual clock would skip past.
+    from trimta.core.egress import KeySource
+
+    (tmp_path / "secret").write_text("tiger\n", encoding="utf-8")
+    net = FakeNetwork()
+    mx1 = net.add_receiver("10.0.0.1", 25, accepting("mx1.example.com", tls=FakeTls.VALID, auth=USERS))
+    path = EgressPathConfig(enable_tls=TlsPolicy.REQUIRED, smtp_auth_plain_username="daniel",
+                            smtp_auth_plain_password=KeySource(path=str(tmp_path / "secret")))
+    conn = await open_with(net, path)
+    await conn.quit()
+    assert mx1.connections[0].auth_user == "daniel"
+    missing = EgressPathConfig(enable_tls=TlsPolicy.REQUIRED, smtp_auth_plain_username="daniel",
+                               smtp_auth_plain_password=KeySource(path=str(tmp_path / "nope")))
+    with pytest.raises(ConnectionFailed, match="cannot read smtp_auth_plain_password"):
+        await open_with(net, missing)

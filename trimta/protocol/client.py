@@ -31,6 +31,7 @@ still waiting, and the machine moves to CLOSED.
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +227,20 @@ class ClientConnection:
         self._pending.append(_Pending(Command.STARTTLS))
         return b"STARTTLS" + CRLF
 
+    def send_auth_plain(self, username: str, password: str) -> bytes:
+        """AUTH PLAIN with the initial response (RFC 4954 4, RFC 4616): one round trip.
+
+        The shell decides whether the session is safe for the credential (TLS); the
+        machine only checks that the server offers the mechanism.
+        """
+        self._check_idle("AUTH", ClientState.READY)
+        mechanisms = self._extensions.get("AUTH", "").upper().split()
+        if "PLAIN" not in mechanisms:
+            raise ClientUsageError("the server does not offer AUTH PLAIN")
+        token = base64.b64encode(b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8"))
+        self._pending.append(_Pending(Command.AUTH))
+        return b"AUTH PLAIN " + token + CRLF
+
     def tls_started(self) -> None:
         """The TLS handshake succeeded: forget what plaintext EHLO said; EHLO is due again.
 
@@ -373,6 +388,11 @@ class ClientConnection:
                         raise ClientProtocolError("data after the 220 to STARTTLS, before TLS")
                     self._move(ClientTrigger.STARTTLS_ACCEPTED)
                 self._events.append(StartTlsResult(received))
+            case Command.AUTH:
+                if code_class == 3:
+                    # 334: the server wants more than the initial response it was given.
+                    raise ClientProtocolError(f"334 to AUTH PLAIN with an initial response: {received}")
+                self._events.append(ReplyReceived(Command.AUTH, received))
             case Command.MAIL_FROM:
                 self._on_mail(received)
             case Command.RCPT_TO:

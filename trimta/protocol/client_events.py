@@ -24,6 +24,7 @@ class Command(StrEnum):
     EHLO = "ehlo"
     HELO = "helo"
     STARTTLS = "starttls"
+    AUTH = "auth"
     MAIL_FROM = "mail_from"
     RCPT_TO = "rcpt_to"
     DATA = "data"  # the DATA command, answered by 354

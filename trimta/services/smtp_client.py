@@ -42,7 +42,7 @@ from trimta.adapters.network import (
     TlsFailed,
     tls_context,
 )
-from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.egress import EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.outcome import Outcome, OutcomeKind, outcome_kind
 from trimta.core.pools import EgressSource
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
@@ -89,6 +89,7 @@ _SPELLING = {
     Command.EHLO: "EHLO",
     Command.HELO: "HELO",
     Command.STARTTLS: "STARTTLS",
+    Command.AUTH: "AUTH",
     Command.MAIL_FROM: "MAIL FROM",
     Command.RCPT_TO: "RCPT TO",
     Command.DATA: "DATA",
@@ -221,6 +222,7 @@ class OutboundConnection:
             Command.EHLO: path.ehlo_timeout_s,
             Command.HELO: path.ehlo_timeout_s,
             Command.STARTTLS: path.starttls_timeout_s,
+            Command.AUTH: path.auth_timeout_s,
             Command.MAIL_FROM: path.mail_from_timeout_s,
             Command.RCPT_TO: path.rcpt_to_timeout_s,
             Command.DATA: path.data_timeout_s,
@@ -329,6 +331,11 @@ class OutboundConnection:
             await self._goodbye()
             self._fail(greeting.reply, Command.BANNER)
         await self._hello()
+        await self._negotiate_tls(tls_contexts)
+        if self.path.smtp_auth_plain_username is not None:
+            await self._authenticate()
+
+    async def _negotiate_tls(self, tls_contexts: Callable[[TlsPolicy], ssl.SSLContext]) -> None:
         policy = self.path.enable_tls
         if policy is TlsPolicy.DISABLED:
             return
@@ -347,6 +354,45 @@ class OutboundConnection:
             return  # Opportunistic: the session goes on in plaintext.
         await self._start_tls(tls_contexts(policy))
         await self._hello()
+
+    async def _authenticate(self) -> None:
+        """AUTH PLAIN as ``smtp_auth_plain_username``, only where the credential is safe.
+
+        Never over plaintext unless ``allow_smtp_auth_plain_without_tls``; never over
+        TLS whose certificate was not verified (``*Insecure`` policies) unless
+        ``allow_smtp_auth_plain_without_valid_certificate``: the attempt fails first,
+        saying why, and the credential is not sent.
+        """
+        path = self.path
+        assert path.smtp_auth_plain_username is not None
+        if not self._client.tls_active and not path.allow_smtp_auth_plain_without_tls:
+            await self._goodbye()
+            self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: the session has no TLS "
+                                            "(allow_smtp_auth_plain_without_tls = false)"), Command.AUTH, tls=False)
+        if self._client.tls_active and not path.enable_tls.verify \
+                and not path.allow_smtp_auth_plain_without_valid_certificate:
+            await self._goodbye()
+            self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: its certificate was not "
+                                            f"verified (enable_tls = {path.enable_tls.value}, "
+                                            "allow_smtp_auth_plain_without_valid_certificate = false)"),
+                       Command.AUTH, tls=False)
+        try:
+            password = await _secret(path.smtp_auth_plain_password)
+        except (OSError, UnicodeDecodeError) as exc:
+            await self._goodbye()
+            self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: cannot read "
+                                            f"smtp_auth_plain_password: {exc}"), Command.AUTH, tls=False)
+        try:
+            command = self._client.send_auth_plain(path.smtp_auth_plain_username, password)
+        except ClientUsageError as exc:
+            await self._goodbye()
+            self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: {exc}"), Command.AUTH,
+                       tls=False)
+        await self._write(command)
+        answer = (await self._expect(ReplyReceived)).reply
+        if answer.code // 100 != 2:
+            await self._goodbye()
+            self._fail(answer, Command.AUTH, tls=False)
 
     async def _hello(self) -> None:
         await self._write(self._client.send_ehlo())
@@ -380,8 +426,9 @@ class OutboundConnection:
         self._client.tls_started()
         self._tls_version = self._stream.tls_version or "TLS"
 
-    def _fail(self, answer: Reply, command: Command, *, tls: bool = False) -> NoReturn:
-        tls = tls or self._client.tls_active  # anything failing once TLS is up is TLS failing
+    def _fail(self, answer: Reply, command: Command, *, tls: bool | None = None) -> NoReturn:
+        if tls is None:
+            tls = self._client.tls_active  # the handshake or the EHLO after it: TLS failing
         failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True,
                                 tls=tls)
         raise _TargetFailed(failure)
@@ -671,6 +718,17 @@ class OutboundConnection:
 
     def _lost_reply(self, command: Command | None, detail: str = "connection closed by the peer") -> Reply:
         return reply(451, "4.4.2", f"Connection to {self._where()} lost waiting for {_spell(command)}: {detail}")
+
+
+async def _secret(source: KeySource | None) -> str:
+    """The password a keysource holds: inline, or a file's contents (its final newline dropped)."""
+    if source is None:
+        return ""
+    if source.data is not None:
+        return source.data
+    assert source.path is not None
+    text = await trio.Path(source.path).read_text(encoding="utf-8")
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def _spell(command: Command | None) -> str:

@@ -47,7 +47,7 @@ import trio
 
 from trimta.adapters.network import RECEIVE_SIZE, ConnectFailed, NetworkStream, TlsFailed, TransportError
 from trimta.protocol import events as ev
-from trimta.protocol.replies import Reply, reply
+from trimta.protocol.replies import AUTH_FAILED, AUTH_SUCCEEDED, Reply, reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
 
 __all__ = [
@@ -77,8 +77,8 @@ REJECT = reply(550, "5.1.1", "Mailbox unavailable")
 TOO_BUSY = reply(421, "4.3.2", "Too busy, try again later")
 
 PHASES = frozenset(
-    {"connect", "banner", "ehlo", "helo", "starttls", "mail_from", "rcpt_to", "data", "data_dot", "rset", "noop",
-     "quit"}
+    {"connect", "banner", "ehlo", "helo", "starttls", "auth", "mail_from", "rcpt_to", "data", "data_dot", "rset",
+     "noop", "quit"}
 )
 
 
@@ -142,6 +142,8 @@ class FakeConnection:
     tls_version: str | None = None
     tls_server_hostname: str | None = None
     tls_verified: bool | None = None
+    auth_user: str | None = None  # who logged in with AUTH, and over which TLS (None: plaintext)
+    auth_tls: str | None = None
     writes: list[bytes] = field(default_factory=list, repr=False)
     client_bytes: bytearray = field(default_factory=bytearray, repr=False)
     server_bytes: bytearray = field(default_factory=bytearray, repr=False)
@@ -194,10 +196,13 @@ class ScriptedReceiver:
         latency_s: float = 0.0,
         max_message_size: int = 20_000_000,
         ssl_context: ssl.SSLContext | None = None,
+        auth: dict[str, str] | None = None,
     ) -> None:
         """`greeting` replaces the 220 banner (a 421 or 554 refuses the session);
         `without` drops EHLO keywords (``"PIPELINING"``, ``"CHUNKING"``); `latency_s`
-        delays every reply; `ssl_context` enables real STARTTLS in `serve`."""
+        delays every reply; `ssl_context` enables real STARTTLS in `serve`; `auth`
+        (username to password) offers AUTH PLAIN, with or without TLS."""
+        self.auth = dict(auth) if auth is not None else None
         self.hostname = hostname
         self.rules = list(rules)
         if greeting is not None:
@@ -323,6 +328,8 @@ class _Session:
                 hostname=receiver.hostname,
                 max_message_size=receiver.max_message_size,
                 starttls_available=tls_offered,
+                auth_mechanisms=("PLAIN",) if receiver.auth is not None else (),
+                auth_without_tls=receiver.auth is not None,
             )
         )
         self.outbox = bytearray()
@@ -375,6 +382,13 @@ class _Session:
             )
             subject = message  # type: ignore[assignment]  # the rule sees the message, not the event
         default = event.reply
+        if isinstance(event, ev.AuthAttempt):
+            users = self.receiver.auth or {}
+            ok = users.get(event.username) == event.password
+            default = AUTH_SUCCEEDED if ok else AUTH_FAILED
+            if ok:
+                self.record.auth_user = event.username
+                self.record.auth_tls = self.server.tls
         without = self.receiver.without
         if isinstance(event, ev.Hello) and event.extended and default.code == 250 and without:
             kept = [line for line in default.lines[1:] if line.split()[0].upper() not in without]
@@ -403,6 +417,7 @@ class _Session:
 
 _PHASE_OF = {
     ev.StartTls: "starttls",
+    ev.AuthAttempt: "auth",
     ev.MailFrom: "mail_from",
     ev.RcptTo: "rcpt_to",
     ev.DataStart: "data",
