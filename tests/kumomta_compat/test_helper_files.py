@@ -18,7 +18,7 @@ from trimta.adapters.config import load_config
 from trimta.adapters.config_base import ConfigError
 from trimta.core.listener_domains import ListenerDomain
 from trimta.testing.harness import DeliveryHarness
-from trimta.testing.network import accepting, deferring
+from trimta.testing.network import deferring
 
 from .conftest import DATA
 

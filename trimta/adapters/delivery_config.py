@@ -159,10 +159,12 @@ def parse_delivery_config(
     domain_tenants: dict[tuple[str, str], _Overrides] = {}
     campaigns: dict[tuple[str, str, str], _Overrides] = {}
     if kumomta.queues is not None:
-        defaults, domains, tenants = dict(defaults), {d: dict(o) for d, o in domains.items()}, \
-            {t: dict(o) for t, o in tenants.items()}
-        _add_kumomta_queues(kumomta.queues, file, pools, defaults, domains, tenants, domain_tenants, campaigns,
-                            warnings)
+        defaults = dict(defaults)
+        own_domains = {d: dict(o) for d, o in domains.items()}
+        own_tenants = {t: dict(o) for t, o in tenants.items()}
+        _add_kumomta_queues(kumomta.queues, file, pools, defaults, own_domains, own_tenants, domain_tenants,
+                            campaigns, warnings)
+        domains, tenants = dict(own_domains), dict(own_tenants)
 
     queue_defaults = _checked_queue_config(QueueConfig(), defaults, file, "queues")
     for name, overrides in domains.items():
@@ -300,7 +302,7 @@ def _add_kumomta_queues(helper: HelperFile, file: str, pools: Mapping[str, Egres
                     campaigns[(domain, str(tenant), str(campaign))] = read(campaign_table, f"{tkey}.{_part(campaign)}")
     if "scheduling_header" in helper.data:
         unacted.setdefault("scheduling_header", "scheduling_header")
-    for option, where in unacted.items():
+    for where in unacted.values():
         warnings.append(f"{hf}: {where}: a KumoMTA option trimta does not act on; ignored")
 
 

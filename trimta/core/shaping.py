@@ -344,13 +344,12 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
             ok = False
 
     matches: tuple[ProviderMatch, ...] = ()
-    if provider:
-        if "match" in table:
-            try:
-                matches = parse_matches(table["match"])
-            except InvalidValue as exc:
-                problems.append(Problem((*path, "match", *exc.path), exc.message))
-                ok = False
+    if provider and "match" in table:
+        try:
+            matches = parse_matches(table["match"])
+        except InvalidValue as exc:
+            problems.append(Problem((*path, "match", *exc.path), exc.message))
+            ok = False
 
     if not ok:
         return None
@@ -451,7 +450,7 @@ class Shaping:
                     if " " in key:  # a SetConfig action: "...automation SetConfig(use_lmtp=True)"
                         option = key.split("(", 1)[1].split("=", 1)[0]
                     places.setdefault(option, []).append((key, where))
-        for option, found in places.items():
+        for found in places.values():
             key, where = found[0]
             more = f" (set in {len(found)} places; this is the first)" if len(found) > 1 else ""
             out.append(Notice(where, key, f"a KumoMTA option trimta does not act on; ignored{more}"))
