@@ -3,6 +3,7 @@
 set -eu
 missing=""
 command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
+command -v zstdcat >/dev/null 2>&1 || missing="$missing zstd"
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || missing="$missing postfix"
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing="$missing dnsmasq-base"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"

@@ -105,6 +105,8 @@ class App:
                 config.logs.path,
                 max_file_size_bytes=config.logs.max_file_size_bytes,
                 max_segment_duration_s=config.logs.max_segment_duration_s,
+                compression=config.logs.compression,
+                compression_level=config.logs.compression_level,
             ),
             flush_interval_s=config.logs.flush_interval_s,
         )

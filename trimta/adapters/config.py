@@ -115,6 +115,8 @@ class LogsConfig:
     max_file_size_bytes: int = 100_000_000
     max_segment_duration_s: float = 3600.0
     flush_interval_s: float = 0.2
+    compression: str = "none"  # or "zstd": segments as KumoMTA writes them
+    compression_level: int = 3
 
 
 # --- The machine's name -------------------------------------------------------------
@@ -306,6 +308,19 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
     )
 
 
+def _compression(value: Any) -> str:
+    if value not in ("none", "zstd"):
+        raise ValueError(f'expected "none" or "zstd", got {value!r}')
+    return str(value)
+
+
+def _zstd_level(value: Any) -> int:
+    # zstd's levels: 1 (fast) to 22 (small); negative ones trade size for more speed.
+    if isinstance(value, bool) or not isinstance(value, int) or not -7 <= value <= 22 or value == 0:
+        raise ValueError(f"expected a zstd level from 1 to 22 (or -7 to -1 for faster), got {value!r}")
+    return value
+
+
 def _workers(value: Any) -> int:
     """A positive number of processes, or "auto": one per CPU this daemon may use."""
     if value == "auto":
@@ -389,12 +404,15 @@ def parse_config(
     )
 
     lg = Table(raw.get("logs", {}), source, "logs",
-                ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook"))
+                ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook", "compression",
+                 "compression_level"))
     logs = LogsConfig(
         path=base_dir / lg.string("path", "trimta-data/logs"),
         max_file_size_bytes=lg.get("max_file_size", 100_000_000, units.parse_size),
         max_segment_duration_s=lg.get("max_segment_duration", 3600.0, units.parse_duration),
         flush_interval_s=lg.get("flush_interval", 0.2, units.parse_duration),
+        compression=lg.get("compression", "none", _compression),
+        compression_level=lg.get("compression_level", 3, _zstd_level),
     )
 
     dns = parse_dns_table(raw.get("dns", {}), source)
