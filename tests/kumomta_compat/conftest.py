@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 
+from trimta.adapters.delivery_config import parse_delivery_config
 from trimta.adapters.shaping_files import LoadedShaping, ShapingProvider, load_shaping_files
 from trimta.testing.harness import DeliveryHarness
 
@@ -24,8 +26,8 @@ retry_interval = "1m"
 def kumomta_harness(*files: str, extra: str = "") -> tuple[DeliveryHarness, LoadedShaping]:
     """A harness shaped by KumoMTA files from data/, layered in the given order, as the daemon does."""
     loaded = load_shaping_files([DATA / f for f in files])
-    h = DeliveryHarness(config=BASE + extra)
-    h.engine.use_paths(ShapingProvider(loaded, overrides=h.config.path_provider))
+    delivery = parse_delivery_config(tomllib.loads(BASE + extra), "<harness>")
+    h = DeliveryHarness(config=delivery, paths=ShapingProvider(loaded, overrides=delivery.path_provider))
     return h, loaded
 
 

@@ -171,7 +171,7 @@ async def test_load_example_yahoo_automation(autojump_clock):
             await h.wait_until_settled()
             per_connection = max(c.messages for c in mx.connections)
             await h.inject(recipients=["first@yahoo.com"])
-            while not h.engine.ready_queue_suspensions():
+            while not h.engine.rules.ready_queue_suspensions():
                 await trio.sleep(0.001)
             fired = trio.current_time()
             await h.inject(recipients=[f"u{i}@yahoo.com" for i in range(9)])

@@ -101,8 +101,7 @@ async def test_tenant_max_age_and_pool_hold_in_delivery(tmp_path, autojump_clock
     # A receiver that always defers: mytenant's mail expires after 10 hours, retried every
     # 17 minutes (doubling), from ip-2 and ip-3; the default tenant's after 22 from ip-1.
     d = load(tmp_path).delivery
-    h = DeliveryHarness(config=d)
-    h.engine.use_paths(_loopback_allowed(h))
+    h = DeliveryHarness(config=d, paths=_loopback_allowed())
     h.resolver.add_domain("gmail.com", "127.0.0.20")
     mx = h.network.add_receiver("127.0.0.20", 25, deferring("rcpt_to"))
     with trio.fail_after(10**6):
@@ -126,7 +125,7 @@ async def test_tenant_max_age_and_pool_hold_in_delivery(tmp_path, autojump_clock
     assert 10 * HOURS < max(default_ends) <= 22 * HOURS + 60
 
 
-def _loopback_allowed(h):
+def _loopback_allowed():
     from trimta.core.egress_options import StaticPathProvider
     from trimta.core.egress import EgressPathConfig
 

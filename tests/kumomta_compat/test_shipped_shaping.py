@@ -145,7 +145,7 @@ async def test_yahoo_tss04_suspends_the_source_for_two_hours_and_connections_car
     with trio.fail_after(100_000):
         async with h.running():
             await h.inject(recipients=["first@yahoo.com"])
-            while not h.engine.ready_queue_suspensions():
+            while not h.engine.rules.ready_queue_suspensions():
                 await trio.sleep(1)
             fired = trio.current_time()
             await h.inject(recipients=[f"u{i}@yahoo.com" for i in range(99)])
