@@ -275,3 +275,32 @@ async def test_default_remembers_broken_tls_for_three_days(autojump_clock):
     assert starttls[:3] == [True, False, False] and starttls[3] is True
     assert [m.recipients[0] for m in mx.messages][:2] == ["first@example.net", "two-days-later@example.net"]
     assert len(h.records("TransientFailure")) >= 1
+
+
+async def test_provider_connection_limit_counts_per_egress_source_as_in_kumomta(autojump_clock):
+    # provider."google": provider_connection_limit = 5, which KumoMTA applies per source
+    # (shaping-provider-google-SOURCE-limit): two sources, five connections each.
+    h, _ = kumomta_harness(*SHIPPED, extra="""
+[sources.ip-1]
+source_address = "127.0.0.2"
+[sources.ip-2]
+source_address = "127.0.0.3"
+[pools.both]
+entries = [{ name = "ip-1" }, { name = "ip-2" }]
+[queues.domains."gmail.com"]
+egress_pool = "both"
+""")
+    h.resolver.add_mx("gmail.com", "gmail-smtp-in.l.google.com")
+    h.resolver.add_host("gmail-smtp-in.l.google.com", "127.0.0.20")
+    mx = h.network.add_receiver("127.0.0.20", 25, accepting("gmail-smtp-in.l.google.com", tls=FakeTls.VALID,
+                                                            latency_s=0.2))
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"g{i}@gmail.com" for i in range(400)])
+            await h.wait_until_settled()
+    assert len(mx.messages) == 400
+    by_source = {}
+    for c in mx.connections:
+        by_source.setdefault(c.source_address, []).append(c)
+    assert peak_open(by_source["127.0.0.2"]) == 5 and peak_open(by_source["127.0.0.3"]) == 5
+    assert mx.peak_connections == 10

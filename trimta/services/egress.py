@@ -234,7 +234,7 @@ class Egress:
                 outcomes=self.outcomes,
                 expires_at=self.outcomes.expires_at,
                 clock=self.clock,
-                shared=self._shared_limits(path),
+                shared=self._shared_limits(path, source.name),
                 domain=domain,
                 observer=self.observer,
                 automation_rules=self.paths.automation_for(source.name, site, domain),
@@ -248,13 +248,16 @@ class Egress:
             self._nursery.start_soon(self._supervise, queue)
         return queue
 
-    def _shared_limits(self, path: EgressPathConfig) -> SharedLimits | None:
-        """The provider-wide limits this path shares with the provider's other ready queues."""
+    def _shared_limits(self, path: EgressPathConfig, source: str) -> SharedLimits | None:
+        """The provider-wide limits this path shares with the provider's other ready queues
+        from the same egress source: KumoMTA keys them by provider and source
+        (``shaping-provider-NAME-SOURCE-limit``), so each source has the provider's limit."""
         if not path.provider or (path.provider_connection_limit is None and path.provider_max_message_rate is None):
             return None
-        shared = self.shared.get(path.provider)
+        key = f"shaping-provider-{path.provider}-{source}"
+        shared = self.shared.get(key)
         if shared is None:
-            shared = self.shared[path.provider] = SharedLimits(path.provider)
+            shared = self.shared[key] = SharedLimits(key)
         shared.configure(path.provider_connection_limit, path.provider_max_message_rate)
         return shared
 
@@ -268,7 +271,7 @@ class Egress:
             self.sources = dict(sources)
         for queue in self.ready:
             path = paths.path_config(queue.source.name, queue.site, queue.domain)
-            shared = self._shared_limits(path)
+            shared = self._shared_limits(path, queue.source.name)
             if shared is not queue.shared:
                 queue.share(shared)
             queue.set_path(path)
