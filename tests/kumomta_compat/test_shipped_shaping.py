@@ -304,3 +304,60 @@ egress_pool = "both"
         by_source.setdefault(c.source_address, []).append(c)
     assert peak_open(by_source["127.0.0.2"]) == 5 and peak_open(by_source["127.0.0.3"]) == 5
     assert mx.peak_connections == 10
+
+
+async def test_bounce_actions_cover_what_kumomtas_do(autojump_clock):
+    # KumoMTA: "Bounce" bounces every scheduled queue of the triggering record's domain;
+    # "BounceTenant" its tenant's only, and nothing for a message without a tenant.
+    from trimta.core.shaping import parse_rule
+
+    def run(action: str, tenant_of_trigger: str | None):
+        return _bounce_run(parse_rule({"regex": "GO AWAY", "action": action, "duration": "1h"}), tenant_of_trigger)
+
+    bounced = await run("Bounce", "acme")
+    assert bounced == {"acme-1@example.net", "globex-1@example.net", "none-1@example.net"}
+    bounced = await run("BounceTenant", "acme")
+    assert bounced == {"acme-1@example.net"}
+    bounced = await run("BounceTenant", None)
+    assert bounced == set()
+
+
+async def _bounce_run(rule, tenant_of_trigger):
+    import dataclasses
+
+    from trimta.core.egress import EgressPathConfig
+    from trimta.testing.harness import DeliveryHarness
+
+    class Paths:
+        def path_config(self, source, site, domain):
+            return dataclasses.replace(EgressPathConfig(prohibited_hosts=()), connection_limit=1)
+
+        def automation_for(self, source, site, domain):
+            return (rule,)
+
+        def rollup(self, domain):
+            return True
+
+        def observe(self, resolution):
+            pass
+
+        async def resolve_sites(self, resolver):
+            return {}
+
+    h = DeliveryHarness(config='[queues]\nretry_interval = "10m"\n', paths=Paths())
+    h.resolver.add_domain("example.net", "127.0.0.10")
+    h.network.add_receiver("127.0.0.10", 25, ScriptedReceiver(
+        rules=[Rule("rcpt_to", reply(550, "5.7.1", "GO AWAY"), recipient="trigger@example.net"),
+               Rule("rcpt_to", reply(451, "4.3.0", "later"))]))
+    with trio.fail_after(10_000):
+        async with h.running():
+            # Three tenants' mail waits for its retry; then the trigger's reply fires the rule.
+            await h.inject(recipients=["acme-1@example.net"], tenant="acme")
+            await h.inject(recipients=["globex-1@example.net"], tenant="globex")
+            await h.inject(recipients=["none-1@example.net"])
+            await trio.sleep(60)
+            await h.inject(recipients=["trigger@example.net"], tenant=tenant_of_trigger)
+            await trio.sleep(120)
+    # The trigger itself got a 550: a Bounce of its own. What the rule did is the AdminBounces.
+    assert [r["recipient"] for r in h.records("Bounce")] == ["trigger@example.net"]
+    return {r["recipient"] for r in h.records("AdminBounce")}

@@ -9,7 +9,7 @@ within its period), its actions hold for the rule's `duration`:
 |---|---|
 | ``Suspend`` | suspends the ready queue (source, site) |
 | ``SuspendTenant`` / ``SuspendCampaign`` | suspends the message's tenant (campaign) for its domain |
-| ``Bounce`` | bounces the messages waiting in the ready queue |
+| ``Bounce`` | admin-bounces all mail for the domain, every tenant's (KumoMTA's meaning) |
 | ``BounceTenant`` / ``BounceCampaign`` | admin-bounces the tenant's (campaign's) mail for the domain |
 | ``SetConfig`` / ``SetDomainConfig`` | changes an option of the ready queue (e.g. ``max_message_rate``) |
 
@@ -155,16 +155,22 @@ class Automation:
             if kind is ActionKind.SUSPEND:
                 ready_rule = await rules.suspend_ready_queue(name=queue.name, duration_s=duration_s, reason=reason)
                 firing.undo.append(partial(rules.cancel_ready_queue_suspension, ready_rule.id))
+            elif kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN, ActionKind.BOUNCE_TENANT,
+                          ActionKind.BOUNCE_CAMPAIGN) and message.tenant is None:
+                # KumoMTA: "If no tenant was assigned, this action has no effect."
+                log.info("automation %s on %s: the message has no tenant; nothing done", kind.value, queue.name)
             elif kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
                 campaign = message.campaign if kind is ActionKind.SUSPEND_CAMPAIGN else None
                 suspension = await rules.suspend(tenant=message.tenant, campaign=campaign, domain=message.domain,
                                                  duration_s=duration_s, reason=reason)
                 firing.undo.append(partial(rules.cancel_suspension, suspension.id))
-            elif kind is ActionKind.BOUNCE:
-                await rules.bounce_ready_queue(queue.name, reason)
-            elif kind in (ActionKind.BOUNCE_TENANT, ActionKind.BOUNCE_CAMPAIGN):
+            elif kind in (ActionKind.BOUNCE, ActionKind.BOUNCE_TENANT, ActionKind.BOUNCE_CAMPAIGN):
+                # KumoMTA's: Bounce covers every scheduled queue of the triggering message's
+                # domain, BounceTenant its tenant's, BounceCampaign its campaign's (its
+                # tenant's without one), while the rule lasts.
+                tenant = message.tenant if kind is not ActionKind.BOUNCE else None
                 campaign = message.campaign if kind is ActionKind.BOUNCE_CAMPAIGN else None
-                result = await rules.bounce(tenant=message.tenant, campaign=campaign, domain=message.domain,
+                result = await rules.bounce(tenant=tenant, campaign=campaign, domain=message.domain,
                                             duration_s=duration_s, reason=reason)
                 firing.undo.append(partial(rules.cancel_bounce, result.rule.id))
             elif kind in (ActionKind.SET_CONFIG, ActionKind.SET_DOMAIN_CONFIG):
