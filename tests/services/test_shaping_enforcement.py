@@ -274,3 +274,25 @@ async def test_mx_rollup_false_gives_the_domain_its_own_ready_queue(autojump_clo
     queues = {r["domain"]: r["ready_queue"] for r in h.records("Delivery")}
     assert queues["own.example"] != queues["other.example"]
     assert queues["other.example"] == "unspecified->mx.shared.example@smtp"
+
+
+async def test_try_next_host_on_transport_error_sends_again_at_once_on_the_next_connection(autojump_clock):
+    # The first connection is dropped at RCPT TO (a transport error). With the option the
+    # message gets its TransientFailure and goes out again on the next connection at
+    # once; without it, it waits for its retry (20 minutes).
+    from trimta.testing.network import Rule, ScriptedReceiver, DROP
+
+    async def run(option: str) -> tuple[float, list]:
+        h = harness(f'[egress.domains."example.net"]\n{option}\n')
+        mx = h.network.add_receiver("127.0.0.10", 25, ScriptedReceiver(rules=[Rule("rcpt_to", DROP, times=1)]))
+        with trio.fail_after(100_000):
+            async with h.running():
+                start = trio.current_time()
+                await h.inject(recipients=["u@example.net"])
+                await h.wait_until_settled()
+        return mx.messages[0].received_at - start, h.records("TransientFailure")
+
+    took, failures = await run("try_next_host_on_transport_error = true")
+    assert took < 5 and len(failures) == 1 and failures[0]["num_attempts"] == 1
+    took, failures = await run("")
+    assert took >= 15 * 60 and len(failures) == 1

@@ -207,7 +207,7 @@ TABLE_OPTIONS: frozenset[str] = frozenset({
 # Options checked and parsed into their fields, which delivery does not act on yet: they
 # are also kept under ``extra``, so they are reported as not acted on.
 NOT_YET_ACTED_ON: frozenset[str] = frozenset({
-    "try_next_host_on_transport_error", "additional_connection_limits",
+    "additional_connection_limits",
     "additional_message_rate_throttles", "source_selection_rate", "additional_source_selection_rates",
 })
 

@@ -157,6 +157,20 @@ class OutcomeRecorder:
             log.error("could not record attempt %d of %s: %s", message.attempts, message.id, exc)
         self.scheduler.add(message, decision.due)
 
+    async def failed_over(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> bool:
+        """``try_next_host_on_transport_error``: the attempt is counted and its
+        TransientFailure logged, and the message may go again at once on another
+        connection (True), unless that expired it (False)."""
+        decision = after_transient_failure(
+            self.config_for(message), message.created, message.attempts, self.clock(), self.rng
+        )
+        message.attempts = decision.attempts
+        self._emit(records.TRANSIENT_FAILURE, message, outcome.reply, queue, outcome)
+        if decision.due is None:
+            self._expire(message, queue, decision.expiration)
+            return False
+        return True
+
     async def admin_bounce(self, message: Message, reply: Reply) -> None:
         """An operator's bounce: an `AdminBounce` record, and the message is gone."""
         self._emit(records.ADMIN_BOUNCE, message, reply, None, None)

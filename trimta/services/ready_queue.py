@@ -79,6 +79,7 @@ class Outcomes(Protocol):
     """Where a ready queue reports what happened to each message."""
 
     async def delivered(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
+    async def failed_over(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> bool: ...
     async def failed(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
     async def expired(self, message: Message, queue: ReadyQueue | None = None) -> None: ...
     async def internal_error(self, message: Message, error: BaseException, queue: ReadyQueue | None) -> None: ...
@@ -558,6 +559,14 @@ class ReadyQueue:
         if outcome.delivered:
             self._delivered += 1
             await self.outcomes.delivered(message, outcome, self)
+        elif self.path.try_next_host_on_transport_error and _transport_error(outcome, conn):
+            # KumoMTA's option: logged, then straight to the next connection, not to a retry.
+            self._failed += 1
+            self._in_flight.pop(message.id, None)
+            if await self.outcomes.failed_over(message, outcome, self):
+                self._put_back(message)
+                self._changed.set()
+            return
         else:
             self._failed += 1
             await self.outcomes.failed(message, outcome, self)
@@ -595,3 +604,17 @@ class ReadyQueue:
         if suspended:
             self._waiting.unpark_all()
 
+
+
+# Timeouts and lost connections (4.4.2), protocol errors (4.5.0): the session failed, not the message.
+_TRANSPORT_ERRORS = ((4, 4, 2), (4, 5, 0))
+
+
+def _transport_error(outcome: Outcome, conn: Connection) -> bool:
+    """Whether a failed attempt is the connection's fault (``try_next_host_on_transport_error``):
+    a timeout, a broken connection, a protocol error, or a refusal before MAIL FROM."""
+    if not outcome.transient:
+        return False
+    if outcome.command == "RSET":
+        return True
+    return not conn.usable and outcome.reply.enhanced in _TRANSPORT_ERRORS
