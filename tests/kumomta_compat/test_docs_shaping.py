@@ -180,3 +180,45 @@ async def test_load_example_yahoo_automation(autojump_clock):
     after = [m.received_at for m in mx.messages if not m.recipients[0].startswith("before")]
     assert len(after) == 10
     assert min(after) - fired >= 7200 - 1
+
+
+async def test_source_selection_rate_keeps_a_new_source_to_its_warm_up_rate(autojump_clock):
+    # source_selection_rate.md: ["example.com".sources."new"] source_selection_rate =
+    # "100/day,max_burst=1", with a pool of "new" and "established" (KumoMTA's own example,
+    # here as a table, since the docs show it inline).
+    from trimta.adapters.delivery_config import parse_delivery_config
+    from trimta.adapters.shaping_files import ShapingProvider, parse_shaping_text
+    from trimta.core.shaping import Shaping
+    import tomllib
+
+    document, problems = parse_shaping_text(
+        '["example.com".sources."new"]\nsource_selection_rate = "100/day,max_burst=1"\n', "shaping.toml")
+    assert not problems
+    delivery = parse_delivery_config(tomllib.loads("""
+[egress.default]
+prohibited_hosts = []
+[sources.new]
+source_address = "127.0.0.2"
+[sources.established]
+source_address = "127.0.0.3"
+[pools.mypool]
+entries = [{ name = "new" }, { name = "established" }]
+[queues.domains."example.com"]
+egress_pool = "mypool"
+"""), "<test>")
+    from trimta.testing.harness import DeliveryHarness
+
+    h = DeliveryHarness(config=delivery, paths=ShapingProvider(Shaping([document]), overrides=delivery.path_provider))
+    h.resolver.add_domain("example.com", "127.0.0.80")
+    mx = h.network.add_receiver("127.0.0.80", 25, accepting())
+    with trio.fail_after(10**6):
+        async with h.running():
+            for _ in range(10):  # 50 messages every 864 s (a hundredth of a day)
+                await h.inject(recipients=[f"u{i}@example.com" for i in range(50)])
+                await trio.sleep(864)
+            await h.wait_until_settled()
+    new = [m for m in mx.messages if m.connection.source_address == "127.0.0.2"]
+    assert len(mx.messages) == 500
+    # One selection per 864 s: ten over the ten rounds, the rest through "established".
+    assert len(new) == 10
+    assert sliding_max([m.received_at for m in new], 863) == 1

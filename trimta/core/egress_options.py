@@ -208,7 +208,7 @@ TABLE_OPTIONS: frozenset[str] = frozenset({
 # are also kept under ``extra``, so they are reported as not acted on.
 NOT_YET_ACTED_ON: frozenset[str] = frozenset({
     "additional_connection_limits",
-    "additional_message_rate_throttles", "source_selection_rate", "additional_source_selection_rates",
+    "additional_message_rate_throttles",
 })
 
 OPTION_NAMES: tuple[str, ...] = tuple(OPTIONS)

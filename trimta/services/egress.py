@@ -47,6 +47,8 @@ from trimta.core.message import Message
 from trimta.core.mx import MxResolution, Resolver
 from trimta.core.pools import EgressPool, EgressSource, PoolPicker
 from trimta.core.queues import ready_queue_name
+from trimta.core.throttle import Gcra
+from trimta.core.units import Rate
 from trimta.services.outcomes import RETRY_AFTER_BUG_S, OutcomeRecorder
 from trimta.services.ready_queue import Connect, Observer, ReadyQueue, SharedLimits
 from trimta.services.ready_queues import ReadyQueues
@@ -132,6 +134,8 @@ class Egress:
         self.linger_s = linger_s
         self.shared: dict[str, SharedLimits] = {}
         self._pickers: dict[str, PoolPicker] = {}
+        # Selection rates (IP warm-up), by the path's or the named limit's key.
+        self._selection: dict[str, tuple[Rate, Gcra]] = {}
         self._nursery: trio.Nursery | None = None
         self.reaped = 0
         self.crashed = 0
@@ -200,7 +204,7 @@ class Egress:
             return
         picker = self._picker_for(message)
         site = resolution.site
-        source_name = picker.next(skip=lambda name: self.rules.ready_queue_suspended(ready_queue_name(name, site)))
+        source_name = self._select_source(picker, site, message.domain)
         if source_name is None:
             # Every source of the pool has this site suspended: wait without an attempt.
             self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
@@ -211,6 +215,45 @@ class Egress:
             queue = self.ready_queue(self.sources[source_name], site, message.domain)
             queue.resolution = resolution
             queue.add(message)
+
+    def _select_source(self, picker: PoolPicker, site: str, domain: str) -> str | None:
+        """The pool's next source for `site` that is not suspended and whose selection rates
+        have room (``source_selection_rate``, ``additional_source_selection_rates``).
+
+        As in KumoMTA: the weighted round-robin proposes a source; a selection rate
+        without room makes it ineligible for this message, and the next candidate is
+        tried. None when no source is eligible.
+        """
+        refused: set[str] = set()
+        while True:
+            name = picker.next(skip=lambda n: n in refused
+                               or self.rules.ready_queue_suspended(ready_queue_name(n, site)))
+            if name is None or self._selection_allowed(name, site, domain):
+                return name
+            refused.add(name)
+
+    def _selection_allowed(self, source: str, site: str, domain: str) -> bool:
+        path = self.paths.path_config(source, site, domain)
+        rates = list(path.additional_source_selection_rates)
+        if path.source_selection_rate is not None:
+            rates.append((f"{source}->{site}", path.source_selection_rate))
+        if not rates:
+            return True
+        now = self.clock()
+        limiters = [self._selection_limiter(name, rate) for name, rate in rates]
+        # Smallest first, as KumoMTA checks them; taken only if every one has room.
+        limiters.sort(key=lambda g: g.window_events or 0)
+        if any(g.wait_s(now) > 0 for g in limiters):
+            return False
+        for g in limiters:
+            g.try_acquire(now)
+        return True
+
+    def _selection_limiter(self, name: str, rate: Rate) -> Gcra:
+        found = self._selection.get(name)
+        if found is None or found[0] != rate:
+            found = self._selection[name] = (rate, Gcra.from_rate(rate, lateness_s=0.0))
+        return found[1]
 
     def _picker_for(self, message: Message) -> PoolPicker:
         pool = self.pool_for(self.scheduler.config_for(message).egress_pool)
