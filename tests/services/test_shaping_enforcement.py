@@ -296,3 +296,28 @@ async def test_try_next_host_on_transport_error_sends_again_at_once_on_the_next_
     assert took < 5 and len(failures) == 1 and failures[0]["num_attempts"] == 1
     took, failures = await run("")
     assert took >= 15 * 60 and len(failures) == 1
+
+
+async def test_additional_message_rate_throttles_are_shared_by_every_path_that_names_them(autojump_clock):
+    # Two destinations (two ready queues) naming one "global" throttle of 60/min: together
+    # at most 60 a minute, though each path alone may send 100/s.
+    from trimta.testing.harness import DeliveryHarness
+
+    h = DeliveryHarness(config="""
+[egress.default]
+prohibited_hosts = []
+additional_message_rate_throttles = { "global" = "60/min" }
+max_message_rate = "100/s"
+""")
+    h.resolver.add_domain("one.example", "127.0.0.11")
+    h.resolver.add_domain("two.example", "127.0.0.12")
+    one = h.network.add_receiver("127.0.0.11", 25, accepting())
+    two = h.network.add_receiver("127.0.0.12", 25, accepting())
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"a{i}@one.example" for i in range(90)] + [f"b{i}@two.example" for i in range(90)])
+            await h.wait_until_settled()
+    times = sorted(m.received_at for m in one.messages + two.messages)
+    assert len(times) == 180 and one.messages and two.messages
+    assert sliding_max(times, 60.0) <= 60
+    assert per_window(times, times[0], 60.0)[:2] == [60, 60]

@@ -136,6 +136,8 @@ class Egress:
         self._pickers: dict[str, PoolPicker] = {}
         # Selection rates (IP warm-up), by the path's or the named limit's key.
         self._selection: dict[str, tuple[Rate, Gcra]] = {}
+        # additional_message_rate_throttles, by name: shared by every path naming one.
+        self._rates: dict[str, tuple[Rate, Gcra]] = {}
         self._nursery: trio.Nursery | None = None
         self.reaped = 0
         self.crashed = 0
@@ -249,6 +251,17 @@ class Egress:
             g.try_acquire(now)
         return True
 
+    def _named_rates(self, path: EgressPathConfig) -> list[Gcra]:
+        """The limiters of a path's ``additional_message_rate_throttles``, one per name for every
+        path that names it, smallest limit first (as KumoMTA checks them)."""
+        out = []
+        for name, rate in path.additional_message_rate_throttles:
+            found = self._rates.get(name)
+            if found is None or found[0] != rate:
+                found = self._rates[name] = (rate, Gcra.from_rate(rate))
+            out.append(found)
+        return [g for _, g in sorted(out, key=lambda f: f[0].per_second)]
+
     def _selection_limiter(self, name: str, rate: Rate) -> Gcra:
         found = self._selection.get(name)
         if found is None or found[0] != rate:
@@ -285,6 +298,7 @@ class Egress:
             overrides = self.rules.path_overrides(name)
             if overrides:
                 queue.set_overrides(overrides)
+            queue.share_rates(self._named_rates(path))
             queue.suspend(self.rules.ready_queue_suspended(name))
             self.ready.register(queue)
             assert self._nursery is not None, "Egress.run must be started first"
@@ -314,6 +328,7 @@ class Egress:
             self.sources = dict(sources)
         for queue in self.ready:
             path = paths.path_config(queue.source.name, queue.site, queue.domain)
+            queue.share_rates(self._named_rates(path))
             shared = self._shared_limits(path, queue.source.name)
             if shared is not queue.shared:
                 queue.share(shared)

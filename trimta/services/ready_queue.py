@@ -175,6 +175,7 @@ class ReadyQueue:
         self.observer = observer
         # The shaping's automation rules watching this queue's responses (the observer reads them).
         self.automation_rules = tuple(automation_rules)
+        self.named_rates: tuple[Gcra, ...] = ()  # additional_message_rate_throttles (`share_rates`)
         self._configured = path  # as the path provider gives it; `path` has the overrides laid over
         self._overrides: dict[str, object] = {}
         self.path = path
@@ -216,6 +217,11 @@ class ReadyQueue:
     def close(self) -> None:
         """Take no more messages (`add` returns False): the egress makes a new queue."""
         self._closed = True
+
+    def share_rates(self, limiters: Sequence[Gcra]) -> None:
+        """KumoMTA's ``additional_message_rate_throttles``: named message rates this queue
+        shares with every queue whose path names them (smallest first)."""
+        self.named_rates = tuple(limiters)
 
     def share(self, shared: SharedLimits | None) -> None:
         """Count against other provider-wide limits from now on (a reload); None: none."""
@@ -476,7 +482,8 @@ class ReadyQueue:
                 self.shared.released()
 
     def _message_limiters(self) -> list[Gcra]:
-        return [g for g in (self._message_rate, self.shared.message_rate if self.shared else None) if g]
+        own = [g for g in (self._message_rate, self.shared.message_rate if self.shared else None) if g]
+        return own + list(self.named_rates) if self.named_rates else own
 
     def _message_rate_wait_s(self, now: float) -> float:
         return max((g.wait_s(now) for g in self._message_limiters()), default=0.0)
