@@ -321,3 +321,27 @@ max_message_rate = "100/s"
     assert len(times) == 180 and one.messages and two.messages
     assert sliding_max(times, 60.0) <= 60
     assert per_window(times, times[0], 60.0)[:2] == [60, 60]
+
+
+async def test_additional_connection_limits_count_across_every_path_that_names_them(autojump_clock):
+    # KumoMTA's "global-connection-limit" example: 4 connections in all, over two sites
+    # whose own connection_limit is 10.
+    from trimta.testing.harness import DeliveryHarness
+
+    h = DeliveryHarness(config="""
+[egress.default]
+prohibited_hosts = []
+connection_limit = 10
+additional_connection_limits = { "global-connection-limit" = 4 }
+""")
+    h.resolver.add_domain("one.example", "127.0.0.11")
+    h.resolver.add_domain("two.example", "127.0.0.12")
+    one = h.network.add_receiver("127.0.0.11", 25, accepting(latency_s=0.5))
+    two = h.network.add_receiver("127.0.0.12", 25, accepting(latency_s=0.5))
+    with trio.fail_after(10_000):
+        async with h.running():
+            await h.inject(recipients=[f"a{i}@one.example" for i in range(100)] + [f"b{i}@two.example" for i in range(100)])
+            await h.wait_until_settled()
+    assert len(one.messages) == 100 and len(two.messages) == 100
+    assert h.network.peak_connections == 4
+    assert one.peak_connections >= 1 and two.peak_connections >= 1

@@ -206,7 +206,7 @@ TABLE_OPTIONS: frozenset[str] = frozenset({
 
 # Options checked and parsed into their fields, which delivery does not act on yet: they
 # are also kept under ``extra``, so they are reported as not acted on.
-NOT_YET_ACTED_ON: frozenset[str] = frozenset({"additional_connection_limits"})
+NOT_YET_ACTED_ON: frozenset[str] = frozenset()
 
 OPTION_NAMES: tuple[str, ...] = tuple(OPTIONS)
 _LIMIT_FIELDS = ("connection_limit", "provider_connection_limit")

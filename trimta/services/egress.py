@@ -262,6 +262,18 @@ class Egress:
             out.append(found)
         return [g for _, g in sorted(out, key=lambda f: f[0].per_second)]
 
+    def _named_limits(self, path: EgressPathConfig) -> list[SharedLimits]:
+        """The connection counts of a path's ``additional_connection_limits``, one per name."""
+        out = []
+        for name, limit in path.additional_connection_limits:
+            key = f"named:{name}"
+            shared = self.shared.get(key)
+            if shared is None:
+                shared = self.shared[key] = SharedLimits(key)
+            shared.configure(limit.limit, None)
+            out.append(shared)
+        return out
+
     def _selection_limiter(self, name: str, rate: Rate) -> Gcra:
         found = self._selection.get(name)
         if found is None or found[0] != rate:
@@ -299,6 +311,7 @@ class Egress:
             if overrides:
                 queue.set_overrides(overrides)
             queue.share_rates(self._named_rates(path))
+            queue.share_limits(self._named_limits(path))
             queue.suspend(self.rules.ready_queue_suspended(name))
             self.ready.register(queue)
             assert self._nursery is not None, "Egress.run must be started first"
@@ -329,6 +342,7 @@ class Egress:
         for queue in self.ready:
             path = paths.path_config(queue.source.name, queue.site, queue.domain)
             queue.share_rates(self._named_rates(path))
+            queue.share_limits(self._named_limits(path))
             shared = self._shared_limits(path, queue.source.name)
             if shared is not queue.shared:
                 queue.share(shared)

@@ -176,6 +176,7 @@ class ReadyQueue:
         # The shaping's automation rules watching this queue's responses (the observer reads them).
         self.automation_rules = tuple(automation_rules)
         self.named_rates: tuple[Gcra, ...] = ()  # additional_message_rate_throttles (`share_rates`)
+        self.named_limits: tuple[SharedLimits, ...] = ()  # additional_connection_limits (`share_limits`)
         self._configured = path  # as the path provider gives it; `path` has the overrides laid over
         self._overrides: dict[str, object] = {}
         self.path = path
@@ -217,6 +218,23 @@ class ReadyQueue:
     def close(self) -> None:
         """Take no more messages (`add` returns False): the egress makes a new queue."""
         self._closed = True
+
+    def _all_shared(self) -> list[SharedLimits]:
+        """The provider's limits and the named ``additional_connection_limits`` this queue counts against."""
+        return [self.shared, *self.named_limits] if self.shared is not None else list(self.named_limits)
+
+    def _shared_room(self) -> int | None:
+        rooms = [r for r in (limits.room() for limits in self._all_shared()) if r is not None]
+        return min(rooms) if rooms else None
+
+    def share_limits(self, limits: Sequence[SharedLimits]) -> None:
+        """KumoMTA's ``additional_connection_limits``: named connection limits this queue
+        counts against with every queue whose path names them."""
+        for old in self.named_limits:
+            old.members.discard(self)
+        self.named_limits = tuple(limits)
+        for new in self.named_limits:
+            new.members.add(self)
 
     def share_rates(self, limiters: Sequence[Gcra]) -> None:
         """KumoMTA's ``additional_message_rate_throttles``: named message rates this queue
@@ -337,8 +355,8 @@ class ReadyQueue:
                         await self._changed.wait()
                     if self._count == 0 and self._connections == 0:
                         self._closed = True
-                        if self.shared is not None:
-                            self.shared.members.discard(self)
+                        for limits in self._all_shared():
+                            limits.members.discard(self)
                         return
                     continue
                 # Wake on news, or in a while to sweep expired messages and retry after pauses.
@@ -364,7 +382,7 @@ class ReadyQueue:
             starting=self._starting,
             connections=self._connections,
             connection_limit=self.path.connection_limit,
-            provider_room=self.shared.room() if self.shared is not None else None,
+            provider_room=self._shared_room(),
             held=self.suspended or self._paused_until > now or self._rate_blocked_until > now,
             message_rate_wait_s=self._message_rate_wait_s(now),
         )
@@ -379,8 +397,8 @@ class ReadyQueue:
                 return
             self._connections += 1
             self._starting += 1
-            if self.shared is not None:
-                self.shared.connections += 1
+            for limits in self._all_shared():
+                limits.connections += 1
             self._nursery.start_soon(self._connection)
 
     async def _sweep_expired(self) -> None:
@@ -477,9 +495,9 @@ class ReadyQueue:
                     await conn.aclose()
             self._connections -= 1
             self._changed.set()
-            if self.shared is not None:
-                self.shared.connections -= 1
-                self.shared.released()
+            for limits in self._all_shared():
+                limits.connections -= 1
+                limits.released()
 
     def _message_limiters(self) -> list[Gcra]:
         own = [g for g in (self._message_rate, self.shared.message_rate if self.shared else None) if g]
