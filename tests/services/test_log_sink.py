@@ -24,3 +24,84 @@ async def test_encoded_records_are_written_and_published_like_emitted_ones(tmp_p
     assert _lines(tmp_path) == [first, second]
     assert [subscribed.receive_nowait(), subscribed.receive_nowait()] == [first, second]
     assert sink.statistics().written == 2
+
+
+class _FullDisk(JsonLinesWriter):
+    """A writer whose disk is full until `space` is set; a full write takes part of a line."""
+
+    space = False
+
+    def write(self, payload: bytes) -> None:
+        if not self.space:
+            raise OSError(28, "No space left on device")
+        super().write(payload)
+
+
+async def test_records_are_held_through_a_full_log_disk_and_written_after(tmp_path, caplog):
+    writer = _FullDisk(tmp_path, max_file_size_bytes=10**6, max_segment_duration_s=3600)
+    sink = LogSink(writer)
+    records = [{"type": "Reception", "id": str(i)} for i in range(5)]
+    with trio.fail_after(10):
+        sink.emit(records[0])
+        sink.emit(records[1])
+        await sink.flush()
+        sink.emit(records[2])
+        await sink.flush()
+        assert sink.statistics().pending == 3 and sink.statistics().write_errors == 2
+        writer.space = True
+        sink.emit(records[3])
+        sink.emit(records[4])
+        await sink.flush()
+    assert _lines(tmp_path) == records  # none lost, in order
+    failing = [r for r in caplog.records if "are failing" in r.getMessage()]
+    assert len(failing) == 1  # reported once per outage, not per attempt
+    assert any("work again after 2 failed attempts; 5 held records written" in r.getMessage() for r in caplog.records)
+
+
+async def test_held_records_are_bounded_and_the_oldest_dropped(tmp_path):
+    writer = _FullDisk(tmp_path, max_file_size_bytes=10**6, max_segment_duration_s=3600)
+    sink = LogSink(writer, max_held_records=3)
+    with trio.fail_after(10):
+        for i in range(5):
+            sink.emit({"id": i})
+        await sink.flush()
+        writer.space = True
+        await sink.flush()
+    assert _lines(tmp_path) == [{"id": 2}, {"id": 3}, {"id": 4}]
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_whole_lines(tmp_path):
+    class Short:
+        """A raw file that takes 5 octets, then refuses (what a filling disk does)."""
+
+        def __init__(self, real):
+            self.real, self.calls = real, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 1:
+                return self.real.write(bytes(data[:5]))
+            raise OSError(28, "No space left on device")
+
+        def fileno(self):
+            return self.real.fileno()
+
+        def tell(self):
+            return self.real.tell()
+
+        def close(self):
+            self.real.close()
+
+    writer = JsonLinesWriter(tmp_path, max_file_size_bytes=10**6, max_segment_duration_s=3600)
+    writer.write(b'{"id":1}\n')
+    writer._file = Short(writer._file)
+    try:
+        writer.write(b'{"id":2}\n')
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the full disk was not reported")
+    writer._file = writer._file.real
+    writer.write(b'{"id":2}\n')
+    writer.close()
+    assert _lines(tmp_path) == [{"id": 1}, {"id": 2}]

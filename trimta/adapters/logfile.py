@@ -79,7 +79,8 @@ class JsonLinesWriter:
         self.current_path = path
 
     def write(self, payload: bytes) -> None:
-        """Append whole lines (``payload`` ends with a newline): with zstd, as one frame."""
+        """Append whole lines (``payload`` ends with a newline), with zstd as one frame: all
+        of them, or none (OSError, e.g. the disk is full)."""
         now = self.clock()
         if (
             self._file is None
@@ -89,7 +90,23 @@ class JsonLinesWriter:
             self._open_segment(now)
         assert self._file is not None
         data = self._compressor.compress(payload) if self._compressor is not None else payload
-        self._file.write(data)
+        # An unbuffered write may take only part of the data (a disk filling up takes
+        # what fits and refuses the rest on the next call). Loop until all is written;
+        # on an error, cut the segment back to where this write began, so the file
+        # stays whole lines (whole frames) and the caller may write the payload again.
+        start = self._file.tell()
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += self._file.write(view[done:]) or 0
+        except OSError:
+            if done:
+                try:
+                    os.ftruncate(self._file.fileno(), start)
+                except OSError:
+                    pass
+            raise
         self._size += len(payload)
 
     def flush_to_disk(self) -> None:

@@ -4,6 +4,12 @@
 message. The sink task encodes and writes the batch in a worker thread every
 `flush_interval_s`. Records are not part of the durability promise (the spool is), but
 on an orderly shutdown every emitted record is written.
+
+A write that fails (the log directory's disk is full, an I/O error) loses nothing at
+first: the batch goes back in front of the queue and is tried again at the next flush,
+while mail keeps flowing. The outage is reported once when it starts and once when
+writes resume. Held records are bounded (`max_held_records`): past that, the oldest are
+dropped and counted as lost, so a log disk that never comes back cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -45,9 +51,13 @@ class LogSinkStatistics:
 class LogSink:
     """Collects log records and writes them as JSON lines."""
 
-    def __init__(self, writer: JsonLinesWriter, *, flush_interval_s: float = 0.2) -> None:
+    def __init__(self, writer: JsonLinesWriter, *, flush_interval_s: float = 0.2,
+                 max_held_records: int = 200_000) -> None:
         self.writer = writer
         self.flush_interval_s = flush_interval_s
+        self.max_held_records = max_held_records
+        self._failing_since_errors: int | None = None  # the error count when the outage began
+        self._lost = 0
         self._pending: list[dict[str, Any] | str] = []  # records, or records encoded
         self._emitted = 0
         self._written = 0
@@ -96,10 +106,27 @@ class LogSink:
         batch, self._pending = self._pending, []
         try:
             await trio.to_thread.run_sync(self._write_batch, batch)
-            self._written += len(batch)
         except OSError as exc:
             self._errors += 1
-            log.error("log write failed, %d records lost: %s", len(batch), exc)
+            # Back in front, in order, before what was emitted meanwhile; the oldest go
+            # first when there are too many.
+            held = batch + self._pending
+            dropped = max(0, len(held) - self.max_held_records)
+            self._pending = held[dropped:]
+            self._lost += dropped
+            if self._failing_since_errors is None:
+                self._failing_since_errors = self._errors - 1
+                log.error("log writes to %s are failing (%s): records are held in memory and "
+                          "written when it works again", self.writer.directory, exc)
+            if dropped:
+                log.error("log writes still failing: %d oldest records dropped (%d in all)", dropped, self._lost)
+            return
+        self._written += len(batch)
+        if self._failing_since_errors is not None:
+            failed = self._errors - self._failing_since_errors
+            self._failing_since_errors = None
+            log.warning("log writes to %s work again after %d failed attempts; %d held records written",
+                        self.writer.directory, failed, len(batch))
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Flush periodically until cancelled; a final flush happens on the way out."""
