@@ -149,6 +149,16 @@ class Dnsmasq:
                 time.sleep(0.02)
         raise TimeoutError(f"dnsmasq did not answer on 127.0.0.1:{self.port}")
 
+    def kill(self) -> None:
+        """Stop the dnsmasq process only (a resolver that went away); `restart` brings it
+        back on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self._start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -9,7 +9,9 @@ it accepted by the id in trimta's `Received:` header, so a test can tell deliver
 from duplicated.
 
 `LateDns` answers DNS questions (A and MX, from a small zone) only after a delay, on
-loopback UDP: the resolver that is there but slow.
+loopback UDP: the resolver that is there but slow; or, with `servfail` set, answers
+every question with SERVFAIL at once (as dnsmasq's upstream, it makes dnsmasq say so).
+Both can change while it runs: the DNS that recovers.
 """
 
 from __future__ import annotations
@@ -220,9 +222,10 @@ class LateDns:
     not yet answered: a test uses it to show that something happened *while* DNS hung.
     """
 
-    def __init__(self, zone: dict[str, dict], delay_s: float) -> None:
+    def __init__(self, zone: dict[str, dict], delay_s: float = 0.0, *, servfail: bool = False) -> None:
         self.zone = {k.lower().rstrip("."): v for k, v in zone.items()}
         self.delay_s = delay_s
+        self.servfail = servfail
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
@@ -258,6 +261,13 @@ class LateDns:
                 continue
             with self._lock:
                 self.questions += 1
+            if self.servfail:
+                response = dns.message.make_response(query)
+                response.set_rcode(dns.rcode.SERVFAIL)
+                self.sock.sendto(response.to_wire(), peer)
+                with self._lock:
+                    self.answered += 1
+                continue
             timer = threading.Timer(self.delay_s, self._answer, args=(query, peer))
             timer.daemon = True
             self._timers.append(timer)
