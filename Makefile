@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps system-deps bench-reception bench clean
+.PHONY: run test test-fast lint deps system-deps bench-reception bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ bench: deps system-deps
 
 clean:
 	rm -rf $(VENV) trimta-data .pytest_cache
+
+## soak: trimta relaying at half its measured capacity for 30 minutes; RSS, fds, p99 latency per minute
+soak: deps system-deps
+	$(BIN)/python bench/soak.py
