@@ -192,7 +192,7 @@ def test_opportunistic_tls_reconnect_on_failed_handshake_delivers_in_plaintext(r
     daemon = relay('[egress.domains."tlsopp.test"]\nenable_tls = "OpportunisticInsecure"\n'
                    "opportunistic_tls_reconnect_on_failed_handshake = true\n")
     send(daemon, "tlsopp.test", 1)
-    wait_until(lambda: outcomes(daemon, "tlsopp.test", "Delivery"), timeout_s=30, what="a Delivery")
+    wait_until(lambda: outcomes(daemon, "tlsopp.test", "Delivery"), timeout_s=10, what="a Delivery")
     # Reconnected at once without STARTTLS: no TransientFailure in between.
     assert outcomes(daemon, "tlsopp.test", "TransientFailure") == []
 
