@@ -72,7 +72,7 @@ def test_five_kill_9s_under_relay_load_lose_no_acknowledged_message(make_daemon,
                     stdout=out, stderr=subprocess.STDOUT,
                 )
 
-            def acked_now() -> set[str]:
+            def acked_now(dialog=dialog) -> set[str]:
                 return set(ACKNOWLEDGED.findall(dialog.read_text(errors="replace")))
 
             try:

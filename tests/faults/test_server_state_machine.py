@@ -99,9 +99,8 @@ class Client:
             self.mail_open, self.accepted_rcpts = True, 0
         elif isinstance(event, ev.RcptTo) and positive:
             self.accepted_rcpts += 1
-        elif isinstance(event, (ev.Reset, ev.Hello, ev.MessageComplete)):
-            self.mail_open, self.accepted_rcpts = False, 0
-        elif self.conn.mail_from is None:  # a refusal that ended the transaction
+        elif isinstance(event, (ev.Reset, ev.Hello, ev.MessageComplete)) or self.conn.mail_from is None:
+            # A reset, a new hello, a message, or a refusal that ended the transaction.
             self.mail_open, self.accepted_rcpts = False, 0
 
 
