@@ -185,8 +185,6 @@ def test_a_failed_handshake_under_opportunistic_tls_is_transient_by_default(rela
                  acknowledged=1, delivered=1, duplicated=receiver.duplicates())
 
 
-@pytest.mark.xfail(strict=True, reason="opportunistic_tls_reconnect_on_failed_handshake is ignored "
-                   "(IGNORED_KUMOMTA_OPTIONS); it belongs with the TLS policy work in smtp_client.connect (issue 18)")
 def test_opportunistic_tls_reconnect_on_failed_handshake_delivers_in_plaintext(relay, receivers, mx_port):
     receivers("tlsopp.test", mx_port, [peers.TLS_BROKEN, peers.OK], offer_starttls=True)
     daemon = relay('[egress.domains."tlsopp.test"]\nenable_tls = "OpportunisticInsecure"\n'
