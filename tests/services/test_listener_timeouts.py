@@ -101,16 +101,16 @@ async def test_accepted_connections_have_tcp_nodelay(tmp_path, monkeypatch):
     """Replies go out at once (no Nagle delay), whether set per connection or inherited."""
     import socket
 
-    from trimta.services import smtp_listener
+    from trimta.adapters import listen
 
     served = []
 
-    class Recording(smtp_listener.SocketConnection):
+    class Recording(listen.SocketConnection):
         def __init__(self, sock, **kwargs):
             super().__init__(sock, **kwargs)
             served.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(smtp_listener, "SocketConnection", Recording)
+    monkeypatch.setattr(listen, "SocketConnection", Recording)
     async with trio.open_nursery() as nursery:
         _, address = await _serve(nursery, tmp_path)
         with trio.fail_after(10):

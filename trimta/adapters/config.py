@@ -74,6 +74,9 @@ class ListenerConfig:
     # Processes serving this listener (the daemon and workers - 1 reception workers);
     # a config file without the key gets one per usable CPU ("auto").
     workers: int = 1
+    # Let other processes (another trimta on purpose) bind the same address with
+    # SO_REUSEPORT and take a share of its connections; by default a held port is refused.
+    shared_port: bool = False
 
     @property
     def name(self) -> str:
@@ -229,7 +232,7 @@ _LISTENER_KEYS = (
     "listen", "hostname", "banner", "relay_hosts", "max_message_size",
     "max_recipients_per_message", "max_messages_per_connection", "max_errors",
     "max_connections", "client_timeout", "data_timeout", "tls_certificate",
-    "tls_private_key", "auth", "workers",
+    "tls_private_key", "auth", "workers", "shared_port",
 )
 
 
@@ -284,6 +287,7 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         tls_private_key=key_path,
         auth=_parse_auth(t.data["auth"], file, t.key("auth")) if "auth" in t.data else (),
         workers=t.get("workers", None, _workers) or usable_cpus(),
+        shared_port=t.boolean("shared_port", False),
     )
 
 

@@ -50,7 +50,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -62,11 +61,12 @@ from typing import Any
 import trio
 
 from trimta.adapters.config import ListenerConfig, TenancyConfig
+from trimta.adapters.listen import connection_from_fd, listener_from_fd, open_listeners, socket_pair
 from trimta.adapters.spool import MetadataDecoder
 from trimta.protocol import replies
 from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, encoded, prepare
 from trimta.services.logs import LogSink
-from trimta.services.smtp_listener import ListenerStatistics, SmtpListener, SocketConnection
+from trimta.services.smtp_listener import ListenerStatistics, SmtpListener
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class ReceptionWorkers:
         """
         if listeners is None:
             count = 1 + WORKER_SOCKETS * (self.workers - 1)
-            groups = await open_reuseport_listeners(self.config.host, self.config.port, count)
+            groups = await open_listeners(self.config.host, self.config.port, count, shared=self.config.shared_port)
             daemons = groups[0]
             workers = [
                 [listener for group in groups[first : first + WORKER_SOCKETS] for listener in group]
@@ -306,7 +306,7 @@ class ReceptionWorkers:
         With `task_status`, report started once the worker is ready, or raise
         `WorkerFailed` if it is not.
         """
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket_pair()
         listen_fds = [lst.socket.fileno() for lst in listeners]
         command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno())]
         for fd in listen_fds:
@@ -321,7 +321,7 @@ class ReceptionWorkers:
         finally:
             theirs.close()
         self._pids[index] = process.pid
-        link = _Link(Channel(SocketConnection(ours)))
+        link = _Link(Channel(ours))
         setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
@@ -469,40 +469,6 @@ def _counts(s: ListenerStatistics) -> tuple[int, int, int, int]:
     return s.connections_open, s.connections_total, s.connections_refused, s.messages_accepted
 
 
-async def open_reuseport_listeners(host: str, port: int, count: int) -> list[list[trio.SocketListener]]:
-    """`count` sets of listening sockets on the same addresses, one set per process.
-
-    With SO_REUSEPORT the kernel spreads new connections over the sets, so each process
-    is woken only for connections it is to take, rather than every process for every
-    connection (the "thundering herd" of a shared listening socket). Port 0 picks one
-    free port for all of them.
-    """
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    groups: list[list[trio.SocketListener]] = [[] for _ in range(count)]
-    try:
-        for family, type_, proto, _, address in infos:
-            for group in groups:
-                sock = trio.socket.socket(family, type_, proto)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    await sock.bind(address)
-                    sock.listen(socket.SOMAXCONN)
-                except BaseException:
-                    sock.close()
-                    raise
-                address = sock.getsockname()  # the port chosen for the first, for the others
-                group.append(trio.SocketListener(sock))
-    except BaseException:
-        for group in groups:
-            for listener in group:
-                listener.socket.close()
-        raise
-    return groups
-
-
 class _Link:
     """The daemon's end of one worker's socket, and what it has said so far."""
 
@@ -577,16 +543,16 @@ class ForwardingLogs:
         self.channel.send(["record", record])
 
 
-async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) -> None:
+async def run_worker(ipc_fd: int, listen_fds: list[int]) -> None:
     """A worker's life: set-up from the daemon, serve until told to stop, then exit."""
-    channel = Channel(SocketConnection(ipc))
+    channel = Channel(connection_from_fd(ipc_fd))
     frame = await channel.receive_frame()
     if frame is None or frame[0] != ["setup"]:
         raise SystemExit("reception worker: no set-up from the daemon")
     setup: WorkerSetup = pickle.loads(frame[1])
     acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname)
     listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel))
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_sockets]
+    listeners = [listener_from_fd(fd) for fd in listen_fds]
     accepting = trio.CancelScope()
 
     def handle(header: list[Any], body: bytes) -> None:
@@ -649,9 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Ctrl-C reaches the whole process group: the daemon handles it and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ipc = socket.socket(fileno=args.ipc_fd)
-    listen = [socket.socket(fileno=fd) for fd in args.listen_fd]
-    trio.run(run_worker, ipc, listen)
+    trio.run(run_worker, args.ipc_fd, args.listen_fd)
     return 0
 
 
