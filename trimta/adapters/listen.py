@@ -363,10 +363,8 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
 
 
 def _in_use(address: object) -> AddressInUse:
-    return AddressInUse(
-        errno.EADDRINUSE,
-        f"{os.strerror(errno.EADDRINUSE)} (by another process; shared_port = true shares it on purpose)",
-    )
+    # The words of a plain bind's failure, so the daemon's one-line error is the usual one.
+    return AddressInUse(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
 
 
 def _probe_exclusive(family: int, type_: int, proto: int, address: tuple) -> None:
