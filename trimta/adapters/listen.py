@@ -25,8 +25,10 @@ above and retried; anything else ends the accept loop with its `OSError`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import logging
+import mmap
 import os
 import resource
 import socket
@@ -448,3 +450,75 @@ def connection_from_fd(fd: int) -> SocketConnection:
 def listener_from_fd(fd: int) -> trio.SocketListener:
     """A listener over an inherited listening socket descriptor."""
     return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+# --- connection counts shared by the processes of one listener ---------------------------
+
+
+class SharedConnectionCounts:
+    """Open connections of every process serving one listener, in memory they all map.
+
+    A memfd holds one row per process: its open connections, then `BUCKETS` counters of
+    its open connections per client address (an address is counted in the bucket its
+    keyed hash picks; the key is made by the daemon, so a client cannot choose whose
+    bucket it shares). Each process writes only its own row and reads all of them, so
+    no lock is needed; two processes taking a connection at the same instant may each
+    see the other's count a moment late, and the limit can be passed by one connection
+    per process for that instant.
+
+    The daemon `create`s the counts (row 0 is its own) and passes `fd` and the key to
+    each worker, which opens them with its own row (`attach`). A worker that exits
+    leaves its row behind: the daemon clears it (`clear_row`) before starting the next.
+    """
+
+    BUCKETS = 4096
+
+    def __init__(self, fd: int, *, processes: int, row: int, key: bytes) -> None:
+        self.fd = fd
+        self.processes = processes
+        self.row = row
+        self.key = key
+        self._width = 1 + self.BUCKETS
+        self._map = mmap.mmap(fd, 4 * self._width * processes)
+        self._cells = memoryview(self._map).cast("I")
+        self._own = row * self._width
+
+    @classmethod
+    def create(cls, processes: int) -> SharedConnectionCounts:
+        fd = os.memfd_create("trimta-connections", os.MFD_CLOEXEC)
+        os.ftruncate(fd, 4 * (1 + cls.BUCKETS) * processes)
+        return cls(fd, processes=processes, row=0, key=os.urandom(16))
+
+    @classmethod
+    def attach(cls, fd: int, *, processes: int, row: int, key: bytes) -> SharedConnectionCounts:
+        return cls(fd, processes=processes, row=row, key=key)
+
+    def _bucket(self, address: str) -> int:
+        digest = hashlib.blake2b(address.encode(), key=self.key, digest_size=4).digest()
+        return 1 + int.from_bytes(digest, "little") % self.BUCKETS
+
+    def total(self) -> int:
+        cells, width = self._cells, self._width
+        return sum(cells[p * width] for p in range(self.processes))
+
+    def for_address(self, address: str) -> int:
+        cells, width, bucket = self._cells, self._width, self._bucket(address)
+        return sum(cells[p * width + bucket] for p in range(self.processes))
+
+    def opened(self, address: str) -> None:
+        cells = self._cells
+        cells[self._own] += 1
+        cells[self._own + self._bucket(address)] += 1
+
+    def closed(self, address: str) -> None:
+        cells = self._cells
+        own = self._own
+        bucket = own + self._bucket(address)
+        if cells[own]:
+            cells[own] -= 1
+        if cells[bucket]:
+            cells[bucket] -= 1
+
+    def clear_row(self, row: int) -> None:
+        start = row * self._width
+        self._cells[start : start + self._width] = memoryview(bytes(4 * self._width)).cast("I")

@@ -61,7 +61,13 @@ from typing import Any
 import trio
 
 from trimta.adapters.config import ListenerConfig, TenancyConfig
-from trimta.adapters.listen import connection_from_fd, listener_from_fd, open_listeners, socket_pair
+from trimta.adapters.listen import (
+    SharedConnectionCounts,
+    connection_from_fd,
+    listener_from_fd,
+    open_listeners,
+    socket_pair,
+)
 from trimta.adapters.spool import MetadataDecoder
 from trimta.protocol import replies
 from trimta.services.acceptance import Accepted, Acceptor, Prepared, Submission, accepted_reply, encoded, prepare
@@ -195,6 +201,8 @@ class WorkerSetup:
     listener: ListenerConfig
     tenancy: TenancyConfig
     hostname: str
+    processes: int  # of the listener, the daemon included: rows of the connection counts
+    counts_key: bytes  # of the connection counts' address buckets
 
 
 class WorkerFailed(Exception):
@@ -217,9 +225,11 @@ class ReceptionWorkers:
         self.workers = workers
         self.acceptor = acceptor
         self.logs = logs
-        # What each process enforces: its share of the listener's connections.
-        self.process_config = replace(config, max_connections=max(1, -(-config.max_connections // workers)))
-        self.local = SmtpListener(self.process_config, acceptor=acceptor, logs=logs)
+        # Every process enforces the listener's limits over all of them, through counts
+        # in shared memory (row 0 is the daemon's, row i worker i's).
+        self.process_config = config
+        self.counts = SharedConnectionCounts.create(workers)
+        self.local = SmtpListener(config, acceptor=acceptor, logs=logs, counts=self.counts)
         self._decoder = MetadataDecoder(max_receptions=4096)
         self._stopping = False
         self._channels: dict[int, Channel] = {}
@@ -308,12 +318,13 @@ class ReceptionWorkers:
         """
         ours, theirs = socket_pair()
         listen_fds = [lst.socket.fileno() for lst in listeners]
-        command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno())]
+        command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno()),
+                   "--counts-fd", str(self.counts.fd)]
         for fd in listen_fds:
             command += ["--listen-fd", str(fd)]
         try:
             process = await trio.lowlevel.open_process(
-                command, pass_fds=[theirs.fileno(), *listen_fds], stdin=subprocess.DEVNULL
+                command, pass_fds=[theirs.fileno(), self.counts.fd, *listen_fds], stdin=subprocess.DEVNULL
             )
         except BaseException:
             ours.close()
@@ -322,7 +333,10 @@ class ReceptionWorkers:
             theirs.close()
         self._pids[index] = process.pid
         link = _Link(Channel(ours))
-        setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname)
+        # What a previous worker of this index counted is gone with it.
+        self.counts.clear_row(index)
+        setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname,
+                            self.workers, self.counts.key)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
         try:
@@ -543,7 +557,7 @@ class ForwardingLogs:
         self.channel.send(["record", record])
 
 
-async def run_worker(ipc_fd: int, listen_fds: list[int]) -> None:
+async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None = None) -> None:
     """A worker's life: set-up from the daemon, serve until told to stop, then exit."""
     channel = Channel(connection_from_fd(ipc_fd))
     frame = await channel.receive_frame()
@@ -551,7 +565,11 @@ async def run_worker(ipc_fd: int, listen_fds: list[int]) -> None:
         raise SystemExit("reception worker: no set-up from the daemon")
     setup: WorkerSetup = pickle.loads(frame[1])
     acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname)
-    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel))
+    counts = None
+    if counts_fd is not None:
+        counts = SharedConnectionCounts.attach(counts_fd, processes=setup.processes, row=setup.index,
+                                               key=setup.counts_key)
+    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel), counts=counts)
     listeners = [listener_from_fd(fd) for fd in listen_fds]
     accepting = trio.CancelScope()
 
@@ -608,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a trimta reception worker (started by `trimta serve`)")
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, action="append", default=[])
+    parser.add_argument("--counts-fd", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -615,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Ctrl-C reaches the whole process group: the daemon handles it and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    trio.run(run_worker, args.ipc_fd, args.listen_fd)
+    trio.run(run_worker, args.ipc_fd, args.listen_fd, args.counts_fd)
     return 0
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Protocol
 
 import trio
 
@@ -54,6 +55,48 @@ TLS_HANDSHAKE_TIMEOUT_S = 30.0
 _PEER_CACHE_SIZE = 4096
 
 
+AUTHZ_REFUSED = replies.reply(535, "5.7.8", "Authentication credentials invalid: not authorized for that identity")
+TOO_MANY_FROM_CLIENT = replies.reply(421, "4.7.0", "Too many connections from your address, try again later")
+
+
+class ConnectionCounts(Protocol):
+    """The open connections of a listener, over every process serving it."""
+
+    def total(self) -> int: ...
+
+    def for_address(self, address: str) -> int: ...
+
+    def opened(self, address: str) -> None: ...
+
+    def closed(self, address: str) -> None: ...
+
+
+class LocalConnectionCounts:
+    """`ConnectionCounts` of a listener served by this process alone."""
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._by_address: dict[str, int] = {}
+
+    def total(self) -> int:
+        return self._total
+
+    def for_address(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def opened(self, address: str) -> None:
+        self._total += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def closed(self, address: str) -> None:
+        self._total -= 1
+        left = self._by_address.get(address, 1) - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            self._by_address.pop(address, None)
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerStatistics:
     connections_open: int
@@ -72,8 +115,11 @@ class SmtpListener:
         acceptor: Accepting,
         logs: RecordSink,
         clock: Callable[[], float] = time.time,
+        counts: ConnectionCounts | None = None,
     ) -> None:
+        """`counts`: shared with the other processes serving the same listener, if any."""
         self.config = config
+        self.counts: ConnectionCounts = counts if counts is not None else LocalConnectionCounts()
         self.acceptor = acceptor
         self.logs = logs
         self.clock = clock
@@ -172,19 +218,26 @@ class SmtpListener:
 
     async def _serve(self, stream: trio.abc.Stream, peer: str, silence: TimeoutWatch) -> None:
         self._total += 1
+        refusal = self.admission(peer)
+        if refusal is not None:
+            self._refused += 1
+            try:
+                with trio.move_on_after(1):
+                    await stream.send_all(refusal.to_bytes())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            return
+        counts = self.counts
         self._open += 1
+        counts.opened(peer)
         counted = True
         try:
-            if self._open > self.config.max_connections:
-                self._refused += 1
-                with trio.move_on_after(1):
-                    await stream.send_all(replies.TOO_MANY_CONNECTIONS.to_bytes())
-                return
             session = Session(self, stream, peer, silence)
             await session.run()
             # An orderly end (221, 421): the slot is free now. Over TLS, say goodbye
             # properly (close_notify) before the socket closes.
             self._open -= 1
+            counts.closed(peer)
             counted = False
             if session.stream is not stream:
                 with trio.move_on_after(1):
@@ -196,6 +249,21 @@ class SmtpListener:
         finally:
             if counted:
                 self._open -= 1
+                counts.closed(peer)
+
+    def admission(self, peer: str) -> Reply | None:
+        """The 421 for a new connection from `peer`, or None if it may be served.
+
+        Both limits count the connections of every process serving this listener:
+        `max_connections` in all, `max_connections_per_client` from one address.
+        """
+        counts = self.counts
+        if counts.total() >= self.config.max_connections:
+            return replies.TOO_MANY_CONNECTIONS
+        cap = self.config.max_connections_per_client
+        if cap and counts.for_address(peer) >= cap:
+            return TOO_MANY_FROM_CLIENT
+        return None
 
     def peer_policy(self, address: str) -> tuple[bool, ServerConfig]:
         """Whether `address` may relay, and the server configuration its sessions get.
@@ -219,6 +287,16 @@ class SmtpListener:
         except ValueError:
             return False
         return any(ip in net for net in self.config.relay_hosts)
+
+    def authorize(self, user: AuthUser, authzid: str) -> AuthUser | None:
+        """Whom `user` acts as when it asks to act as `authzid`, or None if it may not.
+
+        Only what the configuration allows (`authorize_as` of the user, "*" for anyone);
+        the session then gets the tenant and campaign of `authzid`'s own entry, if it has one.
+        """
+        if authzid not in user.authorize_as and "*" not in user.authorize_as:
+            return None
+        return self._users.get(authzid, user)
 
     def check_credentials(self, username: str, password: str) -> AuthUser | None:
         user = self._users.get(username)
@@ -349,19 +427,31 @@ class Session:
         finally:
             silence.remove(self)
         if self.timer.cancelled_caught and not self.conn.closed:
-            # Silent for too long (or not reading our replies): say why and hang up.
+            # Silent for too long, a line too slow (or not reading our replies): say why and hang up.
             with trio.move_on_after(1):
                 await self.stream.send_all(self.conn.send(replies.TIMEOUT))
 
     async def _converse(self) -> None:
         conn = self.conn
         silence = self.silence
+        config = self.config
         await self.stream.send_all(conn.send(self.listener.greeting))
+        # When the line being received must be complete (RFC 5321 4.5.3.2): a command
+        # line within `command_timeout` of the server being ready for it, each line of
+        # message content within `data_timeout` of the previous one. A client trickling
+        # a byte at a time is never silent for `client_timeout`, but runs out of these.
+        line_deadline: float | None = None
         while not conn.closed:
+            if line_deadline is None:
+                line_deadline = trio.current_time() + (
+                    config.data_timeout_s if conn.receiving_message else config.command_timeout_s
+                )
             # The client's time runs from here: through this read and the writes of
             # the replies to it (a client that does not read them is as good as silent).
-            silence.waiting(self)
+            silence.waiting(self, line_deadline)
             data = await self.stream.receive_some(RECEIVE_SIZE)
+            if b"\n" in data:
+                line_deadline = None  # a line ended: the next one's time starts
             conn.receive_data(data)
             # Replies to everything the client pipelined go out in one write.
             out = bytearray()
@@ -405,6 +495,14 @@ class Session:
             user = self.listener.check_credentials(event.username, event.password)
             if user is None:
                 return replies.AUTH_FAILED
+            authzid = event.authorization_id
+            if authzid and authzid != event.username:
+                # RFC 4616 2: a server unwilling to let the authenticated user act as the
+                # authorization identity must fail the authentication.
+                acting = self.listener.authorize(user, authzid)
+                if acting is None:
+                    return AUTHZ_REFUSED
+                user = acting
             self.user = user
             return replies.AUTH_SUCCEEDED
         if isinstance(event, ev.BadCommand) and event.command in ("DATA", "BDAT") and self.conn.mail_from:
