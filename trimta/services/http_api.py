@@ -68,7 +68,7 @@ from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_fo
 log = logging.getLogger(__name__)
 
 DEFAULT_DURATION_S = 300.0  # KumoMTA's kcli default for suspend and bounce: 5 minutes
-MAX_DURATION_S = 10 * 365 * 86400.0  # a rule lasts at most 10 years (315,360,000 s)
+MAX_DURATION_S = 100 * 365 * 86400.0  # a rule lasts at most 100 years (3,153,600,000 s)
 MATCH_FIELDS = ("tenant", "campaign", "domain")
 RULE_FIELDS = (*MATCH_FIELDS, "reason", "duration", "expires")
 READY_RULE_FIELDS = ("name", "reason", "duration", "expires")
@@ -353,7 +353,7 @@ class HttpApi:
                 raise f.error("duration", str(exc)) from None
         field = "expires" if expires is not None else "duration"
         if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
-            raise f.error(field, f"at most {format_duration(MAX_DURATION_S)} ahead (10 years)")
+            raise f.error(field, f"at most {format_duration(MAX_DURATION_S)} ahead (100 years)")
         if seconds <= 0:
             raise f.error(field, "must be in the future")
         return seconds
