@@ -261,9 +261,9 @@ class BoundedSandbox(SandboxedEnvironment):
                         _check_size(len(seq) * n, "repeats")
                     else:
                         _check_items(len(seq) * n)
-            if isinstance(left, int) and isinstance(right, int):
-                if left.bit_length() + right.bit_length() > MAX_POWER_BITS:
-                    raise SecurityError("the template computes a number too large")
+            if (isinstance(left, int) and isinstance(right, int)
+                    and left.bit_length() + right.bit_length() > MAX_POWER_BITS):
+                raise SecurityError("the template computes a number too large")
         elif operator == "**" and isinstance(left, (int, float)) and isinstance(right, int) and abs(left) > 1:
             if right * math.log2(abs(left)) > MAX_POWER_BITS:
                 raise SecurityError("the template computes a power too large")
@@ -276,7 +276,7 @@ class BoundedSandbox(SandboxedEnvironment):
             _check_printf(left)
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_time()
         _check_method(__obj, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
