@@ -11,6 +11,7 @@ header_timeout = "10s"
 body_timeout = "60s"
 idle_timeout = "60s"
 max_connections = 256
+allowed_hosts = ["mta-admin.example.net"]  # Host names besides IPs, localhost, hostname
 ```
 
 Every key is optional; with no ``[http]`` table the API listens on
