@@ -92,11 +92,6 @@ class ServerConnection:
         return self._state is ServerState.CLOSED
 
     @property
-    def receiving_message(self) -> bool:
-        """True while the next bytes are message content (DATA, or a BDAT chunk)."""
-        return self._mode is Mode.DATA or self._mode is Mode.BDAT
-
-    @property
     def tls(self) -> str | None:
         """The TLS version given to `tls_started()`, or None on a plaintext session."""
         return self._session.tls

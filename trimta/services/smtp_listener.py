@@ -43,7 +43,7 @@ from trimta.core.trace import with_protocol
 from trimta.protocol import events as ev
 from trimta.protocol import replies
 from trimta.protocol.replies import Reply
-from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
+from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection, ServerState
 from trimta.services.acceptance import Accepting, Submission
 from trimta.services.logs import RecordSink
 
@@ -56,6 +56,8 @@ _PEER_CACHE_SIZE = 4096
 
 
 AUTHZ_REFUSED = replies.reply(535, "5.7.8", "Authentication credentials invalid: not authorized for that identity")
+# Where the next line from the client is message content (DATA, or between BDAT chunks).
+_IN_MESSAGE = frozenset({ServerState.DATA, ServerState.CHUNKING})
 TOO_MANY_FROM_CLIENT = replies.reply(421, "4.7.0", "Too many connections from your address, try again later")
 
 
@@ -444,7 +446,7 @@ class Session:
         while not conn.closed:
             if line_deadline is None:
                 line_deadline = trio.current_time() + (
-                    config.data_timeout_s if conn.receiving_message else config.command_timeout_s
+                    config.data_timeout_s if conn.state in _IN_MESSAGE else config.command_timeout_s
                 )
             # The client's time runs from here: through this read and the writes of
             # the replies to it (a client that does not read them is as good as silent).
