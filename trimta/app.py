@@ -22,15 +22,16 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from trimta.adapters.config import Config, ConfigError, load_config
+from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config
+from trimta.adapters.listen import raise_descriptor_limit
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
@@ -69,6 +70,37 @@ class Running:
     http_addresses: list[tuple] = field(default_factory=list)
     acceptor: Acceptor | None = None
     dkim_signer: DkimSigner | None = None  # the keys in use; a reload's fresh ones replace them
+
+
+def fit_descriptor_limit(
+    listeners: Sequence[ListenerConfig], *, http_connections: int, limit: int
+) -> tuple[ListenerConfig, ...]:
+    """The listeners, their `max_connections` lowered (with a warning) to fit the file limit.
+
+    Each client connection holds a descriptor in the process serving it, and one process
+    may hold all of a listener's connections; the spool, the logs, DNS and delivery
+    connections need descriptors too, so a quarter of the limit (at least 256) is kept
+    for them. A listener at its `max_connections` answers ``421 4.3.2``, which is what
+    a client should get rather than no greeting when descriptors run out.
+    """
+    if limit < 0:  # no limit
+        return tuple(listeners)
+    reserve = max(256, limit // 4)
+    room = max(len(listeners), limit - reserve - http_connections)
+    wanted = sum(lc.max_connections for lc in listeners)
+    if wanted <= room:
+        return tuple(listeners)
+    fitted = []
+    for lc in listeners:
+        allowed = max(1, lc.max_connections * room // wanted)
+        log.warning(
+            "listener %s: max_connections lowered from %d to %d: this process may open %d files (ulimit -n),"
+            " %d are kept for the spool, logs and delivery; raise the limit (LimitNOFILE= in systemd)"
+            " or set max_connections lower",
+            lc.name, lc.max_connections, allowed, limit, reserve + http_connections,
+        )
+        fitted.append(replace(lc, max_connections=allowed))
+    return tuple(fitted)
 
 
 class App:
@@ -129,7 +161,11 @@ class App:
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept,
             signer=config.dkim_signer,
         )
-        listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in config.listeners]
+        listener_configs = fit_descriptor_limit(
+            config.listeners, http_connections=config.http.max_connections if config.http.enabled else 0,
+            limit=raise_descriptor_limit(),
+        )
+        listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in listener_configs]
         try:
             # The durable tail (spool, log sink, webhook journals) stops last, after
             # everything that could still produce a message or a record.

@@ -101,16 +101,16 @@ async def test_accepted_connections_have_tcp_nodelay(tmp_path, monkeypatch):
     """Replies go out at once (no Nagle delay), whether set per connection or inherited."""
     import socket
 
-    from trimta.services import smtp_listener
+    from trimta.adapters import listen
 
     served = []
 
-    class Recording(smtp_listener.SocketConnection):
+    class Recording(listen.SocketConnection):
         def __init__(self, sock, **kwargs):
             super().__init__(sock, **kwargs)
             served.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(smtp_listener, "SocketConnection", Recording)
+    monkeypatch.setattr(listen, "SocketConnection", Recording)
     async with trio.open_nursery() as nursery:
         _, address = await _serve(nursery, tmp_path)
         with trio.fail_after(10):
@@ -147,3 +147,67 @@ async def test_client_timeout_holds_while_the_listener_shuts_down(tmp_path, auto
             assert trio.current_time() - last == TIMEOUT
         # The handler nursery ended by itself: the watch stopped with the last session.
     assert listener.statistics().connections_open == 0
+
+
+async def _serve_with(nursery, tmp_path, **options):
+    logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
+    acceptor = Acceptor(spool=MemorySpool(), logs=logs, tenancy=TenancyConfig(), hostname="mx.test")
+    config = ListenerConfig(host="127.0.0.1", port=0, hostname="mx.test", client_timeout_s=TIMEOUT, **options)
+    listener = SmtpListener(config, acceptor=acceptor, logs=logs)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    (address,) = await nursery.start(listener.serve, listeners)
+    return listener, address
+
+
+async def test_a_command_trickled_a_byte_at_a_time_gets_421_exactly_command_timeout_after_the_greeting(
+    tmp_path, autojump_clock
+):
+    """Never silent for client_timeout, the client still runs out of command_timeout (RFC 5321 4.5.3.2)."""
+    async with trio.open_nursery() as nursery:
+        listener, address = await _serve_with(nursery, tmp_path, command_timeout_s=100.0)
+        with trio.fail_after(10 * TIMEOUT):
+            stream, buf = await _connect(address)
+            greeted = trio.current_time()
+            answer = b""
+
+            async def trickle():
+                for byte in b"EHLO " + b"x" * 200:
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(TIMEOUT / 3)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trickle)
+                answer = await read_reply(stream, buf)
+                inner.cancel_scope.cancel()
+            assert answer.startswith(b"421 4.4.2")
+            assert trio.current_time() - greeted == 100.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_line_of_message_content_gets_data_timeout(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        listener, address = await _serve_with(nursery, tmp_path, data_timeout_s=50.0)
+        with trio.fail_after(10 * TIMEOUT):
+            stream, buf = await _connect(address)
+            for command, code in ((b"EHLO c.example", b"250"), (b"MAIL FROM:<s@example.com>", b"250"),
+                                  (b"RCPT TO:<r@example.net>", b"250"), (b"DATA", b"354")):
+                await stream.send_all(command + b"\r\n")
+                assert (await read_reply(stream, buf)).startswith(code)
+            # Whole lines, each inside data_timeout of the one before: served.
+            for _ in range(3):
+                await trio.sleep(20)
+                await stream.send_all(b"line\r\n")
+            last_line = trio.current_time()
+
+            async def trickle():
+                for byte in b"y" * 500:
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(10)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trickle)
+                answer = await read_reply(stream, buf)
+                inner.cancel_scope.cancel()
+            assert answer.startswith(b"421 4.4.2")
+            assert trio.current_time() - last_line == 50.0
+        nursery.cancel_scope.cancel()

@@ -88,7 +88,8 @@ def test_one_worker_means_no_worker_process(tmp_path):
     assert isinstance(make_listener(ListenerConfig(), workers=1, acceptor=acceptor, logs=logs), SmtpListener)
     two = make_listener(ListenerConfig(max_connections=5), workers=2, acceptor=acceptor, logs=logs)
     assert isinstance(two, ReceptionWorkers)
-    assert two.process_config.max_connections == 3  # each process's share, rounded up
+    # Not split between the processes: each enforces the listener's limit over all of them.
+    assert two.process_config.max_connections == 5
 
 
 class Daemon:

@@ -57,6 +57,9 @@ class AuthUser:
     password: str
     tenant: str | None = None
     campaign: str | None = None
+    # Identities this user may act as (AUTH PLAIN's authorization identity, RFC 4616);
+    # "*" for any. Without, an authorization identity other than the username is refused.
+    authorize_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,12 @@ class ListenerConfig:
     max_messages_per_connection: int = 10_000
     max_errors: int = 10
     max_connections: int = 1024
+    # Connections from one client address at once (0: no limit); over every process.
+    max_connections_per_client: int = 50
     client_timeout_s: float = 60.0
+    # RFC 5321 4.5.3.2: a command line must be complete this long after the server is
+    # ready for it; a line of message content this long after the previous line.
+    command_timeout_s: float = 300.0
     data_timeout_s: float = 300.0
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
@@ -83,6 +91,9 @@ class ListenerConfig:
     workers: int = 1
     # KumoMTA's listener domains (relay_to, relay_from), from [kumomta] listener_domains.
     listener_domains: ListenerDomains = field(default_factory=ListenerDomains)
+    # Let other processes (another trimta on purpose) bind the same address with
+    # SO_REUSEPORT and take a share of its connections; by default a held port is refused.
+    shared_port: bool = False
 
     @property
     def name(self) -> str:
@@ -249,8 +260,9 @@ def load_config(path: str | os.PathLike | None = None, *, dkim_previous: DkimSig
 _LISTENER_KEYS = (
     "listen", "hostname", "banner", "relay_hosts", "max_message_size",
     "max_recipients_per_message", "max_messages_per_connection", "max_errors",
-    "max_connections", "client_timeout", "data_timeout", "tls_certificate",
-    "tls_private_key", "auth", "workers",
+    "max_connections", "max_connections_per_client", "client_timeout", "command_timeout",
+    "data_timeout", "tls_certificate",
+    "tls_private_key", "auth", "workers", "shared_port",
 )
 
 
@@ -262,12 +274,13 @@ def _parse_auth(value: Any, file: str, prefix: str) -> tuple[AuthUser, ...]:
         )
     users = []
     for i, entry in enumerate(value):
-        t = Table(entry, file, f"{prefix}[{i}]", ("username", "password", "tenant", "campaign"))
+        t = Table(entry, file, f"{prefix}[{i}]", ("username", "password", "tenant", "campaign", "authorize_as"))
         username = t.string("username", None)
         password = t.string("password", None)
         if not username or password is None:
             raise ConfigError("each auth entry needs username and password", file=file, key=f"{prefix}[{i}]")
-        users.append(AuthUser(username, password, t.string("tenant", None), t.string("campaign", None)))
+        users.append(AuthUser(username, password, t.string("tenant", None), t.string("campaign", None),
+                              t.get("authorize_as", (), _identities)))
     return tuple(users)
 
 
@@ -299,12 +312,15 @@ def _parse_listener(data: Any, file: str, index: int, hostname: str, base_dir: P
         max_messages_per_connection=t.positive_int("max_messages_per_connection", 10_000),
         max_errors=t.positive_int("max_errors", 10),
         max_connections=t.positive_int("max_connections", 1024),
+        max_connections_per_client=t.get("max_connections_per_client", 50, _count),
         client_timeout_s=t.get("client_timeout", 60.0, units.parse_duration),
-        data_timeout_s=t.get("data_timeout", 300.0, units.parse_duration),
+        command_timeout_s=t.get("command_timeout", 300.0, units.parse_positive_duration),
+        data_timeout_s=t.get("data_timeout", 300.0, units.parse_positive_duration),
         tls_certificate=cert_path,
         tls_private_key=key_path,
         auth=_parse_auth(t.data["auth"], file, t.key("auth")) if "auth" in t.data else (),
         workers=t.get("workers", None, _workers) or usable_cpus(),
+        shared_port=t.boolean("shared_port", False),
     )
 
 
@@ -318,6 +334,19 @@ def _zstd_level(value: Any) -> int:
     # zstd's levels: 1 (fast) to 22 (small); negative ones trade size for more speed.
     if isinstance(value, bool) or not isinstance(value, int) or not -7 <= value <= 22 or value == 0:
         raise ValueError(f"expected a zstd level from 1 to 22 (or -7 to -1 for faster), got {value!r}")
+    return value
+
+
+def _identities(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError('expected a list of usernames, e.g. authorize_as = ["shop-eu"], or ["*"] for any')
+    return tuple(value)
+
+
+def _count(value: Any) -> int:
+    """A number of connections; 0 for no limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number, 0 for no limit, got {value!r}")
     return value
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from http import HTTPStatus
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -284,6 +286,11 @@ class _Connection:
             return None
         if not isinstance(event, h11.Request):  # pragma: no cover (h11 yields nothing else here)
             raise _Refused(error_response(400, "expected a request"))
+        # h11 bounds a head only while it is incomplete: one that arrived whole in a
+        # single read is measured here (method, target, and each field with ": " and CRLF).
+        size = len(event.method) + len(event.target) + 12 + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > self.limits.max_head_size_bytes:
+            raise _Refused(error_response(431, f"request head larger than {self.limits.max_head_size_bytes} bytes"))
         self.method = event.method.decode("ascii", "replace")
         return event
 
@@ -385,12 +392,70 @@ def json_type(value: Any) -> str:
     return "an object"
 
 
+# Arrays and objects inside one another, at most: checked before parsing (the parser
+# recurses once per level, and 100,000 levels exhaust its stack).
+MAX_JSON_DEPTH = 64
+# Numbers in a body: finite, and no larger in magnitude than the integers every JSON
+# implementation holds exactly (RFC 8259 6: 2**53 - 1). NaN and Infinity are not JSON.
+MAX_JSON_NUMBER = 2**53 - 1
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or abs(value) > MAX_JSON_NUMBER:
+        raise _BadNumber(text)
+    return value
+
+
+def _json_int(text: str) -> int:
+    if len(text) > 17 or abs(value := int(text)) > MAX_JSON_NUMBER:
+        raise _BadNumber(text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)")
+    return value
+
+
+def _json_constant(text: str) -> Any:
+    raise _BadNumber(text)  # NaN, Infinity, -Infinity
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `body` nests arrays and objects deeper than `limit` (strings skipped)."""
+    depth = 0
+    for match in _JSON_NESTING.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
 def read_json(request: Request) -> Any:
-    """The request's body decoded as JSON; 400 when it is not JSON."""
+    """The request's body decoded as JSON; 400 when it is not JSON, or not what we take.
+
+    Refused before parsing: a body nesting arrays and objects deeper than
+    `MAX_JSON_DEPTH`. Refused while parsing: NaN, Infinity and numbers beyond
+    ±`MAX_JSON_NUMBER` (1e999 is infinite as a float; 4,000 nines are no count of
+    anything), so nothing downstream meets a number it cannot hold.
+    """
     if not request.body.strip():
         raise HttpError(400, "expected a JSON body")
+    if json_depth_exceeds(request.body):
+        raise HttpError(400, f"request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(request.body)
+        return json.loads(request.body, parse_float=_json_float, parse_int=_json_int,
+                          parse_constant=_json_constant)
+    except _BadNumber as exc:
+        raise HttpError(400, f"request body: the number {exc} is out of range (numbers must be finite "
+                             f"and at most {MAX_JSON_NUMBER} in magnitude)") from None
+    except RecursionError:
+        raise HttpError(400, "request body nests arrays and objects too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"request body is not valid JSON: {exc}") from None
 

@@ -11,6 +11,7 @@ header_timeout = "10s"
 body_timeout = "60s"
 idle_timeout = "60s"
 max_connections = 256
+allowed_hosts = ["mta-admin.example.net"]  # Host names besides IPs, localhost, hostname
 ```
 
 Every key is optional; with no ``[http]`` table the API listens on
@@ -31,6 +32,7 @@ from trimta.core import units
 KEYS = (
     "enabled", "listen", "trusted_hosts", "tokens", "users", "max_body_size",
     "header_timeout", "body_timeout", "idle_timeout", "max_connections", "known_tenants_only",
+    "allowed_hosts",
 )
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_SIZE = 2 * 1024 * 1024
@@ -64,6 +66,9 @@ class HttpConfig:
     max_connections: int = 256
     # Refuse (400 "unknown tenant") API requests naming a tenant without a [tenants.NAME] table.
     known_tenants_only: bool = False
+    # Names (besides IP addresses, localhost and the daemon's hostname) a client trusted
+    # by address may call this server by in Host: a guard against DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -93,6 +98,7 @@ def parse_http_table(data: Any, file: str) -> HttpConfig:
         idle_timeout_s=t.get("idle_timeout", 60.0, units.parse_positive_duration),
         max_connections=t.positive_int("max_connections", 256),
         known_tenants_only=t.boolean("known_tenants_only", False),
+        allowed_hosts=t.get("allowed_hosts", (), _parse_names),
     )
 
 
@@ -103,6 +109,12 @@ def _parse_tokens(value: Any) -> tuple[str, ...]:
         if not v or any(c.isspace() for c in v):
             raise ValueError("a token must be a non-empty string without spaces")
     return tuple(value)
+
+
+def _parse_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError('expected a list of host names, e.g. allowed_hosts = ["mta.example.net"]')
+    return tuple(v.strip().lower() for v in value)
 
 
 def _parse_users(value: Any, file: str) -> tuple[HttpUser, ...]:

@@ -32,6 +32,7 @@ import dataclasses
 import hmac
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Collection, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -67,6 +68,7 @@ from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_fo
 log = logging.getLogger(__name__)
 
 DEFAULT_DURATION_S = 300.0  # KumoMTA's kcli default for suspend and bounce: 5 minutes
+MAX_DURATION_S = 100 * 365 * 86400.0  # a rule lasts at most 100 years (3,153,600,000 s)
 MATCH_FIELDS = ("tenant", "campaign", "domain")
 RULE_FIELDS = (*MATCH_FIELDS, "reason", "duration", "expires")
 READY_RULE_FIELDS = ("name", "reason", "duration", "expires")
@@ -118,8 +120,14 @@ class Authenticator:
         self.users = {u.username: u.password.encode() for u in config.users}
 
     def allows(self, request: Request) -> bool:
-        if self._trusted(request.peer):
-            return True
+        return self.trusts(request) or self.has_credentials(request)
+
+    def trusts(self, request: Request) -> bool:
+        """Whether the client's address alone lets it in (`trusted_hosts`)."""
+        return self._trusted(request.peer)
+
+    def has_credentials(self, request: Request) -> bool:
+        """Whether the request carries a valid bearer token or Basic credentials."""
         header = request.header("authorization")
         if not header:
             return False
@@ -148,6 +156,75 @@ class Authenticator:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted)
+
+
+class CrossSiteGuard:
+    """Refuses what a web page in a browser on a trusted host could make the browser send.
+
+    A page anywhere on the web can make a browser POST to ``http://127.0.0.1:8000``
+    without asking first (a CORS "simple request": no custom headers, a body typed
+    ``text/plain`` or a form), and a page whose own name has been rebound in DNS to the
+    daemon's address can read the answers too. So:
+
+    - a request with a body must declare it ``Content-Type: application/json`` (a
+      browser sends that cross-site only after a preflight, which this server never
+      grants): otherwise 415;
+    - an ``Origin`` header must be this server itself (its scheme-less authority equal
+      to the ``Host`` of the request, and that a name of this server): otherwise 403;
+    - a client let in by its address alone (no valid credentials) must name this server
+      in ``Host``: an IP address, ``localhost``, the daemon's hostname or one of
+      ``[http] allowed_hosts``, with the listener's port if a port is given; otherwise
+      403. A rebound name is none of these.
+    """
+
+    def __init__(self, *, hostname: str, allowed_hosts: Collection[str] = ()) -> None:
+        self.names = {"localhost", hostname.lower().rstrip("."), *(h.lower().rstrip(".") for h in allowed_hosts)}
+
+    def refusal(self, request: Request, *, by_address_only: bool) -> Response | None:
+        if request.body and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            given = (request.header("content-type") or "").partition(";")[0].strip().lower()
+            if given != "application/json":
+                return error_response(415, f"a request body must be sent as Content-Type: application/json "
+                                           f"(got {given or 'none'})")
+        host = request.header("host")
+        origin = request.header("origin")
+        if origin is not None:
+            authority = origin.partition("://")[2].rstrip("/") if "://" in origin else None
+            if authority is None or host is None or authority.lower() != host.lower() or not self._ours(host, request):
+                return error_response(403, f"Origin {origin!r} is not this server: cross-site requests are refused")
+        if by_address_only and host is not None and not self._ours(host, request):
+            return error_response(403, f"Host {host!r} is not a name of this server; add it to [http] allowed_hosts "
+                                       f"if it is, or send credentials")
+        return None
+
+    def _ours(self, authority: str, request: Request) -> bool:
+        name, port = _split_authority(authority)
+        if port is not None and port != _split_authority(request.local)[1] and request.local:
+            return False
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True  # an address literal cannot have been rebound
+
+
+def _split_authority(authority: str) -> tuple[str, int | None]:
+    """``"Name:8000"`` as ("name", 8000); ``"[::1]:8000"`` as ("::1", 8000); no port: None."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        name, _, rest = authority[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif authority.count(":") == 1:
+        name, _, port_text = authority.partition(":")
+    else:
+        name, port_text = authority, ""
+    try:
+        port = int(port_text) if port_text else None
+    except ValueError:
+        port = -1  # never a listener's port
+    return name.rstrip("."), port
 
 
 UNAUTHORIZED = error_response(
@@ -274,8 +351,11 @@ class HttpApi:
                 seconds = units.parse_duration(value)
             except ValueError as exc:
                 raise f.error("duration", str(exc)) from None
+        field = "expires" if expires is not None else "duration"
+        if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+            raise f.error(field, f"at most {format_duration(MAX_DURATION_S)} ahead (100 years)")
         if seconds <= 0:
-            raise f.error("expires" if expires is not None else "duration", "must be in the future")
+            raise f.error(field, "must be in the future")
         return seconds
 
     def _match(self, f: JsonFields) -> dict[str, str | None]:
@@ -481,9 +561,13 @@ def limits_of(config: HttpConfig) -> HttpLimits:
     )
 
 
-async def _guarded(auth: Authenticator, api: HttpApi, request: Request) -> Response:
-    if not auth.allows(request):
+async def _guarded(auth: Authenticator, guard: CrossSiteGuard, api: HttpApi, request: Request) -> Response:
+    credentials = auth.has_credentials(request)
+    if not (credentials or auth.trusts(request)):
         return UNAUTHORIZED
+    refusal = guard.refusal(request, by_address_only=not credentials)
+    if refusal is not None:
+        return refusal
     return await api.handle(request)
 
 
@@ -502,7 +586,8 @@ async def serve_api(
     """
     if listeners is None:
         listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-    server = HttpServer(partial(_guarded, Authenticator(config), api), limits=limits_of(config))
+    guard = CrossSiteGuard(hostname=api.injector.hostname, allowed_hosts=config.allowed_hosts)
+    server = HttpServer(partial(_guarded, Authenticator(config), guard, api), limits=limits_of(config))
     api.servers.append(server)
     try:
         async with trio.open_nursery() as nursery:

@@ -10,7 +10,7 @@ recipient with ``email``, ``name`` and ``to_header`` predefined, then the reques
 ``substitutions``, then the recipient's own (later ones win). For a built message the
 subject, bodies and header values are templates; attachments are not.
 ``"template_dialect": "Static"`` turns templating off. Templates run in Jinja's
-sandbox, with string and list repetition and powers bounded, in a worker thread, so a
+sandbox with budgets on size and time (`trimta.services.templates`), in a worker thread, so a
 hostile template can neither reach Python's internals nor stall the event loop.
 
 Recipients whose rendered messages are byte-identical share one stored copy (one
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -37,12 +37,12 @@ from typing import Any, cast
 import trio
 from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from trimta.adapters.http import HttpError, JsonFields, json_type
 from trimta.core.message import Reception
 from trimta.protocol._abnf import parse_path
 from trimta.services.acceptance import Acceptor, Submission
+from trimta.services.templates import BoundedSandbox, render_bounded
 
 REQUEST_FIELDS = ("envelope_sender", "recipients", "content", "substitutions", "tenant", "campaign",
                   "template_dialect")
@@ -54,8 +54,6 @@ DIALECTS = ("Jinja", "Static")
 # The builder writes these itself; a request setting them would break the MIME structure.
 RESERVED_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
 MAX_ADDRESS_LENGTH = 254  # RFC 5321 4.5.3.1.3's path limit, less the angle brackets
-MAX_RENDERED_ITEMS = 1_000_000  # a template may build no string or list longer than this
-MAX_POWER_BITS = 4096
 
 
 # --- the request ---------------------------------------------------------------------
@@ -216,23 +214,9 @@ def valid_address(address: str) -> bool:
 # --- templates -------------------------------------------------------------------------
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, also refusing repetitions and powers that would exhaust memory."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_ITEMS:
-                    raise SecurityError("the template repeats a string or list too often")
-        if (operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1
-                and right * math.log2(abs(left)) > MAX_POWER_BITS):
-            raise SecurityError("the template computes a power too large")
-        return super().call_binop(context, operator, left, right)
-
-
-_environment = _Sandbox(keep_trailing_newline=True, autoescape=False)
+_environment = BoundedSandbox(keep_trailing_newline=True, autoescape=False)
+# What rendering one request's messages may take, all recipients together.
+RENDER_TIME_BUDGET_S = 10.0
 
 
 class _Static:
@@ -244,6 +228,9 @@ class _Static:
     def render(self, context: Mapping[str, Any]) -> str:
         return self.text
 
+    def generate(self, context: Mapping[str, Any]) -> Any:
+        yield self.text
+
 
 def _compile(text: str | None, where: str, dialect: str) -> Any:
     if text is None:
@@ -251,7 +238,7 @@ def _compile(text: str | None, where: str, dialect: str) -> Any:
     if dialect == "Static":
         return _Static(text)
     try:
-        return _environment.from_string(text)
+        return _environment.compile_bounded(text)
     except TemplateSyntaxError as exc:
         raise HttpError(400, f"{where}: template error on line {exc.lineno}: {exc.message}") from None
 
@@ -370,18 +357,26 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
     return msg.as_bytes()
 
 
-def render(request: InjectRequest, templates: _Templates, recipient: Recipient, hostname: str) -> bytes:
-    """One recipient's message. Raises ValueError or a Jinja error saying why it cannot be made."""
+def render(request: InjectRequest, templates: _Templates, recipient: Recipient, hostname: str, *,
+           max_chars: int = 20_000_000, deadline: float | None = None) -> bytes:
+    """One recipient's message. Raises ValueError or a Jinja error saying why it cannot be made.
+
+    Each template renders within `max_chars` characters, counted as they are produced,
+    and stops (`SecurityError`) once `deadline` (`time.monotonic()`) has passed.
+    """
     context = _context(request, recipient)
     content = request.content
-    if isinstance(content, str):
-        data = crlf(templates.message.render(context))
-        _check_message(data)
-        return data
+    until = deadline if deadline is not None else time.monotonic() + RENDER_TIME_BUDGET_S
 
     def text(template: Any) -> str | None:
-        return None if template is None else template.render(context)
+        if template is None:
+            return None
+        return render_bounded(template, context, max_chars=max_chars, time_s=until - time.monotonic())
 
+    if isinstance(content, str):
+        data = crlf(text(templates.message) or "")
+        _check_message(data)
+        return data
     return build_message(
         content,
         sender=request.envelope_sender,
@@ -389,7 +384,7 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
         subject=text(templates.subject),
         text_body=text(templates.text_body),
         html_body=text(templates.html_body),
-        headers=[(name, template.render(context)) for name, template in templates.headers],
+        headers=[(name, text(template) or "") for name, template in templates.headers],
         hostname=hostname,
     )
 
@@ -475,9 +470,11 @@ class Injector:
                     recipients: Sequence[Recipient]) -> list[tuple[Recipient, bytes | str]]:
         """Each recipient's message, or why it could not be made. Runs in a worker thread."""
         out: list[tuple[Recipient, bytes | str]] = []
+        deadline = time.monotonic() + RENDER_TIME_BUDGET_S
         for recipient in recipients:
             try:
-                data = render(request, templates, recipient, self.hostname)
+                data = render(request, templates, recipient, self.hostname,
+                              max_chars=self.max_message_size_bytes, deadline=deadline)
             except SecurityError as exc:
                 out.append((recipient, f"template refused: {exc}"))
                 continue

@@ -50,7 +50,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -63,6 +62,13 @@ from typing import Any
 import trio
 
 from trimta.adapters.config import ListenerConfig, TenancyConfig
+from trimta.adapters.listen import (
+    SharedConnectionCounts,
+    connection_from_fd,
+    listener_from_fd,
+    open_listeners,
+    socket_pair,
+)
 from trimta.adapters.spool import MetadataDecoder
 from trimta.core.dkim import SigningRefused
 from trimta.protocol import replies
@@ -77,7 +83,7 @@ from trimta.services.acceptance import (
     prepare,
 )
 from trimta.services.logs import LogSink
-from trimta.services.smtp_listener import ListenerStatistics, SmtpListener, SocketConnection
+from trimta.services.smtp_listener import ListenerStatistics, SmtpListener
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +212,8 @@ class WorkerSetup:
     listener: ListenerConfig
     tenancy: TenancyConfig
     hostname: str
+    processes: int  # of the listener, the daemon included: rows of the connection counts
+    counts_key: bytes  # of the connection counts' address buckets
     signer: MessageSigner | None = None  # DKIM (pickled: its keys are read again from their octets)
 
 
@@ -229,9 +237,11 @@ class ReceptionWorkers:
         self.workers = workers
         self.acceptor = acceptor
         self.logs = logs
-        # What each process enforces: its share of the listener's connections.
-        self.process_config = replace(config, max_connections=max(1, -(-config.max_connections // workers)))
-        self.local = SmtpListener(self.process_config, acceptor=acceptor, logs=logs)
+        # Every process enforces the listener's limits over all of them, through counts
+        # in shared memory (row 0 is the daemon's, row i worker i's).
+        self.process_config = config
+        self.counts = SharedConnectionCounts.create(workers)
+        self.local = SmtpListener(config, acceptor=acceptor, logs=logs, counts=self.counts)
         self._decoder = MetadataDecoder(max_receptions=4096)
         self._stopping = False
         self._channels: dict[int, Channel] = {}
@@ -272,7 +282,7 @@ class ReceptionWorkers:
         """
         if listeners is None:
             count = 1 + WORKER_SOCKETS * (self.workers - 1)
-            groups = await open_reuseport_listeners(self.config.host, self.config.port, count)
+            groups = await open_listeners(self.config.host, self.config.port, count, shared=self.config.shared_port)
             daemons = groups[0]
             workers = [
                 [listener for group in groups[first : first + WORKER_SOCKETS] for listener in group]
@@ -324,14 +334,15 @@ class ReceptionWorkers:
         With `task_status`, report started once the worker is ready, or raise
         `WorkerFailed` if it is not.
         """
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket_pair()
         listen_fds = [lst.socket.fileno() for lst in listeners]
-        command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno())]
+        command = [sys.executable, "-m", "trimta.services.reception_workers", "--ipc-fd", str(theirs.fileno()),
+                   "--counts-fd", str(self.counts.fd)]
         for fd in listen_fds:
             command += ["--listen-fd", str(fd)]
         try:
             process = await trio.lowlevel.open_process(
-                command, pass_fds=[theirs.fileno(), *listen_fds], stdin=subprocess.DEVNULL
+                command, pass_fds=[theirs.fileno(), self.counts.fd, *listen_fds], stdin=subprocess.DEVNULL
             )
         except BaseException:
             ours.close()
@@ -339,9 +350,11 @@ class ReceptionWorkers:
         finally:
             theirs.close()
         self._pids[index] = process.pid
-        link = _Link(Channel(SocketConnection(ours)))
+        link = _Link(Channel(ours))
+        # What a previous worker of this index counted is gone with it.
+        self.counts.clear_row(index)
         setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname,
-                            self.acceptor.signer)
+                            self.workers, self.counts.key, self.acceptor.signer)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
         try:
@@ -488,40 +501,6 @@ def _counts(s: ListenerStatistics) -> tuple[int, int, int, int]:
     return s.connections_open, s.connections_total, s.connections_refused, s.messages_accepted
 
 
-async def open_reuseport_listeners(host: str, port: int, count: int) -> list[list[trio.SocketListener]]:
-    """`count` sets of listening sockets on the same addresses, one set per process.
-
-    With SO_REUSEPORT the kernel spreads new connections over the sets, so each process
-    is woken only for connections it is to take, rather than every process for every
-    connection (the "thundering herd" of a shared listening socket). Port 0 picks one
-    free port for all of them.
-    """
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    groups: list[list[trio.SocketListener]] = [[] for _ in range(count)]
-    try:
-        for family, type_, proto, _, address in infos:
-            for group in groups:
-                sock = trio.socket.socket(family, type_, proto)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    await sock.bind(address)
-                    sock.listen(socket.SOMAXCONN)
-                except BaseException:
-                    sock.close()
-                    raise
-                address = sock.getsockname()  # the port chosen for the first, for the others
-                group.append(trio.SocketListener(sock))
-    except BaseException:
-        for group in groups:
-            for listener in group:
-                listener.socket.close()
-        raise
-    return groups
-
-
 class _Link:
     """The daemon's end of one worker's socket, and what it has said so far."""
 
@@ -607,16 +586,20 @@ class ForwardingLogs:
         self.channel.send(["record", record])
 
 
-async def run_worker(ipc: socket.socket, listen_sockets: list[socket.socket]) -> None:
+async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None = None) -> None:
     """A worker's life: set-up from the daemon, serve until told to stop, then exit."""
-    channel = Channel(SocketConnection(ipc))
+    channel = Channel(connection_from_fd(ipc_fd))
     frame = await channel.receive_frame()
     if frame is None or frame[0] != ["setup"]:
         raise SystemExit("reception worker: no set-up from the daemon")
     setup: WorkerSetup = pickle.loads(frame[1])
     acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname, signer=setup.signer)
-    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel))
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_sockets]
+    counts = None
+    if counts_fd is not None:
+        counts = SharedConnectionCounts.attach(counts_fd, processes=setup.processes, row=setup.index,
+                                               key=setup.counts_key)
+    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel), counts=counts)
+    listeners = [listener_from_fd(fd) for fd in listen_fds]
     accepting = trio.CancelScope()
 
     def handle(header: list[Any], body: bytes) -> None:
@@ -674,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a trimta reception worker (started by `trimta serve`)")
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, action="append", default=[])
+    parser.add_argument("--counts-fd", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -681,9 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Ctrl-C reaches the whole process group: the daemon handles it and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ipc = socket.socket(fileno=args.ipc_fd)
-    listen = [socket.socket(fileno=fd) for fd in args.listen_fd]
-    trio.run(run_worker, ipc, listen)
+    trio.run(run_worker, args.ipc_fd, args.listen_fd, args.counts_fd)
     return 0
 
 

@@ -13,29 +13,29 @@ Cost: a session of the common kind (one message per connection, as smtp-source a
 many applications send) is a dozen reads and writes, so what each costs in the
 scheduler shows in the throughput. Accepted TCP connections are served through
 `SocketConnection`, which goes through the scheduler only when it has to wait; client
-timeouts are watched by one task per listener (`SilenceWatch`) instead of a deadline
+timeouts are watched by one task per listener (`TimeoutWatch`) instead of a deadline
 moved on every read; and what every session of a listener shares (its server
 configuration, the relay decision for a peer address) is worked out once.
 """
 
 from __future__ import annotations
 
-import errno
 import hmac
 import ipaddress
 import logging
 import math
-import os
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Protocol
 
 import trio
 
 from trimta.adapters.config import AuthUser, ListenerConfig
+from trimta.adapters.listen import SocketConnection, accept_connections, open_listeners, peer_address
 from trimta.adapters.tls import server_context
 from trimta.core import records
 from trimta.core.message import Reception, new_id
@@ -43,7 +43,7 @@ from trimta.core.trace import with_protocol
 from trimta.protocol import events as ev
 from trimta.protocol import replies
 from trimta.protocol.replies import Reply
-from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
+from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection, ServerState
 from trimta.services.acceptance import Accepting, Submission
 from trimta.services.logs import RecordSink
 
@@ -51,13 +51,52 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
-# accept() failures that say "not now" rather than "never": back off and retry.
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_RETRY_S = 0.1
-# accept() failures that concern one connection the client already gave up on.
-_ACCEPT_IGNORED_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # Peer addresses whose relay decision is remembered; beyond, the memory starts afresh.
 _PEER_CACHE_SIZE = 4096
+
+
+AUTHZ_REFUSED = replies.reply(535, "5.7.8", "Authentication credentials invalid: not authorized for that identity")
+# Where the next line from the client is message content (DATA, or between BDAT chunks).
+_IN_MESSAGE = frozenset({ServerState.DATA, ServerState.CHUNKING})
+TOO_MANY_FROM_CLIENT = replies.reply(421, "4.7.0", "Too many connections from your address, try again later")
+
+
+class ConnectionCounts(Protocol):
+    """The open connections of a listener, over every process serving it."""
+
+    def total(self) -> int: ...
+
+    def for_address(self, address: str) -> int: ...
+
+    def opened(self, address: str) -> None: ...
+
+    def closed(self, address: str) -> None: ...
+
+
+class LocalConnectionCounts:
+    """`ConnectionCounts` of a listener served by this process alone."""
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._by_address: dict[str, int] = {}
+
+    def total(self) -> int:
+        return self._total
+
+    def for_address(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def opened(self, address: str) -> None:
+        self._total += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def closed(self, address: str) -> None:
+        self._total -= 1
+        left = self._by_address.get(address, 1) - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            self._by_address.pop(address, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +117,11 @@ class SmtpListener:
         acceptor: Accepting,
         logs: RecordSink,
         clock: Callable[[], float] = time.time,
+        counts: ConnectionCounts | None = None,
     ) -> None:
+        """`counts`: shared with the other processes serving the same listener, if any."""
         self.config = config
+        self.counts: ConnectionCounts = counts if counts is not None else LocalConnectionCounts()
         self.acceptor = acceptor
         self.logs = logs
         self.clock = clock
@@ -101,7 +143,7 @@ class SmtpListener:
         self._loopback_server_config = replace(self._server_config, auth_without_tls=True)
         self.greeting = replies.reply(220, None, f"{config.hostname} {config.banner}")
         self._peers: dict[str, tuple[bool, ServerConfig]] = {}
-        self.silence = SilenceWatch(config.client_timeout_s)
+        self.silence = TimeoutWatch(config.client_timeout_s)
         self._open = 0
         self._total = 0
         self._refused = 0
@@ -109,6 +151,10 @@ class SmtpListener:
 
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(self._open, self._total, self._refused, self._accepted)
+
+    def count_accepted(self, messages: int) -> None:
+        """A session's message was accepted, as `messages` queued messages (one per recipient)."""
+        self._accepted += messages
 
     async def serve(
         self,
@@ -123,67 +169,33 @@ class SmtpListener:
         a nursery of this call), and the listeners are closed when this returns.
         """
         if listeners is None:
-            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+            (listeners,) = await open_listeners(
+                self.config.host, self.config.port, 1, shared=self.config.shared_port
+            )
         addresses = [lst.socket.getsockname() for lst in listeners]
         try:
             async with trio.open_nursery() as nursery:
+                handlers = handler_nursery or nursery
                 # The silence watch lives where the sessions do: when this call is
                 # cancelled (shutdown stops accepting), sessions in `handler_nursery` go
                 # on through the grace period, and their client timeouts still hold.
-                (handler_nursery or nursery).start_soon(self.silence.run)
+                handlers.start_soon(self.silence.run)
+
+                def start(connection: SocketConnection) -> None:
+                    handlers.start_soon(self._serve_tcp, connection)
+
+                refusal = replies.TOO_MANY_CONNECTIONS.to_bytes()
                 for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener, handler_nursery or nursery)
+                    nursery.start_soon(
+                        partial(accept_connections, listener, start, name=self.config.name, refusal=refusal)
+                    )
                 task_status.started(addresses)
         finally:
             self.silence.close()  # the watch ends with the last session
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        """Accept TCP connections one by one and start a task for each.
-
-        Connections are taken with the standard library's `accept` on a duplicate of the
-        listening descriptor and served as `SocketConnection`s, so no trio socket object is
-        made only to be taken apart again; the client's address comes with `accept`, so
-        no session asks the kernel for it. Like trio's own accept loop, this yields to the
-        scheduler after each connection: several processes sharing the listening socket
-        (`reception_workers`) each take connections only as fast as their loop is free.
-        """
-        async with listener:
-            with socket.socket(fileno=os.dup(listener.socket.fileno())) as listening:
-                listening.setblocking(False)
-                # Set on the listening socket, TCP_NODELAY is inherited by the accepted
-                # ones on Linux: one system call less per connection. Whether it was is
-                # checked on the first connection; if not, each gets its own.
-                inherited: bool | None = None
-                try:
-                    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    inherited = False
-                while True:
-                    try:
-                        sock, address = listening.accept()
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(listening)
-                        continue
-                    except OSError as exc:
-                        if exc.errno in _ACCEPT_IGNORED_ERRNOS:
-                            continue
-                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                            raise
-                        log.error("accept on %s failed (%s); retrying", self.config.name, errno.errorcode[exc.errno])
-                        await trio.sleep(_ACCEPT_RETRY_S)
-                        continue
-                    if inherited is None:
-                        try:
-                            inherited = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-                        except OSError:
-                            inherited = False
-                    connection = SocketConnection(sock, nodelay=not inherited)
-                    handlers.start_soon(self._serve_tcp, connection, _address_text(address))
-                    await trio.lowlevel.checkpoint()
-
-    async def _serve_tcp(self, connection: SocketConnection, peer: str) -> None:
+    async def _serve_tcp(self, connection: SocketConnection) -> None:
         try:
-            await self._serve(connection, peer, self.silence)
+            await self._serve(connection, connection.peer, self.silence)
         finally:
             connection.close()
 
@@ -196,31 +208,38 @@ class SmtpListener:
         """
         try:
             if self.silence.running:
-                await self._serve(stream, _peer_address(stream), self.silence)
+                await self._serve(stream, peer_address(stream), self.silence)
             else:
-                silence = SilenceWatch(self.config.client_timeout_s)
+                silence = TimeoutWatch(self.config.client_timeout_s)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(silence.run)
-                    await self._serve(stream, _peer_address(stream), silence)
+                    await self._serve(stream, peer_address(stream), silence)
                     nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream, peer: str, silence: SilenceWatch) -> None:
+    async def _serve(self, stream: trio.abc.Stream, peer: str, silence: TimeoutWatch) -> None:
         self._total += 1
+        refusal = self.admission(peer)
+        if refusal is not None:
+            self._refused += 1
+            try:
+                with trio.move_on_after(1):
+                    await stream.send_all(refusal.to_bytes())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            return
+        counts = self.counts
         self._open += 1
+        counts.opened(peer)
         counted = True
         try:
-            if self._open > self.config.max_connections:
-                self._refused += 1
-                with trio.move_on_after(1):
-                    await stream.send_all(replies.TOO_MANY_CONNECTIONS.to_bytes())
-                return
             session = Session(self, stream, peer, silence)
             await session.run()
             # An orderly end (221, 421): the slot is free now. Over TLS, say goodbye
             # properly (close_notify) before the socket closes.
             self._open -= 1
+            counts.closed(peer)
             counted = False
             if session.stream is not stream:
                 with trio.move_on_after(1):
@@ -232,6 +251,21 @@ class SmtpListener:
         finally:
             if counted:
                 self._open -= 1
+                counts.closed(peer)
+
+    def admission(self, peer: str) -> Reply | None:
+        """The 421 for a new connection from `peer`, or None if it may be served.
+
+        Both limits count the connections of every process serving this listener:
+        `max_connections` in all, `max_connections_per_client` from one address.
+        """
+        counts = self.counts
+        if counts.total() >= self.config.max_connections:
+            return replies.TOO_MANY_CONNECTIONS
+        cap = self.config.max_connections_per_client
+        if cap and counts.for_address(peer) >= cap:
+            return TOO_MANY_FROM_CLIENT
+        return None
 
     def peer_policy(self, address: str) -> tuple[bool, ServerConfig]:
         """Whether `address` may relay, and the server configuration its sessions get.
@@ -256,6 +290,16 @@ class SmtpListener:
             return False
         return any(ip in net for net in self.config.relay_hosts)
 
+    def authorize(self, user: AuthUser, authzid: str) -> AuthUser | None:
+        """Whom `user` acts as when it asks to act as `authzid`, or None if it may not.
+
+        Only what the configuration allows (`authorize_as` of the user, "*" for anyone);
+        the session then gets the tenant and campaign of `authzid`'s own entry, if it has one.
+        """
+        if authzid not in user.authorize_as and "*" not in user.authorize_as:
+            return None
+        return self._users.get(authzid, user)
+
     def check_credentials(self, username: str, password: str) -> AuthUser | None:
         user = self._users.get(username)
         # Compare even for unknown users, so timing says nothing about which exist.
@@ -265,109 +309,6 @@ class SmtpListener:
         return None
 
 
-class SocketConnection(trio.abc.Stream):
-    """A connected stream socket as a trio stream that enters the scheduler only to wait.
-
-    trio's `SocketStream` makes every call a checkpoint: each write and each read passes
-    through the scheduler even when the kernel completes it at once, and an SMTP session
-    is mostly short writes and reads. Here:
-
-    - `send_all` is not a checkpoint when the kernel takes all the bytes at once (it
-      nearly always does: a reply is tens of octets); it waits only for a full buffer.
-      The session's next `receive_some` is its checkpoint.
-    - `receive_some` is exactly one checkpoint: the wait for data, or, when data was
-      there already, a plain yield, so that a client streaming a large message cannot
-      keep the other sessions from running. Cancellation is checked before reading, so
-      no received byte is lost to a cancellation.
-
-    Used for the listener's TCP connections and the reception workers' Unix sockets.
-    One task sends and one receives at a time, so there is no conflict detection.
-    Errors are trio's: `BrokenResourceError` for a failed socket, `ClosedResourceError`
-    once closed.
-    """
-
-    def __init__(self, sock: socket.socket, *, nodelay: bool = True) -> None:
-        """`nodelay=False`: the socket has TCP_NODELAY already (inherited from its listener)."""
-        sock.setblocking(False)
-        if nodelay:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        self.socket = sock
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sock = self.socket
-        try:
-            with memoryview(data) as view:
-                sent = 0
-                while True:
-                    try:
-                        sent += sock.send(view[sent:])
-                    except BlockingIOError:
-                        pass
-                    if sent >= len(view):
-                        return
-                    await trio.lowlevel.wait_writable(sock)
-        except OSError as exc:
-            raise self._translate(exc) from exc
-
-    async def wait_send_all_might_not_block(self) -> None:
-        try:
-            await trio.lowlevel.wait_writable(self.socket)
-        except OSError as exc:
-            raise self._translate(exc) from exc
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        sock = self.socket
-        size = RECEIVE_SIZE if max_bytes is None else max_bytes
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            try:
-                data = sock.recv(size)
-            except BlockingIOError:
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        return sock.recv(size)
-                    except BlockingIOError:
-                        pass
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-        except OSError as exc:
-            raise self._translate(exc) from exc
-
-    def _translate(self, exc: OSError) -> Exception:
-        if self.socket.fileno() == -1 or exc.errno == errno.EBADF:
-            return trio.ClosedResourceError("the connection was closed")
-        return trio.BrokenResourceError(f"the connection failed: {exc}")
-
-    def close(self) -> None:
-        """Close at once (sync): nothing is waiting on the socket any more."""
-        if self.socket.fileno() != -1:
-            trio.lowlevel.notify_closing(self.socket)
-            self.socket.close()
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-
-def _address_text(address: object) -> str:
-    if isinstance(address, tuple):
-        return str(address[0])
-    return "127.0.0.1" if not address else str(address)
-
-
-def _peer_address(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    try:
-        peer = sock.getpeername() if sock is not None else None
-    except OSError:
-        peer = None
-    return _address_text(peer)
-
-
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -375,33 +316,37 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-class SilenceWatch:
-    """Ends the sessions whose client has been silent for `timeout_s`: one task per listener.
+class TimeoutWatch:
+    """Ends the sessions whose client ran out of time: one task per listener.
 
-    A session notes when it starts waiting for its client (`waiting`) or that it is busy
-    (its `waiting_since` is None while it stores a message). The watch sleeps until the
-    earliest moment a waiting session can run out of time, cancels the `timer` scope of
-    each session that has, and sleeps again. A session pays one attribute write per
-    read; moving a cancel scope's deadline instead re-sorts trio's deadline heap each
-    time. Every session of a listener has the same timeout, so a session that starts
-    waiting never runs out before the moment the watch already sleeps until, unless it
-    sleeps for good (no session was waiting): only then is the watch woken.
+    A session tells the watch when it starts waiting for its client (`waiting`, with
+    the deadline of the line it is receiving, if any) and when it is busy rather than
+    waiting (`busy`, while it stores a message). A waiting session's time runs out at
+    the earlier of `timeout_s` of silence (counted from the start of this wait) and its
+    line deadline. The watch sleeps until the earliest moment a waiting session can run
+    out of time, ends each session that has (`Session.time_out`), and sleeps again.
+
+    A session pays a dictionary store per read; moving a cancel scope's deadline instead
+    re-sorts trio's deadline heap each time. The silence timeout is the same for every
+    session of a listener, so a session that starts waiting does not run out before the
+    moment the watch already sleeps until, unless its line deadline is nearer: only then
+    (or when the watch sleeps for good, no session waiting) is the watch woken.
     """
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.running = False
-        self._sessions: set[Session] = set()
-        self._idle = True  # sleeping until woken: no session was waiting
+        self._deadlines: dict[Session, float | None] = {}  # None: busy, not waiting
+        self._wake_at = math.inf
         self._closing = False
         self._wakeup = trio.Event()
 
     def add(self, session: Session) -> None:
-        self._sessions.add(session)
+        self._deadlines[session] = None
 
     def remove(self, session: Session) -> None:
-        self._sessions.discard(session)
-        if self._closing and not self._sessions:
+        self._deadlines.pop(session, None)
+        if self._closing and not self._deadlines:
             self._wakeup.set()
 
     def close(self) -> None:
@@ -409,30 +354,37 @@ class SilenceWatch:
         self._closing = True
         self._wakeup.set()
 
-    def waiting(self, session: Session) -> None:
-        """`session` waits for its client from now on."""
-        session.waiting_since = trio.current_time()
-        if self._idle:
-            self._idle = False
+    def waiting(self, session: Session, deadline: float = math.inf) -> None:
+        """`session` waits for its client from now on; at the latest until `deadline`."""
+        at = trio.current_time() + self.timeout_s
+        if deadline < at:
+            at = deadline
+        self._deadlines[session] = at
+        if at < self._wake_at:
+            self._wake_at = at
             self._wakeup.set()
+
+    def busy(self, session: Session) -> None:
+        """`session` is not waiting for its client (it is storing a message)."""
+        if session in self._deadlines:
+            self._deadlines[session] = None
 
     async def run(self) -> None:
         """Watch until cancelled, or until closed and the last session has ended."""
         self.running = True
         try:
-            while not (self._closing and not self._sessions):
+            while not (self._closing and not self._deadlines):
                 now = trio.current_time()
                 earliest = math.inf
-                for session in list(self._sessions):
-                    since = session.waiting_since
-                    if since is None:
+                for session, at in list(self._deadlines.items()):
+                    if at is None:
                         continue
-                    if now - since >= self.timeout_s:
-                        session.timer.cancel()
-                        self._sessions.discard(session)
-                    else:
-                        earliest = min(earliest, since + self.timeout_s)
-                self._idle = earliest == math.inf
+                    if at <= now:
+                        session.time_out()
+                        del self._deadlines[session]
+                    elif at < earliest:
+                        earliest = at
+                self._wake_at = earliest
                 self._wakeup = trio.Event()
                 with trio.move_on_at(earliest):
                     await self._wakeup.wait()
@@ -443,7 +395,7 @@ class SilenceWatch:
 class Session:
     """The policy side of one SMTP conversation: relay rules, AUTH, acceptance."""
 
-    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream, peer: str, silence: SilenceWatch) -> None:
+    def __init__(self, listener: SmtpListener, stream: trio.abc.Stream, peer: str, silence: TimeoutWatch) -> None:
         self.listener = listener
         self.silence = silence
         self.config = listener.config
@@ -453,9 +405,12 @@ class Session:
         self.user: AuthUser | None = None
         self.relay_ok, server_config = listener.peer_policy(peer)
         self.conn = ServerConnection(server_config)
-        # Cancelled by the listener's silence watch when the client is silent too long.
+        # Cancelled by the listener's timeout watch when the client is out of time.
         self.timer = trio.CancelScope()
-        self.waiting_since: float | None = None
+
+    def time_out(self) -> None:
+        """The client is out of time: end the conversation (the watch calls this)."""
+        self.timer.cancel()
 
     @property
     def session_id(self) -> str:
@@ -474,19 +429,31 @@ class Session:
         finally:
             silence.remove(self)
         if self.timer.cancelled_caught and not self.conn.closed:
-            # Silent for too long (or not reading our replies): say why and hang up.
+            # Silent for too long, a line too slow (or not reading our replies): say why and hang up.
             with trio.move_on_after(1):
                 await self.stream.send_all(self.conn.send(replies.TIMEOUT))
 
     async def _converse(self) -> None:
         conn = self.conn
         silence = self.silence
+        config = self.config
         await self.stream.send_all(conn.send(self.listener.greeting))
+        # When the line being received must be complete (RFC 5321 4.5.3.2): a command
+        # line within `command_timeout` of the server being ready for it, each line of
+        # message content within `data_timeout` of the previous one. A client trickling
+        # a byte at a time is never silent for `client_timeout`, but runs out of these.
+        line_deadline: float | None = None
         while not conn.closed:
+            if line_deadline is None:
+                line_deadline = trio.current_time() + (
+                    config.data_timeout_s if conn.state in _IN_MESSAGE else config.command_timeout_s
+                )
             # The client's time runs from here: through this read and the writes of
             # the replies to it (a client that does not read them is as good as silent).
-            silence.waiting(self)
+            silence.waiting(self, line_deadline)
             data = await self.stream.receive_some(RECEIVE_SIZE)
+            if b"\n" in data:
+                line_deadline = None  # a line ended: the next one's time starts
             conn.receive_data(data)
             # Replies to everything the client pipelined go out in one write.
             out = bytearray()
@@ -524,12 +491,20 @@ class Session:
             return event.reply
         if isinstance(event, ev.MessageComplete):
             # Storing takes what the disk takes; the client is not silent meanwhile.
-            self.waiting_since = None
+            self.silence.busy(self)
             return await self.accept_message(event)
         if isinstance(event, ev.AuthAttempt):
             user = self.listener.check_credentials(event.username, event.password)
             if user is None:
                 return replies.AUTH_FAILED
+            authzid = event.authorization_id
+            if authzid and authzid != event.username:
+                # RFC 4616 2: a server unwilling to let the authenticated user act as the
+                # authorization identity must fail the authentication.
+                acting = self.listener.authorize(user, authzid)
+                if acting is None:
+                    return AUTHZ_REFUSED
+                user = acting
             self.user = user
             return replies.AUTH_SUCCEEDED
         if isinstance(event, ev.BadCommand) and event.command in ("DATA", "BDAT") and self.conn.mail_from:
@@ -569,7 +544,7 @@ class Session:
         )
         result = await self.listener.acceptor.accept(submission)
         if result.reply.is_positive:
-            self.listener._accepted += len(result.messages)
+            self.listener.count_accepted(len(result.messages))
         else:
             self.reject(result.reply, "DATA", None)
         return result.reply
