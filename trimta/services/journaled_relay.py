@@ -40,42 +40,16 @@ import logging
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
+from trimta.adapters.hook_transport import BatchTransport, TransportError
 from trimta.adapters.webhook_journal import JournalError, WebhookJournal
 
 JOURNAL_RETRY_S = 1.0
 DROP_WARNING_INTERVAL_S = 60.0
-
-
-class TransportError(Exception):
-    """A batch was not confirmed: `message` says why; `retry_after_s` if the destination asked."""
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-
-class BatchTransport(Protocol):
-    """Hands batches of journaled records to one destination.
-
-    `session()` is held by the deliverer for as long as it runs (connections live inside
-    it and are closed on the way out, within a bounded time, even when cancelled).
-    `send` returns once the destination confirmed every record of the batch, or raises
-    `TransportError`; each row is (journal seq, the record as JSON).
-    """
-
-    @property
-    def connected(self) -> bool: ...
-
-    def session(self) -> AbstractAsyncContextManager[None]: ...
-
-    async def send(self, batch: Sequence[tuple[int, bytes]]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +127,10 @@ class JournaledRelay:
         self._journaled_through = 0
         self._in_flight_through = 0
         self._queued = 0
+        self._offered = 0  # every record offered, wanted or not
+        self._settled = 0  # of those, how many are journaled or were not wanted
+        self._settled_event = trio.Event()
+        self._appending = False
         self._sent = 0
         self._confirmed = 0
         self._dropped = 0
@@ -168,13 +146,31 @@ class JournaledRelay:
 
     def offer(self, record: Mapping[str, Any]) -> None:
         """Take a record if this hook wants it. Never blocks, never awaits."""
+        self._offered += 1
         if self._wants is not None and not self._wants(record):
+            if not self._incoming and not self._appending:
+                self._settle(self._offered)
             return
         if not self._incoming:
             self._incoming_since = _now()
         self._incoming.append(record)
         self._queued += 1
         self._wake_writer.set()
+
+    def mark(self) -> int:
+        """A position covering every record offered so far (see `wait_journaled`)."""
+        return self._offered
+
+    async def wait_journaled(self, mark: int) -> None:
+        """Until every record offered before `mark` was taken is in the journal (or not wanted)."""
+        while self._settled < mark:
+            await self._settled_event.wait()
+
+    def _settle(self, through: int) -> None:
+        if through > self._settled:
+            self._settled = through
+            self._settled_event.set()
+            self._settled_event = trio.Event()
 
     def statistics(self) -> RelayStatistics:
         s = self.settings
@@ -247,6 +243,7 @@ class JournaledRelay:
                 await self.journal.append(batch)
             except JournalError as exc:
                 self._log.error("%s: %d records lost at shutdown, journal failed: %s", self._what(), len(batch), exc)
+        self._settle(self._offered)
         try:
             await self.journal.close()
         except JournalError as exc:
@@ -259,12 +256,14 @@ class JournaledRelay:
             self._wake_writer = trio.Event()
             if not self._incoming:
                 continue
-            batch, since = self._incoming, self._incoming_since
+            batch, since, through = self._incoming, self._incoming_since, self._offered
             self._incoming = []
+            self._appending = True
             try:
                 last_seq = await self.journal.append(batch)
             except JournalError as exc:
                 # Keep them, in order, ahead of what came meanwhile, and try again.
+                self._appending = False
                 self._incoming[:0] = batch
                 self._incoming_since = since
                 self._journal_errors += 1
@@ -275,12 +274,16 @@ class JournaledRelay:
                 continue
             except BaseException:
                 # Cancelled before the journal took them: the shutdown flush will.
+                self._appending = False
                 self._incoming[:0] = batch
                 self._incoming_since = since
                 raise
             self._chunks.append((last_seq, since))
             self._pending += len(batch)
             self._journaled_through = last_seq
+            # What came meanwhile and is not in memory was not wanted: settled too.
+            self._appending = False
+            self._settle(self._offered if not self._incoming else through)
             await self._enforce_cap()
             self._journaled.set()
 

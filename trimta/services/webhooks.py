@@ -23,7 +23,8 @@ import trio
 from trimta.adapters.http_client import Connector, HttpClient, HttpError, open_stream
 from trimta.adapters.webhook_config import WebhookConfig
 from trimta.adapters.webhook_journal import SqliteJournal, WebhookJournal
-from trimta.services.journaled_relay import JournaledRelay, RelaySettings, TransportError, retry_delay
+from trimta.adapters.hook_transport import TransportError
+from trimta.services.journaled_relay import JournaledRelay, RelaySettings, retry_delay
 
 __all__ = ["WebhookSender", "WebhookStatistics", "retry_delay"]
 
