@@ -107,11 +107,15 @@ class AmqpTransport:
             exchange = self._exchange
             if exchange is None or not self.connected:
                 exchange = await asyncio.wait_for(self._aio_connect(), timeout)
+            # return_exceptions: every publish is awaited to its end, none left unretrieved.
             confirmations = await asyncio.wait_for(
                 asyncio.gather(*(exchange.publish(message, routing_key=key, mandatory=False)
-                                 for message, key in messages)),
+                                 for message, key in messages), return_exceptions=True),
                 timeout,
             )
+            failed = next((c for c in confirmations if isinstance(c, BaseException)), None)
+            if failed is not None:
+                raise failed
         except asyncio.TimeoutError:
             await self._aio_close()
             raise TransportError(f"no confirmation from {self.config.display_url} within {timeout:g}s") from None
