@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -52,20 +51,9 @@ from relay import (  # noqa: E402
     smtp_source_sender,
 )
 
-from tests.interop.brokers import RabbitMQ  # noqa: E402
+from tests.interop.brokers import RabbitMQ, hook_pending_records  # noqa: E402
 
 WORKLOAD = "relay-2k+amqp"
-
-
-def pending(http_port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("trimta_log_hook_pending_records{")]
-    return int(sum(values)) if values else None
 
 
 def bench_trimta(args: argparse.Namespace, directory: Path, broker: RabbitMQ | None) -> RelayResult:
@@ -95,9 +83,9 @@ max_batch_latency = "100ms"
         if broker is not None:
             delivered = time.monotonic()
             deadline = delivered + args.timeout
-            while pending(http_port) != 0 and time.monotonic() < deadline:
+            while hook_pending_records(http_port) != 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            left = pending(http_port)
+            left = hook_pending_records(http_port)
             note = (f"hook drained {time.monotonic() - delivered:.1f}s after the last delivery"
                     if left == 0 else f"{left} records still pending")
             result = dataclasses.replace(result, note=note, client_ok=result.client_ok and left == 0)

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,15 @@ class Redis:
         self.proc = None
 
     close = stop
+
+
+def hook_pending_records(http_port: int) -> int | None:
+    """A daemon's log hook records not yet confirmed, as its /metrics says (None if it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("trimta_log_hook_pending_records{")]
+    return int(sum(values)) if values else None

@@ -17,7 +17,6 @@ import json
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from tests.dnsmasq import Dnsmasq
 
-from .brokers import RabbitMQ, Redis
+from .brokers import RabbitMQ, Redis, hook_pending_records
 from .conftest import free_port, tool
 
 MESSAGES = 10_000
@@ -94,18 +93,6 @@ def log_records(directory: Path) -> list[bytes]:
     return lines
 
 
-def pending_records(d) -> int | None:
-    """The hook's records not yet confirmed, as /metrics says (None before the first scrape works)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("trimta_log_hook_pending_records{")]
-    return int(sum(values)) if values else None
-
-
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -148,7 +135,7 @@ def run_with_outage_and_kill(d, stop_broker, start_broker, consumed_count) -> di
     wait_for(lambda: len({json.loads(r)["id"] for r in log_records(d.directory)
                           if b'"type":"Delivery"' in r}) >= MESSAGES, 600, "every message delivered")
     drain_started = time.monotonic()
-    wait_for(lambda: pending_records(d) == 0, 600, "the hook's journal to drain")
+    wait_for(lambda: hook_pending_records(d.http_port) == 0, 600, "the hook's journal to drain")
     timings["drain_s"] = time.monotonic() - drain_started
     assert d.stop() == 0
     timings["run_s"] = time.monotonic() - started
