@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +214,7 @@ def default_name(display_url: str, target: str) -> str:
     return f"{host}-{digest}"
 
 
-def _short_string(what: str):
+def _short_string(what: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if not isinstance(value, str) or len(value.encode("utf-8")) > AMQP_MAX_SHORT_STRING:
             raise ValueError(f"expected {what} (a string of at most {AMQP_MAX_SHORT_STRING} bytes), got {value!r}")

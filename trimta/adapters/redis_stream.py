@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import coredis
 import coredis.exceptions
@@ -69,15 +70,14 @@ class RedisStreamTransport:
         if client is None:  # pragma: no cover (the relay sends inside the session)
             raise TransportError("not connected")
         maxlen = self.config.maxlen
-        trim = (
-            {"trim_strategy": PureToken.MAXLEN, "threshold": maxlen, "trim_operator": PureToken.APPROXIMATELY}
-            if maxlen is not None else {}
-        )
+        strategy: Literal[PureToken.MAXLEN] | None = PureToken.MAXLEN if maxlen is not None else None
+        approximately: Literal[PureToken.APPROXIMATELY] | None = PureToken.APPROXIMATELY if maxlen is not None else None
         try:
             with trio.fail_after(self.config.delivery.timeout_s):
                 async with client.pipeline(transaction=False) as pipe:
                     replies = [
-                        pipe.xadd(stream, {RECORD_FIELD: record}, **trim)
+                        pipe.xadd(stream, {RECORD_FIELD: record}, trim_strategy=strategy, threshold=maxlen,
+                                  trim_operator=approximately)
                         for stream, (_, record) in zip(self.streams(batch), batch)
                     ]
                 ids = [await reply for reply in replies]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,17 +319,17 @@ class JournaledRelay:
 
     async def _deliver_one(self) -> None:
         await self._wait_for_batch()
+        rows: list[tuple[int, bytes]] | None = None
         async with self._journal_lock:
             try:
-                rows = await self.journal.read(self.settings.batch_size)
+                read = await self.journal.read(self.settings.batch_size)
             except JournalError as exc:
                 self._journal_errors += 1
                 self._log.error("%s: cannot read the journal: %s", self._what(), exc)
-                rows = None
             else:
                 # Only what this task knows is journaled: an append may be committed in
                 # its thread before the writer task has counted it.
-                rows = [row for row in rows if row[0] <= self._journaled_through]
+                rows = [row for row in read if row[0] <= self._journaled_through]
                 if rows:
                     self._in_flight_through = rows[-1][0]
         if rows is None:

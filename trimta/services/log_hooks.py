@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from trimta.adapters.hook_transport import BatchTransport
 from trimta.adapters.loghook_config import AmqpHookConfig, LogHookConfig, RedisStreamHookConfig
 from trimta.adapters.webhook_journal import SqliteJournal, WebhookJournal
 from trimta.services.journaled_relay import JournaledRelay, RelaySettings
@@ -38,6 +39,7 @@ def make_log_hook(
 ) -> JournaledRelay:
     """The relay for one hook, its journal ``<directory>/<name>.sqlite3`` unless given."""
     d = config.delivery
+    transport: BatchTransport
     if isinstance(config, AmqpHookConfig):
         from trimta.adapters.amqp import AmqpTransport  # noqa: PLC0415 (aio-pika only when configured)
 
@@ -76,11 +78,10 @@ async def run_log_hooks(
 async def _run_amqp(relays: Sequence[JournaledRelay], *, task_status: trio.TaskStatus) -> None:
     from trimta.adapters.amqp import asyncio_bridge  # noqa: PLC0415
 
-    async with asyncio_bridge():
-        async with trio.open_nursery() as nursery:
-            for relay in relays:
-                await nursery.start(relay.run)
-            task_status.started()
+    async with asyncio_bridge(), trio.open_nursery() as nursery:
+        for relay in relays:
+            await nursery.start(relay.run)
+        task_status.started()
 
 
 def attach_all(
