@@ -251,3 +251,64 @@ headers = {{ tenant = "{{tenant}}" }}
     assert props.content_type == "application/json" and props.delivery_mode == 2
     assert props.type == record["type"] and props.headers == {"tenant": record.get("tenant") or ""}
     check_every_record_arrived(d, consumed, report)
+
+
+async def test_each_batch_crosses_into_asyncio_once_and_shutdown_closes_the_loop(rabbitmq, monkeypatch, tmp_path):
+    """1,000 records in batches of 250: four crossings to publish, in order; the shutdown closes
+    the connection through the bridge and the loop (the test's deadline covers it)."""
+    import pika
+    import trio
+
+    from trimta.adapters import amqp
+    from trimta.adapters.loghook_config import parse_log_hooks
+    from trimta.services.log_hooks import make_log_hook, run_log_hooks
+
+    params = pika.URLParameters(rabbitmq.url)
+    with pika.BlockingConnection(params) as conn:
+        channel = conn.channel()
+        channel.queue_declare("crossings", durable=True)
+        channel.queue_purge("crossings")
+    crossings: list[str] = []
+    real = amqp.trio_asyncio.aio_as_trio
+
+    def counting(fn):
+        crossings.append(fn.__name__)
+        return real(fn)
+
+    monkeypatch.setattr(amqp.trio_asyncio, "aio_as_trio", counting)
+    (config,) = parse_log_hooks(
+        {"logs": {"amqp": [{"url": rabbitmq.url, "routing_key": "crossings", "batch_size": 250,
+                            "max_batch_latency": "10s"}]}}, "test", tmp_path)
+    relay = make_log_hook(config, tmp_path / "loghooks")
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_log_hooks, [(config, relay)])
+            for n in range(1000):
+                relay.offer({"type": "Delivery", "id": f"m{n}", "tenant": "acme"})
+            while relay.statistics().confirmed < 1000:
+                await trio.sleep(0.05)
+            assert relay.statistics().connected
+            nursery.cancel_scope.cancel()
+    assert crossings.count("_aio_publish") == 4, crossings
+    assert crossings.count("_aio_close") == 1
+    with pika.BlockingConnection(params) as conn:
+        channel = conn.channel()
+        bodies = []
+        for method, _props, body in channel.consume("crossings", inactivity_timeout=2):
+            if method is None:
+                break
+            bodies.append(json.loads(body)["id"])
+            channel.basic_ack(method.delivery_tag)
+        channel.cancel()
+    assert bodies == [f"m{n}" for n in range(1000)]
+
+
+def test_asyncio_stays_inside_the_amqp_adapter():
+    """No module but trimta/adapters/amqp.py imports asyncio, aio-pika or trio-asyncio."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "trimta"
+    pattern = re.compile(r"^\s*(?:import|from)\s+(asyncio|aio_pika|aiormq|pamqp|trio_asyncio)\b", re.M)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if pattern.search(p.read_text()) and p != root / "adapters" / "amqp.py"]
+    assert offenders == []

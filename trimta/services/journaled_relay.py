@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,7 @@ class JournaledRelay:
         *,
         journal: WebhookJournal,
         transport: BatchTransport,
-        wants: Any = None,  # Callable[[Mapping], bool]; None: every record
+        wants: Callable[[Mapping[str, Any]], bool] | None = None,  # None: every record
         records: trio.abc.ReceiveChannel[Mapping[str, Any]] | None = None,
         log: logging.Logger | None = None,
     ) -> None:
