@@ -166,3 +166,14 @@ def hook_pending_records(http_port: int) -> int | None:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("trimta_log_hook_pending_records{")]
     return int(sum(values)) if values else None
+
+
+def metric(http_port: int, name: str) -> float | None:
+    """One unlabelled metric of a daemon's /metrics (None if it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else None
