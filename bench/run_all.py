@@ -11,6 +11,8 @@ Runs, one after the other, each with both MTAs where Postfix has an equivalent:
   tenants      20 tenants to one site under max_message_rate, trimta only (`bench/tenants.py`)
   backlog      N messages queued, delivery held: memory, spool, restart, trimta only
                (`bench/backlog.py`)
+  relay-2k+amqp  relay-2k with an AMQP log hook taking every record, against without
+               and Postfix, with a private rabbitmq-server (`bench/loghook.py`)
 
 and prints one table: per workload and MTA the messages sent and counted (at the
 receiver, or in the queue for accept-2k and backlog), seconds, messages/s, MB/s, CPU
@@ -40,6 +42,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent))
 
 import backlog  # noqa: E402
+import loghook  # noqa: E402
 import fanout  # noqa: E402
 import reception  # noqa: E402
 import relay  # noqa: E402
@@ -48,7 +51,8 @@ import tenants  # noqa: E402
 from common import ROOT, BenchError, find_tool, free_port, machine_summary  # noqa: E402
 from relay import RelayResult, relay_table, say  # noqa: E402
 
-WORKLOADS = ("accept-2k", "relay-2k", "relay-100k", "relay-2k-dkim", "fanout", "tenants", "backlog")
+WORKLOADS = ("accept-2k", "relay-2k", "relay-100k", "relay-2k-dkim", "fanout", "tenants", "backlog",
+             "relay-2k+amqp")
 
 
 def parsed(
@@ -151,7 +155,12 @@ def backlog_(common: argparse.Namespace) -> list[RelayResult]:
         f"{r.spool_allocated / max(1, r.messages):,.0f} B/msg; restart {r.restart_seconds:.1f}s")]
 
 
-RUNNERS = {"accept-2k": accept_2k, "relay-2k": relay_2k, "relay-100k": relay_100k,
+def loghook_(common: argparse.Namespace) -> list[RelayResult]:
+    argv = ["--messages", "500"] if common.quick else []
+    return loghook.run(parsed(loghook.add_arguments, argv, common))
+
+
+RUNNERS = {"relay-2k+amqp": loghook_, "accept-2k": accept_2k, "relay-2k": relay_2k, "relay-100k": relay_100k,
            "relay-2k-dkim": relay_2k_dkim,
            "fanout": fanout_, "tenants": tenants_, "backlog": backlog_}
 

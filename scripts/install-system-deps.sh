@@ -7,6 +7,9 @@ command -v zstdcat >/dev/null 2>&1 || missing="$missing zstd"
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || missing="$missing postfix"
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing="$missing dnsmasq-base"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+# The log hook tests' brokers (each test starts its own node on free loopback ports).
+{ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; } || missing="$missing redis-server"
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$missing rabbitmq-server"
 # swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
 # DKIM: Perl's Mail::DKIM verifies in the interop tests (CryptX for its Ed25519);

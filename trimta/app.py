@@ -3,7 +3,7 @@
 ```
 root nursery
 ├── spool writer (group commit)
-├── log sink
+├── log sink, webhooks, log hooks (AMQP ones inside the one asyncio loop, when configured)
 ├── delivery engine: scheduler; egress nursery with one task group per ready queue
 └── ingress nursery: one ESMTP listener per [[listener]], a task per connection
 ```
@@ -44,6 +44,7 @@ from trimta.core.egress_paths import EgressPathProvider
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
+from trimta.services.log_hooks import run_log_hooks, attach_all
 from trimta.services.logs import LogSink
 from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
@@ -154,7 +155,9 @@ class App:
             rule_store=FileRuleStore(config.spool.path),
         )
         # Subscribed before anything can emit, so webhooks see every record.
-        webhook_feeds = [(w, logs.subscribe(math.inf)) for w in config.webhooks]
+        webhooks = [WebhookSender(w, config.spool.path / "webhooks", records=logs.subscribe(math.inf))
+                    for w in config.webhooks]
+        log_hooks = attach_all(logs, config.log_hooks, config.spool.path / "loghooks")
         expired = engine.restore(restored.messages)
         _settle_memory()
         acceptor = Acceptor(
@@ -167,13 +170,15 @@ class App:
         )
         listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in listener_configs]
         try:
-            # The durable tail (spool, log sink, webhook journals) stops last, after
+            # The durable tail (spool, log sink, webhook and log hook journals) stops last, after
             # everything that could still produce a message or a record.
             async with trio.open_nursery() as tail:
                 await tail.start(spool.run)
                 await tail.start(logs.run)
-                for webhook, feed in webhook_feeds:
-                    await tail.start(WebhookSender(webhook, config.spool.path / "webhooks", records=feed).run)
+                for webhook in webhooks:
+                    await tail.start(webhook.run)
+                if log_hooks:
+                    await tail.start(run_log_hooks, log_hooks)
                 async with trio.open_nursery() as work:
                     await work.start(partial(engine.run, restored_expired=expired))
                     async with trio.open_nursery() as ingress:
@@ -194,6 +199,7 @@ class App:
                         if config.http.enabled:
                             api = HttpApi(acceptor=acceptor, engine=engine, rules=engine.rules, spool=spool, logs=logs,
                                           listeners=listeners, hostname=config.hostname,
+                                          relays=[w.relay for w in webhooks] + [r for _, r in log_hooks],
                                           reload=partial(reload_shaping, running),
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
                                           if config.http.known_tenants_only else None)

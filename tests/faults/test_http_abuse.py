@@ -67,11 +67,6 @@ def test_malformed_bodies_get_400(daemon, body):
     assert is_clear_4xx(status, answer), (status, answer)
 
 
-ISSUE_21 = ("HTTP edge validation is issue 21 (abuse hardening); not landed when this was written: "
-            "remove this mark when it does")
-
-
-@pytest.mark.xfail(strict=True, reason=f"answers 500 (RecursionError). {ISSUE_21}")
 def test_deeply_nested_json_gets_400(make_daemon):
     # Its own daemon: the 500 leaves a traceback in the daemon's output.
     d = make_daemon().start()
@@ -80,7 +75,6 @@ def test_deeply_nested_json_gets_400(make_daemon):
     assert "Traceback" not in d.stderr()
 
 
-@pytest.mark.xfail(strict=True, reason=f"any content type is served (a CORS simple request). {ISSUE_21}")
 @pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x",
                                           "application/x-www-form-urlencoded", ""])
 def test_wrong_content_types_get_a_clear_4xx(daemon, content_type):

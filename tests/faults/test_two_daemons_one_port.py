@@ -17,11 +17,7 @@ import pytest
 from .conftest import record_fault
 
 
-ABUSE = ("listener sockets are the abuse engineer's (issue 21: a port held outside the daemon is refused); "
-         "not on main when this was written: remove this mark when it lands")
-
-
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=ABUSE))])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_daemon_on_the_same_smtp_address_exits_1_address_in_use(make_daemon, workers):
     first = make_daemon(extra_listener=f"workers = {workers}").start()
     second = make_daemon(extra_listener=f"workers = {workers}")

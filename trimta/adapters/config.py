@@ -36,6 +36,7 @@ from trimta.adapters.dkim_config import DkimConfig, parse_dkim_config
 from trimta.adapters.dns_config import ResolverConfig, parse_dns_table
 from trimta.adapters.http_config import HttpConfig, http_config_from
 from trimta.adapters.kumomta_files import HelperFile, parse_kumomta_table, parse_listener_domains
+from trimta.adapters.loghook_config import LogHookConfig, parse_log_hooks
 from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
 from trimta.adapters.tls import TlsFileError, check_server_files
 from trimta.adapters.toml_lines import TomlLines
@@ -216,6 +217,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()  # one per [[logs.webhook]]
     dkim: DkimConfig = field(default_factory=DkimConfig)
     dkim_signer: DkimSigner | None = None  # keys read; None without [dkim] files
+    log_hooks: tuple[LogHookConfig, ...] = ()  # one per [[logs.amqp]] and [[logs.redis_stream]]
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -434,7 +436,7 @@ def parse_config(
 
     lg = Table(raw.get("logs", {}), source, "logs",
                 ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook", "compression",
-                 "compression_level"))
+                 "compression_level", "amqp", "redis_stream"))
     logs = LogsConfig(
         path=base_dir / lg.string("path", "trimta-data/logs"),
         max_file_size_bytes=lg.get("max_file_size", 100_000_000, units.parse_size),
@@ -464,6 +466,7 @@ def parse_config(
         source=source, hostname=hostname, listeners=listeners, tenancy=tenancy,
         spool=spool, logs=logs, dns=dns, delivery=delivery, raw=raw,
         http=http_config_from(raw, source), webhooks=parse_webhooks(raw, source),
+        log_hooks=parse_log_hooks(raw, source, base_dir),
         shaping=shaping, shaping_loaded=load_shaping_files(shaping.paths),
         dkim=dkim, dkim_signer=dkim_signer,
     )

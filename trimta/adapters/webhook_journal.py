@@ -1,4 +1,4 @@
-"""The webhook journal: records waiting for one webhook, on disk, oldest first.
+"""The hook journal: records waiting for one webhook or log hook, on disk, oldest first.
 
 Every record meant for a webhook is appended here before it is sent, and removed
 once the endpoint has acknowledged the batch that carried it. So whatever the
@@ -60,6 +60,10 @@ class WebhookJournal(Protocol):
         """Forget every record up to and including `seq` (they were acknowledged)."""
         ...
 
+    async def drop_oldest(self, count: int, *, after: int = 0) -> int:
+        """Forget the oldest `count` records whose seq is above `after`; returns how many went."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -82,6 +86,9 @@ class SqliteJournal:
 
     async def remove_through(self, seq: int) -> None:
         await trio.to_thread.run_sync(self._remove_through, seq)
+
+    async def drop_oldest(self, count: int, *, after: int = 0) -> int:
+        return await trio.to_thread.run_sync(self._drop_oldest, count, after)
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._close)
@@ -130,6 +137,14 @@ class SqliteJournal:
     def _remove_through(self, seq: int) -> None:
         with self._lock:
             self._connection().execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+
+    def _drop_oldest(self, count: int, after: int) -> int:
+        with self._lock:
+            cursor = self._connection().execute(
+                "DELETE FROM pending WHERE seq IN (SELECT seq FROM pending WHERE seq > ? ORDER BY seq LIMIT ?)",
+                (after, count),
+            )
+            return cursor.rowcount
 
     def _close(self) -> None:
         with self._lock:

@@ -63,7 +63,7 @@ from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.inject import Injector, parse_inject_request
-from trimta.services.metrics import LoopLagMonitor, TrimtaCollector, registry_for, render
+from trimta.services.metrics import LoopLagMonitor, RelayStatisticsSource, TrimtaCollector, registry_for, render
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ class HttpApi:
         spool: Spool | None = None,
         logs: LogSink | None = None,
         listeners: Sequence = (),
+        relays: Sequence[RelayStatisticsSource] = (),
         clock: Callable[[], float] = time.time,
         hostname: str | None = None,
         max_message_size_bytes: int = 20_000_000,
@@ -272,7 +273,7 @@ class HttpApi:
         self.servers: list[HttpServer] = []
         self.collector = TrimtaCollector(
             engine=engine, spool=spool, listeners=listeners, logs=logs, lag=self.lag,
-            http_servers=lambda: self.servers, max_tenants=max_metric_tenants, max_sites=max_metric_sites,
+            http_servers=lambda: self.servers, relays=relays, max_tenants=max_metric_tenants, max_sites=max_metric_sites,
         )
         self.registry = registry_for(self.collector)
         self.routes: dict[str, dict[str, Route]] = {

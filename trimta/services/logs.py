@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +25,30 @@ import trio
 from trimta.adapters.logfile import JsonLinesWriter
 
 log = logging.getLogger(__name__)
+
+# How long a flush waits for the hooks' journals before writing the log file anyway
+# (a journal whose disk fails must not stop the log files).
+JOURNAL_BARRIER_TIMEOUT_S = 2.0
+
+
+class RecordTap(Protocol):
+    """A durable consumer of every record (a log hook): fed on the hot path, journaled by itself.
+
+    The sink writes a record to the log file only after every tap journaled it (within
+    `JOURNAL_BARRIER_TIMEOUT_S`), so whatever the log file holds, even after a
+    ``kill -9``, is in every hook's journal too.
+    """
+
+    def offer(self, record: Mapping[str, Any]) -> None: ...
+
+    def mark(self) -> int:
+        """A position covering every record offered so far."""
+        ...
+
+    async def wait_journaled(self, mark: int) -> None:
+        """Until every record offered before `mark` was taken is journaled (or refused)."""
+        ...
+
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -64,21 +89,24 @@ class LogSink:
         self._errors = 0
         self._wakeup = trio.Event()
         self._subscribers: list[trio.MemorySendChannel] = []
+        self._taps: list[RecordTap] = []
 
     def emit(self, record: dict[str, Any]) -> None:
         self._pending.append(record)
         self._emitted += 1
-        if self._subscribers:
+        if self._subscribers or self._taps:
             self._publish(record)
 
     def emit_encoded(self, line: str) -> None:
         """`emit` for a record already encoded by `encode_record` (in another process)."""
         self._pending.append(line)
         self._emitted += 1
-        if self._subscribers:
+        if self._subscribers or self._taps:
             self._publish(json.loads(line))
 
     def _publish(self, record: dict[str, Any]) -> None:
+        for tap in self._taps:
+            tap.offer(record)
         for channel in self._subscribers:
             try:
                 channel.send_nowait(record)
@@ -90,6 +118,10 @@ class LogSink:
         send, receive = trio.open_memory_channel(max_buffer)
         self._subscribers.append(send)
         return receive
+
+    def attach(self, tap: RecordTap) -> None:
+        """Offer every record emitted from now on to `tap`, and write none before it journaled it."""
+        self._taps.append(tap)
 
     def statistics(self) -> LogSinkStatistics:
         return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors)
@@ -104,6 +136,11 @@ class LogSink:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        if self._taps:
+            marks = [(tap, tap.mark()) for tap in self._taps]
+            with trio.move_on_after(JOURNAL_BARRIER_TIMEOUT_S):
+                for tap, mark in marks:
+                    await tap.wait_journaled(mark)
         try:
             await trio.to_thread.run_sync(self._write_batch, batch)
         except OSError as exc:

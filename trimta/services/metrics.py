@@ -25,6 +25,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from trimta.adapters.spool import Spool
 from trimta.services.engine import DeliveryEngine
+from trimta.services.journaled_relay import RelayStatistics
 from trimta.services.logs import LogSink
 
 OTHER = "other"
@@ -116,6 +118,12 @@ class LabelBudget:
         return out
 
 
+class RelayStatisticsSource(Protocol):
+    """A webhook's or log hook's relay, as the metrics see it."""
+
+    def statistics(self) -> RelayStatistics: ...
+
+
 # --- the collector ------------------------------------------------------------------------------
 
 
@@ -135,6 +143,7 @@ class TrimtaCollector(Collector):
         logs: LogSink | None = None,
         lag: LoopLagMonitor | None = None,
         http_servers: Callable[[], Iterable] = tuple,
+        relays: Sequence[RelayStatisticsSource] = (),
         max_tenants: int = 100,
         max_sites: int = 100,
         max_ready_queues: int = 100,
@@ -145,6 +154,7 @@ class TrimtaCollector(Collector):
         self.logs = logs
         self.lag = lag
         self.http_servers = http_servers
+        self.relays = relays
         self.tenants = LabelBudget(max_tenants)
         self.sites = LabelBudget(max_sites)
         self.max_ready_queues = max_ready_queues
@@ -161,6 +171,8 @@ class TrimtaCollector(Collector):
         if self.logs is not None:
             yield from self._logs(self.logs)
         yield from self._http()
+        if self.relays:
+            yield from self._relays()
         if self.lag is not None:
             yield from self._lag()
 
@@ -266,6 +278,29 @@ class TrimtaCollector(Collector):
         errors.add_metric(("4xx",), sum(s.client_errors for s in servers))
         errors.add_metric(("5xx",), sum(s.server_errors for s in servers))
         yield errors
+
+    def _relays(self) -> Iterator[Metric]:
+        labels = ("hook", "kind")
+        records = CounterMetricFamily(
+            "trimta_log_hook_records", "Records of one webhook or log hook: queued (taken for it), sent "
+            "(handed to the destination, retries included), confirmed (acknowledged by it), dropped "
+            "(oldest, over the journal's cap).", labels=(*labels, "event"))
+        pending = GaugeMetricFamily("trimta_log_hook_pending_records",
+                                    "Records in a hook's journal (or memory), not yet confirmed.", labels=labels)
+        connected = GaugeMetricFamily("trimta_log_hook_connected",
+                                      "1 while the hook's destination took the last attempt.", labels=labels)
+        failures = CounterMetricFamily("trimta_log_hook_failed_batches", "Batches a hook's destination did "
+                                       "not confirm.", labels=labels)
+        for relay in self.relays:
+            s = relay.statistics()
+            key = (s.name, s.kind)
+            for event, value in (("queued", s.queued), ("sent", s.sent), ("confirmed", s.confirmed),
+                                 ("dropped", s.dropped)):
+                records.add_metric((*key, event), value)
+            pending.add_metric(key, s.pending + s.buffered)
+            connected.add_metric(key, 1 if s.connected else 0)
+            failures.add_metric(key, s.failures)
+        yield from (records, pending, connected, failures)
 
     def _lag(self) -> Iterator[Metric]:
         assert self.lag is not None

@@ -60,6 +60,13 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         self.rows = [row for row in self.rows if row[0] > seq]
 
+    async def drop_oldest(self, count: int, *, after: int = 0) -> int:
+        await trio.lowlevel.checkpoint()
+        doomed = {seq for seq, _ in self.rows if seq > after}
+        doomed = set(sorted(doomed)[:count])
+        self.rows = [row for row in self.rows if row[0] not in doomed]
+        return len(doomed)
+
     async def close(self) -> None:
         await trio.lowlevel.checkpoint()
 
