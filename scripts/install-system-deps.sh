@@ -6,6 +6,9 @@ command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || missing="$missing postfix"
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing="$missing dnsmasq-base"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+# The doc tests run the docs' jq and sqlite3 examples.
+command -v jq >/dev/null 2>&1 || missing="$missing jq"
+command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 # swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
 [ -z "$missing" ] && exit 0
