@@ -86,9 +86,13 @@ class Files:
         raise LookupError(dest)
 
 
+# argparse keeps its actions and their kinds private; reading them is how the test
+# enumerates what the commands accept.
+_NOT_ARGUMENTS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)  # noqa: SLF001
+
+
 def argument_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction))]
+    return [a for a in parser._actions if not isinstance(a, _NOT_ARGUMENTS)]  # noqa: SLF001
 
 
 def baseline(command: str, parser: argparse.ArgumentParser, files: Files, endpoint: str) -> dict[str, list[str]]:
@@ -141,7 +145,7 @@ def cases(tmp_path_factory_root: Path) -> list:
         base = baseline(command, parser, files, endpoint)
         actions = {a.dest: a for a in argument_actions(parser)}
 
-        def argv(**replace: list[str]) -> list[str]:
+        def argv(words=words, base=base, **replace: list[str]) -> list[str]:
             merged = {**base, **replace}
             return [*words, *(w for ws in merged.values() for w in ws)]
 
