@@ -10,6 +10,9 @@ command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 # The log hook tests' brokers (each test starts its own node on free loopback ports).
 { command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; } || missing="$missing redis-server"
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$missing rabbitmq-server"
+# The doc tests run the docs' jq and sqlite3 examples.
+command -v jq >/dev/null 2>&1 || missing="$missing jq"
+command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 # swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
 # DKIM: Perl's Mail::DKIM verifies in the interop tests (CryptX for its Ed25519);

@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "top", "inject", "shaping", "dkim")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line said in one line (not usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from trimta import __version__
 
-    parser = argparse.ArgumentParser(prog="trimta", description="A multi-tenant mail transfer agent.")
+    parser = Parser(prog="trimta", description="A multi-tenant mail transfer agent.")
     parser.add_argument("--version", action="version", version=f"trimta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

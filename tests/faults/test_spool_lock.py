@@ -35,7 +35,7 @@ def test_second_daemon_on_the_same_spool_exits_1_naming_the_first(make_daemon):
         capture_output=True, text=True, timeout=120, cwd=second.directory,
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == f"trimta: spool {first.spool_path} is in use by process {first.proc.pid}"
+    assert done.stderr.splitlines()[-1] == f"trimta serve: spool {first.spool_path} is in use by process {first.proc.pid}"
     assert "Traceback" not in done.stderr
     # It stopped before restoring or listening: nothing of the first's mail was read.
     assert "restored" not in done.stderr

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException as exc:  # sorted below; anything else is re-raised
         leaf = _single_leaf(exc)
         if isinstance(leaf, SpoolInUse):  # another daemon runs on this spool
-            print(f"trimta: {leaf}", file=sys.stderr)
+            print(f"trimta serve: {leaf}", file=sys.stderr)
             return 1
         if isinstance(leaf, SpoolError):  # e.g. an unreadable spool database
             print(f"trimta serve: spool: {leaf}", file=sys.stderr)

@@ -188,8 +188,8 @@ def run_check(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if report.errors:
-        noun = "mistake" if len(report.errors) == 1 else "mistakes"
-        print(f"{len(report.errors)} {noun} in {', '.join(report.files)}", file=sys.stderr)
+        if len(report.errors) > 1:  # one mistake is said by its own line
+            print(f"{len(report.errors)} mistakes in {', '.join(report.files)}", file=sys.stderr)
         return 1
     print(f"OK: {', '.join(report.files)}: {report.domains} domain tables, {report.providers} providers, "
           f"{len(report.warnings)} warnings")
