@@ -128,7 +128,7 @@ def test_the_reference_documents_every_key_the_parsers_accept_and_no_other(tmp_p
         parent, _, own = section.rpartition(".")
         if own == "*":
             parent, _, own = parent.rpartition(".")
-        def has_section(key: str) -> bool:
+        def has_section(key: str, section: str = section) -> bool:
             return any(f"{section}.{key}{tail}".lstrip(".") in doc for tail in ("", ".*"))
 
         if section not in doc and all(has_section(k) for k in keys):
