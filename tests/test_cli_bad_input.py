@@ -39,6 +39,10 @@ BASELINE_BY_DEST = {
     "key": "connection_limit",
     "value": "5",
     "domain": "example.com",
+    "selector": "s2026",
+    "algo": "rsa",
+    "bits": "2048",
+    "key_directory": "dkim-keys",
 }
 BASELINE_BY_METAVAR = {
     "DOMAIN": "example.com", "ADDR": "someone@example.com", "ID": "0001aa", "NAME": "ip-1",
