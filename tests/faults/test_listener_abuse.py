@@ -36,7 +36,7 @@ CONCURRENT = 20
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     d = Daemon(directory=tmp_path_factory.mktemp("abuse"), port=free_port(),
-               extra_listener='max_message_size = "1MB"\nmax_connections = 2500\n'
+               extra_listener='max_message_size = "1MB"\nmax_connections = 2500\nmax_connections_per_client = 0\n'
                               'client_timeout = "30s"\nmax_errors = 10\n')
     d.start()
     yield d
