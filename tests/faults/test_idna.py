@@ -37,7 +37,7 @@ def test_mail_to_an_idn_goes_to_its_idna_2008_mx_in_one_queue(make_daemon, tmp_p
         c.start()
     try:
         daemon = make_daemon(
-            dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"',
+            dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "10s"',
             extra_config=f'[egress.default]\nsmtp_port = {port}\nprohibited_hosts = []\n'
                          f'enable_tls = "Disabled"\nidle_timeout = "2s"\n',
         ).start()
@@ -46,7 +46,7 @@ def test_mail_to_an_idn_goes_to_its_idna_2008_mx_in_one_queue(make_daemon, tmp_p
             s.sendmail("sender@example.com", ["ulrike@faß.test"], b"Subject: one\r\n\r\nu-label\r\n",
                        mail_options=["SMTPUTF8"])
             s.sendmail("sender@example.com", ["ulrike@XN--FA-HIA.test"], b"Subject: two\r\n\r\na-label\r\n")
-        wait_for(lambda: len(right.messages) == 2, what="both messages at the IDNA 2008 MX")
+        wait_for(lambda: len(right.messages) == 2, timeout=120, what="both messages at the IDNA 2008 MX")
         assert wrong.messages == []
         assert sorted(m["recipients"][0] for m in right.messages) == ["ulrike@XN--FA-HIA.test", "ulrike@faß.test"]
         receptions = wait_for(lambda: len(r := daemon.records("Reception")) == 2 and r, what="Reception records")
