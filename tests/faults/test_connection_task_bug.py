@@ -14,53 +14,14 @@ import trio
 
 from tests.services.conftest import DELIVERY_BASE
 from trimta.testing.harness import DeliveryHarness
-from trimta.testing.network import FakeNetwork, accepting
+from trimta.testing.network import FirstConnectionBuggy, accepting
 
 from .conftest import record_fault
 
 HOUR = 3600
-class _Raising:
-    """A stream whose receive number `fail_at` raises a bug."""
-
-    def __init__(self, inner, fail_at: int) -> None:
-        self.inner, self.fail_at, self.reads = inner, fail_at, 0
-
-    @property
-    def tls_version(self):
-        return self.inner.tls_version
-
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        self.reads += 1
-        if self.reads == self.fail_at:
-            raise RuntimeError("backend stream bug")
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes) -> None:
-        await self.inner.send_all(data)
-
-    async def start_tls(self, context, server_hostname):
-        return await self.inner.start_tls(context, server_hostname)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class FirstConnectionBreaks(FakeNetwork):
-    def __init__(self, fail_at: int) -> None:
-        super().__init__()
-        self.fail_at, self.broken = fail_at, 0
-
-    async def connect_tcp(self, address, port, *, source_address=None, timeout_s=60.0):
-        stream = await super().connect_tcp(address, port, source_address=source_address, timeout_s=timeout_s)
-        if self.broken:
-            return stream
-        self.broken += 1
-        return _Raising(stream, self.fail_at)
-
-
 @pytest.mark.parametrize("fail_at", [1, 3], ids=["first read", "reply to the data"])
 async def test_a_bug_in_a_connection_task_strands_no_message(autojump_clock, fail_at):
-    h = DeliveryHarness(config=DELIVERY_BASE, network=FirstConnectionBreaks(fail_at))
+    h = DeliveryHarness(config=DELIVERY_BASE, network=FirstConnectionBuggy(on="receive", fail_at=fail_at))
     h.resolver.add_domain("example.net", "127.0.0.10")
     mx = h.network.add_receiver("127.0.0.10", 25, accepting())
     with trio.fail_after(4 * HOUR):

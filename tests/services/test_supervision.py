@@ -12,56 +12,12 @@ import trio
 
 from trimta.core.mx import MxResolution
 from trimta.testing.harness import DeliveryHarness, RecordingLogs
-from trimta.testing.network import FakeNetwork, accepting
+from trimta.testing.network import FirstConnectionBuggy, accepting
 from trimta.testing.resolver import FakeResolver
 
 from .conftest import DELIVERY_BASE
 
 HOUR = 3600
-
-
-class _SendRaises:
-    """A stream whose `send_all` number `fail_at` raises a bug, as a broken backend would."""
-
-    def __init__(self, inner, fail_at: int) -> None:
-        self.inner = inner
-        self.fail_at = fail_at
-        self.sends = 0
-
-    @property
-    def tls_version(self):
-        return self.inner.tls_version
-
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes) -> None:
-        self.sends += 1
-        if self.sends == self.fail_at:
-            raise RuntimeError("backend stream bug")
-        await self.inner.send_all(data)
-
-    async def start_tls(self, context, server_hostname):
-        return await self.inner.start_tls(context, server_hostname)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class FaultyFirstConnection(FakeNetwork):
-    """The fake network, except that the first connection's send number `fail_at` raises."""
-
-    def __init__(self, fail_at: int = 1) -> None:
-        super().__init__()
-        self.fail_at = fail_at
-        self.faulty = 0
-
-    async def connect_tcp(self, address, port, *, source_address=None, timeout_s=60.0):
-        stream = await super().connect_tcp(address, port, source_address=source_address, timeout_s=timeout_s)
-        if self.faulty:
-            return stream
-        self.faulty += 1
-        return _SendRaises(stream, self.fail_at)
 
 
 class ResolverRaisingOnce(FakeResolver):
@@ -101,7 +57,7 @@ def _harness(**options) -> DeliveryHarness:
 
 async def test_first_send_of_a_connection_raising_still_delivers_the_message(autojump_clock):
     # The issue's reproduction: the first send (EHLO) of the first connection raises.
-    h = _harness(network=FaultyFirstConnection(fail_at=1))
+    h = _harness(network=FirstConnectionBuggy(on="send", fail_at=1))
     mx = h.network.add_receiver("127.0.0.10", 25, accepting())
     with trio.fail_after(2 * HOUR):
         async with h.running():
@@ -123,7 +79,7 @@ async def test_first_send_of_a_connection_raising_still_delivers_the_message(aut
 
 async def test_a_send_raising_mid_transaction_returns_that_message_and_the_queue_goes_on(autojump_clock):
     # Send 1 is EHLO, 2 MAIL (pipelined with RCPT and DATA): the bug strikes with a message in flight.
-    h = _harness(network=FaultyFirstConnection(fail_at=2))
+    h = _harness(network=FirstConnectionBuggy(on="send", fail_at=2))
     mx = h.network.add_receiver("127.0.0.10", 25, accepting())
     with trio.fail_after(HOUR):
         async with h.running():

@@ -263,12 +263,7 @@ class OperatorRules:
         return self._ready_suspensions.active(self.clock())
 
     async def cancel_ready_queue_suspension(self, rule_id: str) -> bool:
-        rule = await self._saved_without(self._ready_suspensions, rule_id)
-        if rule is None:
-            return False
-        self._apply_ready_suspension(rule.name)
-        self._changed.set()
-        return True
+        return await self._cancel_queue_rule(self._ready_suspensions, rule_id, self._apply_ready_suspension)
 
     async def override(self, *, name: str, option: str, value: Any, duration_s: float,
                        reason: str = "") -> PathOverrideRule:
@@ -285,10 +280,14 @@ class OperatorRules:
         return self._overrides.active(self.clock())
 
     async def cancel_override(self, rule_id: str) -> bool:
-        rule = await self._saved_without(self._overrides, rule_id)
+        return await self._cancel_queue_rule(self._overrides, rule_id, self._apply_overrides)
+
+    async def _cancel_queue_rule(self, rules: Rules[Any], rule_id: str, apply: Callable[[str], None]) -> bool:
+        """Cancel a rule about one ready queue (durably), and let the queue know."""
+        rule = await self._saved_without(rules, rule_id)
         if rule is None:
             return False
-        self._apply_overrides(rule.name)
+        apply(rule.name)
         self._changed.set()
         return True
 

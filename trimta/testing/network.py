@@ -42,6 +42,7 @@ import enum
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -666,3 +667,51 @@ def _socket_names(stream: trio.abc.Stream) -> tuple[str, int, str | None]:
     except OSError:
         local, peer = ("", 0), None
     return str(local[0]), int(local[1]), (str(peer[0]) if peer else None)
+
+
+class _BuggyStream:
+    """A stream whose call number `fail_at` of `on` (``"send"`` or ``"receive"``) raises a bug."""
+
+    def __init__(self, inner: NetworkStream, on: str, fail_at: int) -> None:
+        self.inner, self.on, self.fail_at, self.calls = inner, on, fail_at, 0
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.inner.tls_version
+
+    def _count(self, kind: str) -> None:
+        if kind == self.on:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("backend stream bug")
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        self._count("receive")
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes) -> None:
+        self._count("send")
+        await self.inner.send_all(data)
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> NetworkStream:
+        return await self.inner.start_tls(context, server_hostname)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FirstConnectionBuggy(FakeNetwork):
+    """The fake network, except that the first connection's `on` call number `fail_at`
+    raises `RuntimeError`, as a broken backend stream would (supervision tests)."""
+
+    def __init__(self, *, on: str = "send", fail_at: int = 1, **options: Any) -> None:
+        super().__init__(**options)
+        self.on, self.fail_at, self.faulty = on, fail_at, 0
+
+    async def connect_tcp(self, address: str, port: int, *, source_address: str | None = None,
+                          timeout_s: float = 60.0) -> NetworkStream:
+        stream = await super().connect_tcp(address, port, source_address=source_address, timeout_s=timeout_s)
+        if self.faulty:
+            return stream
+        self.faulty += 1
+        return _BuggyStream(stream, self.on, self.fail_at)
