@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.dkim_support import write_key
-from tests.dkim_verifiers import dkimverify, mail_dkim, txt_record_option
+from tests.dkim_verifiers import dkimverify, mail_dkim, opendkim, txt_record_option
 from tests.dnsmasq import Dnsmasq
 from trimta.core.dkim import Algorithm
 
@@ -198,6 +198,10 @@ def test_smtplib_swaks_and_inject_mail_verifies_with_dkimpy_and_mail_dkim(make_d
     assert verdicts(by_subject(handler, "swaks"), port) == [
         ("example.test", "ok", "ed25519"), ("esp.test", "ok", "pass"), ("fallback.test", "ok", "pass")]
     assert b"a=ed25519-sha256" in by_subject(handler, "swaks").split(b"DKIM-Signature")[1]
+    # OpenDKIM checks Ed25519 where this Mail::DKIM cannot: a second verifier for it.
+    assert sorted(opendkim(by_subject(handler, "swaks"), port)) == [
+        ("esp.test", "rsa-sha256", "pass"), ("example.test", "ed25519-sha256", "pass"),
+        ("fallback.test", "rsa-sha256", "pass")]
 
     receptions = {r["id"]: r for r in d.records("Reception")}
     assert len(receptions) == 8
@@ -216,11 +220,15 @@ def test_rsa_and_ed25519_double_signature_and_over_signing(make_daemon, dns, key
     data = by_subject(handler, "double")
     assert verdicts(data, dns.port) == [
         ("example.test", "ok", "pass"), ("example.test", "ok", "ed25519"), ("esp.test", "ok", "pass")]
+    assert sorted(opendkim(data, dns.port)) == [
+        ("esp.test", "rsa-sha256", "pass"), ("example.test", "ed25519-sha256", "pass"),
+        ("example.test", "rsa-sha256", "pass")]
     # A Subject added on top after signing: over-signed (h= has one subject more than
     # the message), so no signature survives.
     tampered = b"Subject: you won\r\n" + data
     assert verdicts(tampered, dns.port) == [
         ("example.test", "fail", "fail"), ("example.test", "fail", "ed25519"), ("esp.test", "fail", "fail")]
+    assert [verdict for _, _, verdict in opendkim(tampered, dns.port)] == ["fail", "fail", "fail"]
 
 
 def test_message_without_from_is_refused_552_and_not_stored(make_daemon, dns, keys, receiver):
