@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps system-deps bench-reception bench soak clean
+.PHONY: run demo test test-fast lint deps system-deps bench-reception bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ system-deps:
 ## run: create the virtualenv, install, start `trimta serve` on the embedded default
 run: deps
 	$(BIN)/trimta serve
+
+## demo: trimta delivering to two local receivers (local DNS too); shows the mail and its records, runs until Ctrl-C
+demo: deps
+	$(BIN)/python scripts/demo.py
 
 ## test: install what the tests need (Debian packages too) and run the whole suite
 test: deps system-deps
@@ -47,7 +51,7 @@ bench: deps system-deps
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) trimta-data .pytest_cache
+	rm -rf $(VENV) trimta-data demo-data .pytest_cache
 
 ## soak: trimta relaying at half its measured capacity for 30 minutes; RSS, fds, p99 latency per minute
 soak: deps system-deps
