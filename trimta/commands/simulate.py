@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from trimta.adapters.config import Config, ConfigError, load_config
 from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
 from trimta.commands._config import add_config_option
+from trimta.commands._progress import Progress
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.mx import MxResolution, Resolver
@@ -57,7 +58,7 @@ class _Reachable:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trimta.testing.simulate import run_simulation, load_workload
+    from trimta.testing.simulate import format_duration, load_workload, run_simulation
 
     try:
         config = load_config(args.config)
@@ -67,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"trimta simulate: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    report = run_simulation(workload, config=config.delivery, paths=_Reachable(paths), seed=args.seed)
+    with Progress("simulating", sum(t.messages for t in workload.traffic)) as progress:
+        def on_progress(simulated_s: float, finished: int, total: int) -> None:
+            progress.update(finished, f"{finished}/{total} messages, {format_duration(simulated_s)} simulated")
+
+        report = run_simulation(workload, config=config.delivery, paths=_Reachable(paths), seed=args.seed,
+                                on_progress=on_progress if progress.enabled else None)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
     else:

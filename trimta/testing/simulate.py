@@ -34,6 +34,7 @@ import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -174,22 +175,32 @@ class SimulationReport:
                 f" {'deferred':>8} {'bounced':>7} {'drained':>9}")
         lines = [head, "-" * len(head)]
         for s in self.sites:
-            drained = "-" if s.drained_after_s is None else _fmt_duration(s.drained_after_s)
+            drained = "-" if s.drained_after_s is None else format_duration(s.drained_after_s)
             lines.append(f"{s.site[:48]:<48} {s.delivered:>9} {s.per_minute_avg:>9.1f} {s.per_minute_peak:>9} "
                          f"{s.peak_connections:>9} {s.deferred:>8} {s.bounced:>7} {drained:>9}")
         lines.append(f"injected {self.injected}, still queued {self.left_in_queue}, "
-                     f"simulated {_fmt_duration(self.simulated_s)}")
+                     f"simulated {format_duration(self.simulated_s)}")
         return "\n".join(lines)
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     h, rest = divmod(int(round(seconds)), 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-async def simulate(workload: Workload, harness: DeliveryHarness, *, seed: int = 0) -> SimulationReport:
-    """Run `workload` through `harness` (already configured) until drained or `duration`."""
+ProgressCallback = Callable[[float, int, int], None]  # (simulated seconds, messages finished, messages in all)
+PROGRESS_EVERY_S = 60.0  # of virtual time
+
+
+async def simulate(
+    workload: Workload, harness: DeliveryHarness, *, seed: int = 0, on_progress: ProgressCallback | None = None
+) -> SimulationReport:
+    """Run `workload` through `harness` (already configured) until drained or `duration`.
+
+    `on_progress`, if given, is called every simulated minute with the simulated time
+    so far, the messages finished (delivered, bounced or expired) and the messages in all.
+    """
     rng = random.Random(seed)
     receivers: dict[str, ScriptedReceiver] = {}
     times: defaultdict[str, list[float]] = defaultdict(list)
@@ -217,12 +228,25 @@ async def simulate(workload: Workload, harness: DeliveryHarness, *, seed: int = 
             else:
                 await trio.lowlevel.checkpoint()
 
-    async with harness.running():
+    total = sum(t.messages for t in workload.traffic)
+
+    async def report_progress() -> None:
+        assert on_progress is not None
+        counts: Counter[str] = harness.logs.by_type  # type: ignore[attr-defined]
+        while True:
+            await trio.sleep(PROGRESS_EVERY_S)
+            on_progress(trio.current_time() - start, counts["Delivery"] + counts["Bounce"] + counts["Expiration"],
+                        total)
+
+    async with harness.running(), trio.open_nursery() as progress:
+        if on_progress is not None:
+            progress.start_soon(report_progress)
         with trio.move_on_after(workload.duration_s if workload.duration_s else math.inf):
             async with trio.open_nursery() as nursery:
                 for t in workload.traffic:
                     nursery.start_soon(feed, t)
             await harness.wait_until_settled(poll_s=10.0)
+        progress.cancel_scope.cancel()
     elapsed = trio.current_time() - start
     logs: CountingLogs = harness.logs  # type: ignore[assignment]
     report = SimulationReport(simulated_s=elapsed, injected=sum(t.messages for t in workload.traffic),
@@ -302,13 +326,15 @@ def _receiver(spec: ReceiverSpec, rng: random.Random, times: list[float]) -> Scr
     return ScriptedReceiver(spec.mx, rules=rules, latency_s=spec.latency_s, tls=FakeTls(spec.tls))
 
 
-def run_simulation(workload: Workload, **harness_options: Any) -> SimulationReport:
+def run_simulation(
+    workload: Workload, *, on_progress: ProgressCallback | None = None, **harness_options: Any
+) -> SimulationReport:
     """Run a simulation to completion in virtual time (a fresh trio run)."""
     result: list[SimulationReport] = []
 
     async def main() -> None:
         harness = DeliveryHarness(logs=CountingLogs(), **harness_options)
-        result.append(await simulate(workload, harness))
+        result.append(await simulate(workload, harness, on_progress=on_progress))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     return result[0]
