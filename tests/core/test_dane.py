@@ -1,0 +1,137 @@
+"""DANE TLSA matching (RFC 7672) against certificates generated here with `cryptography`."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from trimta.adapters.certificates import presented_certificate
+from trimta.core.dane import TlsaRecord, Verdict, check, name_matches
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def make_certificate(subject, issuer=None, issuer_key=None, dns_names=(), *, ca=False, expired=False):
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=30 if not expired else 400))
+        .not_valid_after(NOW + datetime.timedelta(days=30) if not expired else NOW - datetime.timedelta(days=300))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if dns_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False)
+    certificate = builder.sign(issuer_key or key, hashes.SHA256())
+    return certificate, key
+
+
+def der(certificate):
+    return certificate.public_bytes(Encoding.DER)
+
+
+def spki(certificate):
+    return certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+CA, CA_KEY = make_certificate("Test CA", ca=True)
+LEAF, _ = make_certificate("mx.example.net", "Test CA", CA_KEY, ("mx.example.net",))
+WILDCARD_LEAF, _ = make_certificate("wild", "Test CA", CA_KEY, ("*.example.net",))
+SELF_SIGNED_ELSEWHERE, _ = make_certificate("x", dns_names=("unrelated.example.org",), expired=True)
+OTHER, _ = make_certificate("other", dns_names=("mx.example.net",))
+
+
+def chain(*certificates):
+    presented = [presented_certificate(der(c)) for c in certificates]
+    assert None not in presented
+    return presented
+
+
+def test_dane_ee_matches_the_server_certificate_in_every_form():
+    for selector, data in [(0, der(LEAF)), (1, spki(LEAF))]:
+        for mtype, digest in [(0, data), (1, hashlib.sha256(data).digest()), (2, hashlib.sha512(data).digest())]:
+            result = check([TlsaRecord(3, selector, mtype, digest)], chain(LEAF, CA), ["mx.example.net"])
+            assert result.verdict is Verdict.MATCHED, (selector, mtype)
+
+
+def test_dane_ee_checks_neither_names_nor_expiry():
+    record = TlsaRecord(3, 1, 1, hashlib.sha256(spki(SELF_SIGNED_ELSEWHERE)).digest())
+    assert check([record], chain(SELF_SIGNED_ELSEWHERE), ["mx.example.net"]).verdict is Verdict.MATCHED
+
+
+def test_dane_ee_of_another_key_does_not_match():
+    record = TlsaRecord(3, 1, 1, hashlib.sha256(spki(OTHER)).digest())
+    assert check([record], chain(LEAF, CA), ["mx.example.net"]).verdict is Verdict.NO_MATCH
+
+
+def test_dane_ee_only_matches_the_first_certificate():
+    record = TlsaRecord(3, 0, 1, hashlib.sha256(der(CA)).digest())
+    assert check([record], chain(LEAF, CA), ["mx.example.net"]).verdict is Verdict.NO_MATCH
+
+
+def test_dane_ta_matches_an_issuer_in_the_chain_when_the_name_matches():
+    record = TlsaRecord(2, 0, 1, hashlib.sha256(der(CA)).digest())
+    assert check([record], chain(LEAF, CA), ["mx.example.net"]).verdict is Verdict.MATCHED
+    assert check([record], chain(LEAF, CA), ["tlsa-base.example", "MX.example.net."]).verdict is Verdict.MATCHED
+    assert check([record], chain(LEAF, CA), ["mx2.example.net"]).verdict is Verdict.NAME_MISMATCH
+
+
+def test_dane_ta_needs_the_anchor_in_the_chain():
+    record = TlsaRecord(2, 1, 2, hashlib.sha512(spki(CA)).digest())
+    assert check([record], chain(LEAF), ["mx.example.net"]).verdict is Verdict.NO_MATCH
+    assert check([record], chain(LEAF, CA), ["mx.example.net"]).verdict is Verdict.MATCHED
+
+
+def test_dane_ta_wildcard_covers_one_label():
+    record = TlsaRecord(2, 1, 1, hashlib.sha256(spki(CA)).digest())
+    assert check([record], chain(WILDCARD_LEAF, CA), ["mx7.example.net"]).verdict is Verdict.MATCHED
+    assert check([record], chain(WILDCARD_LEAF, CA), ["example.net"]).verdict is Verdict.NAME_MISMATCH
+    assert check([record], chain(WILDCARD_LEAF, CA), ["a.b.example.net"]).verdict is Verdict.NAME_MISMATCH
+
+
+def test_pkix_usages_and_unknown_parameters_are_unusable_even_when_they_match():
+    digest = hashlib.sha256(der(LEAF)).digest()
+    records = [
+        TlsaRecord(0, 0, 1, hashlib.sha256(der(CA)).digest()),
+        TlsaRecord(1, 0, 1, digest),
+        TlsaRecord(4, 0, 1, digest),
+        TlsaRecord(3, 2, 1, digest),
+        TlsaRecord(3, 0, 3, digest),
+        TlsaRecord(3, 0, 1, digest[:31]),
+        TlsaRecord(3, 0, 2, digest),  # a SHA-256 digest where SHA-512 is declared
+        TlsaRecord(3, 0, 0, b""),
+    ]
+    assert check(records, chain(LEAF, CA), ["mx.example.net"]).verdict is Verdict.NO_USABLE_RECORDS
+
+
+def test_an_unusable_match_does_not_rescue_a_usable_mismatch():
+    records = [TlsaRecord(1, 0, 1, hashlib.sha256(der(LEAF)).digest()), TlsaRecord(3, 1, 1, b"\0" * 32)]
+    result = check(records, chain(LEAF, CA), ["mx.example.net"])
+    assert (result.verdict, result.authenticated) == (Verdict.NO_MATCH, False)
+
+
+def test_any_one_usable_record_matching_suffices():
+    records = [TlsaRecord(3, 1, 1, b"\0" * 32), TlsaRecord(3, 1, 1, hashlib.sha256(spki(LEAF)).digest())]
+    result = check(records, chain(LEAF, CA), ["mx.example.net"])
+    assert result.authenticated and result.matched == records[1]
+
+
+def test_name_rules():
+    assert name_matches("MX.Example.net", "mx.example.NET.")
+    assert not name_matches("m*.example.net", "mx.example.net")
+    assert not name_matches("*", "mx")
+
+
+def test_certificate_without_dns_san_falls_back_to_common_name_and_garbage_is_none():
+    [presented] = chain(CA)
+    assert presented.dns_names == ("Test CA",)
+    assert presented_certificate(b"not a certificate") is None
