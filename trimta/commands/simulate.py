@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -13,6 +14,7 @@ from trimta.adapters.config import Config, ConfigError, load_config
 from trimta.adapters.shaping_files import ShapingProvider, load_shaping_files
 from trimta.commands._config import add_config_option
 from trimta.commands._progress import Progress
+from trimta.core import units
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.mx import MxResolution, Resolver
@@ -32,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "(default: ./trimta.toml if present, else the embedded default)")
     p.add_argument("--seed", type=int, default=0, help="random seed (receiver behaviour, jitter)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--rates", metavar="FILE",
+                   help="write deliveries per minute per site over simulated time as CSV (created if missing; "
+                        "- for standard output)")
+    p.add_argument("--plot", metavar="FILE", help="write the same rates as an SVG plot (created if missing)")
+    p.add_argument("--interval", default="1m", metavar="DURATION",
+                   help="the rates' interval of simulated time (default 1m)")
     p.set_defaults(func=run)
 
 
@@ -59,13 +67,28 @@ class _Reachable:
 
 def run(args: argparse.Namespace) -> int:
     from trimta.testing.simulate import format_duration, load_workload, run_simulation
+    from trimta.testing.simulate_rates import rate_series, rates_csv, rates_svg
 
+    try:
+        interval_s = units.parse_duration(args.interval)
+        if interval_s <= 0:
+            raise ValueError("must be more than 0")
+    except (ValueError, TypeError) as exc:
+        print(f"trimta simulate: --interval: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         workload = load_workload(args.workload)
         paths = shaping_paths(config, args.shaping)
     except ConfigError as exc:
         print(f"trimta simulate: {exc}", file=sys.stderr)
+        return 2
+    # Opened before the run, so a path that cannot be written is said at once, not after it.
+    try:
+        rates_file = None if args.rates in (None, "-") else open(args.rates, "w", encoding="utf-8")  # noqa: SIM115
+        plot_file = None if args.plot is None else open(args.plot, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        print(f"trimta simulate: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
     with Progress("simulating", sum(t.messages for t in workload.traffic)) as progress:
@@ -74,8 +97,19 @@ def run(args: argparse.Namespace) -> int:
 
         report = run_simulation(workload, config=config.delivery, paths=_Reachable(paths), seed=args.seed,
                                 on_progress=on_progress if progress.enabled else None)
+    if args.rates or args.plot:
+        starts, series = rate_series(report.delivered_at, report.simulated_s, interval_s)
+        with rates_file or contextlib.nullcontext(), plot_file or contextlib.nullcontext():
+            if args.rates == "-":
+                sys.stdout.write(rates_csv(starts, series))
+            elif rates_file is not None:
+                rates_file.write(rates_csv(starts, series))
+            if plot_file is not None:
+                plot_file.write(rates_svg(starts, series, interval_s))
     if args.json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        out = dataclasses.asdict(report)
+        del out["delivered_at"]  # every delivery's time: --rates gives them as a table
+        print(json.dumps(out, indent=2))
     else:
         print(report.table())
         print(f"(ran in {time.monotonic() - started:.1f}s of real time)")

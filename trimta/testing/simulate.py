@@ -169,6 +169,8 @@ class SimulationReport:
     unreached: list[str] = field(default_factory=list)
     # Reasons the figures do not show what the shaping would do (receivers never reached, ...).
     warnings: list[str] = field(default_factory=list)
+    # Per site, when each message arrived at its receiver (seconds of simulated time from the start).
+    delivered_at: dict[str, list[float]] = field(default_factory=dict)
 
     def table(self) -> str:
         head = (f"{'site':<48} {'delivered':>9} {'/min avg':>9} {'/min peak':>9} {'peak conn':>9}"
@@ -256,6 +258,7 @@ async def simulate(
         site = _site_of(harness, mx)
         counts = logs.by_site.get(site, Counter())
         received = sorted(times[mx])
+        report.delivered_at[site] = [t - start for t in received]
         per_minute = Counter(int((t - start) // 60) for t in received)
         minutes = max(per_minute) + 1 if per_minute else 0
         report.sites.append(SiteReport(
