@@ -177,3 +177,9 @@ def test_wildcard_matches_exactly_one_leftmost_label(label, domain):
 def test_exact_pattern_matches_only_the_same_name(a, b):
     assert mx_matches(a, a.upper() + ".")
     assert mx_matches(a, b) == (a.lower() == b.lower())
+
+
+@given(st.text(), st.text(alphabet="v=STSv1;id ab\t", max_size=12))
+def test_garbage_after_the_version_tag_yields_a_result_never_an_exception(tail, middle):
+    assert isinstance(parse_sts_record("v=STSv1;" + middle + tail), StsRecord | PolicyError)
+    assert isinstance(select_sts_record(["v=STSv1;" + tail, middle]), StsRecord | PolicyError)
