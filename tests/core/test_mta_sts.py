@@ -171,6 +171,7 @@ def test_wildcard_matches_exactly_one_leftmost_label(label, domain):
     assert mx_matches("*." + domain, f"{label}.{domain}.".upper())
     assert not mx_matches("*." + domain, domain)
     assert not mx_matches("*." + domain, f"{label}.{label}.{domain}")
+    assert not mx_matches("*." + domain, f".{domain}")  # an empty leftmost label is no label
 
 
 @given(domains, domains)
