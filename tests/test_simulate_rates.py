@@ -74,3 +74,15 @@ def test_simulate_refuses_a_bad_interval(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("trimta simulate: --interval: ") and "Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    """`trimta simulate ... | head -1`: the pipe closes before the output is written."""
+    (tmp_path / "w.toml").write_text(WORKLOAD)
+    process = subprocess.Popen([sys.executable, "-m", "trimta", "simulate", "--workload", "w.toml", "--rates", "-"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141  # as a shell reports a command ended by SIGPIPE
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
