@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trimta.adapters.cluster_config import ClusterConfig, parse_cluster_config
 from trimta.adapters.config_base import (
     LOOPBACK_NETWORKS,
     ConfigError,
@@ -218,6 +219,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     dkim_signer: DkimSigner | None = None  # keys read; None without [dkim] files
     log_hooks: tuple[LogHookConfig, ...] = ()  # one per [[logs.amqp]] and [[logs.redis_stream]]
+    cluster: ClusterConfig | None = None  # [cluster]; None: this node keeps its limits to itself
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -369,7 +371,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim", "kumomta",
+_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim", "kumomta", "cluster",
              # Sections read by later parts of the daemon, validated there.
              "queues", "tenants", "sources", "pools", "shaping", "http", "egress")
 
@@ -468,5 +470,5 @@ def parse_config(
         http=http_config_from(raw, source), webhooks=parse_webhooks(raw, source),
         log_hooks=parse_log_hooks(raw, source, base_dir),
         shaping=shaping, shaping_loaded=load_shaping_files(shaping.paths),
-        dkim=dkim, dkim_signer=dkim_signer,
+        dkim=dkim, dkim_signer=dkim_signer, cluster=parse_cluster_config(raw, source, base_dir),
     )

@@ -35,6 +35,7 @@ import coredis
 import coredis.exceptions
 import trio
 
+from trimta.adapters.cluster_config import ClusterConfig, display_url
 from trimta.core.units import Rate
 
 GCRA_SCRIPT = """
@@ -134,6 +135,10 @@ class RedisLimits:
         self._client: coredis.Redis | None = None
         self._shas: dict[str, str] = {}
 
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> RedisLimits:
+        return cls(config.redis_url, timeout_s=config.timeout_s, pool_size=config.pool_size)
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[RedisLimits]:
         client = coredis.Redis.from_url(
@@ -195,10 +200,10 @@ class RedisLimits:
                     return await client.evalsha(sha, keys=[key], args=list(args))
         except trio.TooSlowError:
             self._shas.clear()
-            raise ClusterUnavailable(f"no answer from {_display(self.url)} within {self.timeout_s:g}s") from None
+            raise ClusterUnavailable(f"no answer from {display_url(self.url)} within {self.timeout_s:g}s") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
             self._shas.clear()
-            raise ClusterUnavailable(f"{_display(self.url)}: {exc or type(exc).__name__}") from None
+            raise ClusterUnavailable(f"{display_url(self.url)}: {exc or type(exc).__name__}") from None
 
 
 def _us(seconds: float) -> int:
@@ -207,11 +212,3 @@ def _us(seconds: float) -> int:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _display(url: str) -> str:
-    """The URL without a password."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
