@@ -39,7 +39,8 @@ def fresh_scope(name: str) -> str:
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(limit=st.sampled_from([1, 2, 2.5, 3, 4, 1.5]), burst=st.integers(1, 3), period_ms=st.integers(30, 120), nodes=st.integers(2, 4))
+@given(limit=st.sampled_from([1, 2, 2.5, 3, 4, 1.5]), burst=st.integers(1, 3), period_ms=st.integers(30, 120),
+       nodes=st.integers(2, 4))
 def test_every_window_holds_at_most_limit_plus_burst_minus_one_events_across_nodes(
     redis_url, limit, burst, period_ms, nodes,
 ):
