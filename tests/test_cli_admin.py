@@ -119,14 +119,14 @@ SUMMARY = {
          "count": 340, "oldest_created": "2026-11-22T06:14:00Z", "oldest_age_s": 7.5, "suspended_by": []},
     ],
     "ready": [
-        {"name": "ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp", "source": "ip-1",
+        {"name": "ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp_client", "source": "ip-1",
          "site": "(alt1|alt2)?.gmail-smtp-in.l.google.com", "ready": 25, "waiting_for_room": 0, "connections": 3,
          "idle_connections": 0, "connection_limit": 10, "delivered": 1200, "failed": 4,
          "consecutive_connection_failures": 0, "paused_until": None, "suspended": False, "suspension": None},
-        {"name": "ip-2->mx.example.net@smtp", "source": "ip-2", "site": "mx.example.net", "ready": 0,
+        {"name": "ip-2->mx.example.net@smtp_client", "source": "ip-2", "site": "mx.example.net", "ready": 0,
          "waiting_for_room": 0, "connections": 0, "idle_connections": 0, "connection_limit": 5, "delivered": 9,
          "failed": 0, "consecutive_connection_failures": 0, "paused_until": None, "suspended": True,
-         "suspension": {"id": "r-1", "name": "ip-2->mx.example.net@smtp", "reason": "blocklisted",
+         "suspension": {"id": "r-1", "name": "ip-2->mx.example.net@smtp_client", "reason": "blocklisted",
                         "duration": "55m", "expires": "2026-11-22T07:10:00Z"}},
     ],
     "totals": {"scheduled": 352, "scheduled_queues": 2, "ready": 25, "ready_queues": 2, "connections": 3},
@@ -301,7 +301,7 @@ def test_bounce_list(api, capsys):
 
 def test_suspend_ready_q_posts_the_queue_name(api, capsys):
     api.answer("POST", "/api/admin/suspend-ready-q/v1", {"id": "r-1"})
-    name = "ip-1->(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com@smtp"
+    name = "ip-1->(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com@smtp_client"
     status, out, _ = run_cli(capsys, "suspend-ready-q", name, "--reason", "421 rate limited",
                              "--duration", "30m", "--endpoint", api.endpoint)
     assert status == 0
@@ -311,13 +311,13 @@ def test_suspend_ready_q_posts_the_queue_name(api, capsys):
 
 def test_suspend_ready_q_list(api, capsys):
     api.answer("GET", "/api/admin/suspend-ready-q/v1", [
-        {"id": "r-1", "name": "ip-1->mx.example.net@smtp", "reason": "blocklisted", "duration": "29m",
+        {"id": "r-1", "name": "ip-1->mx.example.net@smtp_client", "reason": "blocklisted", "duration": "29m",
          "expires": "2026-11-22T06:45:00Z"},
     ])
     status, out, _ = run_cli(capsys, "suspend-ready-q-list", "--endpoint", api.endpoint)
     assert status == 0
     assert out.splitlines()[0].split() == ["ID", "READY", "QUEUE", "REASON", "LEFT", "EXPIRES"]
-    assert out.splitlines()[1].split() == ["r-1", "ip-1->mx.example.net@smtp", "blocklisted", "29m",
+    assert out.splitlines()[1].split() == ["r-1", "ip-1->mx.example.net@smtp_client", "blocklisted", "29m",
                                            "2026-11-22T06:45:00Z"]
 
 

@@ -35,7 +35,7 @@ from trimta import cli
 BASELINE_BY_DEST = {
     "domains": ["example.com"],
     "reason": "maintenance",
-    "name": "unspecified->mx.example.com@smtp",
+    "name": "unspecified->mx.example.com@smtp_client",
     "key": "connection_limit",
     "value": "5",
     "domain": "example.com",

@@ -167,7 +167,7 @@ def test_top_once_shows_queues_even_without_metrics(api, capsys):
     status, out, _ = run_cli(capsys, "top", "--once", "--interval", "0", "--endpoint", api.endpoint)
     assert status == 0
     assert "messages/s   unknown (/metrics: metrics are disabled)" in out
-    assert "ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp" in out
+    assert "ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp_client" in out
     assert len(api.requests) == 2  # one sample with --interval 0
 
 

@@ -48,7 +48,7 @@ def rss_kib(pid: int) -> int:
 RULE_PATHS = {
     "/api/admin/suspend/v1": {"tenant": "t1", "reason": "incident"},
     "/api/admin/bounce/v1": {"tenant": "t1", "reason": "incident"},
-    "/api/admin/suspend-ready-q/v1": {"name": "ip-1->mx.example.com@smtp", "reason": "incident"},
+    "/api/admin/suspend-ready-q/v1": {"name": "ip-1->mx.example.com@smtp_client", "reason": "incident"},
 }
 
 # --- numbers and nesting -------------------------------------------------------------

@@ -19,7 +19,9 @@ from tests.dnsmasq import Dnsmasq
 from .conftest import ROOT, free_port
 from .test_delivery_e2e import wait_for
 
-ZONE = ["--mx-host=ops.test,mx.ops.test,10", "--host-record=mx.ops.test,127.0.0.41"]
+ZONE = ["--mx-host=ops.test,mx.ops.test,10", "--host-record=mx.ops.test,127.0.0.41",
+        # a host that takes the connection and never greets: its ready queue stays open
+        "--mx-host=stall.ops.test,mx.stall.ops.test,10", "--host-record=mx.stall.ops.test,127.0.0.42"]
 
 
 class CountingSMTP(SMTP):

@@ -5,6 +5,7 @@ remaining time, and the suspended tenant's backlog is not delivered on restart."
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 
 from .test_delivery_e2e import wait_for
@@ -20,8 +21,15 @@ def test_suspension_and_bounce_survive_kill_9(make_daemon, dns, receiver):
     status, bounced = api(d, "POST", "/api/admin/bounce/v1",
                           {"tenant": "spammer", "reason": "terminated", "duration": "2h"})
     assert status == 200
+    # a ready queue must exist to be suspended: one held open by a host that never greets
+    mute = socket.create_server(("127.0.0.42", port))
+    stalled = "unspecified->mx.stall.ops.test@smtp_client"
+    with smtplib.SMTP(d.host, d.port, timeout=10) as client:
+        client.sendmail("s@example.com", ["z@stall.ops.test"], "Subject: z\r\n\r\nhi\r\n")
+    wait_for(lambda: any(q["name"] == stalled for q in api(d, "GET", "/api/admin/queue-summary/v1")[1]["ready"]),
+             what="the stalled ready queue")
     status, ready = api(d, "POST", "/api/admin/suspend-ready-q/v1",
-                        {"name": "unspecified->nowhere.example@smtp", "reason": "asked", "duration": "2h"})
+                        {"name": stalled, "reason": "asked", "duration": "2h"})
     assert status == 200
     with smtplib.SMTP(d.host, d.port, timeout=10) as client:
         for i in range(5):
@@ -55,3 +63,4 @@ def test_suspension_and_bounce_survive_kill_9(make_daemon, dns, receiver):
     d.start()
     status, listed = api(d, "GET", "/api/admin/suspend/v1")
     assert status == 200 and listed == []  # a cancelled rule stays cancelled
+    mute.close()

@@ -77,7 +77,7 @@ async def test_admin_bounce_by_campaign_removes_exactly_that_campaign(autojump_c
 async def test_suspended_ready_queue_holds_its_mail_until_cancelled(autojump_clock):
     h = harness()
     mx = h.network.add_receiver("127.0.0.10", 25, accepting())
-    name = "unspecified->mx.example.net@smtp"
+    name = "unspecified->mx.example.net@smtp_client"
     with trio.fail_after(3600):
         async with h.running():
             rule = await h.engine.rules.suspend_ready_queue(name=name, duration_s=3600, reason="provider asked")
@@ -113,7 +113,7 @@ async def test_max_age_holds_in_a_suspended_ready_queue(autojump_clock):
     with trio.fail_after(100_000):
         async with h.running():
             start = trio.current_time()
-            await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp", duration_s=7200, reason="")
+            await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp_client", duration_s=7200, reason="")
             await h.inject(recipients=["a@example.net"])
             await h.wait_until_settled()
             expired_at = trio.current_time()
@@ -163,7 +163,7 @@ async def test_rules_are_saved_before_the_call_returns_and_restored_by_the_next_
     async with h.running():
         rule = await h.engine.rules.suspend(tenant="acme", duration_s=7200, reason="incident")
         assert [r["id"] for r in h.rule_store.saved] == [rule.id]  # on "disk" when suspend returns
-        ready = await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp",
+        ready = await h.engine.rules.suspend_ready_queue(name="unspecified->mx.example.net@smtp_client",
                                                          duration_s=600, reason="asked")
         await trio.sleep(1800)
     restarted = DeliveryHarness(config=h.config, rule_store=h.rule_store)

@@ -97,7 +97,7 @@ async def test_firing_and_ending_are_logged_as_automation_records(autojump_clock
             await h.wait_until_settled()
     fired, ended = h.records("Automation")
     assert fired["event"] == "Fired" and ended["event"] == "Ended"
-    assert fired["ready_queue"] == ended["ready_queue"] == f"{fired['egress_source']}->{fired['site']}@smtp"
+    assert fired["ready_queue"] == ended["ready_queue"] == f"{fired['egress_source']}->{fired['site']}@smtp_client"
     assert fired["rule"] == '"yahoo.example"'
     assert fired["actions"] == ["Suspend"]
     assert fired["duration"] == 7200 and fired["until"] == fired["timestamp"] + 7200

@@ -294,7 +294,7 @@ async def test_admin_bounce_needs_a_match():
 
 
 async def test_suspend_ready_queue_list_cancel_and_queue_summary_shows_it():
-    name = "unspecified->mx.stall.example@smtp"
+    name = "unspecified->mx.stall.example@smtp_client"
     with trio.fail_after(10):
         async with running_api() as api:
             await api.inject(["a@stall.example"])
@@ -326,6 +326,35 @@ async def test_suspend_ready_queue_errors():
     assert no_name.status == 400 and no_name.json["error"] == "name: missing"
     assert bad_name.status == 400 and "ready queue name like" in bad_name.json["error"]
     assert unknown.status == 404
+
+
+async def test_suspend_ready_queue_understands_the_old_name_form():
+    with trio.fail_after(10):
+        async with running_api() as api:
+            await api.inject(["a@stall.example"])
+            await wait_for(lambda: any(q.connections for q in api.harness.engine.queue_summary().ready))
+            created = await api.call("POST", "/api/admin/suspend-ready-q/v1",
+                                     {"name": "unspecified->mx.stall.example@smtp", "reason": "old habits"})
+            listed = await api.call("GET", "/api/admin/suspend-ready-q/v1")
+            summary = await api.call("GET", "/api/admin/queue-summary/v1")
+    assert created.status == 200
+    (entry,) = listed.json
+    assert entry["name"] == "unspecified->mx.stall.example@smtp_client"
+    (ready,) = summary.json["ready"]
+    assert ready["suspended"] is True and ready["suspension"]["id"] == created.json["id"]
+
+
+async def test_suspend_ready_queue_that_does_not_exist_says_so():
+    with trio.fail_after(10):
+        async with running_api() as api:
+            await api.inject(["a@stall.example"])
+            await wait_for(lambda: any(q.connections for q in api.harness.engine.queue_summary().ready))
+            missing = await api.call("POST", "/api/admin/suspend-ready-q/v1",
+                                     {"name": "unspecified->mx.nowhere.example@smtp_client", "reason": "typo"})
+            listed = await api.call("GET", "/api/admin/suspend-ready-q/v1")
+    assert missing.status == 404
+    assert "no ready queue named 'unspecified->mx.nowhere.example@smtp_client'" in missing.json["error"]
+    assert listed.json == []
 
 
 # --- inspection and summaries ---------------------------------------------------------------------------

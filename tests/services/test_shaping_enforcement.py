@@ -273,7 +273,7 @@ async def test_mx_rollup_false_gives_the_domain_its_own_ready_queue(autojump_clo
             await h.wait_until_settled()
     queues = {r["domain"]: r["ready_queue"] for r in h.records("Delivery")}
     assert queues["own.example"] != queues["other.example"]
-    assert queues["other.example"] == "unspecified->mx.shared.example@smtp"
+    assert queues["other.example"] == "unspecified->mx.shared.example@smtp_client"
 
 
 async def test_try_next_host_on_transport_error_sends_again_at_once_on_the_next_connection(autojump_clock):

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "suspend-ready-q", help="suspend a ready queue (an egress source to a site)",
-        description="Stop delivery on one ready queue, e.g. 'ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp'; "
+        description="Stop delivery on one ready queue, e.g. 'ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp_client'; "
         "its messages wait without an attempt being counted.",
     )
     p.add_argument("name", metavar="NAME", help="the ready queue's name, as queue-summary shows it")
@@ -200,7 +200,7 @@ def create_bounce(client: ApiClient, args: argparse.Namespace) -> int:
 
 def create_ready_suspension(client: ApiClient, args: argparse.Namespace) -> int:
     if "->" not in args.name:
-        raise UsageError(f"{args.name!r} is not a ready queue name; they look like 'ip-1->mx.example.com@smtp' "
+        raise UsageError(f"{args.name!r} is not a ready queue name; they look like 'ip-1->mx.example.com@smtp_client' "
                          "(see `trimta queue-summary`)")
     answer = client.post(SUSPEND_READY_Q, _rule_body(args, name=args.name))
     if args.json:

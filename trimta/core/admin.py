@@ -45,7 +45,7 @@ class MessageRule:
 
 @dataclass(frozen=True, slots=True)
 class ReadyQueueRule:
-    """A suspension of one ready queue (``source->site@smtp``) by name."""
+    """A suspension of one ready queue (``source->site@smtp_client``) by name."""
 
     id: str
     name: str

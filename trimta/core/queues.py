@@ -2,7 +2,8 @@
 
 A scheduled queue is named KumoMTA's way: ``campaign:tenant@domain``, with absent parts
 left out (``tenant@domain``, ``campaign:@domain``, ``domain``). A ready queue is named
-``source->site@smtp``.
+KumoMTA's way too, ``source->site@smtp_client``; the older ``source->site@smtp_client`` form is
+still understood wherever an operator names one (`canonical_ready_queue_name`).
 """
 
 from __future__ import annotations
@@ -36,5 +37,17 @@ def queue_name(campaign: str | None, tenant: str | None, domain: str) -> str:
 
 
 def ready_queue_name(source: str, site: str) -> str:
-    """The ready queue for an egress path, e.g. ``"ip-1->(alt1|alt2)?.mx.example@smtp"``."""
-    return f"{source}->{site}@smtp"
+    """The ready queue for an egress path, e.g. ``"ip-1->(alt1|alt2)?.mx.example@smtp_client"``."""
+    return f"{source}->{site}{READY_SUFFIX}"
+
+
+READY_SUFFIX = "@smtp_client"
+_OLD_READY_SUFFIX = "@smtp"
+
+
+def canonical_ready_queue_name(name: str) -> str:
+    """`name` in today's form: trimta's older ``source->site@smtp_client`` becomes
+    ``source->site@smtp_client``; anything else is returned as it is."""
+    if "->" in name and name.endswith(_OLD_READY_SUFFIX):
+        return name + READY_SUFFIX[len(_OLD_READY_SUFFIX):]
+    return name

@@ -58,6 +58,7 @@ from trimta.adapters.rules_store import RulesStoreError
 from trimta.adapters.spool import Spool, SpoolError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
+from trimta.core.queues import canonical_ready_queue_name
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
@@ -424,7 +425,7 @@ class HttpApi:
     def _ready_rule(self, rule: Any) -> dict[str, Any]:
         return {
             "id": rule.id,
-            "name": rule.name,
+            "name": canonical_ready_queue_name(rule.name),
             "reason": rule.reason,
             "duration": format_duration(rule.expires - self.clock()),
             "expires": format_time(self._epoch(rule.expires)),
@@ -435,9 +436,13 @@ class HttpApi:
         name = f.string("name", required=True, non_empty=True)
         assert name is not None
         if "->" not in name:
-            raise f.error("name", f"expected a ready queue name like 'ip-1->mx.example.com@smtp', got {name!r}")
+            raise f.error("name", f"expected a ready queue name like 'ip-1->mx.example.com@smtp_client', got {name!r}")
         reason = f.string("reason", required=True) or ""
-        rule = await self.rules.suspend_ready_queue(name=name, duration_s=self._duration(f), reason=reason)
+        duration_s = self._duration(f)
+        if self.rules.ready.get(name) is None:
+            raise HttpError(404, f"no ready queue named {name!r} exists; "
+                            "the ones that do are listed by /api/admin/queue-summary/v1")
+        rule = await self.rules.suspend_ready_queue(name=name, duration_s=duration_s, reason=reason)
         return json_response(200, {"id": rule.id})
 
     async def list_ready_suspensions(self, request: Request) -> Response:
@@ -503,7 +508,7 @@ class HttpApi:
             })
         ready_rules: dict[str, ReadyQueueRule] = {}
         for rule in self.rules.ready_queue_suspensions():
-            ready_rules.setdefault(rule.name, rule)
+            ready_rules.setdefault(canonical_ready_queue_name(rule.name), rule)
         ready = []
         for stats in sorted(report.ready, key=lambda s: s.name):
             entry = dataclasses.asdict(stats)

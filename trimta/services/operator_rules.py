@@ -43,6 +43,7 @@ from trimta.core.admin import (
 )
 from trimta.core.egress_options import parse_path_options
 from trimta.core.message import Message
+from trimta.core.queues import canonical_ready_queue_name
 from trimta.core.retry import QueueConfig
 from trimta.protocol.replies import Reply
 from trimta.services.ready_queues import ReadyQueues
@@ -174,14 +175,16 @@ class OperatorRules:
 
     def ready_queue_suspended(self, name: str) -> bool:
         now = self.clock()
-        return any(r.name == name for r in self._ready_suspensions.active(now))
+        name = canonical_ready_queue_name(name)  # rules kept before the rename say "@smtp"
+        return any(canonical_ready_queue_name(r.name) == name for r in self._ready_suspensions.active(now))
 
     def path_overrides(self, name: str) -> Mapping[str, object]:
         """The option overrides in force on ready queue `name`, parsed, oldest first."""
         now = self.clock()
         merged: dict[str, object] = {}
+        name = canonical_ready_queue_name(name)
         for rule in sorted(self._overrides.active(now), key=lambda r: r.created):
-            if rule.name == name:
+            if canonical_ready_queue_name(rule.name) == name:
                 merged.update(parse_path_options({rule.option: rule.value}, where=""))
         return merged
 
@@ -252,6 +255,7 @@ class OperatorRules:
 
     async def suspend_ready_queue(self, *, name: str, duration_s: float, reason: str = "") -> ReadyQueueRule:
         now = self.clock()
+        name = canonical_ready_queue_name(name)
         rule = ReadyQueueRule(new_rule_id(), name, reason, now, now + duration_s)
         await self._saved_with(self._ready_suspensions, rule)
         self._apply_ready_suspension(name)
@@ -270,6 +274,7 @@ class OperatorRules:
         """Set ``option = value`` on ready queue `name` for a while (automation's ``SetConfig``)."""
         parse_path_options({option: value}, where="")  # refused here, before it is kept
         now = self.clock()
+        name = canonical_ready_queue_name(name)
         rule = PathOverrideRule(new_rule_id(), name, option, value, reason, now, now + duration_s)
         await self._saved_with(self._overrides, rule)
         self._apply_overrides(name)

@@ -9,17 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from trimta.core.message import Message
+from trimta.core.queues import canonical_ready_queue_name
 from trimta.services.ready_queue import ReadyQueue
 
 
 class ReadyQueues:
-    """Every ready queue that is running, by name (``source->site@smtp``)."""
+    """Every ready queue that is running, by name (``source->site@smtp_client``)."""
 
     def __init__(self) -> None:
         self._queues: dict[str, ReadyQueue] = {}
 
     def get(self, name: str) -> ReadyQueue | None:
-        return self._queues.get(name)
+        """The running queue called `name` (either form, `canonical_ready_queue_name`)."""
+        return self._queues.get(canonical_ready_queue_name(name))
 
     def register(self, queue: ReadyQueue) -> None:
         self._queues[queue.name] = queue
