@@ -357,6 +357,25 @@ async def test_suspend_ready_queue_that_does_not_exist_says_so():
     assert listed.json == []
 
 
+async def test_ready_queue_states_show_a_suspension_as_kumomta_names_it():
+    name = "unspecified->mx.stall.example@smtp_client"
+    with trio.fail_after(10):
+        async with running_api() as api:
+            before = await api.call("GET", "/api/admin/ready-q-states/v1")
+            await api.inject(["a@stall.example"])
+            await wait_for(lambda: any(q.connections for q in api.harness.engine.queue_summary().ready))
+            await api.call("POST", "/api/admin/suspend-ready-q/v1", {"name": name, "reason": "provider asked"})
+            states = await api.call("GET", "/api/admin/ready-q-states/v1")
+            some = await api.call("GET", f"/api/admin/ready-q-states/v1?queues={name}")
+            other = await api.call("GET", "/api/admin/ready-q-states/v1?queues=ip-9->mx.other.example@smtp_client")
+    assert before.status == 200 and before.json == {"states_by_ready_queue": {}}
+    (state,) = states.json["states_by_ready_queue"][name].items()
+    assert state[0] == "suspended" and state[1]["context"] == "provider asked"
+    assert state[1]["since"].endswith("Z")
+    assert some.json == states.json
+    assert other.json == {"states_by_ready_queue": {}}
+
+
 # --- inspection and summaries ---------------------------------------------------------------------------
 
 

@@ -291,6 +291,7 @@ class HttpApi:
             },
             "/api/admin/inspect-message/v1": {"GET": self.inspect_message},
             "/api/admin/queue-summary/v1": {"GET": self.queue_summary},
+            "/api/admin/ready-q-states/v1": {"GET": self.ready_queue_states},
             "/api/admin/shaping/reload/v1": {"POST": self.reload_shaping},
             "/api/check-liveness/v1": {"GET": self.liveness},
             "/metrics": {"GET": self.metrics},
@@ -490,6 +491,21 @@ class HttpApi:
             except UnicodeDecodeError:
                 meta["data_base64"] = base64.b64encode(data).decode("ascii")
         return json_response(200, {"id": message.id, "state": state, "message": meta})
+
+    async def ready_queue_states(self, request: Request) -> Response:
+        """KumoMTA's ready-q-states: the states in force per running ready queue (`?queues=A,B` for some).
+        trimta reports the state it knows the start of: ``suspended`` (by an operator or automation)."""
+        asked = {canonical_ready_queue_name(n.strip()) for n in (request.query_value("queues") or "").split(",")
+                 if n.strip()}
+        running = {stats.name for stats in self.engine.queue_summary().ready}
+        states: dict[str, dict[str, dict[str, str | None]]] = {}
+        for rule in sorted(self.rules.ready_queue_suspensions(), key=lambda r: r.created):
+            name = canonical_ready_queue_name(rule.name)
+            if name not in running or (asked and name not in asked):
+                continue
+            states.setdefault(name, {}).setdefault(
+                "suspended", {"context": rule.reason, "since": format_time(self._epoch(rule.created))})
+        return json_response(200, {"states_by_ready_queue": states})
 
     async def queue_summary(self, request: Request) -> Response:
         wanted = {name: request.query_value(name) for name in MATCH_FIELDS if request.query_value(name)}
