@@ -7,6 +7,7 @@ GET    /api/admin/bounce/v1              list | POST create (bounces now) | DELE
 GET    /api/admin/suspend-ready-q/v1     list | POST create | DELETE cancel
 GET    /api/admin/inspect-message/v1?id=ID[&want_body=true]
 GET    /api/admin/queue-summary/v1[?tenant=&campaign=&domain=]
+GET    /api/admin/ready-q-states/v1[?queues=NAME,NAME]
 GET    /api/check-liveness/v1
 GET    /metrics                          Prometheus text
 ```
