@@ -93,6 +93,7 @@ def api():
 def no_environment(monkeypatch):
     monkeypatch.delenv("TRIMTA_TOKEN", raising=False)
     monkeypatch.delenv("TRIMTA_ENDPOINT", raising=False)
+    monkeypatch.delenv("KUMO_KCLI_ENDPOINT", raising=False)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -391,6 +392,15 @@ def test_endpoint_from_the_environment_and_its_default(monkeypatch, api, capsys,
     api.answer("GET", "/api/admin/suspend/v1", [])
     assert run_cli(capsys, "suspend-list")[0] == 0
     assert api.requests[0].path == "/api/admin/suspend/v1"
+
+
+def test_kclis_endpoint_variable_is_understood_after_trimtas(monkeypatch, api, capsys):
+    monkeypatch.setenv("KUMO_KCLI_ENDPOINT", api.endpoint)
+    api.answer("GET", "/api/admin/suspend/v1", [])
+    assert run_cli(capsys, "suspend-list")[0] == 0
+    monkeypatch.setenv("TRIMTA_ENDPOINT", "http://127.0.0.1:1")  # trimta's own wins: nothing listens there
+    assert run_cli(capsys, "suspend-list")[0] != 0
+    assert [r.path for r in api.requests] == ["/api/admin/suspend/v1"]
 
 
 def test_an_endpoint_with_a_path_prefix_is_kept(api, capsys):
