@@ -144,10 +144,11 @@ class App:
             flush_interval_s=config.logs.flush_interval_s,
         )
         shaping, paths = egress_paths(config)
+        resolver = DnsResolver.from_config(config.dns)
         engine = DeliveryEngine(
             spool=spool,
             logs=logs,
-            resolver=DnsResolver.from_config(config.dns),
+            resolver=resolver,
             network=TrioNetworkBackend(),
             delivery=config.delivery,
             hostname=config.hostname,
@@ -202,7 +203,9 @@ class App:
                                           relays=[w.relay for w in webhooks] + [r for _, r in log_hooks],
                                           reload=partial(reload_shaping, running),
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
-                                          if config.http.known_tenants_only else None)
+                                          if config.http.known_tenants_only else None,
+                                          spool_dir=config.spool.path, log_dir=config.logs.path,
+                                          dns=resolver.statistics)
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api),

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -141,6 +141,12 @@ class Egress:
         self._nursery: trio.Nursery | None = None
         self.reaped = 0
         self.crashed = 0
+        # MX resolutions: in progress, and finished by success (True) or failure (False).
+        self.mx_resolving = 0
+        self.mx_resolved: Counter[bool] = Counter()
+        # Connections made by ready queues that have ended, by queue name (the live ones
+        # count their own), so a counter of connections never goes backwards.
+        self.connections_made: Counter[str] = Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -190,7 +196,12 @@ class Egress:
         return True
 
     async def _resolve(self, domain: str) -> MxResolution:
-        resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.paths.rollup(domain))
+        self.mx_resolving += 1
+        try:
+            resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.paths.rollup(domain))
+        finally:
+            self.mx_resolving -= 1
+        self.mx_resolved[resolution.ok] += 1
         if resolution.ok:  # the real MX hosts, for provider matching
             self.paths.observe(resolution)
         return resolution
@@ -362,6 +373,7 @@ class Egress:
             for message in returned:
                 await self.outcomes.internal_error(message, exc, queue, delay_s=RETURN_AFTER_CRASH_S)
         finally:
+            self.connections_made[queue.name] += queue.statistics().connections_total
             if self.ready.unregister(queue):
                 self.reaped += 1
 

@@ -27,7 +27,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -108,6 +108,8 @@ class DeliveryEngine:
             linger_s=linger_s,
         )
         self.received_by_tenant: Counter[str] = Counter()
+        # KumoMTA's reception services: "esmtp_listener:NAME" per listener, "http_listener".
+        self.received_by_service: Counter[str] = Counter()
 
     async def _connect(
         self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig
@@ -136,6 +138,7 @@ class DeliveryEngine:
         now = self.clock()
         for message in messages:
             self.received_by_tenant[message.tenant or ""] += 1
+            self.received_by_service[reception_service(message)] += 1
             self.scheduler.add(message, now)
 
     def restore(self, messages: Iterable[Message]) -> list[Message]:
@@ -190,6 +193,7 @@ class DeliveryEngine:
         ready = [q.statistics() for q in self.ready]
         return EngineStatistics(
             received_by_tenant=dict(self.received_by_tenant),
+            received_by_service=dict(self.received_by_service),
             delivered_by_tenant=dict(o.by_tenant["Delivery"]),
             transient_by_tenant=dict(o.by_tenant["TransientFailure"]),
             bounced_by_tenant=dict(o.by_tenant["Bounce"]),
@@ -206,6 +210,13 @@ class DeliveryEngine:
             suspensions=len(self.rules.suspensions()),
             bounces=len(self.rules.bounces()),
         )
+
+
+def reception_service(message: Message) -> str:
+    """The KumoMTA service name of where `message` came in: its listener, or the HTTP API."""
+    if message.reception.protocol == "HTTP":
+        return "http_listener"
+    return f"esmtp_listener:{message.reception.listener}" if message.reception.listener else "esmtp_listener"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +245,4 @@ class EngineStatistics:
     connections: int
     suspensions: int
     bounces: int
+    received_by_service: dict[str, int] = field(default_factory=dict)

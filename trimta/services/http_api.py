@@ -9,7 +9,8 @@ GET    /api/admin/inspect-message/v1?id=ID[&want_body=true]
 GET    /api/admin/queue-summary/v1[?tenant=&campaign=&domain=]
 GET    /api/admin/ready-q-states/v1[?queues=NAME,NAME]
 GET    /api/check-liveness/v1
-GET    /metrics                          Prometheus text
+GET    /metrics                          Prometheus text (trimta's families, then KumoMTA's names)
+GET    /metrics.json                     the same in KumoMTA's JSON shape
 ```
 
 Every answer is JSON (except /metrics); every error is ``{"error": "..."}`` with a
@@ -38,6 +39,7 @@ import time
 from collections.abc import Collection, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -54,17 +56,20 @@ from trimta.adapters.http import (
     json_response,
     read_json,
 )
+from trimta.adapters.dns import LookupStatistics
 from trimta.adapters.http_config import HttpConfig
 from trimta.adapters.rules_store import RulesStoreError
 from trimta.adapters.spool import Spool, SpoolError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
+from trimta.core.metric_families import render_json, render_text
 from trimta.core.queues import canonical_ready_queue_name
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.inject import Injector, parse_inject_request
+from trimta.services.kumo_metrics import KumoCollector, families_from_registry
 from trimta.services.metrics import LoopLagMonitor, RelayStatisticsSource, TrimtaCollector, registry_for, render
 
 log = logging.getLogger(__name__)
@@ -261,6 +266,9 @@ class HttpApi:
         max_metric_sites: int = 100,
         reload: Callable[[], Awaitable[str | None]] | None = None,
         known_tenants: Callable[[], Collection[str]] | None = None,
+        spool_dir: Path | None = None,
+        log_dir: Path | None = None,
+        dns: Callable[[], LookupStatistics | None] | None = None,
     ) -> None:
         self.engine = engine
         self.rules = rules
@@ -278,6 +286,8 @@ class HttpApi:
             http_servers=lambda: self.servers, relays=relays, max_tenants=max_metric_tenants, max_sites=max_metric_sites,
         )
         self.registry = registry_for(self.collector)
+        self.kumo = KumoCollector(engine=engine, spool=spool, listeners=listeners, spool_dir=spool_dir,
+                                  log_dir=log_dir, dns=dns, max_queues=max_metric_sites)
         self.routes: dict[str, dict[str, Route]] = {
             "/api/inject/v1": {"POST": self.inject},
             "/api/admin/suspend/v1": {
@@ -296,6 +306,7 @@ class HttpApi:
             "/api/admin/shaping/reload/v1": {"POST": self.reload_shaping},
             "/api/check-liveness/v1": {"GET": self.liveness},
             "/metrics": {"GET": self.metrics},
+            "/metrics.json": {"GET": self.metrics_json},
         }
 
     async def handle(self, request: Request) -> Response:
@@ -559,7 +570,13 @@ class HttpApi:
         return json_response(200, {"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(200, render(self.registry), CONTENT_TYPE_LATEST)
+        kumo = render_text(self.kumo.families()).encode()
+        return Response(200, render(self.registry) + kumo, CONTENT_TYPE_LATEST)
+
+    async def metrics_json(self, request: Request) -> Response:
+        """Every family in KumoMTA's JSON shape (KumoMTA's names, then trimta's own)."""
+        families = self.kumo.families() + families_from_registry(self.registry)
+        return Response(200, render_json(families).encode(), "application/json")
 
 
 def _rule_covers(rule: Any, queue: Any) -> bool:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -316,9 +316,16 @@ class TrimtaCollector(Collector):
                                     buckets=buckets, sum_value=s.sum_s)
 
 
-def registry_for(collector: Collector) -> CollectorRegistry:
+def registry_for(collector: Collector, *, process: bool = True) -> CollectorRegistry:
+    """A registry of `collector`, and (unless `process` is false) the standard process,
+    platform and garbage-collector families (``process_cpu_seconds_total``,
+    ``process_resident_memory_bytes``, ``python_info``, ``python_gc_*``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
     return registry
 
 

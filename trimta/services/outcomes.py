@@ -97,6 +97,10 @@ class OutcomeRecorder:
         # Records by type, by tenant ("" for none) and by site, for metrics.
         self.by_tenant: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.by_site: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        # ... by ready queue, and by (provider, egress source, egress pool) as KumoMTA counts
+        # them: the provider is the path's provider_name, else the site.
+        self.by_ready_queue: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.by_provider: defaultdict[str, Counter[tuple[str, str, str]]] = defaultdict(Counter)
         self._removals: list[str] = []  # finished, not yet removed from the spool
         self._removals_due = trio.Event()
 
@@ -220,6 +224,7 @@ class OutcomeRecorder:
     def _emit(self, kind: str, message: Message, reply: Reply, queue: ReadyQueue | None,
               outcome: Outcome | None, **extra: Any) -> None:
         peer = None
+        pool = self.pool_name(message)
         if outcome is not None and outcome.peer_address:
             peer = {"name": outcome.peer_host or "", "addr": outcome.peer_address}
         record = records.message_record(
@@ -228,7 +233,7 @@ class OutcomeRecorder:
             reply,
             self.clock(),
             site=queue.site if queue is not None else "",
-            egress_pool=self.pool_name(message),
+            egress_pool=pool,
             egress_source=queue.source.name if queue is not None else None,
             peer_address=peer if peer is not None else ({"name": "", "addr": ""} if queue is not None else None),
             command=outcome.command if outcome is not None else None,
@@ -238,5 +243,7 @@ class OutcomeRecorder:
         self.by_tenant[kind][message.tenant or ""] += 1
         if queue is not None:
             self.by_site[kind][queue.site] += 1
+            self.by_ready_queue[kind][queue.name] += 1
+            self.by_provider[kind][(queue.path.provider or queue.site, queue.source.name, pool or "")] += 1
         self.logs.emit(record)
 

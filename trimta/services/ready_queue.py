@@ -147,6 +147,8 @@ class ReadyQueueStatistics:
     consecutive_connection_failures: int
     paused_until: float | None
     suspended: bool
+    provider: str = ""  # provider_name of the path ("" for none)
+    connections_total: int = 0  # connections established since the queue started
 
 
 class ReadyQueue:
@@ -201,6 +203,7 @@ class ReadyQueue:
         self._message_rate = Gcra.from_rate(path.max_message_rate) if path.max_message_rate else None
         self._delivered = 0
         self._failed = 0
+        self._connections_total = 0
         self._changed = trio.Event()
         # Until when a message rate keeps connections closed (a wait longer than the
         # idle timeout is not spent holding a connection open).
@@ -334,7 +337,7 @@ class ReadyQueue:
         return ReadyQueueStatistics(
             self.name, self.source.name, self.site, ready, self._count - ready, self._connections, self._idle,
             self.path.connection_limit, self._delivered, self._failed, self._failures, paused,
-            self.suspended,
+            self.suspended, self.path.provider or "", self._connections_total,
         )
 
     # --- the task group ---------------------------------------------------------------------
@@ -573,6 +576,7 @@ class ReadyQueue:
             self._in_flight.pop(message.id, None)
             return None
         self._failures = 0
+        self._connections_total += 1
         return conn
 
     async def _deliver(self, conn: Connection, message: Message) -> None:
