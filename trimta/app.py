@@ -163,7 +163,7 @@ class App:
         _settle_memory()
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept,
-            signer=config.dkim_signer,
+            signer=config.dkim_signer, routing=engine.routing_domain_for,
         )
         listener_configs = fit_descriptor_limit(
             config.listeners, http_connections=config.http.max_connections if config.http.enabled else 0,

@@ -210,14 +210,21 @@ def doc_examples() -> list[str]:
 
 
 def test_docs_have_examples():
-    assert len(doc_examples()) == 3
+    assert len(doc_examples()) == 4
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_every_doc_example_loads(index, tmp_path):
     raw = tomllib.loads(doc_examples()[index])
     parse_delivery_config(raw, "queues.md")
     parse_config(raw, source="queues.md", base_dir=tmp_path)
+
+
+def test_doc_routing_example_behaves_as_described():
+    config = parse_delivery_config(tomllib.loads(doc_examples()[1]), "queues.md")
+    assert config.queue_config("acme", None, "example.com").routing_domain == "smarthost.example.net"
+    assert config.queue_config(None, None, "my.own.hostname").routing_domain == "[10.0.0.1]"
+    assert config.queue_config(None, None, "example.org").routing_domain is None
 
 
 def test_doc_queue_example_behaves_as_described():
@@ -230,7 +237,7 @@ def test_doc_queue_example_behaves_as_described():
 
 
 def test_doc_pool_example_behaves_as_described():
-    config = parse_delivery_config(tomllib.loads(doc_examples()[1]), "queues.md")
+    config = parse_delivery_config(tomllib.loads(doc_examples()[2]), "queues.md")
     assert config.pool_for("acme").name == "acme-pool"
     assert config.pool_for("other").name == "shared"
     picker = PoolPicker(config.pool_for("other"))
@@ -238,7 +245,7 @@ def test_doc_pool_example_behaves_as_described():
 
 
 def test_doc_egress_example_behaves_as_described():
-    provider = parse_delivery_config(tomllib.loads(doc_examples()[2]), "queues.md").path_provider
+    provider = parse_delivery_config(tomllib.loads(doc_examples()[3]), "queues.md").path_provider
     gmail = provider.path_config("unspecified", GMAIL_SITE, "gmail.com")
     assert (gmail.connection_limit, gmail.max_message_rate, gmail.idle_timeout_s) == (8, Rate(500, 60.0), 30.0)
     example = provider.path_config("ip-1", "mx.example.com", "example.com")

@@ -6,7 +6,7 @@ import pytest
 
 from trimta.core.domains import ascii_domain, canonical_domain
 from trimta.core.message import Message, Reception
-from trimta.core.queues import routing_domain
+from trimta.core.queues import recipient_domain
 from trimta.core.shaping import Shaping, read_document
 
 
@@ -46,8 +46,8 @@ def test_a_u_label_and_its_a_label_are_one_scheduled_queue():
     queues = {_message(r).queue for r in ("user@bücher.example", "other@XN--BCHER-KVA.example.",
                                           "third@BÜCHER.example")}
     assert queues == {"acme@xn--bcher-kva.example"}
-    assert routing_domain("user@faß.de") == "xn--fa-hia.de"
-    assert routing_domain("user@[192.0.2.1]") == "[192.0.2.1]"
+    assert recipient_domain("user@faß.de") == "xn--fa-hia.de"
+    assert recipient_domain("user@[192.0.2.1]") == "[192.0.2.1]"
 
 
 def test_a_shaping_table_in_either_form_governs_the_domain():

@@ -51,7 +51,7 @@ def load(tmp_path: Path, extra: str = ""):
 def test_the_examples_load_with_each_unacted_option_named(tmp_path):
     config = load(tmp_path)
     names = {w.split(": ")[1] for w in config.delivery.warnings}
-    assert names == {'queue."my.own.hostname".routing_domain', "scheduling_header",
+    assert names == {"scheduling_header",
                      '"*".log_oob', '"*".log_arf', '"bounce.example.com".log_oob', '"fbl.example.com".log_arf',
                      '"*.example.com".log_oob', '"*.example.com".log_arf'}
     assert all(w.startswith(str(tmp_path)) for w in config.delivery.warnings)
@@ -75,6 +75,9 @@ def test_queue_settings_resolve_in_kumomtas_order(tmp_path):
     default_tenant = d.queue_config("default-tenant", None, "gmail.com")
     assert (default_tenant.max_age_s, default_tenant.egress_pool) == (22 * HOURS, "pool-1")
     assert d.queue_config(None, None, "example.org").max_age_s == 24 * HOURS
+    # [queue.'my.own.hostname'] routing_domain = '[10.0.0.1]': relayed to that address
+    assert d.queue_config(None, None, "my.own.hostname").routing_domain == "[10.0.0.1]"
+    assert d.queue_config(None, None, "gmail.com").routing_domain is None
 
 
 def test_tenancy_headers_and_default_tenant(tmp_path):

@@ -40,10 +40,11 @@ from trimta.core.egress_options import (
     extra_options,
     parse_path_options,
 )
+from trimta.core.mx import parse_domain_literal
 from trimta.core.pools import DEFAULT_POOL, DEFAULT_SOURCE, UNSPECIFIED, EgressPool, EgressSource
 from trimta.core.retry import QueueConfig
 
-QUEUE_KEYS = ("retry_interval", "max_retry_interval", "max_age", "egress_pool", "max_message_rate")
+QUEUE_KEYS = ("retry_interval", "max_retry_interval", "max_age", "egress_pool", "max_message_rate", "routing_domain")
 SOURCE_KEYS = ("source_address", "ehlo_domain")
 # KumoMTA's other make_egress_source options: accepted in sources.toml, not acted on.
 KUMOMTA_SOURCE_OPTIONS = ("remote_port", "ha_proxy_server", "ha_proxy_source_address", "socks5_proxy_server",
@@ -51,8 +52,7 @@ KUMOMTA_SOURCE_OPTIONS = ("remote_port", "ha_proxy_server", "ha_proxy_source_add
                           "ttl", "name")
 # KumoMTA's other make_queue_config options and queue.lua keys: accepted in queues.toml, not acted on.
 KUMOMTA_QUEUE_OPTIONS = ("protocol", "reap_interval", "refresh_interval", "refresh_strategy", "strategy",
-                         "timerwheel_tick_interval", "shrink_policy", "provider_name", "overall_max_message_rate",
-                         "routing_domain")
+                         "timerwheel_tick_interval", "shrink_policy", "provider_name", "overall_max_message_rate")
 POOL_KEYS = ("entries",)
 POOL_ENTRY_KEYS = ("name", "weight")
 EGRESS_KEYS = ("default", "domains", "sites", "sources")
@@ -340,7 +340,25 @@ def _queue_overrides(t: Table, pools: Mapping[str, EgressPool]) -> dict[str, obj
         if name not in pools:
             raise t.error("egress_pool", f"no pool named {name!r}{_suggest(name, pools, 'pools')}")
         out["egress_pool"] = name
+    if "routing_domain" in t.data:
+        out["routing_domain"] = t.get("routing_domain", None, _routing_domain) or None
     return out
+
+
+def _routing_domain(value: Any) -> str:
+    """A domain name or a domain literal (``"[10.0.0.1]"``, ``"[IPv6:::1]"``); "" for none."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected a domain like "smarthost.example.com" or "[10.0.0.1]", got {value!r}')
+    text = value.strip().rstrip(".")
+    if not text:
+        return ""
+    if text.startswith("[") or text[0].isdigit() and parse_domain_literal(f"[{text}]") is not None:
+        if parse_domain_literal(text) is None:
+            raise ValueError(f"{value!r} is not a domain literal: an address in brackets, like \"[10.0.0.1]\"")
+        return text
+    if any(c.isspace() or c in "@[]!/" for c in text) or ".." in text:
+        raise ValueError(f'expected a domain like "smarthost.example.com" or "[10.0.0.1]", got {value!r}')
+    return text.lower()
 
 
 def _checked_queue_config(

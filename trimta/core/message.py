@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trimta.core.queues import queue_name, routing_domain
+from trimta.core.queues import canonical_routing_domain, queue_name, recipient_domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,17 @@ class Message:
     reception: Reception = field(default_factory=Reception)
     attempts: int = 0
     due: float | None = None
+    # Delivered through this domain's MX hosts instead of its own (KumoMTA's routing
+    # domain: a smarthost, a domain literal such as "[10.0.0.1]"); None: its own.
+    routing_domain: str | None = None
+    # KumoMTA's message metadata (meta): values set at injection, by rebind, by
+    # policy; None while there is none, so most messages carry no dict.
+    meta: dict[str, Any] | None = None
+
+    @property
+    def destination(self) -> str:
+        """The domain whose MX hosts the message goes to: the routing domain, else its own."""
+        return self.routing_domain or self.domain
 
     @classmethod
     def new(
@@ -71,8 +82,11 @@ class Message:
         created: float,
         reception: Reception,
         id: str | None = None,
+        routing_domain: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Message:
-        domain = routing_domain(recipient)
+        domain = recipient_domain(recipient)
+        routing = canonical_routing_domain(routing_domain, domain)
         return cls(
             id=id or new_id(created),
             data_id=data_id,
@@ -81,11 +95,21 @@ class Message:
             tenant=tenant,
             campaign=campaign,
             domain=domain,
-            queue=queue_name(campaign, tenant, domain),
+            queue=queue_name(campaign, tenant, domain, routing),
             size=size,
             created=created,
             reception=reception,
+            routing_domain=routing,
+            meta=meta or None,
         )
+
+    def rebind(self, *, tenant: str | None, campaign: str | None, routing_domain: str | None) -> None:
+        """Give the message another tenant, campaign or routing domain (and so its queue name)."""
+        self.tenant = tenant
+        self.campaign = campaign
+        self.routing_domain = canonical_routing_domain(routing_domain, self.domain)
+        self.queue = queue_name(tenant=tenant, campaign=campaign, domain=self.domain,
+                                routing_domain=self.routing_domain)
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as plain JSON-ready data (what `dataclasses.asdict` would give)."""
@@ -111,6 +135,8 @@ class Message:
             },
             "attempts": self.attempts,
             "due": self.due,
+            **({"routing_domain": self.routing_domain} if self.routing_domain else {}),
+            **({"meta": self.meta} if self.meta else {}),
         }
 
     @classmethod
@@ -139,9 +165,13 @@ class Message:
             Reception(**reception),
             d.get("attempts", 0),
             d.get("due"),
+            d.get("routing_domain") or None,
+            d.get("meta") or None,
         )
         if not isinstance(msg.id, str) or not isinstance(msg.recipient, str):
             raise ValueError("message metadata has no id or recipient")
+        if msg.meta is not None and not isinstance(msg.meta, dict):
+            raise TypeError("the meta of a message is not an object")
         return msg
 
 
@@ -160,7 +190,7 @@ class Sharing:
     limit, for a table that lives only as long as one restore).
     """
 
-    _STRINGS = ("sender", "tenant", "campaign", "domain", "queue")
+    _STRINGS = ("sender", "tenant", "campaign", "domain", "queue", "routing_domain")
 
     def __init__(self, max_receptions: int | None = 4096) -> None:
         self.max_receptions = max_receptions

@@ -1,7 +1,8 @@
 """Queue names: scheduled queues per campaign, tenant and domain; ready queues per path.
 
 A scheduled queue is named KumoMTA's way: ``campaign:tenant@domain``, with absent parts
-left out (``tenant@domain``, ``campaign:@domain``, ``domain``). A ready queue is named
+left out (``tenant@domain``, ``campaign:@domain``, ``domain``), and ``!routing_domain``
+after the domain for mail delivered through another domain's MX hosts. A ready queue is named
 KumoMTA's way too, ``source->site@smtp_client``; the older ``source->site@smtp_client`` form is
 still understood wherever an operator names one (`canonical_ready_queue_name`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from trimta.core.domains import canonical_domain
 
 
-def routing_domain(address: str) -> str:
+def recipient_domain(address: str) -> str:
     """The domain part of an address in its canonical form (`domains.canonical_domain`:
     the A-labels of an internationalised name, lowercased), so ``user@bücher.example``
     and ``user@xn--bcher-kva.example`` share one scheduled queue; a domain literal
@@ -25,8 +26,20 @@ def routing_domain(address: str) -> str:
     return canonical_domain(domain)
 
 
-def queue_name(campaign: str | None, tenant: str | None, domain: str) -> str:
-    """The scheduled queue for a message, e.g. ``"spring:acme@gmail.com"``."""
+def canonical_routing_domain(routing_domain: str | None, domain: str) -> str | None:
+    """A routing domain as a message keeps it: canonical (as `recipient_domain`), and None
+    when empty or the recipient's own domain (routing a domain through itself is no routing)."""
+    if not routing_domain:
+        return None
+    routing = recipient_domain("@" + routing_domain.strip())
+    return routing if routing and routing != domain else None
+
+
+def queue_name(campaign: str | None, tenant: str | None, domain: str, routing_domain: str | None = None) -> str:
+    """The scheduled queue for a message, e.g. ``"spring:acme@gmail.com"``, and KumoMTA's
+    ``"spring:acme@example.com!smarthost.example"`` for mail routed through another domain."""
+    if routing_domain:
+        domain = f"{domain}!{routing_domain}"
     if tenant:
         base = f"{tenant}@{domain}"
     elif campaign:

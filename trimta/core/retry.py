@@ -46,6 +46,9 @@ class QueueConfig:
     egress_pool: str | None = None
     # Throttles how fast messages move from this scheduled queue to ready queues.
     max_message_rate: Rate | None = None
+    # Deliver through this domain's MX hosts (or this domain literal's address) instead of
+    # the recipient domain's: KumoMTA's routing_domain (a smarthost). None: direct.
+    routing_domain: str | None = None
 
     def __post_init__(self) -> None:
         if self.retry_interval_s <= 0:

@@ -20,6 +20,7 @@ the same in its own process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -152,6 +153,19 @@ def prepare(
     return Prepared(data, messages, now, signatures=signatures)
 
 
+def routed(prepared: Prepared, routing: Callable[[Message], str | None]) -> Prepared:
+    """`prepared` with each message's routing domain set as `routing` says (its queue named
+    ``...@domain!routing_domain``). What a reception worker encoded is dropped then, to be
+    encoded again with the new queue names; mail without a routing domain is untouched."""
+    changed = False
+    for message in prepared.messages:
+        target = routing(message)
+        if target and message.routing_domain is None:
+            message.rebind(tenant=message.tenant, campaign=message.campaign, routing_domain=target)
+            changed = changed or message.routing_domain is not None
+    return dataclasses.replace(prepared, metas=None, records=None) if changed else prepared
+
+
 def _extra(prepared: Prepared) -> dict[str, Any]:
     """The Reception record's fields beyond those of every record: the DKIM signatures."""
     if prepared.signatures is None:
@@ -188,6 +202,7 @@ class Acceptor:
         on_accepted: Callable[[Sequence[Message]], None] = lambda messages: None,
         clock: Callable[[], float] = time.time,
         signer: MessageSigner | None = None,
+        routing: Callable[[Message], str | None] | None = None,
     ) -> None:
         self.spool = spool
         self.logs = logs
@@ -197,6 +212,12 @@ class Acceptor:
         self.clock = clock
         # Replaced by a reload (new keys, new data files); None: no DKIM signing.
         self.signer = signer
+        # The routing domain the queue settings give a message (queues.toml's routing_domain).
+        self.routing = routing
+
+    def _routed(self, prepared: Prepared) -> Prepared:
+        assert self.routing is not None
+        return routed(prepared, self.routing)
 
     async def accept(self, submission: Submission) -> Accepted:
         signer = self.signer
@@ -219,6 +240,8 @@ class Acceptor:
 
     async def commit_all(self, batch: Sequence[Prepared]) -> list[Accepted]:
         """`commit` for several messages at once; each is stored (or refused) on its own."""
+        if self.routing is not None:
+            batch = [self._routed(p) for p in batch]
         errors = await self.spool.store_all([(p.data, p.messages, p.metas) for p in batch])
         results = []
         emit = self.logs.emit

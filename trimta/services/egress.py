@@ -71,7 +71,8 @@ class Admission(Protocol):
 
 
 class DueMessages:
-    """Messages due for routing, grouped by domain, domains in the order they fell due.
+    """Messages due for routing, grouped by the domain they go to (the routing domain when
+    a message has one), domains in the order they fell due.
 
     The scheduler puts (never blocks); dispatchers take a whole domain's group at once.
     """
@@ -81,9 +82,9 @@ class DueMessages:
         self._lot = trio.lowlevel.ParkingLot()
 
     def put(self, message: Message) -> None:
-        group = self._by_domain.get(message.domain)
+        group = self._by_domain.get(message.destination)
         if group is None:
-            self._by_domain[message.domain] = deque((message,))
+            self._by_domain[message.destination] = deque((message,))
             self._lot.unpark()
         else:
             group.append(message)
@@ -217,15 +218,15 @@ class Egress:
             return
         picker = self._picker_for(message)
         site = resolution.site
-        source_name = self._select_source(picker, site, message.domain)
+        source_name = self._select_source(picker, site, message.destination)
         if source_name is None:
             # Every source of the pool has this site suspended: wait without an attempt.
             self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
             return
-        queue = self.ready_queue(self.sources[source_name], site, message.domain)
+        queue = self.ready_queue(self.sources[source_name], site, message.destination)
         queue.resolution = resolution
         if not queue.add(message):  # reaped a moment ago: a fresh one takes it
-            queue = self.ready_queue(self.sources[source_name], site, message.domain)
+            queue = self.ready_queue(self.sources[source_name], site, message.destination)
             queue.resolution = resolution
             queue.add(message)
 

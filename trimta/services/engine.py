@@ -133,6 +133,11 @@ class DeliveryEngine:
 
     # --- messages in ---------------------------------------------------------------------
 
+    def routing_domain_for(self, message: Message) -> str | None:
+        """The routing domain the queue settings give `message` (``routing_domain`` of its
+        domain, tenant or campaign); None to deliver to its own domain's MX hosts."""
+        return self.delivery.queue_config(message.tenant, message.campaign, message.domain).routing_domain
+
     def accept(self, messages: Iterable[Message]) -> None:
         """Newly accepted messages: due now."""
         now = self.clock()

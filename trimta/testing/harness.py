@@ -130,6 +130,10 @@ class DeliveryHarness:
             )
             for r in recipients
         ]
+        for message in messages:  # the queue settings' routing_domain, as the acceptor applies it
+            target = self.engine.routing_domain_for(message)
+            if target:
+                message.rebind(tenant=tenant, campaign=campaign, routing_domain=target)
         await self.spool.store(data, messages)
         self.engine.accept(messages)
         return messages
