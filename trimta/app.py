@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trimta.adapters.cluster_config import ClusterConfig, node_id_for
 from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config
 from trimta.adapters.listen import raise_descriptor_limit
 from trimta.adapters.dns import DnsResolver
@@ -44,6 +45,7 @@ from trimta.core.egress_paths import EgressPathProvider
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
+from trimta.services.http_kumo import KumoEndpoints
 from trimta.services.log_hooks import run_log_hooks, attach_all
 from trimta.services.logs import LogSink
 from trimta.services.reception_workers import ReceptionWorkers, make_listener
@@ -206,6 +208,10 @@ class App:
                                           if config.http.known_tenants_only else None,
                                           spool_dir=config.spool.path, log_dir=config.logs.path,
                                           dns=resolver.statistics)
+                            api.add_routes(KumoEndpoints(
+                                engine=engine, rules=engine.rules,
+                                node_id=node_id_for(config.cluster or ClusterConfig(redis_url=""), config.spool.path),
+                                known_tenants=api.known_tenants).routes())
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api),

@@ -64,3 +64,28 @@ def canonical_ready_queue_name(name: str) -> str:
     if "->" in name and name.endswith(_OLD_READY_SUFFIX):
         return name + READY_SUFFIX[len(_OLD_READY_SUFFIX):]
     return name
+
+
+def parse_queue_name(name: str) -> tuple[str | None, str | None, str]:
+    """(campaign, tenant, domain) of a scheduled queue name, the inverse of `queue_name`:
+    ``"spring:acme@gmail.com"``, ``"acme@gmail.com"``, ``"spring:@gmail.com"``, ``"gmail.com"``.
+
+    KumoMTA's routing-domain suffix (``"...@domain!routing_domain"``) is refused with
+    ValueError: trimta's scheduled queues have no routing domain yet. So is a name with
+    no domain.
+    """
+    if "!" in name:
+        raise ValueError(f"{name!r} names a routing domain (after '!'); trimta's queues have no routing domain yet")
+    head, at, domain = name.rpartition("@")
+    campaign: str | None = None
+    tenant: str | None = None
+    if at:
+        campaign_part, colon, tenant_part = head.partition(":")
+        if colon:
+            campaign, tenant = campaign_part or None, tenant_part or None
+        else:
+            tenant = head or None
+    domain = routing_domain("@" + domain.strip())
+    if not domain:
+        raise ValueError(f"{name!r} has no domain; a queue is named like campaign:tenant@domain")
+    return campaign, tenant, domain

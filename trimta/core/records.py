@@ -18,6 +18,8 @@ TRANSIENT_FAILURE = "TransientFailure"
 BOUNCE = "Bounce"
 EXPIRATION = "Expiration"
 ADMIN_BOUNCE = "AdminBounce"
+# An operator's rebind moved a message to another scheduled queue (response 250 "Rebound from A to B: reason").
+ADMIN_REBIND = "AdminRebind"
 # KumoMTA's record for a message held back without an attempt; trimta writes it when a
 # bug met while routing or sending a message sent it back to its scheduled queue.
 DELAYED = "Delayed"

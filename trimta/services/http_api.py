@@ -13,6 +13,10 @@ GET    /metrics                          Prometheus text (trimta's families, the
 GET    /metrics.json                     the same in KumoMTA's JSON shape
 ```
 
+KumoMTA's inspection endpoints and rebind (inspect-sched-q, inspect-ready-q,
+resolve-egress-path, machine-info, memory/stats, rebind) are in
+`trimta.services.http_kumo`, added with `add_routes`.
+
 Every answer is JSON (except /metrics); every error is ``{"error": "..."}`` with a
 status saying whose fault it is: 400 for a request that is wrong (the message names
 the field), 401 without credentials, 404 for an unknown path or id, 405 for a wrong
@@ -36,7 +40,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Collection, Awaitable, Callable, Sequence
+from collections.abc import Collection, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -308,6 +312,13 @@ class HttpApi:
             "/metrics": {"GET": self.metrics},
             "/metrics.json": {"GET": self.metrics_json},
         }
+
+    def add_routes(self, routes: Mapping[str, Mapping[str, Route]]) -> None:
+        """More endpoints (`trimta.services.http_kumo.KumoEndpoints.routes`); a path served already is a bug."""
+        for path, methods in routes.items():
+            if path in self.routes:
+                raise ValueError(f"{path} is served already")
+            self.routes[path] = dict(methods)
 
     async def handle(self, request: Request) -> Response:
         """Route one (already authenticated) request."""

@@ -324,6 +324,10 @@ class ReadyQueue:
             out.append(m)
         return out
 
+    def scheduled_queue_names(self) -> list[str]:
+        """The scheduled queues whose messages wait here now."""
+        return [name for name, group in self._by_queue.items() if group]
+
     def messages(self) -> Iterator[Message]:
         for bucket in self._by_queue.values():
             yield from bucket

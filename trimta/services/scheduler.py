@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class ScheduledQueue:
     """One ``campaign:tenant@domain`` queue: its config, throttle and count."""
 
-    __slots__ = ("name", "tenant", "campaign", "domain", "config", "throttle", "count", "oldest_created")
+    __slots__ = ("name", "tenant", "campaign", "domain", "config", "throttle", "count", "oldest_created", "changed")
 
     def __init__(self, name: str, tenant: str | None, campaign: str | None, domain: str, config: QueueConfig) -> None:
         self.name = name
@@ -43,6 +43,7 @@ class ScheduledQueue:
         self.throttle = Gcra.from_rate(config.max_message_rate) if config.max_message_rate else None
         self.count = 0
         self.oldest_created = math.inf
+        self.changed = -math.inf  # when a message last joined or left (the scheduler's clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class Scheduler:
         if message.id not in self._scheduled:
             queue.count += 1
             queue.oldest_created = min(queue.oldest_created, message.created)
+            queue.changed = self.clock()
         self._scheduled[message.id] = message
         heapq.heappush(self._heap, (due, next(self._seq), message))
         if self._heap[0][2] is message:
@@ -168,6 +170,7 @@ class Scheduler:
         if queue is None:
             return
         queue.count -= 1
+        queue.changed = self.clock()
         if queue.count <= 0:
             del self._queues[message.queue]
 
@@ -236,6 +239,33 @@ class Scheduler:
     def messages(self) -> Iterator[Message]:
         """Every waiting message, suspended ones included."""
         return iter([*self._scheduled.values(), *(m for g in self._held.values() for m in g.values())])
+
+    def queue_messages(self, name: str) -> Iterator[tuple[Message, str]]:
+        """The waiting messages of scheduled queue `name` with their state (``"scheduled"``,
+        ``"suspended"``), lazily: a scan of the waiting messages, stopped when the caller has
+        enough. Take what is wanted before awaiting anything (the queues change meanwhile)."""
+        if name not in self._queues:
+            return
+        for message in self._scheduled.values():
+            if message.queue == name:
+                yield message, "scheduled"
+        for group in self._held.values():
+            for message in group.values():
+                if message.queue == name:
+                    yield message, "suspended"
+
+    def last_changed(self, name: str) -> float | None:
+        """When a message last joined or left scheduled queue `name` (None: not since it was made)."""
+        q = self._queues.get(name)
+        return q.changed if q is not None and q.changed != -math.inf else None
+
+    def queue(self, name: str) -> QueueSummary | None:
+        """One scheduled queue's summary, None if it holds no message."""
+        q = self._queues.get(name)
+        if q is None:
+            return None
+        return QueueSummary(q.name, q.tenant, q.campaign, q.domain, q.count,
+                            None if q.oldest_created == math.inf else q.oldest_created)
 
     def queues(self) -> list[QueueSummary]:
         return [
