@@ -207,8 +207,8 @@ async def test_rebind_refusals_change_nothing():
         async with kumo_api() as api:
             await queued_in_scheduled_queues(api, ["a@example.net"], tenant="acme")
             calls = {
-                "routing": {"data": {"routing_domain": "relay.example"}, "reason": "r"},
-                "bang": {"data": {"queue": "acme@example.net!relay.example"}, "reason": "r"},
+                "bad_routing": {"data": {"routing_domain": "relay example"}, "reason": "r"},
+                "bang": {"data": {"queue": "acme@example.net!"}, "reason": "r"},
                 "event": {"data": {}, "reason": "r", "trigger_rebind_event": True},
                 "no_reason": {"data": {"tenant": "x"}},
                 "no_data": {"reason": "r"},
@@ -220,12 +220,12 @@ async def test_rebind_refusals_change_nothing():
                                       {"routing_domain": "relay.example", "data": {"tenant": "x"}, "reason": "r"})
             summary = await api.call("GET", "/api/admin/queue-summary/v1")
     assert {k: r.status for k, r in replies.items()} == dict.fromkeys(calls, 400)
-    assert "no routing domains yet" in replies["routing"].json["error"]
-    assert "routing domain" in replies["bang"].json["error"]
+    assert "data.routing_domain: expected a domain" in replies["bad_routing"].json["error"]
+    assert "no routing domain after '!'" in replies["bang"].json["error"]
     assert "rebind_message event" in replies["event"].json["error"]
     assert replies["no_reason"].json["error"] == "reason: missing"
     assert replies["no_data"].json["error"] == "data: missing"
-    # A routing_domain selector matches no queue: trimta's queues have none.
+    # A routing_domain selector matches only queues with that routing domain.
     assert selector.status == 200 and selector.json["matched"] == 0
     assert [(q["name"], q["count"]) for q in summary.json["scheduled"]] == [("acme@example.net", 1)]
     assert api.harness.records("AdminRebind") == []

@@ -66,17 +66,13 @@ def canonical_ready_queue_name(name: str) -> str:
     return name
 
 
-def parse_queue_name(name: str) -> tuple[str | None, str | None, str]:
-    """(campaign, tenant, domain) of a scheduled queue name, the inverse of `queue_name`:
-    ``"spring:acme@gmail.com"``, ``"acme@gmail.com"``, ``"spring:@gmail.com"``, ``"gmail.com"``.
-
-    KumoMTA's routing-domain suffix (``"...@domain!routing_domain"``) is refused with
-    ValueError: trimta's scheduled queues have no routing domain yet. So is a name with
-    no domain.
-    """
-    if "!" in name:
-        raise ValueError(f"{name!r} names a routing domain (after '!'); trimta's queues have no routing domain yet")
-    head, at, domain = name.rpartition("@")
+def parse_queue_name(name: str) -> tuple[str | None, str | None, str, str | None]:
+    """(campaign, tenant, domain, routing_domain) of a scheduled queue name, the inverse of
+    `queue_name`: ``"spring:acme@gmail.com"``, ``"acme@gmail.com"``, ``"spring:@gmail.com"``,
+    ``"gmail.com"``, ``"acme@example.com!smarthost.example"``. ValueError for a name
+    without a domain."""
+    head, at, rest = name.rpartition("@")
+    domain, bang, routing = rest.partition("!")
     campaign: str | None = None
     tenant: str | None = None
     if at:
@@ -85,7 +81,9 @@ def parse_queue_name(name: str) -> tuple[str | None, str | None, str]:
             campaign, tenant = campaign_part or None, tenant_part or None
         else:
             tenant = head or None
-    domain = routing_domain("@" + domain.strip())
+    domain = recipient_domain("@" + domain.strip())
     if not domain:
         raise ValueError(f"{name!r} has no domain; a queue is named like campaign:tenant@domain")
-    return campaign, tenant, domain
+    if bang and not routing.strip():
+        raise ValueError(f"{name!r} has no routing domain after '!'")
+    return campaign, tenant, domain, canonical_routing_domain(routing, domain)

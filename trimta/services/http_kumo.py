@@ -32,7 +32,7 @@ from trimta.core.queues import READY_SUFFIX, canonical_ready_queue_name, ready_q
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time
 from trimta.services.operator_rules import OperatorRules
-from trimta.services.rebind import RebindError, RebindRequest, Rebinder, check_data
+from trimta.services.rebind import RebindError, RebindRequest, Rebinder
 
 Route = Callable[[Request], Awaitable[Response]]
 
@@ -137,7 +137,9 @@ class KumoEndpoints:
         })
 
     def _message(self, message: Message, state: str) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = dict(message.meta or {})
+        if message.routing_domain is not None:
+            meta["routing_domain"] = message.routing_domain
         if message.tenant is not None:
             meta["tenant"] = message.tenant
         if message.campaign is not None:
@@ -299,13 +301,10 @@ class KumoEndpoints:
         rebind = RebindRequest(
             data=data, reason=reason, tenant=selectors["tenant"], campaign=selectors["campaign"],
             domain=domain.lower().rstrip(".") if domain else None,
+            routing_domain=routing_domain.lower().rstrip(".") if routing_domain else None,
             always_flush=f.boolean("always_flush"), suppress_logging=f.boolean("suppress_logging"),
         )
         try:
-            check_data(data)
-            if routing_domain is not None:
-                # trimta's queues have no routing domain: a selector naming one matches no queue.
-                return json_response(200, {"matched": 0, "rebound": 0, "flushed": 0, "queues": {}})
             result = await self.rebinder.rebind(rebind)
         except RebindError as exc:
             raise HttpError(400, str(exc)) from None

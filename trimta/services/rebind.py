@@ -1,13 +1,15 @@
 """Rebinding: queued messages re-evaluated into the scheduled queue their new metadata names.
 
 KumoMTA's ``/api/admin/rebind/v1``: the messages waiting in the scheduled queues that
-match a selector (tenant, campaign, domain; none: every queue) get the values of
-`data` set (``tenant``, ``campaign``, or a whole ``queue`` name), and each goes into
-the queue its metadata now names. A message whose queue changed is due at once and
-gets an ``AdminRebind`` record (unless logging is suppressed); one whose queue stayed
-keeps its due time, unless `always_flush` makes it due now too. A message held by a
-suspension stays held when its queue stays; one that moved meets the operator rules
-again on its way to delivery, under its new queue.
+match a selector (tenant, campaign, domain, routing domain; none: every queue) get the
+values of `data` set, and each goes into the queue its metadata now names. ``tenant``,
+``campaign`` and ``routing_domain`` are the message's own; ``queue`` names all of them at
+once (as KumoMTA's ``queue`` meta wins over the others); any other key is set in the
+message's ``meta``. A message whose queue changed is due at once and gets an
+``AdminRebind`` record (unless logging is suppressed); one whose queue stayed keeps its
+due time, unless `always_flush` makes it due now too. A message held by a suspension
+stays held when its queue stays; one that moved meets the operator rules again on its
+way to delivery, under its new queue.
 
 No message is lost: each is taken out of its old queue and put into its new one in one
 synchronous step (nothing else runs in between), and its new metadata is then written to
@@ -30,7 +32,7 @@ import trio
 from trimta.adapters.spool import SpoolError
 from trimta.core import records
 from trimta.core.message import Message
-from trimta.core.queues import parse_queue_name, queue_name
+from trimta.core.queues import canonical_routing_domain, parse_queue_name, queue_name
 from trimta.protocol.replies import reply
 from trimta.services.logs import RecordSink
 from trimta.services.outcomes import MessageStore
@@ -38,8 +40,8 @@ from trimta.services.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-# The metadata a rebind can set: trimta's messages carry these, and no free-form map.
-SETTABLE = ("tenant", "campaign", "queue")
+# The keys of `data` that are the message's own fields (and so its queue); the rest go to its meta.
+OWN = ("tenant", "campaign", "routing_domain", "queue")
 # Spool writes awaited together: one group commit each, without a task per message at once.
 WRITE_BATCH = 1000
 
@@ -57,6 +59,7 @@ class RebindRequest:
     tenant: str | None = None
     campaign: str | None = None
     domain: str | None = None
+    routing_domain: str | None = None
     always_flush: bool = False
     suppress_logging: bool = False
 
@@ -70,19 +73,16 @@ class RebindResult:
 
 
 def check_data(data: Mapping[str, str]) -> None:
-    """Refuses (RebindError) what trimta's messages cannot carry, before anything changes."""
-    unknown = [key for key in data if key not in SETTABLE]
-    if "routing_domain" in unknown:
-        raise RebindError("data.routing_domain: trimta has no routing domains yet, so a message cannot be "
-                          "rebound to one; set queue, tenant or campaign")
-    if unknown:
-        raise RebindError(f"data: trimta's messages carry no free-form metadata, so {', '.join(map(repr, unknown))} "
-                          f"cannot be set; a rebind sets {', '.join(SETTABLE)}")
+    """Refuses (RebindError) what no message could carry, before anything changes."""
     if "queue" in data:
         try:
             parse_queue_name(data["queue"])
         except ValueError as exc:
             raise RebindError(f"data.queue: {exc}") from None
+    routing = data.get("routing_domain", "")
+    if any(c.isspace() or c in "@!/" for c in routing.strip()):
+        raise RebindError(f"data.routing_domain: expected a domain like \"smarthost.example.com\" or "
+                          f"\"[10.0.0.1]\", got {routing!r}")
 
 
 class Rebinder:
@@ -106,18 +106,20 @@ class Rebinder:
         now = self.clock()
         matched = [m for m in self.scheduler.messages() if _selected(request, m)]
         moved: list[Message] = []
+        updated: list[Message] = []  # same queue, new meta
         flushed = 0
         queues: dict[str, int] = {}
         # Synchronous from here to the writes: each message leaves its old queue and joins
         # its new one with nothing running in between.
         for message in matched:
             old_queue = message.queue
-            campaign, tenant, domain = _rebound(message, request.data)
-            if queue_name(campaign, tenant, domain) != old_queue:
+            campaign, tenant, routing, meta = _rebound(message, request.data)
+            if meta:
+                message.meta = {**(message.meta or {}), **meta}
+            if queue_name(campaign, tenant, message.domain, routing) != old_queue:
                 if self.scheduler.discard(message.id) is None:
                     continue
-                message.campaign, message.tenant, message.domain = campaign, tenant, domain
-                message.queue = queue_name(campaign, tenant, domain)
+                message.rebind(tenant=tenant, campaign=campaign, routing_domain=routing)
                 self.scheduler.add(message, now)
                 moved.append(message)
                 queues[message.queue] = queues.get(message.queue, 0) + 1
@@ -127,10 +129,13 @@ class Rebinder:
                         reply(250, None, f"Rebound from {old_queue} to {message.queue}: {request.reason}"),
                         now, rebound_from=old_queue,
                     ))
-            elif request.always_flush and self.scheduler.find(message.id) == (message, "scheduled"):
+                continue
+            if meta:
+                updated.append(message)
+            if request.always_flush and self.scheduler.find(message.id) == (message, "scheduled"):
                 self.scheduler.add(message, now)
                 flushed += 1
-        await self._write(moved)
+        await self._write([*moved, *updated])
         return RebindResult(matched=len(matched), moved=len(moved), flushed=flushed, queues=queues)
 
     async def _write(self, messages: Sequence[Message]) -> None:
@@ -152,15 +157,26 @@ def _selected(request: RebindRequest, message: Message) -> bool:
         (request.tenant is None or request.tenant == message.tenant)
         and (request.campaign is None or request.campaign == message.campaign)
         and (request.domain is None or request.domain == message.domain)
+        and (request.routing_domain is None or request.routing_domain == message.routing_domain)
     )
 
 
-def _rebound(message: Message, data: Mapping[str, str]) -> tuple[str | None, str | None, str]:
-    """(campaign, tenant, domain) after `data` is set: a ``queue`` names all three (as
-    KumoMTA's ``queue`` meta wins over tenant and campaign); otherwise ``tenant`` and
-    ``campaign`` replace the message's ("" removes one)."""
+def _rebound(message: Message, data: Mapping[str, str]) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """(campaign, tenant, routing domain, meta to set) after `data` is applied.
+
+    A ``queue`` names all three, as KumoMTA's ``queue`` meta wins over the others. Its
+    domain part is where KumoMTA routes the message: a domain other than the recipient's
+    becomes the routing domain (``queue = "foo.com"`` for mail to example.com: delivered
+    through foo.com's MX, in queue ``example.com!foo.com``). Otherwise ``tenant``,
+    ``campaign`` and ``routing_domain`` replace the message's (``""`` removes one).
+    """
+    meta = {key: value for key, value in data.items() if key not in OWN}
     if "queue" in data:
-        return parse_queue_name(data["queue"])
+        campaign, tenant, domain, routing = parse_queue_name(data["queue"])
+        if domain != message.domain:
+            routing = routing or domain
+        return campaign, tenant, canonical_routing_domain(routing, message.domain), meta
     campaign = data.get("campaign", message.campaign) or None
     tenant = data.get("tenant", message.tenant) or None
-    return campaign, tenant, message.domain
+    routing = canonical_routing_domain(data.get("routing_domain", message.routing_domain), message.domain)
+    return campaign, tenant, routing, meta
