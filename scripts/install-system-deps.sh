@@ -15,6 +15,9 @@ command -v jq >/dev/null 2>&1 || missing="$missing jq"
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 # swaks --tls needs these Perl modules; swaks only recommends them, and recommends are off below.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$missing libnet-ssleay-perl libio-socket-ssl-perl"
+# DANE: a validating resolver (unbound) answering for zones signed with ldnsutils.
+{ command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ]; } || missing="$missing unbound"
+command -v ldns-signzone >/dev/null 2>&1 || missing="$missing ldnsutils"
 # DKIM: Perl's Mail::DKIM verifies in the interop tests (CryptX for its Ed25519);
 # OpenDKIM's milter signs for Postfix in the relay-2k-dkim benchmark.
 perl -MMail::DKIM::Verifier -e1 >/dev/null 2>&1 || missing="$missing libmail-dkim-perl"

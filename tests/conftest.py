@@ -7,7 +7,7 @@ path, when the tests are collected:
   smtplib, openssl, aiosmtpd, dnsmasq) and tests/faults (the real daemon under faults
   and abuse);
 - every test that uses a fixture in `REAL_PEER_FIXTURES`: a real DNS server
-  (tests/dnsmasq.py) or the real daemon (tests/interop/conftest.py), wherever it is;
+  (tests/dnsmasq.py, tests/unbound_dnssec.py) or the real daemon (tests/interop/conftest.py), wherever it is;
 - the modules in `REAL_PEER_MODULES`, which start processes of their own.
 
 tests/test_collection.py checks that ``-m "not interop"`` deselects all of them.
@@ -24,7 +24,7 @@ INTEROP_DIR = TESTS / "interop"
 INTEROP_DIRS = (INTEROP_DIR, TESTS / "faults")
 
 # Fixtures that start a real peer (or the real daemon) for the test that asks for them.
-REAL_PEER_FIXTURES = frozenset({"dnsmasq", "make_daemon", "daemon"})
+REAL_PEER_FIXTURES = frozenset({"dnsmasq", "unbound", "make_daemon", "daemon"})
 
 # Test modules outside tests/interop that start real processes, and which ones.
 REAL_PEER_MODULES = {
