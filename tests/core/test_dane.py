@@ -11,8 +11,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from trimta.adapters.certificates import presented_certificate
-from trimta.core.dane import TlsaRecord, Verdict, check, name_matches
+from trimta.adapters.certificates import issued_by_at, presented_certificate
+from trimta.core.dane import (
+    DaneDecision,
+    DnssecState,
+    TlsaLookup,
+    TlsaRecord,
+    Verdict,
+    check,
+    decide,
+    name_matches,
+    policy_label,
+    presentation,
+)
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -135,3 +146,72 @@ def test_certificate_without_dns_san_falls_back_to_common_name_and_garbage_is_no
     [presented] = chain(CA)
     assert presented.dns_names == ("Test CA",)
     assert presented_certificate(b"not a certificate") is None
+
+
+# --- DANE-TA: the signatures from the server certificate up to the anchor ---------------
+
+INTERMEDIATE, INTERMEDIATE_KEY = make_certificate("Intermediate", "Test CA", CA_KEY, ca=True)
+UNDER_INTERMEDIATE, _ = make_certificate("mx.example.net", "Intermediate", INTERMEDIATE_KEY, ("mx.example.net",))
+# Names the CA as issuer, but its own key signed it: what a forger without the CA's key makes.
+FORGED, _ = make_certificate("mx.example.net", "Test CA", None, ("mx.example.net",))
+EXPIRED_UNDER_CA, _ = make_certificate("mx.example.net", "Test CA", CA_KEY, ("mx.example.net",), expired=True)
+NOT_A_CA, NOT_A_CA_KEY = make_certificate("Not a CA", "Test CA", CA_KEY, ca=False)
+UNDER_NOT_A_CA, _ = make_certificate("mx.example.net", "Not a CA", NOT_A_CA_KEY, ("mx.example.net",))
+TA_RECORD = TlsaRecord(2, 1, 1, hashlib.sha256(spki(CA)).digest())
+
+
+def checked(*certificates, records=(TA_RECORD,)):
+    return check(list(records), chain(*certificates), ["mx.example.net"], issued_by_at(NOW)).verdict
+
+
+def test_dane_ta_chain_through_an_intermediate_in_any_order():
+    assert checked(UNDER_INTERMEDIATE, INTERMEDIATE, CA) is Verdict.MATCHED
+    assert checked(UNDER_INTERMEDIATE, CA, INTERMEDIATE) is Verdict.MATCHED
+    assert checked(LEAF, CA) is Verdict.MATCHED
+
+
+def test_dane_ta_refuses_a_certificate_the_anchor_did_not_sign():
+    assert checked(FORGED, CA) is Verdict.CHAIN_INVALID
+    assert checked(UNDER_INTERMEDIATE, CA) is Verdict.CHAIN_INVALID  # the link in between is missing
+
+
+def test_dane_ta_refuses_an_expired_server_certificate_and_a_signer_that_is_no_ca():
+    assert checked(EXPIRED_UNDER_CA, CA) is Verdict.CHAIN_INVALID
+    assert checked(UNDER_NOT_A_CA, NOT_A_CA, CA) is Verdict.CHAIN_INVALID
+
+
+def test_dane_ta_anchor_dates_are_not_checked():
+    old_ca, old_key = make_certificate("Old CA", ca=True, expired=True)
+    leaf, _ = make_certificate("mx.example.net", "Old CA", old_key, ("mx.example.net",))
+    record = TlsaRecord(2, 0, 1, hashlib.sha256(der(old_ca)).digest())
+    assert checked(leaf, old_ca, records=[record]) is Verdict.MATCHED
+
+
+def test_dane_ee_needs_no_chain():
+    record = TlsaRecord(3, 1, 1, hashlib.sha256(spki(FORGED)).digest())
+    assert checked(FORGED, records=[record]) is Verdict.MATCHED
+
+
+# --- What DNS answers mean for delivery ---------------------------------------------------
+
+
+def test_decide():
+    ee = TlsaRecord(3, 1, 1, b"\1" * 32)
+    pkix = TlsaRecord(1, 1, 1, b"\1" * 32)
+    cases = [
+        (TlsaLookup("mx", DnssecState.SECURE, (ee,)), DaneDecision.AUTHENTICATE),
+        (TlsaLookup("mx", DnssecState.SECURE, (pkix, ee)), DaneDecision.AUTHENTICATE),
+        (TlsaLookup("mx", DnssecState.SECURE, (pkix,)), DaneDecision.UNAUTHENTICATED),
+        (TlsaLookup("mx", DnssecState.SECURE, ()), DaneDecision.NOT_APPLICABLE),
+        (TlsaLookup("mx", DnssecState.INSECURE, (ee,)), DaneDecision.NOT_APPLICABLE),
+        (TlsaLookup("mx", DnssecState.FAILED), DaneDecision.DEFER),
+    ]
+    for lookup, decision in cases:
+        assert decide(lookup) is decision, lookup
+
+
+def test_labels_and_presentation():
+    ee, ta = TlsaRecord(3, 1, 1, b"\xab" * 32), TlsaRecord(2, 0, 1, b"\1" * 32)
+    assert (policy_label([ee]), policy_label([ta, ee]), policy_label([TlsaRecord(0, 0, 1, b"\1" * 32)])) \
+        == ("dane-ee", "dane-ee+dane-ta", "insecure")
+    assert presentation(ee) == "3 1 1 " + "ab" * 32

@@ -18,7 +18,15 @@ Three layers, each replaceable on its own:
 - `DnsResolver` turns answers into an `MxResolution` (RFC 5321 5.1, RFC 7505):
   MX set, connection order, addresses per `IpLookupStrategy`, site name. It
   implements `trimta.core.mx.Resolver`; the fake resolver in
-  `trimta.testing.resolver` is the same class over a table of answers.
+  `trimta.testing.resolver` is the same class over a table of answers. For DANE
+  (RFC 7672) it also says whether an MX host's addresses and TLSA records are
+  DNSSEC-secure (`lookup_tlsa`).
+
+DNSSEC: every question is sent with the AD bit set (RFC 6840 section 5.7), and an
+answer counts as `secure` when the resolver's reply has AD set. trimta validates no
+signatures itself: it trusts the AD bit of its configured resolver, which must be a
+validating resolver on this machine (or one reached over a path nobody can tamper
+with). A bogus answer is SERVFAIL from such a resolver.
 
 Configuration is the ``[dns]`` table of trimta.toml, parsed into a `ResolverConfig` by
 `trimta.adapters.dns_config`.
@@ -37,6 +45,7 @@ from typing import Protocol
 import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -45,6 +54,7 @@ import trio
 
 from trimta.adapters.config_base import ConfigError
 from trimta.adapters.dns_config import ResolverConfig
+from trimta.core.dane import DnssecState, TlsaLookup, TlsaRecord
 from trimta.core.domains import ascii_domain
 from trimta.core.mx import (
     IpLookupStrategy,
@@ -77,12 +87,13 @@ class Status(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The answer to one question: `MxRecord` values for MX, address strings for A/AAAA,
-    texts for TXT."""
+    texts for TXT, `TlsaRecord` values for TLSA. `secure`: the resolver set AD."""
 
     status: Status
     records: tuple = ()
     ttl_s: float = 0.0
     detail: str = ""
+    secure: bool = False
 
 
 class RecordLookup(Protocol):
@@ -116,6 +127,8 @@ class DnspythonLookup:
                     key="dns.nameservers",
                 ) from None
         resolver.cache = None
+        # AD in the question asks the resolver to say whether it validated the answer.
+        resolver.flags = dns.flags.RD | dns.flags.AD
         resolver.timeout = config.timeout_s / max(2, len(resolver.nameservers))
         resolver.lifetime = config.timeout_s + 1.0
         self._resolver = resolver
@@ -140,8 +153,9 @@ class DnspythonLookup:
             return Answer(Status.TIMEOUT)
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             return Answer(Status.SERVFAIL, detail=f"{type(exc).__name__}: {exc}")
+        secure = bool(answer.response.flags & dns.flags.AD)
         if answer.rrset is None:
-            return Answer(Status.NODATA)
+            return Answer(Status.NODATA, secure=secure)
         ttl_s = float(answer.chaining_result.minimum_ttl)
         if rdtype == "MX":
             records = []
@@ -150,11 +164,16 @@ class DnspythonLookup:
                     records.append(MxRecord.parse(rdata.preference, rdata.exchange.to_text()))
                 except ValueError:
                     continue  # a target that is no host name cannot be connected to
-            return Answer(Status.ANSWER, tuple(records), ttl_s)
+            return Answer(Status.ANSWER, tuple(records), ttl_s, secure=secure)
+        if rdtype == "TLSA":
+            tlsa = tuple(TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer.rrset)
+            return Answer(Status.ANSWER, tlsa, ttl_s, secure=secure)
         if rdtype == "TXT":  # each record's strings joined (RFC 6376 3.6.2.2), e.g. DKIM keys
             texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer.rrset)
-            return Answer(Status.ANSWER, texts, ttl_s)
-        return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s)
+            return Answer(Status.ANSWER, texts, ttl_s, secure=secure)
+        if rdtype in ("A", "AAAA"):
+            return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s, secure=secure)
+        return Answer(Status.ANSWER, tuple(rdata.to_text() for rdata in answer.rrset), ttl_s, secure=secure)
 
 
 def _server_errors(exc: dns.resolver.NoNameservers) -> str:
@@ -366,6 +385,44 @@ class DnsResolver:
         addresses, _ = await self._host_addresses(name)
         return list(addresses)
 
+    async def lookup_tlsa(self, host: str, port: int = 25) -> TlsaLookup:
+        """Whether DANE applies to MX `host` (RFC 7672 section 2.2): its addresses and TLSA records.
+
+        The TLSA records (``_PORT._tcp.HOST``) count only when the host's address
+        records are DNSSEC-secure too (section 2.2.2), so they are looked at first
+        (cached: delivery asked for them moments ago). A failed or bogus TLSA lookup
+        is `DnssecState.FAILED`: the host must not be used without knowing. Domain
+        literals and IP addresses have no TLSA records.
+        """
+        text = host.strip().lower().removesuffix(".")
+        if text.startswith("[") or _is_address(text):
+            return TlsaLookup(host, DnssecState.INSECURE, detail="an address, not a host name")
+        try:
+            name = _ascii_domain(text)
+        except ValueError:
+            return TlsaLookup(host, DnssecState.INSECURE, detail="not a host name")
+        answers = [await self.lookup.lookup(name, rdtype) for rdtype in _address_types(self.ip_lookup_strategy)]
+        with_addresses = [a for a in answers if a.records]
+        if not with_addresses:
+            return TlsaLookup(host, DnssecState.INSECURE, detail="no address records")
+        if not all(a.secure for a in with_addresses):
+            return TlsaLookup(host, DnssecState.INSECURE, detail=f"the address records of {name} are not DNSSEC-signed")
+        qname = f"_{port}._tcp.{name}"
+        tlsa = await self.lookup.lookup(qname, "TLSA")
+        if tlsa.status.is_failure:
+            why = tlsa.detail or tlsa.status.value.upper()
+            return TlsaLookup(host, DnssecState.FAILED, detail=f"TLSA lookup for {qname} failed ({why}; bogus DNSSEC "
+                                                               "gives SERVFAIL)")
+        if tlsa.status is not Status.ANSWER:
+            return TlsaLookup(host, DnssecState.INSECURE, detail=f"no TLSA records at {qname}")
+        if not tlsa.secure:
+            return TlsaLookup(host, DnssecState.INSECURE, detail=f"the TLSA records at {qname} are not DNSSEC-signed")
+        return TlsaLookup(host, DnssecState.SECURE, tuple(tlsa.records))
+
+    async def sets_ad_bit(self) -> bool:
+        """Whether the resolver validates DNSSEC: it sets AD on the root zone's SOA (signed since 2010)."""
+        return (await self.lookup.lookup(".", "SOA")).secure
+
     async def _resolve_mx(self, domain: str) -> MxResolution:
         try:
             address = parse_domain_literal(domain)
@@ -482,6 +539,18 @@ class DnsResolver:
             case IpLookupStrategy.IPV6_THEN_IPV4:
                 return v6.records or v4.records
         return v4.records + v6.records
+
+
+def _address_types(strategy: IpLookupStrategy) -> tuple[str, ...]:
+    return _ASK_ORDER.get(strategy, ("A", "AAAA"))
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _transient(domain: str, status: Status, detail: str) -> MxResolution:

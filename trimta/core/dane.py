@@ -13,15 +13,22 @@ arrive already parsed, and only from a DNSSEC-secure answer (the caller's job).
 - DANE-TA(2) matches any certificate the server presents, and then the server's
   certificate must carry one of the reference names, the TLSA base domain or the MX
   host name (section 3.2.2), as a DNS subject alternative name, ``*`` allowed as the
-  whole leftmost label (section 3.2.3). Verifying the chain's signatures from the
-  server certificate up to that trust anchor is not part of this module.
+  whole leftmost label (section 3.2.3). Given `issued_by` (the adapter's signature
+  and validity check), there must also be a path of signatures from the server's
+  certificate up to the matched anchor through the certificates it sent.
+
+And what the DNS answers mean for delivery (section 2.2): `decide` turns a host's
+`TlsaLookup` into a `DaneDecision`: not applicable (the address or TLSA records are
+not DNSSEC-secure, or there are none), authenticated TLS required (usable records),
+unauthenticated TLS required (a secure TLSA RRset without a usable record), or defer
+(the lookup failed or was bogus).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -80,6 +87,8 @@ class Verdict(enum.Enum):
     """Nothing to authenticate against: TLS without authentication (RFC 7672 section 2.2)."""
     NO_MATCH = "no-match"
     NAME_MISMATCH = "name-mismatch"
+    CHAIN_INVALID = "chain-invalid"
+    """A DANE-TA record matched a certificate sent, but no valid signature path leads to it."""
 
 
 @dataclass(frozen=True)
@@ -116,12 +125,23 @@ def name_matches(presented: str, reference: str) -> bool:
     return "*" not in presented and presented == reference
 
 
+IssuedBy = Callable[[PresentedCertificate, PresentedCertificate], bool]
+"""Whether the second certificate signed the first, and the first is valid now (the adapter's check)."""
+
+
 def check(
     records: Sequence[TlsaRecord],
     chain: Sequence[PresentedCertificate],
     reference_names: Sequence[str],
+    issued_by: IssuedBy | None = None,
 ) -> DaneResult:
-    """Whether the server that sent `chain` (its own certificate first) is authenticated by `records`."""
+    """Whether the server that sent `chain` (its own certificate first) is authenticated by `records`.
+
+    With `issued_by`, a DANE-TA match also needs a path of signatures from
+    ``chain[0]`` up to a certificate a DANE-TA record matches, through the
+    certificates sent (RFC 7672 section 3.1.2: the server sends its anchor). The
+    delivery path always passes one; without it only the records are matched.
+    """
     usable = usable_records(records)
     if not usable:
         return DaneResult(Verdict.NO_USABLE_RECORDS)
@@ -133,6 +153,94 @@ def check(
     anchors = [r for r in usable if r.usage == Usage.DANE_TA and any(record_matches(r, c) for c in chain)]
     if not anchors:
         return DaneResult(Verdict.NO_MATCH)
-    if any(name_matches(name, ref) for name in chain[0].dns_names for ref in reference_names):
+    if not any(name_matches(name, ref) for name in chain[0].dns_names for ref in reference_names):
+        return DaneResult(Verdict.NAME_MISMATCH, anchors[0])
+    if issued_by is None:
         return DaneResult(Verdict.MATCHED, anchors[0])
-    return DaneResult(Verdict.NAME_MISMATCH, anchors[0])
+    anchor = _signed_up_to_anchor(anchors, chain, issued_by)
+    if anchor is None:
+        return DaneResult(Verdict.CHAIN_INVALID, anchors[0])
+    return DaneResult(Verdict.MATCHED, anchor)
+
+
+def _signed_up_to_anchor(
+    anchors: Sequence[TlsaRecord], chain: Sequence[PresentedCertificate], issued_by: IssuedBy
+) -> TlsaRecord | None:
+    """The anchor record reached by signatures from ``chain[0]`` upward, or None.
+
+    Depth-first over the certificates sent, each used at most once on a path, so a
+    chain sent out of order (servers do) still counts and a loop ends.
+    """
+
+    def anchor_of(certificate: PresentedCertificate) -> TlsaRecord | None:
+        return next((record for record in anchors if record_matches(record, certificate)), None)
+
+    def walk(index: int, used: frozenset[int]) -> TlsaRecord | None:
+        found = anchor_of(chain[index])
+        if found is not None:
+            return found
+        for parent in range(len(chain)):
+            if parent not in used and issued_by(chain[index], chain[parent]):
+                found = walk(parent, used | {parent})
+                if found is not None:
+                    return found
+        return None
+
+    return walk(0, frozenset({0}))
+
+
+# --- What DNS said, and what it means for delivery (RFC 7672 section 2.2) -------------
+
+
+class DnssecState(enum.Enum):
+    SECURE = "secure"
+    """The address and TLSA records of the host validated (the resolver set AD)."""
+    INSECURE = "insecure"
+    """Not DNSSEC-signed, or no TLSA records: DANE does not apply."""
+    FAILED = "failed"
+    """Bogus (a validating resolver answers SERVFAIL), or no answer: DANE cannot be ruled out."""
+
+
+@dataclass(frozen=True)
+class TlsaLookup:
+    """What DNS said about one MX host's TLSA records (``_25._tcp.HOST``) and its addresses."""
+
+    host: str
+    state: DnssecState
+    records: tuple[TlsaRecord, ...] = ()
+    detail: str = ""  # why insecure or failed, in words for an operator
+
+
+class DaneDecision(enum.Enum):
+    NOT_APPLICABLE = "not-applicable"
+    """Deliver as the path (enable_tls, MTA-STS) says."""
+    AUTHENTICATE = "authenticate"
+    """TLS required, and the certificate must match a usable record."""
+    UNAUTHENTICATED = "unauthenticated"
+    """TLS required, without authentication (RFC 7672 section 2.2: no usable records)."""
+    DEFER = "defer"
+    """Do not deliver to this host now: its TLSA records could not be determined."""
+
+
+def decide(lookup: TlsaLookup) -> DaneDecision:
+    if lookup.state is DnssecState.FAILED:
+        return DaneDecision.DEFER
+    if lookup.state is DnssecState.INSECURE or not lookup.records:
+        return DaneDecision.NOT_APPLICABLE
+    return DaneDecision.AUTHENTICATE if usable_records(lookup.records) else DaneDecision.UNAUTHENTICATED
+
+
+def policy_label(records: Sequence[TlsaRecord]) -> str:
+    """The usages of the usable records, for the record's `dane` field: ``dane-ee``, ``dane-ta``, both."""
+    usages = {record.usage for record in usable_records(records)}
+    labels = [label for usage, label in ((Usage.DANE_EE, "dane-ee"), (Usage.DANE_TA, "dane-ta")) if usage in usages]
+    return "+".join(labels) or "insecure"
+
+
+def usage_label(record: TlsaRecord) -> str:
+    return "dane-ee" if record.usage == Usage.DANE_EE else "dane-ta"
+
+
+def presentation(record: TlsaRecord) -> str:
+    """The record's RDATA as a zone file writes it (RFC 6698 section 2.2): ``3 1 1 ab12...``."""
+    return f"{record.usage} {record.selector} {record.matching_type} {record.data.hex()}"
