@@ -256,7 +256,7 @@ async def test_the_send_moment_is_random_in_the_configured_window(tmp_path, auto
             async with trio.open_nursery() as nursery:
                 await nursery.start(partial(reporter.run, FakeAcceptor()))
                 TlsSessions(reporter).session(SessionResult(TLSA, None))
-                await wait_for(lambda: post.posts)
+                await wait_for(lambda post=post: post.posts)
                 at = clock() - (trio.current_time() - post.times[0])
                 nursery.cancel_scope.cancel()
         # a window opening late in the day may reach past midnight, where day 2's report is due
