@@ -50,6 +50,7 @@ from trimta.services.log_hooks import run_log_hooks, attach_all
 from trimta.services.logs import LogSink
 from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
+from trimta.services.tls_reporting import TlsReporter, TlsSessions, tls_reporter_for
 from trimta.services.webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class Running:
     http_addresses: list[tuple] = field(default_factory=list)
     acceptor: Acceptor | None = None
     dkim_signer: DkimSigner | None = None  # the keys in use; a reload's fresh ones replace them
+    tls_sink: TlsSessions | None = None  # where delivery reports sessions under a TLS policy
+    tls_reporter: TlsReporter | None = None  # with [tls_reporting] enabled
 
 
 def fit_descriptor_limit(
@@ -147,6 +150,9 @@ class App:
         )
         shaping, paths = egress_paths(config)
         resolver = DnsResolver.from_config(config.dns)
+        # TLS policy outcomes (metrics) and, with [tls_reporting], the RFC 8460 reports.
+        tls_reporter = tls_reporter_for(config.tls_reporting, spool_dir=config.spool.path, resolver=resolver)
+        tls_sink = TlsSessions(tls_reporter)
         engine = DeliveryEngine(
             spool=spool,
             logs=logs,
@@ -184,6 +190,8 @@ class App:
                     await tail.start(run_log_hooks, log_hooks)
                 async with trio.open_nursery() as work:
                     await work.start(partial(engine.run, restored_expired=expired))
+                    if tls_reporter is not None:  # its report messages go through the acceptor
+                        await work.start(tls_reporter.run, acceptor)
                     async with trio.open_nursery() as ingress:
                         sessions_scope = trio.CancelScope()
                         handlers = await ingress.start(_handler_nursery, sessions_scope)
@@ -196,7 +204,8 @@ class App:
                                 _serve_in_scope, listener.serve, f"ESMTP listener {listener.config.name}",
                                 handlers, scope))
                         running = Running(config, spool, logs, listeners, addresses, engine, shaping=shaping,
-                                          acceptor=acceptor, dkim_signer=config.dkim_signer)
+                                          acceptor=acceptor, dkim_signer=config.dkim_signer, tls_sink=tls_sink,
+                                          tls_reporter=tls_reporter)
                         for addrs in addresses:
                             log.info("ESMTP listening on %s", ", ".join(_fmt(a) for a in addrs))
                         if config.http.enabled:
@@ -207,7 +216,8 @@ class App:
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
                                           if config.http.known_tenants_only else None,
                                           spool_dir=config.spool.path, log_dir=config.logs.path,
-                                          dns=resolver.statistics)
+                                          dns=resolver.statistics,
+                                          tls_sessions=tls_sink, tls_reporter=tls_reporter)
                             api.add_routes(KumoEndpoints(
                                 engine=engine, rules=engine.rules,
                                 node_id=node_id_for(config.cluster or ClusterConfig(redis_url=""), config.spool.path),
@@ -230,6 +240,8 @@ class App:
                 tail.cancel_scope.cancel()
         finally:
             spool.close()
+            if tls_reporter is not None:
+                tls_reporter.store.close()
         log.info("stopped")
 
 

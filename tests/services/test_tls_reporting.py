@@ -265,3 +265,38 @@ async def test_the_send_moment_is_random_in_the_configured_window(tmp_path, auto
                    for start in starts), at - NEXT_MIDNIGHT
         seen.add(round(at))
     assert len(seen) > 1  # not the same moment every time
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+async def test_metrics_count_outcomes_by_policy_type_and_result_never_by_domain(tmp_path, autojump_clock):
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    from tests.services.test_http_metrics import FakeEngine  # noqa: PLC0415
+    from trimta.services.metrics import TrimtaCollector, registry_for, render  # noqa: PLC0415
+
+    reporter = make(tmp_path, wall(NOON), post=FakePost(failures=1))
+    sink = TlsSessions(reporter)
+    results = [None, *ResultType]
+    sink.session(SessionResult(TLSA, None))  # dane.example publishes an https rua, which fails once
+    for i in range(999):
+        kind = (PolicyType.STS, PolicyType.TLSA)[i % 2]
+        sink.session(SessionResult(PolicyRef(kind, f"d{i}.example"), results[i % len(results)], f"mx.d{i}.example"))
+    with trio.fail_after(2 * DAY_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run, FakeAcceptor())
+            await wait_for(lambda: reporter.statistics().failed_attempts)
+            nursery.cancel_scope.cancel()
+    text = render(registry_for(TrimtaCollector(engine=FakeEngine(), tls_sessions=sink,
+                                               tls_reporter=reporter))).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    sessions = [s for s in families["trimta_tls_policy_sessions"].samples if s.name.endswith("_total")]
+    assert set(sessions[0].labels) == {"policy_type", "result"}
+    assert len(sessions) <= 2 * len(results)
+    assert sum(s.value for s in sessions) == 1000
+    assert {(s.labels["policy_type"], s.labels["result"]): s.value for s in sessions}[("sts", "success")] > 0
+    reports = {(s.labels["destination"], s.labels["event"]): s.value
+               for s in families["trimta_tls_reports"].samples if s.name.endswith("_total")}
+    assert reports[("https", "failed")] == 1
+    assert "example" not in text.replace("trimta_", "")

@@ -40,6 +40,7 @@ from trimta.adapters.kumomta_files import HelperFile, parse_kumomta_table, parse
 from trimta.adapters.loghook_config import LogHookConfig, parse_log_hooks
 from trimta.adapters.shaping_files import LoadedShaping, ShapingConfig, load_shaping_files, parse_shaping_table
 from trimta.adapters.tls import TlsFileError, check_server_files
+from trimta.adapters.tlsrpt_config import TlsReportingConfig, parse_tls_reporting
 from trimta.adapters.toml_lines import TomlLines
 from trimta.adapters.webhook_config import WebhookConfig, parse_webhooks
 from trimta.core import units
@@ -220,6 +221,7 @@ class Config:
     dkim_signer: DkimSigner | None = None  # keys read; None without [dkim] files
     log_hooks: tuple[LogHookConfig, ...] = ()  # one per [[logs.amqp]] and [[logs.redis_stream]]
     cluster: ClusterConfig | None = None  # [cluster]; None: this node keeps its limits to itself
+    tls_reporting: TlsReportingConfig = TlsReportingConfig()  # [tls_reporting]: RFC 8460 reports
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -371,7 +373,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim", "kumomta", "cluster",
+_TOP_KEYS = ("hostname", "listener", "tenancy", "spool", "logs", "dns", "dkim", "kumomta", "cluster", "tls_reporting",
              # Sections read by later parts of the daemon, validated there.
              "queues", "tenants", "sources", "pools", "shaping", "http", "egress")
 
@@ -471,4 +473,5 @@ def parse_config(
         log_hooks=parse_log_hooks(raw, source, base_dir),
         shaping=shaping, shaping_loaded=load_shaping_files(shaping.paths),
         dkim=dkim, dkim_signer=dkim_signer, cluster=parse_cluster_config(raw, source, base_dir),
+        tls_reporting=parse_tls_reporting(raw, source, hostname),
     )

@@ -74,7 +74,15 @@ from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.inject import Injector, parse_inject_request
 from trimta.services.kumo_metrics import KumoCollector, families_from_registry
-from trimta.services.metrics import LoopLagMonitor, RelayStatisticsSource, TrimtaCollector, registry_for, render
+from trimta.services.metrics import (
+    LoopLagMonitor,
+    RelayStatisticsSource,
+    TlsReporterSource,
+    TlsSessionsSource,
+    TrimtaCollector,
+    registry_for,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +281,8 @@ class HttpApi:
         spool_dir: Path | None = None,
         log_dir: Path | None = None,
         dns: Callable[[], LookupStatistics | None] | None = None,
+        tls_sessions: TlsSessionsSource | None = None,
+        tls_reporter: TlsReporterSource | None = None,
     ) -> None:
         self.engine = engine
         self.rules = rules
@@ -288,6 +298,7 @@ class HttpApi:
         self.collector = TrimtaCollector(
             engine=engine, spool=spool, listeners=listeners, logs=logs, lag=self.lag,
             http_servers=lambda: self.servers, relays=relays, max_tenants=max_metric_tenants, max_sites=max_metric_sites,
+            tls_sessions=tls_sessions, tls_reporter=tls_reporter,
         )
         self.registry = registry_for(self.collector)
         self.kumo = KumoCollector(engine=engine, spool=spool, listeners=listeners, spool_dir=spool_dir,

@@ -36,6 +36,7 @@ from trimta.adapters.spool import Spool
 from trimta.services.engine import DeliveryEngine
 from trimta.services.journaled_relay import RelayStatistics
 from trimta.services.logs import LogSink
+from trimta.services.tls_reporting import TlsReporterStatistics, TlsSessionsStatistics
 
 OTHER = "other"
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -118,6 +119,18 @@ class LabelBudget:
         return out
 
 
+class TlsSessionsSource(Protocol):
+    """TLS policy session outcomes (`trimta.services.tls_reporting.TlsSessions`)."""
+
+    def statistics(self) -> TlsSessionsStatistics: ...
+
+
+class TlsReporterSource(Protocol):
+    """The TLS report sender (`trimta.services.tls_reporting.TlsReporter`)."""
+
+    def statistics(self) -> TlsReporterStatistics: ...
+
+
 class RelayStatisticsSource(Protocol):
     """A webhook's or log hook's relay, as the metrics see it."""
 
@@ -147,8 +160,12 @@ class TrimtaCollector(Collector):
         max_tenants: int = 100,
         max_sites: int = 100,
         max_ready_queues: int = 100,
+        tls_sessions: TlsSessionsSource | None = None,
+        tls_reporter: TlsReporterSource | None = None,
     ) -> None:
         self.engine = engine
+        self.tls_sessions = tls_sessions
+        self.tls_reporter = tls_reporter
         self.spool = spool
         self.listeners = listeners
         self.logs = logs
@@ -175,6 +192,7 @@ class TrimtaCollector(Collector):
             yield from self._relays()
         if self.lag is not None:
             yield from self._lag()
+        yield from self._tls()
 
     def _engine(self) -> Iterator[Metric]:
         s = self.engine.statistics()
@@ -301,6 +319,29 @@ class TrimtaCollector(Collector):
             connected.add_metric(key, 1 if s.connected else 0)
             failures.add_metric(key, s.failures)
         yield from (records, pending, connected, failures)
+
+    def _tls(self) -> Iterator[Metric]:
+        """TLS policy outcomes and reports. Labels are bounded: three policy types, the
+        RFC 8460 result types and "success"; never a domain."""
+        if self.tls_sessions is not None:
+            family = CounterMetricFamily(
+                "trimta_tls_policy_sessions", "Outbound sessions under a TLS policy (MTA-STS: sts, DANE: tlsa, "
+                "no-policy-found for a failed policy fetch) by RFC 8460 result type, or success.",
+                labels=("policy_type", "result"))
+            for (policy_type, result), n in sorted(self.tls_sessions.statistics().sessions.items()):
+                family.add_metric((policy_type, result), n)
+            yield family
+        if self.tls_reporter is not None:
+            s = self.tls_reporter.statistics()
+            family = CounterMetricFamily(
+                "trimta_tls_reports", "TLS reports by destination (mailto, https; lookup: the TXT lookup) and "
+                "event: sent, failed (an attempt), dropped (given up, logged).", labels=("destination", "event"))
+            for event, counts in (("sent", s.sent), ("failed", s.failed_attempts), ("dropped", s.dropped)):
+                for destination, n in sorted(counts.items()):
+                    family.add_metric((destination, event), n)
+            yield family
+            yield GaugeMetricFamily("trimta_tls_reports_pending", "TLS reports waiting to be sent (or retried).",
+                                    value=s.pending)
 
     def _lag(self) -> Iterator[Metric]:
         assert self.lag is not None

@@ -37,11 +37,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import trio
 
-from trimta.adapters.dns import RecordLookup, Status
+from trimta import __version__
+from trimta.adapters.dns import DnsResolver, RecordLookup, Status
 from trimta.adapters.tlsrpt_config import TlsReportingConfig
+from trimta.adapters.tlsrpt_post import post_report
 from trimta.adapters.tlsrpt_store import OutboxEntry, TlsReportStore
 from trimta.core.message import Reception
 from trimta.core.tls_report import SessionResult
@@ -297,6 +301,16 @@ class TlsReporter:
         ))
         if not accepted.reply.is_positive:
             raise SendRefused(f"not queued: {accepted.reply}")
+
+
+def tls_reporter_for(config: TlsReportingConfig, *, spool_dir: Path, resolver: DnsResolver) -> TlsReporter | None:
+    """The daemon's reporter: its store in the spool directory, TXT lookups and https
+    hosts through the delivery resolver; None unless ``[tls_reporting]`` is enabled."""
+    if not config.enabled:
+        return None
+    post = partial(post_report, resolve=resolver.resolve_addresses, timeout_s=config.timeout_s,
+                   user_agent=f"trimta/{__version__} (TLS reporting)")
+    return TlsReporter(config, store=TlsReportStore.in_spool(spool_dir), lookup=resolver.lookup, post=post)
 
 
 def _fmt_time(at: float) -> str:

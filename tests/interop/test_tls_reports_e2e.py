@@ -1,0 +1,238 @@
+"""TLS reports from the real daemon: a ``mailto:`` report arrives at an aiosmtpd receiver
+(queued, DKIM-signed and delivered by trimta itself) and an ``https:`` report at a local
+HTTPS server whose certificate comes from a test CA (the daemon gets ``SSL_CERT_FILE``);
+both decompress and validate against RFC 8460's schema.
+
+The counts come from where a running daemon keeps them: ``<spool>/tlsrpt.sqlite``,
+written here for a day two days ago, as a daemon stopped through its send window
+would have left them. Started, the daemon catches up at once. dnsmasq serves the
+``_smtp._tls`` TXT records, the MX of the mailto domain and the HTTPS host's address.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import http.server
+import ssl
+import threading
+import time
+
+import dkim
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.dkim_support import write_key
+from tests.dkim_verifiers import txt_record_option
+from tests.dnsmasq import Dnsmasq
+from tests.tlsrpt_schema import decode_gzip_report
+from trimta.adapters.tlsrpt_store import TlsReportStore
+from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult
+from trimta.core.tlsrpt import TlsCounts, day_start
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.interop
+
+MX = "127.0.0.61"
+HTTPS = "127.0.0.62"
+STS = PolicyRef(PolicyType.STS, "rcpt.test", ("version: STSv1", "mode: testing", "mx: mx.rcpt.test",
+                                              "max_age: 86400"), ("mx.rcpt.test",), "testing")
+TLSA = PolicyRef(PolicyType.TLSA, "dane.test", ("_25._tcp.mx.dane.test. IN TLSA 3 1 1 00ff",), (), "dane")
+
+
+def make_ca(directory):
+    """A test CA and a certificate for reports.test signed by it: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trimta test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reports.test")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("reports.test")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class ReportServer:
+    """An HTTPS server on HTTPS:port taking POSTs; the first one answers 503 (to be retried)."""
+
+    def __init__(self, cert, key):
+        self.posts = []
+        self.answered = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = 503 if not outer.answered else 200
+                outer.answered.append(status)
+                if status == 200:
+                    outer.posts.append((self.path, self.headers.get("Content-Type"), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HTTPS, 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Recorder:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Message accepted"
+
+
+def wait_for(predicate, daemon, what, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the daemon said:\n{daemon.stderr()[-4000:]}")
+
+
+def txt_option(name, text):
+    """dnsmasq's --dns-rr for a TXT record of one string (its --txt-record splits at commas)."""
+    data = text.encode()
+    assert len(data) < 256
+    return f"--dns-rr={name},16,{(bytes([len(data)]) + data).hex()}"
+
+
+def seed_counts(spool_dir, day):
+    counts = TlsCounts()
+    at = day_start(day) + 3600
+    for _ in range(4):
+        counts.add(SessionResult(STS, None, "mx.rcpt.test", MX, "127.0.0.1"), at)
+    counts.add(SessionResult(STS, ResultType.CERTIFICATE_HOST_MISMATCH, "mx.rcpt.test", MX, "127.0.0.1",
+                             failure_reason_code="certificate is for other.test"), at)
+    counts.add(SessionResult(TLSA, ResultType.DNSSEC_INVALID, "mx.dane.test"), at)
+    store = TlsReportStore.in_spool(spool_dir)
+    store.add(counts.rows())
+    store.close()
+
+
+def test_reports_arrive_by_mail_and_by_https(tmp_path, make_daemon, monkeypatch):
+    ca, cert, key = make_ca(tmp_path)
+    server = ReportServer(cert, key)
+    recorder = Recorder()
+    smtp_port = free_port(MX)
+    controller = Controller(recorder, hostname=MX, port=smtp_port)
+    controller.start()
+    keys = tmp_path / "keys"
+    dkim_record = write_key(keys, "sender.test", "s1")
+    url = f"https://reports.test:{server.port}/v1/tlsrpt"
+    zone = [
+        "--mx-host=rcpt.test,mx.rcpt.test,10", f"--host-record=mx.rcpt.test,{MX}",
+        f"--host-record=reports.test,{HTTPS}",
+        txt_option("_smtp._tls.rcpt.test", f"v=TLSRPTv1; rua=mailto:tlsrpt@rcpt.test,{url}"),
+        txt_option("_smtp._tls.dane.test", f"v=TLSRPTv1; rua={url}"),
+        txt_record_option("s1._domainkey.sender.test", dkim_record),
+    ]
+    (tmp_path / "dnsmasq").mkdir()
+    dns = Dnsmasq(tmp_path / "dnsmasq", zone)
+    dns.start()
+    try:
+        d = make_daemon(dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"', extra_config=f"""
+[tls_reporting]
+enabled = true
+organization_name = "Trimta Test Sender"
+from = "tlsrpt@sender.test"
+contact_info = "postmaster@sender.test"
+submitter = "mx.trimta.test"
+retry_interval = "1s"
+max_attempts = 5
+
+[dkim]
+files = ["dkim_data.toml"]
+key_directory = "{keys}"
+
+[egress.default]
+smtp_port = {smtp_port}
+prohibited_hosts = []
+enable_tls = "Disabled"
+""")
+        (d.directory / "dkim_data.toml").write_text(
+            '[base]\nselector = "s1"\nheaders = ["From", "To", "Subject", "Date"]\n[domain."sender.test"]\n')
+        day = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=2)
+        seed_counts(d.spool_path, day)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        d.start()
+        wait_for(lambda: len(server.posts) == 2, d, "two reports POSTed")
+        wait_for(lambda: recorder.messages, d, "the mailto report")
+    finally:
+        controller.stop()
+        server.stop()
+        dns.stop()
+
+    # https: one POST was refused (503) and retried, then both domains' reports came.
+    assert server.answered[0] == 503 and server.answered.count(200) == 2
+    reports = {}
+    for path, content_type, body in server.posts:
+        assert path == "/v1/tlsrpt" and content_type == "application/tlsrpt+gzip"
+        report = decode_gzip_report(body)
+        reports[report["policies"][0]["policy"]["policy-domain"]] = report
+    rcpt = reports["rcpt.test"]
+    assert rcpt["organization-name"] == "Trimta Test Sender" and rcpt["contact-info"] == "postmaster@sender.test"
+    assert rcpt["date-range"]["start-datetime"] == f"{day.isoformat()}T00:00:00Z"
+    assert rcpt["policies"][0]["summary"] == {"total-successful-session-count": 4, "total-failure-session-count": 1}
+    assert reports["dane.test"]["policies"][0]["failure-details"][0]["result-type"] == "dnssec-invalid"
+
+    # mailto: queued and delivered by trimta, DKIM-signed, a section 5.3 multipart/report.
+    ((sender, recipients, data),) = recorder.messages
+    assert sender == "tlsrpt@sender.test" and recipients == ["tlsrpt@rcpt.test"]
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: dkim_record.encode()
+                       if name == b"s1._domainkey.sender.test." else None)
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+    assert msg["TLS-Report-Domain"] == "rcpt.test" and msg["TLS-Report-Submitter"] == "mx.trimta.test"
+    assert msg["Subject"].startswith("Report Domain: rcpt.test Submitter: mx.trimta.test Report-ID: <")
+    attachment = next(p for p in msg.iter_parts() if p.get_content_type() == "application/tlsrpt+gzip")
+    assert decode_gzip_report(attachment.get_content()) == rcpt
+    delivered = [r for r in d.records("Delivery") if r["recipient"] == "tlsrpt@rcpt.test"]
+    assert len(delivered) == 1
+    # nothing is left to send, and nothing is sent twice after a restart
+    d.stop()
+    store = TlsReportStore.in_spool(d.spool_path)
+    assert store.pending() == 0 and store.count_rows() == 0
+    store.close()
