@@ -34,6 +34,8 @@ from trimta.adapters.cluster_config import ClusterConfig, node_id_for
 from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config
 from trimta.adapters.listen import raise_descriptor_limit
 from trimta.adapters.dns import DnsResolver
+from trimta.adapters.mta_sts_fetch import PolicyFetcher
+from trimta.adapters.mta_sts_store import PolicyStore
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
 from trimta.adapters.rules_store import FileRuleStore
@@ -48,6 +50,7 @@ from trimta.services.http_api import HttpApi, serve_api
 from trimta.services.http_kumo import KumoEndpoints
 from trimta.services.log_hooks import run_log_hooks, attach_all
 from trimta.services.logs import LogSink
+from trimta.services.mta_sts import LogSessionSink, MtaStsService
 from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
 from trimta.services.tls_reporting import TlsReporter, TlsSessions, tls_reporter_for
@@ -153,10 +156,16 @@ class App:
         # TLS policy outcomes (metrics) and, with [tls_reporting], the RFC 8460 reports.
         tls_reporter = tls_reporter_for(config.tls_reporting, spool_dir=config.spool.path, resolver=resolver)
         tls_sink = TlsSessions(tls_reporter)
+        # MTA-STS: policies fetched and cached next to the spool; failures logged, then counted.
+        logged_sink = LogSessionSink(tls_sink)
+        mta_sts = MtaStsService(lookup=resolver.lookup, fetcher=PolicyFetcher(resolver.resolve_addresses),
+                                store=PolicyStore.in_spool(config.spool.path), sink=logged_sink)
         engine = DeliveryEngine(
             spool=spool,
             logs=logs,
             resolver=resolver,
+            mta_sts=mta_sts,
+            tls_sink=logged_sink,
             network=TrioNetworkBackend(),
             delivery=config.delivery,
             hostname=config.hostname,
@@ -189,6 +198,7 @@ class App:
                 if log_hooks:
                     await tail.start(run_log_hooks, log_hooks)
                 async with trio.open_nursery() as work:
+                    await work.start(mta_sts.run)
                     await work.start(partial(engine.run, restored_expired=expired))
                     if tls_reporter is not None:  # its report messages go through the acceptor
                         await work.start(tls_reporter.run, acceptor)

@@ -29,6 +29,7 @@ def test_every_option_parses_into_its_field():
         "max_ready": 200,
         "idle_timeout": "30s",
         "enable_tls": "RequiredInsecure",
+        "enable_mta_sts": False,
         "smtp_port": 2525,
         "prohibited_hosts": ["10.0.0.0/8", "::1"],
         "skip_hosts": ["192.0.2.7"],
@@ -67,6 +68,7 @@ def test_every_option_parses_into_its_field():
     assert set(table) == set(OPTIONS)
     config = apply_options(EgressPathConfig(), parse_path_options(table, where="test"))
     assert config.connection_limit == 10
+    assert config.enable_mta_sts is False
     assert config.max_connection_rate == Rate(100, 60.0)
     assert config.max_message_rate == Rate(20, 1.0, 5)
     assert config.max_deliveries_per_connection == 50
@@ -168,8 +170,15 @@ def test_kumomta_options_trimta_does_not_act_on_are_kept_aside_as_extra():
     assert overrides == {"connection_limit": 2, "extra": {"enable_dane": True}}
     config = apply_options(EgressPathConfig(), overrides)
     assert config.extra == {"enable_dane": True}
-    config = apply_options(config, parse_path_options({"enable_mta_sts": False}, where="t"))
-    assert config.extra == {"enable_dane": True, "enable_mta_sts": False}
+    config = apply_options(config, parse_path_options({"use_lmtp": False}, where="t"))
+    assert config.extra == {"enable_dane": True, "use_lmtp": False}
+
+
+def test_enable_mta_sts_is_acted_on_and_on_by_default():
+    assert EgressPathConfig().enable_mta_sts is True
+    assert parse_path_options({"enable_mta_sts": False}, where="t") == {"enable_mta_sts": False}
+    with pytest.raises(OptionError, match="enable_mta_sts"):
+        parse_path_options({"enable_mta_sts": "sometimes"}, where="t")
 
 
 def test_apply_options_leaves_the_base_unchanged():

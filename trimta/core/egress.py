@@ -79,6 +79,8 @@ class EgressPathConfig:
     max_ready: int = 1024
     idle_timeout_s: float = 60.0
     enable_tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    # MTA-STS (RFC 8461): apply the domain's published policy (KumoMTA's option, default on).
+    enable_mta_sts: bool = True
     smtp_port: int = 25
     prohibited_hosts: tuple[Network, ...] = DEFAULT_PROHIBITED_HOSTS
     skip_hosts: tuple[Network, ...] = ()

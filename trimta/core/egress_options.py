@@ -144,6 +144,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "max_ready": ("max_ready", _positive_int),
     "idle_timeout": ("idle_timeout_s", parse_duration),
     "enable_tls": ("enable_tls", _tls),
+    "enable_mta_sts": ("enable_mta_sts", _boolean),
     "smtp_port": ("smtp_port", _port),
     "prohibited_hosts": ("prohibited_hosts", _networks),
     "skip_hosts": ("skip_hosts", _networks),
@@ -190,7 +191,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
 # per set of files, docs/kumomta.md says why for each).
 IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
     "aggressive_connection_opening", "dispatcher_progress_watchdog_timeout",
-    "dispatcher_wakeup_strategy", "enable_dane", "enable_mta_sts", "ignore_8bit_checks",
+    "dispatcher_wakeup_strategy", "enable_dane", "ignore_8bit_checks",
     "low_memory_reduction_policy", "maintainer_wakeup_strategy", "no_memory_reduction_policy",
     "openssl_cipher_list", "openssl_cipher_suites", "openssl_options", "readyq_pool_name",
     "reconnect_strategy", "refresh_interval", "refresh_strategy", "rustls_cipher_suites",

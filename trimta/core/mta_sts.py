@@ -201,3 +201,41 @@ def mx_matches(pattern: str, mx_host: str) -> bool:
 def allowed_hosts(policy: MtaStsPolicy, mx_hosts: Sequence[str]) -> list[str]:
     """The MX hosts an enforced policy lets delivery use, in the given order."""
     return [host for host in mx_hosts if policy.allows(host)]
+
+
+@dataclass(frozen=True)
+class StsLookup:
+    """What the policy service found for a domain: the policy in force (None: none) and how.
+
+    `how` says why, for ``trimta resolve-site`` and logs (``"fetched"``, ``"cached"``,
+    ``"cached; policy host unreachable: ..."``, ``"no _mta-sts TXT record"``, ...).
+    `error` is set when a fetch failed (with the RFC 8460 result type's name in
+    `error_type`), whether or not a cached policy is still in force.
+    """
+
+    domain: str
+    policy: MtaStsPolicy | None
+    how: str
+    policy_id: str = ""
+    expires_at_s: float | None = None
+    error: str = ""
+    error_type: str = ""
+
+
+@dataclass(frozen=True)
+class StsApplied:
+    """A policy applied to a domain's MX set: its mode, and the MX hosts it left out."""
+
+    domain: str
+    policy: MtaStsPolicy
+    policy_id: str = ""
+    excluded: tuple[str, ...] = ()
+    how: str = ""
+
+    @property
+    def mode(self) -> Mode:
+        return self.policy.mode
+
+    @property
+    def enforced(self) -> bool:
+        return self.policy.mode is Mode.ENFORCE

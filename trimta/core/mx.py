@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from trimta.core.mta_sts import StsApplied
 from trimta.core.sites import normalize_host, own_site, site_name
 from trimta.protocol.replies import Reply, reply
 
@@ -91,6 +92,7 @@ class MxFailure(enum.Enum):
     DNS_ERROR = "dns_error"  # SERVFAIL, REFUSED, network error: try again later
     TIMEOUT = "timeout"  # no answer in time: try again later
     NO_ADDRESSES = "no_addresses"  # MX hosts exist, none resolves to an address
+    MTA_STS = "mta_sts"  # an enforced MTA-STS policy lists none of the MX hosts: try again later
 
 
 _PERMANENT = frozenset({MxFailure.NULL_MX, MxFailure.NXDOMAIN, MxFailure.NO_RECORDS, MxFailure.INVALID_DOMAIN})
@@ -114,6 +116,8 @@ def failure_reply(failure: MxFailure, domain: str, detail: str = "") -> Reply:
             return reply(451, "4.4.3", f"DNS lookup for {domain} timed out, will retry")
         case MxFailure.NO_ADDRESSES:
             return reply(451, "4.4.4", f"No address found for any MX host of {domain}{extra}, will retry")
+        case MxFailure.MTA_STS:
+            return reply(451, "4.7.5", f"No MX host of {domain} may be used{extra}, will retry")
     raise AssertionError(failure)
 
 
@@ -198,6 +202,8 @@ class MxResolution:
     detail: str = ""
     implicit_mx: bool = False
     literal: bool = False
+    # The MTA-STS policy applied to the MX set (enforce: `hosts` are those it lists).
+    mta_sts: StsApplied | None = None
 
     @property
     def ok(self) -> bool:
@@ -268,6 +274,11 @@ class MxResolution:
             "error": None if self.failure is None else self.failure.value,
             "detail": self.detail or None,
         }
+        if self.mta_sts is not None:
+            applied = self.mta_sts
+            out["mta_sts"] = {"mode": applied.mode.value, "mx": list(applied.policy.mx),
+                              "max_age": applied.policy.max_age_s, "id": applied.policy_id,
+                              "excluded": list(applied.excluded), "how": applied.how}
         if self.failure is not None:
             out["reply"] = str(self.reply)
             out["permanent"] = self.is_permanent

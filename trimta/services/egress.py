@@ -44,10 +44,14 @@ from trimta.core.admin import admin_bounce_reply
 from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message
+from trimta.core.mta_sts import StsLookup
+from trimta.core.mta_sts_delivery import apply_policy
 from trimta.core.mx import MxResolution, Resolver
 from trimta.core.pools import EgressPool, EgressSource, PoolPicker
 from trimta.core.queues import ready_queue_name
+from trimta.core.sites import own_site
 from trimta.core.throttle import Gcra
+from trimta.core.tls_report import TlsSessionSink
 from trimta.core.units import Rate
 from trimta.services.outcomes import RETRY_AFTER_BUG_S, OutcomeRecorder
 from trimta.services.ready_queue import Connect, Observer, ReadyQueue, SharedLimits
@@ -68,6 +72,12 @@ class Admission(Protocol):
     def admission(self, message: Message) -> AdmissionDecision: ...
     def ready_queue_suspended(self, name: str) -> bool: ...
     def path_overrides(self, name: str) -> Mapping[str, object]: ...
+
+
+class MtaStsPolicies(Protocol):
+    """Where the egress asks for a domain's MTA-STS policy (`trimta.services.mta_sts.MtaStsService`)."""
+
+    async def policy_for(self, domain: str) -> StsLookup: ...
 
 
 class DueMessages:
@@ -119,8 +129,14 @@ class Egress:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         linger_s: float = 10.0,
+        mta_sts: MtaStsPolicies | None = None,
+        tls_sink: TlsSessionSink | None = None,
     ) -> None:
         self.resolver = resolver
+        self.mta_sts = mta_sts
+        self.tls_sink = tls_sink
+        # The MTA-STS mode ("enforce", "testing") applied to each domain's last resolution.
+        self.mta_sts_modes: dict[str, str] = {}
         self.paths = paths
         self.sources = dict(sources)
         self.pool_for = pool_for
@@ -197,15 +213,35 @@ class Egress:
         return True
 
     async def _resolve(self, domain: str) -> MxResolution:
+        rollup = self.paths.rollup(domain)
         self.mx_resolving += 1
         try:
-            resolution = await self.resolver.resolve_mx(domain, mx_rollup=self.paths.rollup(domain))
+            resolution = await self.resolver.resolve_mx(domain, mx_rollup=rollup)
         finally:
             self.mx_resolving -= 1
         self.mx_resolved[resolution.ok] += 1
+        # MTA-STS before the site: under enforce the site is that of the hosts the policy lists.
+        # enable_mta_sts is the domain's (its table and the defaults): there is no site yet.
+        if self.mta_sts is not None and resolution.ok and not resolution.literal \
+                and self.paths.path_config("", own_site(domain), domain).enable_mta_sts:
+            resolution = apply_policy(resolution, await self.mta_sts.policy_for(domain), rollup=rollup)
+        self._note_mta_sts(domain, resolution)
         if resolution.ok:  # the real MX hosts, for provider matching
             self.paths.observe(resolution)
         return resolution
+
+    def _note_mta_sts(self, domain: str, resolution: MxResolution) -> None:
+        if resolution.mta_sts is None:
+            self.mta_sts_modes.pop(domain, None)
+            return
+        if len(self.mta_sts_modes) >= 100_000 and domain not in self.mta_sts_modes:
+            self.mta_sts_modes.clear()
+        self.mta_sts_modes[domain] = resolution.mta_sts.mode.value
+
+    def _use_resolution(self, queue: ReadyQueue, message: Message, resolution: MxResolution) -> None:
+        queue.resolution = resolution
+        queue.tls_sink = self.tls_sink
+        queue.mta_sts.note(message.destination, resolution.mta_sts)
 
     async def _route_one(self, message: Message, resolution: MxResolution) -> None:
         if not resolution.ok:
@@ -224,10 +260,10 @@ class Egress:
             self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
             return
         queue = self.ready_queue(self.sources[source_name], site, message.destination)
-        queue.resolution = resolution
+        self._use_resolution(queue, message, resolution)
         if not queue.add(message):  # reaped a moment ago: a fresh one takes it
             queue = self.ready_queue(self.sources[source_name], site, message.destination)
-            queue.resolution = resolution
+            self._use_resolution(queue, message, resolution)
             queue.add(message)
 
     def _select_source(self, picker: PoolPicker, site: str, domain: str) -> str | None:

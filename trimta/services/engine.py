@@ -39,8 +39,9 @@ from trimta.core.message import Message
 from trimta.core.mx import Resolver
 from trimta.core.pools import EgressSource
 from trimta.core.retry import due_after_restart, expires_before
+from trimta.core.tls_report import TlsSessionSink
 from trimta.services.automation import Automation
-from trimta.services.egress import DueMessages, Egress
+from trimta.services.egress import DueMessages, Egress, MtaStsPolicies
 from trimta.services.operator_rules import OperatorRules, RuleStore
 from trimta.services.logs import RecordSink
 from trimta.services.outcomes import MessageStore, OutcomeRecorder
@@ -72,6 +73,8 @@ class DeliveryEngine:
         rng: random.Random | None = None,
         linger_s: float = 10.0,
         tls_contexts: TlsContexts = tls_context,
+        mta_sts: MtaStsPolicies | None = None,
+        tls_sink: TlsSessionSink | None = None,
     ) -> None:
         self.delivery = delivery
         self.resolver = resolver
@@ -106,7 +109,11 @@ class DeliveryEngine:
             observer=self.automation,
             clock=clock,
             linger_s=linger_s,
+            mta_sts=mta_sts,
+            tls_sink=tls_sink,
         )
+        if mta_sts is not None:
+            self.outcomes.mta_sts_mode = self.egress.mta_sts_modes.get
         self.received_by_tenant: Counter[str] = Counter()
         # KumoMTA's reception services: "esmtp_listener:NAME" per listener, "http_listener".
         self.received_by_service: Counter[str] = Counter()

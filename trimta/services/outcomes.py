@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # How long a message that met a bug waits before it is tried again.
 RETRY_AFTER_BUG_S = 60.0
+# The records that carry `mta_sts` when a policy applied to the message's domain.
+_MTA_STS_KINDS = frozenset({records.DELIVERY, records.TRANSIENT_FAILURE, records.BOUNCE})
 
 
 class MessageStore(Protocol):
@@ -102,6 +104,8 @@ class OutcomeRecorder:
         self.by_ready_queue: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.by_provider: defaultdict[str, Counter[tuple[str, str, str]]] = defaultdict(Counter)
         self._removals: list[str] = []  # finished, not yet removed from the spool
+        # The MTA-STS mode applied to a domain ("enforce", "testing"), for the `mta_sts` field.
+        self.mta_sts_mode: Callable[[str], str | None] | None = None
         self._removals_due = trio.Event()
 
     def config_for(self, message: Message) -> QueueConfig:
@@ -240,6 +244,11 @@ class OutcomeRecorder:
             ready_queue=queue.name if queue is not None else None,
             **extra,
         )
+        if self.mta_sts_mode is not None and kind in _MTA_STS_KINDS:
+            mode = queue.mta_sts.mode(message.destination) if queue is not None else None
+            mode = mode or self.mta_sts_mode(message.destination)
+            if mode:
+                record["mta_sts"] = mode
         self.by_tenant[kind][message.tenant or ""] += 1
         if queue is not None:
             self.by_site[kind][queue.site] += 1

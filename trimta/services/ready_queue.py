@@ -55,7 +55,9 @@ from trimta.core.queues import ready_queue_name
 from trimta.core.shaping_automation import AutomationRule
 from trimta.core.ready_pool import ConnectionState, PoolState, connections_to_open, should_close
 from trimta.core.throttle import Gcra
+from trimta.core.tls_report import TlsSessionSink
 from trimta.core.units import Rate
+from trimta.services.mta_sts_sessions import StsQueueState
 from trimta.services.smtp_client import ConnectionFailed
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,9 @@ class ReadyQueue:
         self.expires_at = expires_at
         self.clock = clock
         self.resolution: MxResolution | None = None
+        # MTA-STS: the policies of the domains fed into it, and where sessions are reported.
+        self.mta_sts = StsQueueState()
+        self.tls_sink: TlsSessionSink | None = None
         self._by_queue: OrderedDict[str, deque[Message]] = OrderedDict()
         self._count = 0
         self._in_flight: dict[str, Message] = {}
@@ -463,8 +468,16 @@ class ReadyQueue:
                 if conn is None:
                     message = None  # its outcome is recorded
                     return
+                opened_enforced = self.mta_sts.enforced
                 sent = 0
                 while message is not None:
+                    if sent and self.mta_sts.enforced and not opened_enforced:
+                        # An MTA-STS enforce policy came after this connection was opened.
+                        self._in_flight.pop(message.id, None)
+                        self._put_back(message)
+                        self._changed.set()
+                        message = None
+                        break
                     # A message in hand: the idle deadline set while waiting for it is over.
                     scope.deadline = math.inf
                     if not sent:
@@ -563,9 +576,11 @@ class ReadyQueue:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
         resolution = self.resolution
         targets = resolution.targets if resolution is not None else ()
+        path = self.mta_sts.path_for(self.path)
         try:
-            conn = await self.connect(targets, self.source, self.path)
+            conn = await self.connect(targets, self.source, path)
         except ConnectionFailed as failure:
+            outcome = self.mta_sts.failed(message.destination, failure.outcome, failure.failures, self.tls_sink)
             self._failed += 1
             if failure.outcome.connection_failure:
                 self._failures += 1
@@ -575,12 +590,13 @@ class ReadyQueue:
                             self.name, self._failures, self.path.delay_after_connection_failures_s)
                 self._failures = 0
             if self.observer is not None:
-                self.observer.observe(message, failure.outcome, self)
-            await self.outcomes.failed(message, failure.outcome, self)
+                self.observer.observe(message, outcome, self)
+            await self.outcomes.failed(message, outcome, self)
             self._in_flight.pop(message.id, None)
             return None
         self._failures = 0
         self._connections_total += 1
+        self.mta_sts.opened(message.destination, conn, path, self.tls_sink)
         return conn
 
     async def _deliver(self, conn: Connection, message: Message) -> None:

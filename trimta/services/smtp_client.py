@@ -212,6 +212,8 @@ class OutboundConnection:
         self.path = path
         self.source = source
         self.deliveries = 0  # messages handed to `send` here: what max_deliveries_per_connection counts
+        # The targets that gave no session before this one (for TLS reporting).
+        self.skipped: tuple[TargetFailure, ...] = ()
         self._tls_version: str | None = None
         # The running transaction's deadline, and what it was last set for: (command
         # awaited, its timeout, whether sending).
@@ -278,8 +280,10 @@ class OutboundConnection:
                 if path.enable_tls is not TlsPolicy.DISABLED:
                     target_path = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
             try:
-                return await cls._open_target(network, host, address, source, target_path, ehlo_domain,
-                                              tls_contexts)
+                connection = await cls._open_target(network, host, address, source, target_path, ehlo_domain,
+                                                    tls_contexts)
+                connection.skipped = tuple(failures)
+                return connection
             except _TargetFailed as exc:
                 log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
                 failures.append(exc.failure)
@@ -290,8 +294,10 @@ class OutboundConnection:
                 if path.opportunistic_tls_reconnect_on_failed_handshake and not target_path.enable_tls.required:
                     plaintext = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
                     try:
-                        return await cls._open_target(network, host, address, source, plaintext, ehlo_domain,
-                                                      tls_contexts)
+                        connection = await cls._open_target(network, host, address, source, plaintext,
+                                                            ehlo_domain, tls_contexts)
+                        connection.skipped = tuple(failures)
+                        return connection
                     except _TargetFailed as again:
                         failures.append(again.failure)
         raise ConnectionFailed(_all_failed(failures), failures)

@@ -35,6 +35,8 @@ import trio
 from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_config
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message, Reception, new_id
+from trimta.core.tls_report import TlsSessionSink
+from trimta.services.egress import MtaStsPolicies
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import RecordSink
 from trimta.testing.network import FakeNetwork
@@ -73,6 +75,8 @@ class DeliveryHarness:
         logs: RecordSink | None = None,
         paths: EgressPathProvider | None = None,
         rule_store: MemoryRuleStore | None = None,
+        mta_sts: MtaStsPolicies | None = None,
+        tls_sink: TlsSessionSink | None = None,
     ) -> None:
         if config is None or isinstance(config, str):
             raw = tomllib.loads(textwrap.dedent(config or ""))
@@ -96,6 +100,8 @@ class DeliveryHarness:
             linger_s=linger_s,
             paths=paths,  # e.g. a ShapingProvider from shaping files; None: the config's [egress] tables
             rule_store=self.rule_store,
+            mta_sts=mta_sts,
+            tls_sink=tls_sink,
         )
 
     @asynccontextmanager
