@@ -300,3 +300,40 @@ async def test_metrics_count_outcomes_by_policy_type_and_result_never_by_domain(
                for s in families["trimta_tls_reports"].samples if s.name.endswith("_total")}
     assert reports[("https", "failed")] == 1
     assert "example" not in text.replace("trimta_", "")
+
+
+class FlakyStore(TlsReportStore):
+    """A store whose reads fail a number of times (a disk error), then work."""
+
+    failures = 2
+
+    def rows_before(self, day):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk I/O error")
+        return super().rows_before(day)
+
+
+async def test_a_failing_store_is_logged_and_retried_and_the_report_still_goes_out(tmp_path, autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="trimta.tls_reporting")
+    post = FakePost()
+    store = FlakyStore.in_spool(tmp_path)
+    store.failures = 0  # the first read (at start) works
+    reporter = TlsReporter(CONFIG, store=store, lookup=FakeLookup(TXT), post=post, clock=wall(NOON))
+    with trio.fail_after(2 * DAY_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run, FakeAcceptor())
+            store.failures = 2
+            TlsSessions(reporter).session(SessionResult(TLSA, None))
+            await wait_for(lambda: post.posts)
+            nursery.cancel_scope.cancel()
+    assert [url for url, _ in post.posts] == ["https://r.example/dane"]
+    assert sum("TLS reports: failed; trying again" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_damaged_store_is_moved_aside_and_counting_starts_again(tmp_path, caplog):
+    (tmp_path / "tlsrpt.sqlite").write_bytes(b"this is not a database" * 100)
+    store = TlsReportStore.in_spool(tmp_path)
+    assert store.count_rows() == 0 and store.pending() == 0
+    assert [p.name.startswith("tlsrpt.sqlite.damaged-") for p in tmp_path.iterdir()].count(True) == 1
+    assert any("is damaged" in r.getMessage() for r in caplog.records)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from trimta.core.tls_report import PolicyRef, PolicyType, ResultType
 from trimta.core.tlsrpt import CountRow, FailureKey
 
 FILE_NAME = "tlsrpt.sqlite"
+log = logging.getLogger("trimta.tls_reporting")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counts (
@@ -91,10 +94,29 @@ class TlsReportStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            # Reports must never keep mail from flowing: a damaged file is moved aside
+            # (its counts are lost, and the log says so) and a new one started.
+            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            log.error("TLS reports: %s is damaged (%s); moved to %s, counting starts again", path, exc, aside)
+            path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     @classmethod
     def in_spool(cls, spool_dir: Path) -> TlsReportStore:

@@ -204,13 +204,20 @@ class TlsReporter:
             # at most an hour at a time, so that a change of the wall clock is noticed
             await trio.sleep(min(3600.0, max(0.0, wake - self.clock())))
             now = self.clock()
-            if now >= self._next_send or now >= self._pass_retry_at:
-                if now >= self._next_send:
-                    self._next_send = self._pick_send(now)
-                self._pass_retry_at = math.inf
-                await self.report_pass()
-                log.info("TLS reports: next send at %s", _fmt_time(self._next_send))
-            await self.send_due(acceptor)
+            try:
+                if now >= self._next_send or now >= self._pass_retry_at:
+                    if now >= self._next_send:
+                        self._next_send = self._pick_send(now)
+                    self._pass_retry_at = math.inf
+                    await self.report_pass()
+                    log.info("TLS reports: next send at %s", _fmt_time(self._next_send))
+                await self.send_due(acceptor)
+            except Exception:
+                # The store failing (disk full, a damaged file) must not stop the daemon;
+                # what was not done is done on the next try.
+                log.exception("TLS reports: failed; trying again in %.0fs", self.config.retry_interval_s)
+                self._pass_retry_at = min(self._pass_retry_at, now + self.config.retry_interval_s)
+                await trio.sleep(self.config.retry_interval_s)
 
     async def report_pass(self) -> None:
         """Build the reports of every day before today and queue them for their destinations."""
