@@ -15,6 +15,8 @@ import datetime
 import email
 import email.policy
 import http.server
+import smtplib
+import sqlite3
 import ssl
 import threading
 import time
@@ -46,8 +48,8 @@ STS = PolicyRef(PolicyType.STS, "rcpt.test", ("version: STSv1", "mode: testing",
 TLSA = PolicyRef(PolicyType.TLSA, "dane.test", ("_25._tcp.mx.dane.test. IN TLSA 3 1 1 00ff",), (), "dane")
 
 
-def make_ca(directory):
-    """A test CA and a certificate for reports.test signed by it: (ca.pem, cert.pem, key.pem)."""
+def make_ca(directory, names=("reports.test",)):
+    """A test CA and a certificate for `names` signed by it: (ca.pem, cert.pem, key.pem)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trimta test CA")])
@@ -65,7 +67,7 @@ def make_ca(directory):
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reports.test")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("reports.test")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -79,9 +81,10 @@ def make_ca(directory):
 
 
 class ReportServer:
-    """An HTTPS server on HTTPS:port taking POSTs; the first one answers 503 (to be retried)."""
+    """An HTTPS server on HTTPS:port taking POSTs; the first one answers 503 (to be retried)
+    unless `fail_first` is false. GET serves `files` (path -> text/plain body)."""
 
-    def __init__(self, cert, key):
+    def __init__(self, cert, key, *, host=None, port=0, fail_first=True, files=None):
         self.posts = []
         self.answered = []
         outer = self
@@ -89,7 +92,7 @@ class ReportServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status = 503 if not outer.answered else 200
+                status = 503 if fail_first and not outer.answered else 200
                 outer.answered.append(status)
                 if status == 200:
                     outer.posts.append((self.path, self.headers.get("Content-Type"), body))
@@ -97,10 +100,18 @@ class ReportServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                body = (files or {}).get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((HTTPS, 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host or HTTPS, port), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
@@ -236,3 +247,75 @@ enable_tls = "Disabled"
     store = TlsReportStore.in_spool(d.spool_path)
     assert store.pending() == 0 and store.count_rows() == 0
     store.close()
+
+
+POLICY_HOST = "127.0.0.163"
+
+
+def test_a_real_mta_sts_testing_failure_ends_up_in_a_report(tmp_path, make_daemon, monkeypatch):
+    """Delivery under an MTA-STS ``testing`` policy to an MX without STARTTLS: the message
+    is delivered, the session counted as ``starttls-not-supported``, and the report of
+    that day carries it. The day is moved two days back in the stored counts between the
+    two runs, as if the daemon were started again two days later."""
+    ca, cert, key = make_ca(tmp_path, names=("reports.test", "mta-sts.rcpt.test"))
+    policy = b"version: STSv1\r\nmode: testing\r\nmx: mx.rcpt.test\r\nmax_age: 86400\r\n"
+    policy_server = ReportServer(cert, key, host=POLICY_HOST, port=443,
+                                 files={"/.well-known/mta-sts.txt": policy})
+    reports = ReportServer(cert, key, fail_first=False)
+    recorder = Recorder()
+    smtp_port = free_port(MX)
+    controller = Controller(recorder, hostname=MX, port=smtp_port)  # no STARTTLS offered
+    controller.start()
+    url = f"https://reports.test:{reports.port}/v1/tlsrpt"
+    zone = [
+        "--mx-host=rcpt.test,mx.rcpt.test,10", f"--host-record=mx.rcpt.test,{MX}",
+        f"--host-record=reports.test,{HTTPS}", f"--host-record=mta-sts.rcpt.test,{POLICY_HOST}",
+        txt_option("_mta-sts.rcpt.test", "v=STSv1; id=20261203"),
+        txt_option("_smtp._tls.rcpt.test", f"v=TLSRPTv1; rua={url}"),
+    ]
+    (tmp_path / "dnsmasq").mkdir()
+    dns = Dnsmasq(tmp_path / "dnsmasq", zone)
+    dns.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    try:
+        d = make_daemon(dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"', extra_config=f"""
+[tls_reporting]
+enabled = true
+organization_name = "Trimta Test Sender"
+from = "tlsrpt@sender.test"
+
+[egress.default]
+smtp_port = {smtp_port}
+prohibited_hosts = []
+""").start()
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as client:
+            client.sendmail("a@sender.test", ["b@rcpt.test"],
+                            b"From: a@sender.test\r\nTo: b@rcpt.test\r\nSubject: hi\r\n\r\nhello\r\n")
+        wait_for(lambda: recorder.messages, d, "the message delivered under the testing policy")
+        wait_for(lambda: "TLS policy failure" in d.stderr(), d, "the session reported")
+        assert d.stop() == 0  # a clean stop writes the counts
+        db = sqlite3.connect(d.spool_path / "tlsrpt.sqlite")
+        with db:
+            today = datetime.datetime.now(datetime.UTC).date()
+            assert db.execute("SELECT DISTINCT day, domain FROM counts").fetchall() == [(today.isoformat(),
+                                                                                      "rcpt.test")]
+            db.execute("UPDATE counts SET day = ?", ((today - datetime.timedelta(days=2)).isoformat(),))
+        db.close()
+        d.start()
+        wait_for(lambda: reports.posts, d, "the report POSTed")
+    finally:
+        controller.stop()
+        policy_server.stop()
+        reports.stop()
+        dns.stop()
+    ((_, content_type, body),) = reports.posts
+    assert content_type == "application/tlsrpt+gzip"
+    report = decode_gzip_report(body)
+    (entry,) = report["policies"]
+    assert entry["policy"]["policy-type"] == "sts" and entry["policy"]["policy-domain"] == "rcpt.test"
+    assert entry["policy"]["mx-host"] == ["mx.rcpt.test"]
+    assert "mode: testing" in entry["policy"]["policy-string"]
+    assert entry["summary"]["total-failure-session-count"] >= 1
+    details = entry["failure-details"]
+    assert {d["result-type"] for d in details} == {"starttls-not-supported"}
+    assert details[0]["receiving-mx-hostname"] == "mx.rcpt.test" and details[0]["receiving-ip"] == MX
