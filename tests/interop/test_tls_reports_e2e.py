@@ -100,7 +100,7 @@ class ReportServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 body = (files or {}).get(self.path)
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/plain")
