@@ -201,8 +201,8 @@ def test_rfc_example_records_parse():
 
 def test_several_destinations_extensions_and_other_schemes():
     record = parse_tlsrpt_record(
-        "v=TLSRPTv1 ;  rua=mailto:a%2Bb@Example.COM , https://r.example:8443/in?x=1,ftp://r.example/in ; ext=1 ;")
-    assert record == TlsRptRecord((Destination("mailto", "a+b@example.com"),
+        "v=TLSRPTv1 ;  rua=mailto:a%2Bb%21@Example.COM , https://r.example:8443/in?x=1,ftp://r.example/in ; ext=1 ;")
+    assert record == TlsRptRecord((Destination("mailto", "a+b!@example.com"),
                                    Destination("https", "https://r.example:8443/in?x=1")), ("ftp://r.example/in",))
 
 
@@ -214,7 +214,8 @@ def test_several_destinations_extensions_and_other_schemes():
     "v=TLSRPTv1; rua=https:/x.example/", "v=TLSRPTv1; rua=https://user@x.example/",
     "v=TLSRPTv1; rua=https://x.example:99999/", "v=TLSRPTv1; rua=https://x.example/#frag",
     "v=TLSRPTv1; rua=https://bad_host/", "v=TLSRPTv1; rua=mailto:a@example.com; junk",
-    "v=TLSRPTv1; rua=mailto:a b@example.com", "v=TLSRPTv1; rua=mailto:a@example.com?subject=hi%",
+    "v=TLSRPTv1; rua=mailto:a b@example.com", "v=TLSRPTv1; rua=mailto:a!b@example.com",
+    "v=TLSRPTv1; rua=https://r.example/a!b", "v=TLSRPTv1; rua=mailto:a@example.com?subject=hi%",
 ])
 def test_invalid_records_are_errors(text):
     assert isinstance(parse_tlsrpt_record(text), RecordError)

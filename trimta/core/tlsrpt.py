@@ -232,9 +232,10 @@ _EXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 _EXT_VALUE = re.compile(r"[\x21-\x3a\x3c\x3e-\x7e]+")
 _FIELD_DELIM = re.compile(r"[ \t]*;[ \t]*")
 _URI_DELIM = re.compile(r"[ \t]*,[ \t]*")
-# An RFC 3986 URI's characters, less "," and ";" (which RFC 8460 section 3 requires to be
-# percent-encoded inside a rua URI), with a well-formed percent-encoding.
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+=]|%[0-9A-Fa-f]{2})+")
+# An RFC 3986 URI's characters, less "," and "!" (which RFC 8460 section 3 requires to be
+# percent-encoded in a tlsrpt-uri) and ";" (the field delimiter), with well-formed
+# percent-encodings.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@$&'()*+=]|%[0-9A-Fa-f]{2})+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*")
