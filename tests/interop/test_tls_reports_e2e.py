@@ -252,11 +252,21 @@ enable_tls = "Disabled"
 POLICY_HOST = "127.0.0.163"
 
 
+def stored_days(spool_dir):
+    """The (day, domain) pairs with counts in the daemon's tlsrpt.sqlite (read while it runs)."""
+    db = sqlite3.connect(spool_dir / "tlsrpt.sqlite")
+    try:
+        return db.execute("SELECT DISTINCT day, domain FROM counts").fetchall()
+    finally:
+        db.close()
+
+
 def test_a_real_mta_sts_testing_failure_ends_up_in_a_report(tmp_path, make_daemon, monkeypatch):
     """Delivery under an MTA-STS ``testing`` policy to an MX without STARTTLS: the message
-    is delivered, the session counted as ``starttls-not-supported``, and the report of
-    that day carries it. The day is moved two days back in the stored counts between the
-    two runs, as if the daemon were started again two days later."""
+    is delivered, the session counted as ``starttls-not-supported`` and written to disk
+    within ``flush_interval``, the daemon killed (-9), and the report of that day carries
+    it. The day is moved two days back in the stored counts between the two runs, as if
+    the daemon were started again two days later."""
     ca, cert, key = make_ca(tmp_path, names=("reports.test", "mta-sts.rcpt.test"))
     policy = b"version: STSv1\r\nmode: testing\r\nmx: mx.rcpt.test\r\nmax_age: 86400\r\n"
     policy_server = ReportServer(cert, key, host=POLICY_HOST, port=443,
@@ -283,6 +293,7 @@ def test_a_real_mta_sts_testing_failure_ends_up_in_a_report(tmp_path, make_daemo
 enabled = true
 organization_name = "Trimta Test Sender"
 from = "tlsrpt@sender.test"
+flush_interval = "1s"
 
 [egress.default]
 smtp_port = {smtp_port}
@@ -293,12 +304,13 @@ prohibited_hosts = []
                             b"From: a@sender.test\r\nTo: b@rcpt.test\r\nSubject: hi\r\n\r\nhello\r\n")
         wait_for(lambda: recorder.messages, d, "the message delivered under the testing policy")
         wait_for(lambda: "TLS policy failure" in d.stderr(), d, "the session reported")
-        assert d.stop() == 0  # a clean stop writes the counts
+        # Within flush_interval the count is on disk, and a kill -9 leaves it there.
+        wait_for(lambda: stored_days(d.spool_path), d, "the count written to tlsrpt.sqlite")
+        d.kill9()
+        today = datetime.datetime.now(datetime.UTC).date()
+        assert stored_days(d.spool_path) == [(today.isoformat(), "rcpt.test")]
         db = sqlite3.connect(d.spool_path / "tlsrpt.sqlite")
         with db:
-            today = datetime.datetime.now(datetime.UTC).date()
-            assert db.execute("SELECT DISTINCT day, domain FROM counts").fetchall() == [(today.isoformat(),
-                                                                                      "rcpt.test")]
             db.execute("UPDATE counts SET day = ?", ((today - datetime.timedelta(days=2)).isoformat(),))
         db.close()
         d.start()
