@@ -36,3 +36,12 @@ def test_shaping_mistake_is_reported_with_file_and_line(tmp_path, capsys):
 def test_missing_file(tmp_path, capsys):
     assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_tls_reports_are_listed_when_enabled(tmp_path, capsys):
+    config = tmp_path / "trimta.toml"
+    config.write_text('hostname = "mx.example"\n[tls_reporting]\nenabled = true\norganization_name = "Ex"\n'
+                      'from = "tlsrpt@example.com"\nsend_hour = 22\nsend_window = "3h30m"\n')
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert "  TLS reports from tlsrpt@example.com as mx.example, daily between 22:00 and 01:30 UTC\n" in (
+        capsys.readouterr().out)

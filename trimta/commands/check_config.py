@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  shaping {', '.join(config.shaping_loaded.files) or '(none)'}")
         for problem in config.shaping_loaded.warnings:
             print(f"warning: {problem}")
+    reports = config.tls_reporting
+    if reports.enabled:
+        end = (reports.send_hour * 3600 + reports.send_window_s) % 86400
+        print(f"  TLS reports from {reports.from_address} as {reports.submitter}, daily between "
+              f"{reports.send_hour:02d}:00 and {int(end // 3600):02d}:{int(end % 3600 // 60):02d} UTC")
     if config.dkim_signer is not None:
         from trimta.adapters.dkim import describe  # noqa: PLC0415
 
