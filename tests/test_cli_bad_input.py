@@ -43,6 +43,8 @@ BASELINE_BY_DEST = {
     "algo": "rsa",
     "bits": "2048",
     "key_directory": "dkim-keys",
+    "queue_name": "acme@example.com",
+    "source": "unspecified",
 }
 BASELINE_BY_METAVAR = {
     "DOMAIN": "example.com", "ADDR": "someone@example.com", "ID": "0001aa", "NAME": "ip-1",

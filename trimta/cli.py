@@ -13,7 +13,8 @@ import signal
 import sys
 from typing import NoReturn
 
-COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "top", "inject", "shaping", "dkim")
+COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "kumo", "top", "inject", "shaping",
+                   "dkim")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="trimta", description="A multi-tenant mail transfer agent.")
     parser.add_argument("--version", action="version", version=f"trimta {__version__}")
+    # kcli's spelling: `kcli --endpoint URL VERB`. The subcommand's own --endpoint wins.
+    parser.add_argument("--endpoint", dest="global_endpoint", metavar="URL", default=None,
+                        help="the daemon's HTTP API, for the commands that talk to it (as kcli takes it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

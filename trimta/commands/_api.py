@@ -87,13 +87,16 @@ def api_command(name: str, handler: Handler) -> Callable[[argparse.Namespace], i
 
 
 def resolve_endpoint(args: argparse.Namespace) -> str:
-    """--endpoint, else $TRIMTA_ENDPOINT, else $KUMO_KCLI_ENDPOINT, else where the configuration's [http] listens.
+    """--endpoint (after the subcommand, else before it), else $TRIMTA_ENDPOINT, else
+    $KUMO_KCLI_ENDPOINT, else where the configuration's [http] listens.
 
     The configuration is found by the rule every command follows (--config, else
     ./trimta.toml, else the embedded default); only its ``[http]`` table is read.
     """
     if args.endpoint:
         return str(args.endpoint)
+    if vars(args).get("global_endpoint"):  # `trimta --endpoint URL VERB`, as kcli takes it
+        return str(args.global_endpoint)
     for variable in ("TRIMTA_ENDPOINT", "KUMO_KCLI_ENDPOINT"):  # kcli's, for scripts written for it
         if os.environ.get(variable):
             return os.environ[variable]

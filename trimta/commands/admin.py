@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_match_options(p, "show only the scheduled queues of")
     p.add_argument("--limit", type=int, metavar="N", help="show at most N queues of each kind (the fullest)")
+    p.add_argument("--by-volume", action="store_true",
+                   help="fullest first (kcli's spelling; it is trimta's order anyway)")
     add_api_options(p)
     p.set_defaults(func=api_command("queue-summary", queue_summary))
 
@@ -52,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description=f"Create an admin {noun}: {what}. Give at least one of "
                                   "--tenant, --campaign, --domain; all given must match.")
         _add_match_options(p, f"{kind} the messages of")
+        p.add_argument("--queue", action="append", default=[], metavar="QUEUE",
+                       help="exactly this scheduled queue (repeatable; instead of --tenant, --campaign, --domain)")
+        p.add_argument("--everything", action="store_true", help=f"{kind} every message")
+        if kind == "bounce":
+            p.add_argument("--routing-domain", metavar="DOMAIN", help="bounce the messages routed through this domain")
+            p.add_argument("--suppress-logging", action="store_true", help="write no AdminBounce records")
         p.add_argument("--reason", required=True, help="why (shown in lists and in the records)")
         p.add_argument("--duration", metavar="DURATION",
                        help='how long it stays in force, e.g. "30m", "2h" (default: the daemon\'s, 5 minutes)')
@@ -63,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=api_command(f"{kind}-list", _list_rules(path, f"admin {noun}")))
 
         p = subparsers.add_parser(f"{kind}-cancel", help=f"cancel an admin {noun}")
-        p.add_argument("id", metavar="ID", help=f"as shown by `trimta {kind}-list`")
+        _add_id_options(p, f"as shown by `trimta {kind}-list`")
         add_api_options(p)
         p.set_defaults(func=api_command(f"{kind}-cancel", _cancel(path, f"admin {noun}")))
 
@@ -72,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Stop delivery on one ready queue, e.g. 'ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp_client'; "
         "its messages wait without an attempt being counted.",
     )
-    p.add_argument("name", metavar="NAME", help="the ready queue's name, as queue-summary shows it")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the ready queue's name, as queue-summary shows it")
+    p.add_argument("--name", dest="name_option", metavar="NAME", help="the same, as kcli spells it")
     p.add_argument("--reason", required=True, help="why (shown in lists)")
     p.add_argument("--duration", metavar="DURATION", help="how long (default: the daemon's, 5 minutes)")
     add_api_options(p)
@@ -83,13 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=api_command("suspend-ready-q-list", _list_rules(SUSPEND_READY_Q, "ready queue suspension")))
 
     p = subparsers.add_parser("suspend-ready-q-cancel", help="cancel a ready queue suspension")
-    p.add_argument("id", metavar="ID", help="as shown by `trimta suspend-ready-q-list`")
+    _add_id_options(p, "as shown by `trimta suspend-ready-q-list`")
     add_api_options(p)
     p.set_defaults(func=api_command("suspend-ready-q-cancel", _cancel(SUSPEND_READY_Q, "ready queue suspension")))
 
     p = subparsers.add_parser("inspect-message", help="show a queued message's metadata (and data)")
     p.add_argument("id", metavar="ID", help="the message id (as in the log records)")
-    p.add_argument("--body", action="store_true", help="show the message data too")
+    p.add_argument("--body", "--want-body", action="store_true", help="show the message data too")
     add_api_options(p)
     p.set_defaults(func=api_command("inspect-message", inspect_message))
 
@@ -99,10 +108,39 @@ def _add_match_options(parser: argparse.ArgumentParser, what: str) -> None:
         parser.add_argument(f"--{name}", metavar=name.upper(), help=f"{what} this {name}")
 
 
-def _match(args: argparse.Namespace) -> dict[str, str]:
-    match = {name: getattr(args, name) for name in MATCH_FIELDS if getattr(args, name)}
+def _add_id_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("id", metavar="ID", nargs="?", help=what)
+    parser.add_argument("--id", dest="id_option", metavar="ID", help="the same, as kcli spells it")
+
+
+def _one_of(args: argparse.Namespace, name: str) -> str:
+    """A value given as the positional argument or as kcli's ``--NAME`` option: one of them."""
+    given, option = vars(args)[name], vars(args)[f"{name}_option"]
+    if given and option and given != option:
+        raise UsageError(f"give the {name} once: {given!r} and --{name} {option!r} differ")
+    if not (given or option):
+        raise UsageError(f"say which: give the {name} (or --{name} {name.upper()})")
+    return str(given or option)
+
+
+def _match(args: argparse.Namespace) -> dict[str, Any]:
+    match: dict[str, Any] = {name: getattr(args, name) for name in MATCH_FIELDS if getattr(args, name)}
+    routing = vars(args).get("routing_domain")
+    if routing:
+        match["routing_domain"] = routing
+    if args.queue:
+        if match:
+            raise UsageError("--queue names exact queues: give it without --tenant, --campaign, --domain")
+        match["queue_names"] = list(args.queue)
+    if args.everything:
+        if match:
+            raise UsageError("--everything matches every message: give it without other selectors")
+        match["everything"] = True
     if not match:
-        raise UsageError("say which messages: give at least one of --tenant, --campaign, --domain")
+        raise UsageError("say which messages: give at least one of --tenant, --campaign, --domain, --queue, "
+                         "or --everything")
+    if vars(args).get("suppress_logging"):
+        match["suppress_logging"] = True
     return match
 
 
@@ -199,10 +237,11 @@ def create_bounce(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def create_ready_suspension(client: ApiClient, args: argparse.Namespace) -> int:
-    if "->" not in args.name:
-        raise UsageError(f"{args.name!r} is not a ready queue name; they look like 'ip-1->mx.example.com@smtp_client' "
+    name = _one_of(args, "name")
+    if "->" not in name:
+        raise UsageError(f"{name!r} is not a ready queue name; they look like 'ip-1->mx.example.com@smtp_client' "
                          "(see `trimta queue-summary`)")
-    answer = client.post(SUSPEND_READY_Q, _rule_body(args, name=args.name))
+    answer = client.post(SUSPEND_READY_Q, _rule_body(args, name=name))
     if args.json:
         print_json(answer)
         return 0
@@ -235,11 +274,12 @@ def _list_rules(path: str, kind: str) -> Callable[[ApiClient, argparse.Namespace
 
 def _cancel(path: str, kind: str) -> Callable[[ApiClient, argparse.Namespace], int]:
     def cancel(client: ApiClient, args: argparse.Namespace) -> int:
-        answer = client.delete(path, {"id": args.id})
+        rule_id = _one_of(args, "id")
+        answer = client.delete(path, {"id": rule_id})
         if args.json:
             print_json(answer)
             return 0
-        print(f"{kind} {args.id} cancelled")
+        print(f"{kind} {rule_id} cancelled")
         return 0
 
     return cancel

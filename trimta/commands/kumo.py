@@ -1,0 +1,334 @@
+"""kcli's inspection verbs and rebind: provider-summary, inspect-sched-q, inspect-ready-q,
+resolve-egress-path, rebind.
+
+Each is one request to the daemon's API (KumoMTA's paths, `trimta.services.http_kumo`),
+printed as kcli prints it: inspect-sched-q as JSON, the others as text for people
+(``--json`` for the API's answer). Connection options and exit statuses are those of
+every API command (`trimta.commands._api`); docs/cli.md has examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from trimta.adapters.http_client import ApiClient
+from trimta.commands._api import UsageError, add_api_options, api_command, plural, print_json, table
+
+INSPECT_SCHED_Q = "/api/admin/inspect-sched-q/v1"
+INSPECT_READY_Q = "/api/admin/inspect-ready-q/v1"
+RESOLVE_EGRESS_PATH = "/api/admin/resolve-egress-path/v1"
+REBIND = "/api/admin/rebind/v1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "provider-summary", help="delivered, failed, connections and queued mail by provider (or site)",
+        description="kcli's provider-summary: from /metrics, the traffic by provider (the shaping file's "
+        "provider, else the site the MX hosts make): D delivered, T transient failures, F failures, "
+        "C open connections, Q queued in ready queues; largest volume first.")
+    p.add_argument("--by-pool", action="store_true", help="one row per provider and egress pool")
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N rows")
+    add_api_options(p)
+    p.set_defaults(func=api_command("provider-summary", provider_summary))
+
+    p = subparsers.add_parser(
+        "inspect-sched-q", help="a scheduled queue's settings and a sample of its messages (JSON)",
+        description="kcli's inspect-sched-q: the queue's settings and up to --limit of its messages, as JSON.")
+    p.add_argument("queue_name", metavar="QUEUE", help="a scheduled queue, as queue-summary names it "
+                   "(campaign:tenant@domain)")
+    p.add_argument("--want-body", action="store_true", help="include each message's data")
+    p.add_argument("--limit", type=int, metavar="N", default=5, help="sample at most N messages (default: 5)")
+    p.add_argument("--no-limit", action="store_true", help="every message of the queue (can be large)")
+    add_api_options(p, json_output=False)
+    p.set_defaults(func=api_command("inspect-sched-q", inspect_sched_q))
+
+    p = subparsers.add_parser(
+        "inspect-ready-q", help="a ready queue's state, path options and ceilings",
+        description="kcli's inspect-ready-q: a running ready queue's source, pool, MX, counts, suspension, "
+        "and with --config its egress path options.")
+    p.add_argument("queue_name", metavar="QUEUE", help="a ready queue, as queue-summary names it "
+                   "(source->site@smtp_client)")
+    p.add_argument("--connections", action="store_true", help="the connection counts (trimta keeps no "
+                   "per-connection detail)")
+    p.add_argument("--show-config", action="store_true", help="the egress path options in force (kcli's --config)")
+    p.add_argument("--sched-q", action="store_true", help="the scheduled queues whose messages wait here")
+    add_api_options(p)
+    p.set_defaults(func=api_command("inspect-ready-q", inspect_ready_q))
+
+    p = subparsers.add_parser(
+        "resolve-egress-path", help="the ready queue, options and ceilings mail to a domain would get",
+        description="kcli's resolve-egress-path: resolve DOMAIN's MX as delivery would, and show the ready "
+        "queue, the egress path options and the throughput ceilings for SOURCE (default: unspecified).")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("source", metavar="SOURCE", nargs="?", default=None, help="an egress source (default: unspecified)")
+    p.add_argument("--show-config", action="store_true",
+                   help="only the egress path options, as TOML (kcli's --config)")
+    p.add_argument("--constraints", action="store_true", help="only the ceilings")
+    add_api_options(p)
+    p.set_defaults(func=api_command("resolve-egress-path", resolve_egress_path))
+
+    p = subparsers.add_parser(
+        "rebind", help="move queued messages to another tenant, campaign, queue or routing domain",
+        description="kcli's rebind: set --data/--set values on the messages of the matching scheduled queues "
+        "(tenant, campaign, routing_domain, queue; other keys go to the message's meta); each goes to the "
+        "queue it now names, due at once.")
+    for name in ("domain", "routing-domain", "campaign", "tenant"):
+        p.add_argument(f"--{name}", metavar=name.replace("-", "_").upper(), help=f"match the queues of this {name}")
+    p.add_argument("--reason", required=True, help="why (in each message's AdminRebind record)")
+    p.add_argument("--everything", action="store_true", help="match every scheduled queue")
+    p.add_argument("--always-flush", action="store_true", help="make matching messages due now even if their "
+                   "queue did not change")
+    p.add_argument("--suppress-logging", action="store_true", help="write no AdminRebind records")
+    p.add_argument("--trigger-rebind-event", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data", metavar="JSON", help='a JSON object of values to set, e.g. \'{"tenant": "acme"}\'')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a value to set (repeatable)")
+    add_api_options(p)
+    p.set_defaults(func=api_command("rebind", rebind))
+
+
+# --- provider-summary ------------------------------------------------------------------------
+
+
+def provider_summary(client: ApiClient, args: argparse.Namespace) -> int:
+    rows = provider_rows(client.get_text("/metrics"), by_pool=args.by_pool)
+    if args.json:
+        print_json(rows)
+        return 0
+    shown = rows[:args.limit] if args.limit else rows
+    if not shown:
+        print("no traffic recorded by provider yet")
+        return 0
+    headers = ["PROVIDER", *(["POOL"] if args.by_pool else []), "D", "T", "F", "C", "Q"]
+    body = [[r["provider"], *([r["pool"]] if args.by_pool else []), f"{r['delivered']:,}", f"{r['transfail']:,}",
+             f"{r['fail']:,}", _count(r["connections"]), _count(r["queued"])] for r in shown]
+    first_number = 2 if args.by_pool else 1
+    print(table(headers, body, right=tuple(range(first_number, first_number + 5))))
+    return 0
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+FAMILIES = {"total_messages_delivered": "delivered", "total_messages_transfail": "transfail",
+            "total_messages_fail": "fail"}
+
+
+def provider_rows(metrics: str, *, by_pool: bool) -> list[dict[str, Any]]:
+    """The rows of provider-summary from KumoMTA's ``*_by_provider`` metric families.
+
+    By pool, the outcome counters come from ``*_by_provider_and_source`` (summed over
+    sources); trimta has no per-pool connection or queue gauges, so C and Q are None there.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"delivered": 0, "transfail": 0, "fail": 0, "connections": None if by_pool else 0,
+                 "queued": None if by_pool else 0})
+    suffix = "_by_provider_and_source" if by_pool else "_by_provider"
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            name, labels, value = sample.name.removesuffix("_total"), sample.labels, int(sample.value)
+            provider = labels.get("provider")
+            if provider is None or not name.endswith(suffix):
+                continue
+            key = (provider, labels.get("pool", "") if by_pool else "")
+            base = name.removesuffix(suffix)
+            if base in FAMILIES:
+                rows[key][FAMILIES[base]] += value
+            elif not by_pool and base == "connection_count":
+                rows[key]["connections"] += value
+            elif not by_pool and base == "queued_count":
+                rows[key]["queued"] += value
+    out = [{"provider": provider, **({"pool": pool or "unspecified"} if by_pool else {}), **counts}
+           for (provider, pool), counts in rows.items()]
+    out.sort(key=lambda r: (-_volume(r), r["provider"], r.get("pool", "")))
+    return out
+
+
+def _volume(row: dict[str, Any]) -> int:
+    return int(row["delivered"] + row["transfail"] + row["fail"] + (row["queued"] or 0))
+
+
+# --- inspect-sched-q, inspect-ready-q ----------------------------------------------------------
+
+
+def inspect_sched_q(client: ApiClient, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit: expected 0 or more messages, got {args.limit}")
+    query: dict[str, Any] = {"queue_name": args.queue_name, "want_body": args.want_body or None,
+                             "limit": None if args.no_limit else args.limit}
+    print_json(client.get(INSPECT_SCHED_Q, query))
+    return 0
+
+
+def inspect_ready_q(client: ApiClient, args: argparse.Namespace) -> int:
+    answer = client.get(INSPECT_READY_Q, {"queue_name": args.queue_name,
+                                          "include_scheduled_queues": True if args.sched_q or args.json else None})
+    if args.json:
+        print_json(answer)
+        return 0
+    state = answer.get("state") or {}
+    lines = [f"queue: {answer.get('queue_name')}", ""]
+    lines += _labelled([("egress pool", answer.get("egress_pool")), ("egress source", answer.get("egress_source")),
+                        ("protocol", answer.get("protocol")), ("watchdog threshold", state.get("watchdog_threshold"))])
+    if answer.get("mx"):
+        lines += ["", *_mx_lines(answer["mx"])]
+    lines += ["", f"ready: {state.get('ready_count', 0):,}"]
+    suspended = state.get("suspended")
+    if suspended:
+        lines += ["", f"suspended: {suspended.get('reason')}", f"  expires in: {suspended.get('duration')}"]
+    lines += ["", f"connections: {state.get('connection_count', 0):,}"]
+    if args.connections:
+        stats = answer.get("statistics") or {}
+        lines += [f"  idle: {stats.get('idle_connections', 0)}", f"  limit: {stats.get('connection_limit', '-')}",
+                  f"  delivered: {stats.get('delivered', 0):,}", f"  failed: {stats.get('failed', 0):,}"]
+    if args.sched_q:
+        names = answer.get("scheduled_queue_names") or []
+        lines += ["", f"scheduled queues: {len(names)}", *(f"  {n}" for n in names)]
+    lines += ["", *_constraint_lines(answer.get("constraints") or {})]
+    if args.show_config:
+        lines += ["", "config:", *(f"  {line}" for line in toml_lines(answer.get("path_config") or {}))]
+    print("\n".join(lines))
+    return 0
+
+
+def _labelled(pairs: list[tuple[str, Any]]) -> list[str]:
+    width = max(len(label) for label, _ in pairs) + 1
+    return [f"{label + ':':<{width}} {'-' if value is None else value}" for label, value in pairs]
+
+
+def _mx_lines(mx: dict[str, Any]) -> list[str]:
+    lines = [f"site: {mx.get('site_name')}"]
+    by_preference = mx.get("by_preference") or {}
+    for preference in sorted(by_preference, key=lambda p: int(p)):
+        lines.append(f"  mx {preference}: {' '.join(by_preference[preference])}")
+    if not by_preference:
+        lines.append("  (no MX records: the domain's own address)" if not mx.get("is_domain_literal")
+                     else "  (a domain literal)")
+    return lines
+
+
+PRIMARY_TERMS = {"max_concurrent_dispatchers": "connection_limit", "max_connection_rate": "max_connection_rate",
+                 "max_message_rate": "max_message_rate", "max_source_selection_rate": "source_selection_rate"}
+
+
+def _constraint_lines(constraints: dict[str, Any]) -> list[str]:
+    lines = ["ceilings:"]
+    for key, label in (("max_concurrent_dispatchers", "connections"), ("max_connection_rate", "connection rate"),
+                       ("max_message_rate", "message rate"), ("max_source_selection_rate", "source selection")):
+        ceiling = constraints.get(key)
+        if not ceiling:
+            lines.append(f"  {label}: unlimited")
+            continue
+        source = ceiling.get("source") or {}
+        kind = source.get("kind")
+        if kind == "primary":
+            term = PRIMARY_TERMS[key]
+        elif kind == "reconnect_cycling":
+            term = "max_deliveries_per_connection x max_connection_rate"
+        else:
+            term = source.get("name") or str(kind)
+        lines.append(f"  {label}: {ceiling.get('display')} ({term})")
+    if constraints.get("max_message_rate_declared"):
+        lines.append(f"  (max_message_rate {constraints['max_message_rate_declared']} is declared but not reached)")
+    return lines
+
+
+def toml_lines(values: dict[str, Any]) -> list[str]:
+    """Flat option values as TOML lines (`null` ones left out, as TOML has no null)."""
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml(value)}")
+    return lines
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return json.dumps(str(value))
+
+
+# --- resolve-egress-path -------------------------------------------------------------------------
+
+
+def resolve_egress_path(client: ApiClient, args: argparse.Namespace) -> int:
+    if args.show_config and args.constraints:
+        raise UsageError("--config and --constraints: give one or the other")
+    answer = client.get(RESOLVE_EGRESS_PATH, {"domain": args.domain, "source": args.source})
+    if args.json:
+        print_json(answer)
+        return 0
+    if args.show_config:
+        print("\n".join(toml_lines(answer.get("path_config") or {})))
+        return 0
+    if args.constraints:
+        print("\n".join(_constraint_lines(answer.get("constraints") or {})))
+        return 0
+    lines = [f"domain: {answer.get('domain')}", f"source: {answer.get('source')}", f"queue:  {answer.get('queue_name')}",
+             ""]
+    if answer.get("mx"):
+        lines += _mx_lines(answer["mx"])
+    else:
+        lines.append(f"mx: <not resolved>{': ' + answer['mx_error'] if answer.get('mx_error') else ''}")
+    queue = answer.get("queue_config") or {}
+    lines += ["", f"egress pool: {queue.get('egress_pool')}", "",
+              "--- egress path config ---", "", *toml_lines(answer.get("path_config") or {}), "",
+              "--- effective ceilings ---", "", *_constraint_lines(answer.get("constraints") or {})]
+    print("\n".join(lines))
+    return 0
+
+
+# --- rebind ------------------------------------------------------------------------------------------
+
+
+def rebind(client: ApiClient, args: argparse.Namespace) -> int:
+    selectors = {"domain": args.domain, "routing_domain": args.routing_domain, "campaign": args.campaign,
+                 "tenant": args.tenant}
+    if not any(selectors.values()) and not args.everything:
+        raise UsageError("no --domain, --routing-domain, --campaign or --tenant was given; "
+                         "use --everything to rebind every queue")
+    if args.everything and any(selectors.values()):
+        raise UsageError("--everything matches every queue: give it without --domain, --routing-domain, "
+                         "--campaign or --tenant")
+    data: dict[str, str] = {}
+    if args.data is not None:
+        try:
+            parsed = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--data: not JSON: {exc}") from None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise UsageError('--data: expected a JSON object of strings, like \'{"tenant": "acme"}\'')
+        data.update(parsed)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--set: expected KEY=VALUE, got {item!r}")
+        data[key.strip()] = value.strip()
+    body = {**{k: v for k, v in selectors.items() if v}, "reason": args.reason, "data": data,
+            "always_flush": args.always_flush, "suppress_logging": args.suppress_logging,
+            "trigger_rebind_event": args.trigger_rebind_event}
+    answer = client.post(REBIND, body)
+    if args.json:
+        print_json(answer)
+        return 0
+    moved = answer.get("rebound", 0)
+    print(f"rebound {plural(moved, 'message')} of {answer.get('matched', 0)} matched"
+          + (f"; {answer['flushed']} made due now" if answer.get("flushed") else ""))
+    queues = answer.get("queues") or {}
+    if queues:
+        print(table(["QUEUE", "MESSAGES"], sorted(queues.items(), key=lambda kv: (-kv[1], kv[0])), right=(1,)))
+    return 0
