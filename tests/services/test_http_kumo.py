@@ -229,3 +229,52 @@ async def test_rebind_refusals_change_nothing():
     assert selector.status == 200 and selector.json["matched"] == 0
     assert [(q["name"], q["count"]) for q in summary.json["scheduled"]] == [("acme@example.net", 1)]
     assert api.harness.records("AdminRebind") == []
+
+
+# --- KumoMTA's other selectors of suspend and bounce -----------------------------------------------------
+
+
+async def test_bounce_by_queue_names_without_records():
+    with trio.fail_after(20):
+        async with kumo_api() as api:
+            await queued_in_scheduled_queues(api, ["a@example.net", "b@example.net"], tenant="acme")
+            await queued_in_scheduled_queues(api, ["c@example.net"], tenant="globex")
+            reply = await api.call("POST", "/api/admin/bounce/v1", {
+                "queue_names": ["globex@example.net"], "tenant": "acme", "reason": "r", "suppress_logging": True})
+            listed = await api.call("GET", "/api/admin/bounce/v1")
+            summary = await api.call("GET", "/api/admin/queue-summary/v1")
+    assert reply.status == 200, reply.json
+    # queue_names takes precedence over tenant, as in KumoMTA
+    assert reply.json["bounced"] == {"globex@example.net": 1} and reply.json["total_bounced"] == 1
+    assert api.harness.records("AdminBounce") == []
+    assert [(q["name"], q["count"]) for q in summary.json["scheduled"]] == [("acme@example.net", 2)]
+    (entry,) = listed.json
+    assert entry["queue_names"] == ["globex@example.net"] and entry["routing_domain"] is None
+
+
+async def test_everything_must_be_said_and_then_matches_all():
+    with trio.fail_after(20):
+        async with kumo_api() as api:
+            await queued_in_scheduled_queues(api, ["a@example.net", "b@other.example"], tenant="acme")
+            nothing = await api.call("POST", "/api/admin/suspend/v1", {"reason": "r"})
+            both = await api.call("POST", "/api/admin/suspend/v1", {"reason": "r", "everything": True, "tenant": "x"})
+            everything = await api.call("POST", "/api/admin/bounce/v1", {"reason": "all", "everything": True})
+    assert nothing.status == 400 and '"everything": true' in nothing.json["error"]
+    assert both.status == 400 and "everything: matches every message" in both.json["error"]
+    assert everything.status == 200 and everything.json["total_bounced"] == 2
+    assert len(api.harness.records("AdminBounce")) == 2
+
+
+async def test_suspend_by_routing_domain():
+    with trio.fail_after(20):
+        async with kumo_api() as api:
+            await queued_in_scheduled_queues(api, ["a@example.net", "b@example.net"], tenant="acme")
+            await api.call("POST", "/api/admin/rebind/v1", {"data": {"routing_domain": "other.example"}, "reason": "r",
+                                                            "tenant": "acme"})
+            await wait_for(lambda: len(api.harness.engine.scheduler) == 2)
+            await queued_in_scheduled_queues(api, ["c@example.net"], tenant="acme")
+            created = await api.call("POST", "/api/admin/suspend/v1", {"routing_domain": "other.example", "reason": "r"})
+            summary = await api.call("GET", "/api/admin/queue-summary/v1")
+    assert created.status == 200
+    held = {q["name"]: (q["count"], q["suspended_by"]) for q in summary.json["scheduled"]}
+    assert held == {"acme@example.net!other.example": (2, [created.json["id"]]), "acme@example.net": (1, [])}

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="A view of the daemon refreshed every --interval: message rates, the busiest ready and "
         "scheduled queues, the busiest tenants. Ctrl-C quits.",
     )
-    p.add_argument("--interval", "--update-interval", default="2s", metavar="DURATION", help="between frames (default: %(default)s)")
+    p.add_argument("--interval", "--update-interval", default="2s", metavar="DURATION",
+                   help="between frames (default: %(default)s; --update-interval is kcli's spelling)")
     p.add_argument("--once", action="store_true", help="print one frame (two samples --interval apart) and exit")
     p.add_argument("--limit", type=int, default=10, metavar="N", help="rows per section (default: %(default)s)")
     add_api_options(p, json_output=False)

@@ -31,12 +31,21 @@ class MessageRule:
     reason: str
     created: float
     expires: float
+    # KumoMTA's other selectors: the routing domain, and exact scheduled queue names
+    # (which, given, take precedence over tenant, campaign and domain).
+    routing_domain: str | None = None
+    queue_names: tuple[str, ...] = ()
+    # A bounce that writes no AdminBounce records (KumoMTA's suppress_logging).
+    suppress_logging: bool = False
 
     def matches(self, message: Message) -> bool:
+        if self.queue_names:
+            return message.queue in self.queue_names
         return (
             (self.tenant is None or self.tenant == message.tenant)
             and (self.campaign is None or self.campaign == message.campaign)
             and (self.domain is None or self.domain == message.domain)
+            and (self.routing_domain is None or self.routing_domain == message.routing_domain)
         )
 
     def remaining_s(self, now: float) -> float:
@@ -151,7 +160,15 @@ def rule_to_dict(rule: AnyRule) -> dict[str, Any]:
     """A rule as JSON-ready data (times as the clock gave them: epoch seconds in the daemon)."""
     common = {"id": rule.id, "reason": rule.reason, "created": rule.created, "expires": rule.expires}
     if isinstance(rule, MessageRule):
-        return {"kind": rule.kind, "tenant": rule.tenant, "campaign": rule.campaign, "domain": rule.domain, **common}
+        extra: dict[str, Any] = {}
+        if rule.routing_domain is not None:
+            extra["routing_domain"] = rule.routing_domain
+        if rule.queue_names:
+            extra["queue_names"] = list(rule.queue_names)
+        if rule.suppress_logging:
+            extra["suppress_logging"] = True
+        return {"kind": rule.kind, "tenant": rule.tenant, "campaign": rule.campaign, "domain": rule.domain,
+                **extra, **common}
     if isinstance(rule, ReadyQueueRule):
         return {"kind": "suspend-ready-q", "name": rule.name, **common}
     return {"kind": "set-config", "name": rule.name, "option": rule.option, "value": rule.value, **common}
@@ -168,8 +185,13 @@ def rule_from_dict(data: Mapping[str, Any]) -> AnyRule:
         if not (math.isfinite(created) and math.isfinite(expires)):
             raise ValueError("created and expires must be finite")
         if kind in ("suspend", "bounce"):
+            names = data.get("queue_names") or []
+            if not isinstance(names, list):
+                raise ValueError("queue_names must be a list")
             return MessageRule(rule_id, kind, _opt(data, "tenant"), _opt(data, "campaign"), _opt(data, "domain"),
-                               reason, created, expires)
+                               reason, created, expires, routing_domain=_opt(data, "routing_domain"),
+                               queue_names=tuple(str(n) for n in names),
+                               suppress_logging=bool(data.get("suppress_logging", False)))
         if kind == "suspend-ready-q":
             return ReadyQueueRule(rule_id, str(data["name"]), reason, created, expires)
         return PathOverrideRule(rule_id, str(data["name"]), str(data["option"]), data["value"], reason,

@@ -205,7 +205,8 @@ class Egress:
             return False
         decision = self.rules.admission(message)
         if decision.bounce is not None:
-            await self.outcomes.admin_bounce(message, admin_bounce_reply(decision.bounce.reason))
+            await self.outcomes.admin_bounce(message, admin_bounce_reply(decision.bounce.reason),
+                                             record=not decision.bounce.suppress_logging)
             return False
         if decision.hold is not None:
             self.scheduler.hold(message, decision.hold.id)

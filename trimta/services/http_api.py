@@ -67,7 +67,7 @@ from trimta.adapters.spool import Spool, SpoolError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
 from trimta.core.metric_families import render_json, render_text
-from trimta.core.queues import canonical_ready_queue_name
+from trimta.core.queues import canonical_ready_queue_name, parse_queue_name
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
@@ -89,7 +89,10 @@ log = logging.getLogger(__name__)
 DEFAULT_DURATION_S = 300.0  # KumoMTA's kcli default for suspend and bounce: 5 minutes
 MAX_DURATION_S = 100 * 365 * 86400.0  # a rule lasts at most 100 years (3,153,600,000 s)
 MATCH_FIELDS = ("tenant", "campaign", "domain")
-RULE_FIELDS = (*MATCH_FIELDS, "reason", "duration", "expires")
+# KumoMTA's selectors beside tenant, campaign and domain; `everything` is trimta's (see _match).
+SELECTOR_FIELDS = ("routing_domain", "queue_names", "everything")
+RULE_FIELDS = (*MATCH_FIELDS, *SELECTOR_FIELDS, "reason", "duration", "expires")
+BOUNCE_FIELDS = (*RULE_FIELDS, "suppress_logging")
 READY_RULE_FIELDS = ("name", "reason", "duration", "expires")
 ID_FIELDS = ("id",)
 TRUE_WORDS = ("true", "1", "yes")
@@ -371,9 +374,8 @@ class HttpApi:
     # --- suspensions and bounces ---------------------------------------------------------------
 
     def _duration(self, f: JsonFields) -> float:
-        """Seconds from ``duration`` ("2h", or a number of seconds) or ``expires`` (RFC 3339)."""
-        if f.value("duration") is not None and f.value("expires") is not None:
-            raise f.error("duration", "give duration or expires, not both")
+        """Seconds from ``duration`` ("2h", or a number of seconds) or ``expires`` (RFC 3339),
+        which wins when both are given, as in KumoMTA."""
         expires = f.string("expires")
         if expires is not None:
             try:
@@ -395,23 +397,39 @@ class HttpApi:
             raise f.error(field, "must be in the future")
         return seconds
 
-    def _match(self, f: JsonFields) -> dict[str, str | None]:
-        match = {name: f.string(name, non_empty=True) for name in MATCH_FIELDS}
-        if not any(match.values()):
-            raise HttpError(400, "give at least one of tenant, campaign, domain to say which messages")
+    def _match(self, f: JsonFields) -> dict[str, Any]:
+        """The selectors of a suspension or bounce: tenant, campaign, domain, routing_domain, or
+        exact `queue_names` (which take precedence, as in KumoMTA). Matching every message takes
+        ``"everything": true`` (trimta's: a body naming nothing is refused, so a typo cannot
+        suspend or bounce all mail)."""
+        match: dict[str, Any] = {name: f.string(name, non_empty=True) for name in (*MATCH_FIELDS, "routing_domain")}
+        names = f.array("queue_names") or []
+        if not all(isinstance(n, str) and n.strip() for n in names):
+            raise f.error("queue_names", "expected an array of scheduled queue names, like [\"acme@example.com\"]")
+        everything = f.boolean("everything")
+        if everything and (any(match.values()) or names):
+            raise f.error("everything", "matches every message: give it without tenant, campaign, domain, "
+                          "routing_domain or queue_names")
+        if not (any(match.values()) or names or everything):
+            raise HttpError(400, "give at least one of tenant, campaign, domain, routing_domain, queue_names to say "
+                            "which messages (or \"everything\": true for all of them)")
         self._check_tenant(match["tenant"])
-        return match
+        return {**match, "queue_names": tuple(names)}
 
     def _rule(self, rule: Any) -> dict[str, Any]:
-        return {
+        entry = {
             "id": rule.id,
             "tenant": rule.tenant,
             "campaign": rule.campaign,
             "domain": rule.domain,
+            "routing_domain": rule.routing_domain,
             "reason": rule.reason,
             "duration": format_duration(rule.expires - self.clock()),
             "expires": format_time(self._epoch(rule.expires)),
         }
+        if rule.queue_names:
+            entry["queue_names"] = list(rule.queue_names)
+        return entry
 
     def _epoch(self, at: float) -> float:
         """A time of the engine's clock as wall-clock epoch seconds."""
@@ -440,10 +458,11 @@ class HttpApi:
         return json_response(200, {"id": rule_id})
 
     async def create_bounce(self, request: Request) -> Response:
-        f = JsonFields(read_json(request), "", RULE_FIELDS)
+        f = JsonFields(read_json(request), "", BOUNCE_FIELDS)
         match = self._match(f)
         reason = f.string("reason", required=True) or ""
-        result = await self.rules.bounce(**match, duration_s=self._duration(f), reason=reason)
+        result = await self.rules.bounce(**match, duration_s=self._duration(f), reason=reason,
+                                         suppress_logging=f.boolean("suppress_logging"))
         return json_response(200, {
             "id": result.rule.id, "bounced": dict(result.bounced), "total_bounced": result.total_bounced,
         })
@@ -602,11 +621,15 @@ class HttpApi:
 
 
 def _rule_covers(rule: Any, queue: Any) -> bool:
-    """Whether a tenant/campaign/domain rule holds every message of a scheduled queue."""
+    """Whether a tenant/campaign/domain (routing domain, queue names) rule holds every message of a
+    scheduled queue."""
+    if rule.queue_names:
+        return queue.name in rule.queue_names
     return (
         (rule.tenant is None or rule.tenant == queue.tenant)
         and (rule.campaign is None or rule.campaign == queue.campaign)
         and (rule.domain is None or rule.domain == queue.domain)
+        and (rule.routing_domain is None or rule.routing_domain == parse_queue_name(queue.name)[3])
     )
 
 

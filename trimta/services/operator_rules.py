@@ -74,7 +74,7 @@ class HeldMessages(Protocol):
 class FinalOutcomes(Protocol):
     """The outcome recorder, as far as rules use it."""
 
-    async def admin_bounce(self, message: Message, reply: Reply) -> None: ...
+    async def admin_bounce(self, message: Message, reply: Reply, *, record: bool = True) -> None: ...
     async def expired(self, message: Message, queue: None = None) -> None: ...
     def expires_at(self, message: Message) -> float: ...
 
@@ -191,10 +191,12 @@ class OperatorRules:
     # --- suspensions --------------------------------------------------------------------------
 
     async def suspend(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
-                      duration_s: float, reason: str = "") -> MessageRule:
+                      duration_s: float, reason: str = "", routing_domain: str | None = None,
+                      queue_names: Sequence[str] = ()) -> MessageRule:
         """Suspend matching mail: it waits, no attempt counted, until cancelled or expired."""
         now = self.clock()
-        rule = MessageRule(new_rule_id(), "suspend", tenant, campaign, _domain(domain), reason, now, now + duration_s)
+        rule = MessageRule(new_rule_id(), "suspend", tenant, campaign, _domain(domain), reason, now, now + duration_s,
+                           routing_domain=_domain(routing_domain), queue_names=tuple(queue_names))
         await self._saved_with(self._suspensions, rule)
         for message in self.ready.take_matching(rule.matches):
             self.scheduler.hold(message, rule.id)
@@ -217,10 +219,14 @@ class OperatorRules:
     # --- bounces ------------------------------------------------------------------------------
 
     async def bounce(self, *, tenant: str | None = None, campaign: str | None = None, domain: str | None = None,
-                     duration_s: float, reason: str = "") -> AdminBounceResult:
-        """Bounce every matching queued message now, and new ones while the rule lasts."""
+                     duration_s: float, reason: str = "", routing_domain: str | None = None,
+                     queue_names: Sequence[str] = (), suppress_logging: bool = False) -> AdminBounceResult:
+        """Bounce every matching queued message now, and new ones while the rule lasts
+        (without AdminBounce records if `suppress_logging`)."""
         now = self.clock()
-        rule = MessageRule(new_rule_id(), "bounce", tenant, campaign, _domain(domain), reason, now, now + duration_s)
+        rule = MessageRule(new_rule_id(), "bounce", tenant, campaign, _domain(domain), reason, now, now + duration_s,
+                           routing_domain=_domain(routing_domain), queue_names=tuple(queue_names),
+                           suppress_logging=suppress_logging)
         await self._saved_with(self._bounces, rule)
         self._changed.set()
         victims = [m for m in self.scheduler.messages() if rule.matches(m)]
@@ -231,7 +237,7 @@ class OperatorRules:
         answer = admin_bounce_reply(reason)
         for message in victims:
             bounced[message.queue] += 1
-            await self.outcomes.admin_bounce(message, answer)
+            await self.outcomes.admin_bounce(message, answer, record=not suppress_logging)
         log.info("admin bounce %s: %d messages: %s", rule.id, len(victims), reason)
         return AdminBounceResult(rule, dict(bounced), len(victims))
 

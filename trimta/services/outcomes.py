@@ -179,9 +179,11 @@ class OutcomeRecorder:
             return False
         return True
 
-    async def admin_bounce(self, message: Message, reply: Reply) -> None:
-        """An operator's bounce: an `AdminBounce` record, and the message is gone."""
-        self._emit(records.ADMIN_BOUNCE, message, reply, None, None)
+    async def admin_bounce(self, message: Message, reply: Reply, *, record: bool = True) -> None:
+        """An operator's bounce: an `AdminBounce` record (unless not `record`: KumoMTA's
+        suppress_logging), and the message is gone."""
+        if record:
+            self._emit(records.ADMIN_BOUNCE, message, reply, None, None)
         self._remove(message)
 
     async def expired(self, message: Message, queue: ReadyQueue | None = None) -> None:
