@@ -3,7 +3,10 @@
 For each domain it prints the MX hosts with their preferences and addresses, the
 site name (the ready queue's destination part), failures as such (null MX,
 NXDOMAIN, DNS errors), and which of the other domains asked about share the
-site. ``--json`` prints the same as a JSON array for scripts. It resolves
+site. It also shows the MTA-STS policy that applies to each domain (RFC 8461) and why:
+the policy as the daemon's cache (``<spool>/mta-sts.sqlite``, read only) or a fresh
+fetch gives it, or why there is none; under ``enforce`` the hosts and the site are
+those the policy leaves. ``--json`` prints the same as a JSON array for scripts. It resolves
 through the ``[dns]`` table of the configuration (``--config FILE``, else
 ``./trimta.toml``, else the embedded default: ``/etc/resolv.conf``), as the daemon would.
 
@@ -16,14 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import trio
 
 from trimta.adapters.config import ConfigError
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.dns_config import ResolverConfig
+from trimta.adapters.mta_sts_fetch import PolicyFetcher
+from trimta.adapters.mta_sts_store import FILE_NAME, PolicyStore
 from trimta.commands._config import add_config_option
+from trimta.core.mta_sts import StsLookup
+from trimta.core.mta_sts_delivery import apply_policy
 from trimta.core.mx import MxResolution
+from trimta.services.mta_sts import MtaStsService
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,23 +48,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(parser, "resolve through the [dns] settings of this configuration "
                       "(default: ./trimta.toml if present, else /etc/resolv.conf)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per domain")
+    parser.add_argument("--no-mta-sts", action="store_true", help="do not look up MTA-STS policies")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_resolver_config(args.config)
+        config, spool = load_resolver_and_spool(args.config)
         domains = list(dict.fromkeys(d.strip().lower().removesuffix(".") for d in args.domains if d.strip()))
         results = trio.run(resolve_all, config, domains)
+        lookups: dict[str, StsLookup] = {}
+        if not args.no_mta_sts:
+            results, lookups = trio.run(apply_mta_sts, config, results, spool)
     except ConfigError as exc:
         print(f"trimta resolve-site: {exc}", file=sys.stderr)
         return 2
     shared = shared_sites(results)
     if args.json:
         rows = [dict(r.to_dict(), shared_with=shared[r.domain]) for r in results]
+        for row in rows:
+            lookup = lookups.get(row["domain"])
+            if lookup is not None and "mta_sts" not in row:
+                row["mta_sts"] = {"mode": lookup.policy.mode.value if lookup.policy else None,
+                                  "how": lookup.how, "error": lookup.error or None}
         print(json.dumps(rows, indent=2))
     else:
-        print("\n\n".join(render(r, shared[r.domain]) for r in results))
+        print("\n\n".join(render(r, shared[r.domain], lookups.get(r.domain)) for r in results))
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -65,6 +83,45 @@ def load_resolver_config(path: str | None) -> ResolverConfig:
     from trimta.adapters.config import load_config  # noqa: PLC0415 (every section's parser)
 
     return load_config(path).dns
+
+
+def load_resolver_and_spool(path: str | None) -> tuple[ResolverConfig, Path]:
+    """The resolver settings and the spool directory (where the daemon caches MTA-STS policies)."""
+    from trimta.adapters.config import load_config  # noqa: PLC0415 (every section's parser)
+
+    config = load_config(path)
+    return config.dns, config.spool.path
+
+
+async def apply_mta_sts(config: ResolverConfig, results: list[MxResolution],
+                        spool: Path | None) -> tuple[list[MxResolution], dict[str, StsLookup]]:
+    """Each domain's MTA-STS policy, looked up as the daemon would, and applied to its resolution.
+
+    The daemon's cache is read (never written): a policy it keeps while the policy host
+    is unreachable shows as such.
+    """
+    resolver = DnsResolver.from_config(config)
+    sts = MtaStsService(lookup=resolver.lookup, fetcher=PolicyFetcher(resolver.resolve_addresses))
+    if spool is not None and (spool / FILE_NAME).exists():
+        store = PolicyStore(spool / FILE_NAME)
+        try:
+            for entry in store.load():
+                sts.remember(entry)
+        finally:
+            store.close()
+    lookups: dict[str, StsLookup] = {}
+    out = list(results)
+
+    async def one(i: int, r: MxResolution) -> None:
+        if not r.ok or r.literal:
+            return
+        lookups[r.domain] = lookup = await sts.policy_for(r.domain)
+        out[i] = apply_policy(r, lookup)
+
+    async with trio.open_nursery() as nursery:
+        for i, r in enumerate(results):
+            nursery.start_soon(one, i, r)
+    return out, lookups
 
 
 async def resolve_all(config: ResolverConfig, domains: list[str]) -> list[MxResolution]:
@@ -90,7 +147,7 @@ def shared_sites(results: list[MxResolution]) -> dict[str, list[str]]:
     return {r.domain: [d for d in by_site.get(r.site, []) if d != r.domain] for r in results}
 
 
-def render(r: MxResolution, shared_with: list[str]) -> str:
+def render(r: MxResolution, shared_with: list[str], lookup: StsLookup | None = None) -> str:
     """The human form: one block per domain."""
     lines = [r.domain]
     if r.null_mx:
@@ -103,6 +160,24 @@ def render(r: MxResolution, shared_with: list[str]) -> str:
         lines.append(f"  {kind:<8} {host.name}  {where}")
     if r.failure is not None:
         lines.append(f"  error: {r.failure.value}: {r.reply}")
+    lines += _render_mta_sts(lookup, r)
     if shared_with:
         lines.append(f"  same site as: {', '.join(shared_with)}")
     return "\n".join(lines)
+
+
+def _render_mta_sts(lookup: StsLookup | None, r: MxResolution) -> list[str]:
+    if lookup is None:
+        return []
+    policy = lookup.policy
+    if policy is None:
+        return [f"  mta-sts: no policy ({lookup.how})"]
+    lines = [f"  mta-sts: {policy.mode.value} (id {lookup.policy_id}, mx {', '.join(policy.mx) or '-'}, "
+             f"max_age {policy.max_age_s}s; {lookup.how})"]
+    if policy.mode.value == "enforce":
+        lines.append("  mta-sts: TLS with a certificate valid for the MX name is required")
+    applied = r.mta_sts
+    if applied is not None and applied.excluded:
+        verb = "not used" if applied.enforced else "would not be used under enforce"
+        lines.append(f"  mta-sts: {verb}, not in the policy: {', '.join(applied.excluded)}")
+    return lines

@@ -120,6 +120,10 @@ class MtaStsService:
     def cached(self) -> list[CachedPolicy]:
         return self._cache.entries()
 
+    def remember(self, entry: CachedPolicy) -> None:
+        """A cache entry from elsewhere (``trimta resolve-site`` reads the daemon's store)."""
+        self._cache.store(entry)
+
     async def _record(self, domain: str) -> tuple[StsRecord | None, str]:
         answer = await self._lookup.lookup(f"_mta-sts.{domain}", "TXT")
         if answer.status is Status.ANSWER:
