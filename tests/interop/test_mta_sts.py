@@ -123,7 +123,7 @@ class PolicyServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 host = (self.headers.get("Host") or "").split(":")[0]
                 owner.requests.append(f"{host}{self.path}")
                 body = POLICIES.get(host)
@@ -160,7 +160,7 @@ class Recorder:
         self.messages: list[dict] = []
         self.lock = threading.Lock()
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append({"recipients": list(envelope.rcpt_tos), "tls": session.ssl is not None})
         return "250 2.0.0 accepted"
