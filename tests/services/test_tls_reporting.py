@@ -337,3 +337,32 @@ def test_a_damaged_store_is_moved_aside_and_counting_starts_again(tmp_path, capl
     assert store.count_rows() == 0 and store.pending() == 0
     assert [p.name.startswith("tlsrpt.sqlite.damaged-") for p in tmp_path.iterdir()].count(True) == 1
     assert any("is damaged" in r.getMessage() for r in caplog.records)
+
+
+async def test_txt_lookups_of_many_domains_run_concurrently_but_bounded(tmp_path, autojump_clock):
+    in_flight, most = 0, 0
+
+    class SlowLookup:
+        async def lookup(self, name, rdtype):
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await trio.sleep(100)
+            in_flight -= 1
+            return Answer(Status.ANSWER, ("v=TLSRPTv1; rua=https://r.example/all",))
+
+    post = FakePost()
+    clock = wall(NOON)
+    reporter = make(tmp_path, clock, lookup=SlowLookup(), post=post)
+    with trio.fail_after(2 * DAY_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run, FakeAcceptor())
+            sink = TlsSessions(reporter)
+            for i in range(40):
+                sink.session(SessionResult(PolicyRef(PolicyType.STS, f"d{i}.example", ("mode: testing",)), None))
+            send_at = reporter.statistics().next_send
+            await wait_for(lambda: len(post.posts) == 40, poll_s=10)
+            done_at = clock() - (trio.current_time() - post.times[-1])
+            nursery.cancel_scope.cancel()
+    assert most == 16
+    assert done_at - send_at <= 3 * 100 + 60  # three rounds of 16, not forty lookups one after another

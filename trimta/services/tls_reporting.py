@@ -29,6 +29,7 @@ a valid record gets no report (logged at info, as RFC 8460 section 3 says).
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import logging
@@ -43,7 +44,7 @@ from pathlib import Path
 import trio
 
 from trimta import __version__
-from trimta.adapters.dns import DnsResolver, RecordLookup, Status
+from trimta.adapters.dns import Answer, DnsResolver, RecordLookup, Status
 from trimta.adapters.tlsrpt_config import TlsReportingConfig
 from trimta.adapters.tlsrpt_post import post_report
 from trimta.adapters.tlsrpt_store import OutboxEntry, TlsReportStore
@@ -52,12 +53,12 @@ from trimta.core.tls_report import SessionResult
 from trimta.core.tlsrpt import (
     TXT_PREFIX,
     RecordError,
+    CountRow,
     TlsCounts,
     build_report,
     gzip_report,
     day_start,
     next_send_at,
-    report_domains,
     report_message,
     select_tlsrpt_record,
     utc_day,
@@ -70,6 +71,7 @@ PostReport = Callable[[str, bytes], Awaitable[None]]
 """POSTs a gzipped report to an https URL; raises (any exception) unless it was taken."""
 
 SUCCESS = "success"
+LOOKUP_CONCURRENCY = 16  # TXT lookups at once in a daily pass
 
 
 class SendRefused(Exception):
@@ -225,9 +227,25 @@ class TlsReporter:
         now = self.clock()
         rows = self.store.rows_before(utc_day(now))
         cfg = self.config
-        for day, domain in report_domains(rows):
-            answer = await self.lookup.lookup(TXT_PREFIX + domain, "TXT")
-            sessions = sum(r.count for r in rows if r.day == day and r.policy.policy_domain == domain)
+        groups: dict[tuple[datetime.date, str], list[CountRow]] = {}
+        for row in rows:
+            groups.setdefault((row.day, row.policy.policy_domain), []).append(row)
+        # The TXT records first, LOOKUP_CONCURRENCY at a time: one slow domain must not
+        # hold up the reports of thousands of others.
+        answers: dict[str, Answer] = {}
+        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+
+        async def look_up(domain: str) -> None:
+            async with limiter:
+                answers[domain] = await self.lookup.lookup(TXT_PREFIX + domain, "TXT")
+
+        async with trio.open_nursery() as nursery:
+            for domain in {domain for _, domain in groups}:
+                nursery.start_soon(look_up, domain)
+        for (day, domain), group in sorted(groups.items()):
+            await trio.lowlevel.checkpoint()  # many domains: let the daemon's other tasks run between them
+            answer = answers[domain]
+            sessions = sum(r.count for r in group)
             if answer.status.is_failure:
                 key = (day, domain)
                 failures = self._lookup_failures[key] = self._lookup_failures.get(key, 0) + 1
@@ -252,7 +270,7 @@ class TlsReporter:
                          domain, TXT_PREFIX, domain, why, sessions, day)
                 self.store.queue_reports(day, domain, [], now)
                 continue
-            report = build_report(domain, day, rows, organization_name=cfg.organization_name,
+            report = build_report(domain, day, group, organization_name=cfg.organization_name,
                                   contact_info=cfg.contact_info, submitter=cfg.submitter)
             gzipped = gzip_report(report)
             self.store.queue_reports(
