@@ -53,6 +53,7 @@ from trimta.services.logs import LogSink
 from trimta.services.mta_sts import LogSessionSink, MtaStsService
 from trimta.services.reception_workers import ReceptionWorkers, make_listener
 from trimta.services.smtp_listener import SmtpListener
+from trimta.services.dane_resolver import dane_enabled, warn_unless_validating
 from trimta.services.tls_reporting import TlsReporter, TlsSessions, tls_reporter_for
 from trimta.services.webhooks import WebhookSender
 
@@ -171,7 +172,12 @@ class App:
             hostname=config.hostname,
             paths=paths,
             rule_store=FileRuleStore(config.spool.path),
+            dane=resolver,
         )
+        if dane_enabled(config.delivery.path_provider,
+                        config.shaping_loaded.shaping if config.shaping_loaded is not None else None):
+            with trio.move_on_after(config.dns.timeout_s + 1.0):
+                await warn_unless_validating(resolver, [f"{a}:{p}" for a, p in config.dns.nameservers])
         # Subscribed before anything can emit, so webhooks see every record.
         webhooks = [WebhookSender(w, config.spool.path / "webhooks", records=logs.subscribe(math.inf))
                     for w in config.webhooks]

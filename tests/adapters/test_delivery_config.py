@@ -124,10 +124,11 @@ def test_egress_sources_table_can_override_a_sources_ehlo_domain():
 
 
 def test_ignored_kumomta_options_load_with_a_warning():
-    config = load('[egress.default]\nenable_dane = true\n')
+    config = load('[egress.default]\nuse_lmtp = true\nenable_dane = true\n')
     assert config.warnings == (
-        "trimta.toml: egress.default.enable_dane: a KumoMTA option trimta does not act on; ignored",
+        "trimta.toml: egress.default.use_lmtp: a KumoMTA option trimta does not act on; ignored",
     )
+    assert config.path_provider.default.enable_dane is True
 
 
 def test_keys_owned_elsewhere_may_appear_in_tenant_tables():

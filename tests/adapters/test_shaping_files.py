@@ -54,6 +54,8 @@ max_deliveries_per_connection = 50
 max_ready = 200
 idle_timeout = "30s"
 enable_tls = "RequiredInsecure"
+enable_mta_sts = false
+enable_dane = true
 smtp_port = 2525
 prohibited_hosts = ["10.0.0.0/8", "::1"]
 skip_hosts = ["192.0.2.7"]
@@ -99,6 +101,7 @@ def check_every_option(config: EgressPathConfig) -> None:
     assert config.max_ready == 200
     assert config.idle_timeout_s == 30.0
     assert config.enable_tls is TlsPolicy.REQUIRED_INSECURE
+    assert (config.enable_mta_sts, config.enable_dane) == (False, True)
     assert config.smtp_port == 2525
     assert [str(n) for n in config.prohibited_hosts] == ["10.0.0.0/8", "::1/128"]
     assert [str(n) for n in config.skip_hosts] == ["192.0.2.7/32"]
@@ -309,6 +312,7 @@ max_deliveries_per_connection = 20
 [provider."office365-dane"]
 match=[{MXSuffix=".mx.microsoft"}]
 enable_dane = true
+use_lmtp = false
 provider_connection_limit = 5
 provider_max_message_rate = "local:1_000/h"
 
@@ -341,9 +345,9 @@ connection_limit = 5
 def test_a_kumomta_file_loads_unchanged(tmp_path):
     loaded = load(tmp_path, KUMOMTA_STYLE)
     # Options trimta does not act on load, with a warning pointing at them.
-    dane_line = KUMOMTA_STYLE.lstrip("\n").splitlines().index("enable_dane = true") + 1
+    lmtp_line = KUMOMTA_STYLE.lstrip("\n").splitlines().index("use_lmtp = false") + 1
     assert [(w.line, w.key, w.message) for w in loaded.warnings] == [
-        (dane_line, 'provider."office365-dane".enable_dane', "a KumoMTA option trimta does not act on; ignored"),
+        (lmtp_line, 'provider."office365-dane".use_lmtp', "a KumoMTA option trimta does not act on; ignored"),
     ]
     provider = ShapingProvider(loaded)
     gmail_hosts = ["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com"]

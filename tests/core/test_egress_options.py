@@ -30,6 +30,7 @@ def test_every_option_parses_into_its_field():
         "idle_timeout": "30s",
         "enable_tls": "RequiredInsecure",
         "enable_mta_sts": False,
+        "enable_dane": True,
         "smtp_port": 2525,
         "prohibited_hosts": ["10.0.0.0/8", "::1"],
         "skip_hosts": ["192.0.2.7"],
@@ -69,6 +70,7 @@ def test_every_option_parses_into_its_field():
     config = apply_options(EgressPathConfig(), parse_path_options(table, where="test"))
     assert config.connection_limit == 10
     assert config.enable_mta_sts is False
+    assert config.enable_dane is True
     assert config.max_connection_rate == Rate(100, 60.0)
     assert config.max_message_rate == Rate(20, 1.0, 5)
     assert config.max_deliveries_per_connection == 50
@@ -166,12 +168,19 @@ def test_option_error_is_a_value_error():
 
 
 def test_kumomta_options_trimta_does_not_act_on_are_kept_aside_as_extra():
-    overrides = parse_path_options({"enable_dane": True, "connection_limit": 2}, where="t")
-    assert overrides == {"connection_limit": 2, "extra": {"enable_dane": True}}
+    overrides = parse_path_options({"ignore_8bit_checks": True, "connection_limit": 2}, where="t")
+    assert overrides == {"connection_limit": 2, "extra": {"ignore_8bit_checks": True}}
     config = apply_options(EgressPathConfig(), overrides)
-    assert config.extra == {"enable_dane": True}
+    assert config.extra == {"ignore_8bit_checks": True}
     config = apply_options(config, parse_path_options({"use_lmtp": False}, where="t"))
-    assert config.extra == {"enable_dane": True, "use_lmtp": False}
+    assert config.extra == {"ignore_8bit_checks": True, "use_lmtp": False}
+
+
+def test_enable_dane_is_acted_on_and_off_by_default():
+    assert EgressPathConfig().enable_dane is False
+    assert parse_path_options({"enable_dane": True}, where="t") == {"enable_dane": True}
+    with pytest.raises(OptionError, match="enable_dane"):
+        parse_path_options({"enable_dane": "yes"}, where="t")
 
 
 def test_enable_mta_sts_is_acted_on_and_on_by_default():

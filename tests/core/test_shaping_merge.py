@@ -251,12 +251,14 @@ def test_same_domain_twice_is_not_a_conflict():
 def test_kumomta_options_trimta_ignores_are_kept_as_extra_through_the_merge():
     s = shaping("""
         ["default"]
+        use_lmtp = true
         enable_dane = true
         ["gmail.com"]
         enable_mta_sts = false
     """)
-    assert path(s).extra == {"enable_dane": True}
+    assert path(s).extra == {"use_lmtp": True}
     assert path(s).enable_mta_sts is False
+    assert path(s).enable_dane is True
 
 
 def test_overrides_of_gives_the_fields_that_differ_from_the_defaults():

@@ -69,6 +69,10 @@ class NetworkStream(Protocol):
         """The negotiated TLS version (``"TLSv1.3"``), None on a plaintext stream."""
         ...
 
+    def peer_certificates(self) -> tuple[bytes, ...]:
+        """The DER certificates the TLS peer sent, its own first, unverified; () on plaintext."""
+        ...
+
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         """Some bytes from the peer; ``b""`` once it closed its side."""
         ...
@@ -150,13 +154,18 @@ class TrioNetworkBackend:
 class TrioStream:
     """A `NetworkStream` over a trio stream, translating its errors into ours."""
 
-    def __init__(self, stream: trio.abc.Stream, *, tls_version: str | None = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, tls_version: str | None = None,
+                 peer_certificates: tuple[bytes, ...] = ()) -> None:
         self._stream = stream
         self._tls_version = tls_version
+        self._peer_certificates = peer_certificates
 
     @property
     def tls_version(self) -> str | None:
         return self._tls_version
+
+    def peer_certificates(self) -> tuple[bytes, ...]:
+        return self._peer_certificates
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         try:
@@ -183,7 +192,7 @@ class TrioStream:
         except BaseException:
             await trio.aclose_forcefully(self._stream)
             raise
-        return TrioStream(tls, tls_version=tls.version() or "TLS")
+        return TrioStream(tls, tls_version=tls.version() or "TLS", peer_certificates=_peer_chain(tls))
 
     async def aclose(self) -> None:
         # Sends TLS close_notify when there is time for it; a cancelled scope makes
@@ -211,6 +220,28 @@ def tls_context(policy: TlsPolicy, cafile: Path | str | None = None) -> ssl.SSLC
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _peer_chain(tls: trio.SSLStream[trio.abc.Stream]) -> tuple[bytes, ...]:
+    """What the server sent in its Certificate message (DANE-TA needs more than its own certificate).
+
+    Python 3.13 has ``SSLObject.get_unverified_chain()`` (DER bytes); 3.10 to 3.12 have
+    it only on the private ``_sslobj`` (``_ssl.Certificate`` values). trio keeps the
+    ``SSLObject`` private too. Where neither is there, only the server's own
+    certificate (``getpeercert(binary_form=True)``) is known, so DANE-EE still works
+    and DANE-TA fails safe (no anchor to be found).
+    """
+    ssl_object = tls._ssl_object  # noqa: SLF001 (trio forwards no chain accessor)
+    try:
+        if sys.version_info >= (3, 13):
+            return tuple(ssl_object.get_unverified_chain() or ())
+        import _ssl
+
+        chain = ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]  # noqa: SLF001
+        return tuple(certificate.public_bytes(_ssl.ENCODING_DER) for certificate in chain or ())
+    except (AttributeError, ValueError, ssl.SSLError):
+        leaf = tls.getpeercert(binary_form=True)
+        return (leaf,) if leaf else ()
 
 
 def _bracket(address: str) -> str:

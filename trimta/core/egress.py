@@ -84,6 +84,8 @@ class EgressPathConfig:
     smtp_port: int = 25
     prohibited_hosts: tuple[Network, ...] = DEFAULT_PROHIBITED_HOSTS
     skip_hosts: tuple[Network, ...] = ()
+    # DANE (RFC 7672): TLSA records of DNSSEC-secure MX hosts decide TLS (KumoMTA's option, default off).
+    enable_dane: bool = False
     ip_lookup_strategy: IpLookupStrategy = IpLookupStrategy.IPV4_AND_IPV6
     consecutive_connection_failures_before_delay: int = 100
     # How long a ready queue pauses once that many connections in a row failed.

@@ -148,6 +148,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "smtp_port": ("smtp_port", _port),
     "prohibited_hosts": ("prohibited_hosts", _networks),
     "skip_hosts": ("skip_hosts", _networks),
+    "enable_dane": ("enable_dane", _boolean),
     "ip_lookup_strategy": ("ip_lookup_strategy", _ip_strategy),
     "consecutive_connection_failures_before_delay": (
         "consecutive_connection_failures_before_delay", _positive_int),
@@ -191,7 +192,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
 # per set of files, docs/kumomta.md says why for each).
 IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
     "aggressive_connection_opening", "dispatcher_progress_watchdog_timeout",
-    "dispatcher_wakeup_strategy", "enable_dane", "ignore_8bit_checks",
+    "dispatcher_wakeup_strategy", "ignore_8bit_checks",
     "low_memory_reduction_policy", "maintainer_wakeup_strategy", "no_memory_reduction_policy",
     "openssl_cipher_list", "openssl_cipher_suites", "openssl_options", "readyq_pool_name",
     "reconnect_strategy", "refresh_interval", "refresh_strategy", "rustls_cipher_suites",

@@ -36,6 +36,9 @@ class Outcome:
     command: str | None = None
     connection_failure: bool = False
     recipient: str | None = None
+    # DANE (RFC 7672) applied to the host: "dane-ee"/"dane-ta" (the usage that authenticated
+    # it), "insecure" (TLS without authentication), "failed" (TLSA lookup failed), ...
+    dane: str | None = None
 
     @property
     def delivered(self) -> bool:

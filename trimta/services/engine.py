@@ -48,7 +48,7 @@ from trimta.services.outcomes import MessageStore, OutcomeRecorder
 from trimta.services.ready_queue import Connection, ReadyQueueStatistics
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import QueueSummary, Scheduler
-from trimta.services.smtp_client import BrokenTls, OutboundConnection
+from trimta.services.smtp_client import BrokenTls, OutboundConnection, TlsaLookups
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,12 @@ class DeliveryEngine:
         linger_s: float = 10.0,
         tls_contexts: TlsContexts = tls_context,
         mta_sts: MtaStsPolicies | None = None,
+        dane: TlsaLookups | None = None,
         tls_sink: TlsSessionSink | None = None,
     ) -> None:
         self.delivery = delivery
+        self.dane = dane  # where paths with enable_dane look up TLSA records
+        self.tls_sink = tls_sink
         self.resolver = resolver
         self.network = network
         self.hostname = hostname
@@ -123,7 +126,7 @@ class DeliveryEngine:
     ) -> Connection:
         return await OutboundConnection.open(
             self.network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
-            broken_tls=self.broken_tls,
+            broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink,
         )
 
     @property

@@ -73,6 +73,8 @@ class StsQueueState:
         if applied is None or sink is None:
             return
         _report_failures(applied, getattr(conn, "skipped", ()), sink)
+        if getattr(conn, "dane", None) is not None:
+            return  # DANE applied to this host, and takes precedence: the session is reported as DANE's
         host = str(getattr(conn, "peer_host", "") or "")
         address = str(getattr(conn, "peer_address", "") or "")
         tls = getattr(conn, "tls_version", None) is not None
@@ -91,6 +93,8 @@ class StsQueueState:
 def _report_failures(applied: StsApplied, failures: object, sink: TlsSessionSink) -> None:
     """The targets that gave no session, those that failed at TLS (`TargetFailure` values)."""
     for failure in failures if isinstance(failures, (list, tuple)) else ():
+        if getattr(failure, "dane", None) is not None:
+            continue  # a host under DANE: reported as DANE's
         text = str(getattr(getattr(failure, "reply", None), "text", ""))
         result = result_for_failure(str(getattr(failure, "command", "")), text,
                                     tls=bool(getattr(failure, "tls", False)))

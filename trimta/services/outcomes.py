@@ -251,6 +251,8 @@ class OutcomeRecorder:
             mode = mode or self.mta_sts_mode(message.destination)
             if mode:
                 record["mta_sts"] = mode
+        if outcome is not None and outcome.dane is not None:
+            record["dane"] = outcome.dane  # the DANE policy that applied to the host (RFC 7672)
         self.by_tenant[kind][message.tenant or ""] += 1
         if queue is not None:
             self.by_site[kind][queue.site] += 1

@@ -21,19 +21,30 @@ the caller's: it waits for work inside its own cancel scope.
 Error handling: nothing the peer does raises out of `send`; it becomes an
 `Outcome`. `open` raises `ConnectionFailed`, carrying the `Outcome` to record for
 the message and the failure of each target tried.
+
+DANE (RFC 7672), on a path with ``enable_dane``: before connecting to an MX host its
+TLSA records are looked up (`TlsaLookups`, the DNS adapter). Secure usable records
+make TLS required and the certificate must match one of them, checked right after
+the handshake, before EHLO (`trimta.core.dane.check`, with the DANE-TA signature
+path); a secure RRset without a usable record makes TLS required without
+authentication; a failed or bogus lookup skips the host. Whatever the path's
+`enable_tls`, MTA-STS or `remember_broken_tls` say, such a host never gets plaintext.
+Each session under DANE is reported to the `TlsSessionSink`, when one is given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import trio
 
+from trimta.adapters.certificates import issued_by_at, presented_certificate
 from trimta.adapters.network import (
     ConnectFailed,
     NetworkBackend,
@@ -42,9 +53,20 @@ from trimta.adapters.network import (
     TlsFailed,
     tls_context,
 )
+from trimta.core.dane import (
+    DaneDecision,
+    TlsaLookup,
+    Verdict,
+    check,
+    decide,
+    policy_label,
+    presentation,
+    usage_label,
+)
 from trimta.core.egress import EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.outcome import Outcome, OutcomeKind, outcome_kind
 from trimta.core.pools import EgressSource
+from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult, TlsSessionSink
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
 from trimta.protocol.client_errors import ClientProtocolError, ClientUsageError, MessageNotSendable
 from trimta.protocol.client_events import (
@@ -72,6 +94,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "TargetFailure",
+    "TlsaLookups",
     "connection_plan",
     "outcome_kind",
 ]
@@ -111,6 +134,34 @@ class TargetFailure:
     command: str
     connected: bool
     tls: bool = False  # the TLS handshake, or the EHLO inside TLS, failed
+    dane: str | None = None  # the DANE policy the host was under (`Outcome.dane`)
+    dane_result: ResultType | None = None  # for TLS reporting: how the session failed DANE
+
+
+class TlsaLookups(Protocol):
+    """Where DANE asks for an MX host's TLSA records (`trimta.adapters.dns.DnsResolver`)."""
+
+    async def lookup_tlsa(self, host: str, port: int = 25) -> TlsaLookup: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _DaneTarget:
+    """DANE applied to one MX host: its secure TLSA lookup and what it demands."""
+
+    lookup: TlsaLookup
+    decision: DaneDecision
+
+    @property
+    def label(self) -> str:
+        return policy_label(self.lookup.records)
+
+
+# How a failed DANE certificate check is reported (RFC 8460 section 4.3).
+_VERDICT_RESULTS = {
+    Verdict.NO_MATCH: ResultType.VALIDATION_FAILURE,
+    Verdict.NAME_MISMATCH: ResultType.CERTIFICATE_HOST_MISMATCH,
+    Verdict.CHAIN_INVALID: ResultType.CERTIFICATE_NOT_TRUSTED,
+}
 
 
 class BrokenTls:
@@ -215,6 +266,9 @@ class OutboundConnection:
         # The targets that gave no session before this one (for TLS reporting).
         self.skipped: tuple[TargetFailure, ...] = ()
         self._tls_version: str | None = None
+        self._dane: _DaneTarget | None = None
+        # The DANE outcome of the session, for records: "dane-ee", "dane-ta", "insecure"; None without DANE.
+        self.dane: str | None = None
         # The running transaction's deadline, and what it was last set for: (command
         # awaited, its timeout, whether sending).
         self._timer: trio.CancelScope | None = None
@@ -248,6 +302,9 @@ class OutboundConnection:
         hostname: str,
         tls_contexts: Callable[[TlsPolicy], ssl.SSLContext] = tls_context,
         broken_tls: BrokenTls | None = None,
+        dane: TlsaLookups | None = None,
+        tls_sink: TlsSessionSink | None = None,
+        domain: str = "",
     ) -> OutboundConnection:
         """A session with the first target that gives one; raises `ConnectionFailed`.
 
@@ -262,6 +319,10 @@ class OutboundConnection:
         without TLS before moving on. With ``remember_broken_tls``, `broken_tls`
         remembers the hosts whose TLS failed: until the memory ends an opportunistic
         path to them sends in plaintext, and a required one fails saying why.
+
+        With ``enable_dane`` and `dane`, each host's TLSA records decide its TLS first
+        (see the module docstring); sessions under DANE are reported to `tls_sink` for
+        `domain` (the recipient domain: where TLS reports go).
         """
         # The path's ehlo_domain wins over the source's, as in KumoMTA; the node's name last.
         ehlo_domain = path.ehlo_domain or source.ehlo_domain or hostname
@@ -271,7 +332,23 @@ class OutboundConnection:
         failures: list[TargetFailure] = []
         for host, address in plan:
             target_path = path
-            if path.remember_broken_tls_s and broken_tls is not None and broken_tls.is_broken(host):
+            target_dane: _DaneTarget | None = None
+            if path.enable_dane and dane is not None:
+                lookup = await dane.lookup_tlsa(host, path.smtp_port)
+                decision = decide(lookup)
+                if decision is DaneDecision.DEFER:
+                    text = f"DANE: {lookup.detail}; {host} is not used until its TLSA records are known"
+                    failure = TargetFailure(host, address, reply(451, "4.7.5", text), "connect", False,
+                                            dane="failed", dane_result=ResultType.DNSSEC_INVALID)
+                    failures.append(failure)
+                    _report(tls_sink, domain, lookup, address, source, ResultType.DNSSEC_INVALID, lookup.detail)
+                    continue
+                if decision is not DaneDecision.NOT_APPLICABLE:
+                    # DANE wins over enable_tls and MTA-STS for this host; the check is ours.
+                    target_dane = _DaneTarget(lookup, decision)
+                    target_path = dataclasses.replace(path, enable_tls=TlsPolicy.REQUIRED_INSECURE)
+            if target_dane is None and path.remember_broken_tls_s and broken_tls is not None \
+                    and broken_tls.is_broken(host):
                 if path.enable_tls.required:
                     text = (f"TLS with {host} failed earlier and remember_broken_tls is set "
                             f"({path.remember_broken_tls_s:g}s); enable_tls = {path.enable_tls.value} needs it")
@@ -281,11 +358,14 @@ class OutboundConnection:
                     target_path = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
             try:
                 connection = await cls._open_target(network, host, address, source, target_path, ehlo_domain,
-                                                    tls_contexts)
-                connection.skipped = tuple(failures)
-                return connection
+                                                    tls_contexts, target_dane)
             except _TargetFailed as exc:
                 log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
+                if target_dane is not None:
+                    exc.failure = dataclasses.replace(exc.failure, dane=target_dane.label)
+                    if exc.failure.dane_result is not None:
+                        _report(tls_sink, domain, target_dane.lookup, address, source, exc.failure.dane_result,
+                                str(exc.failure.reply))
                 failures.append(exc.failure)
                 if not exc.failure.tls:
                     continue
@@ -300,6 +380,17 @@ class OutboundConnection:
                         return connection
                     except _TargetFailed as again:
                         failures.append(again.failure)
+                continue
+            connection.skipped = tuple(failures)
+            if target_dane is None:
+                return connection
+            if target_dane.decision is DaneDecision.UNAUTHENTICATED:
+                # Delivered over TLS as RFC 7672 says, yet the records are of no use: the domain wants to know.
+                _report(tls_sink, domain, target_dane.lookup, address, source, ResultType.TLSA_INVALID,
+                        "no usable TLSA record: TLS without authentication")
+            else:
+                _report(tls_sink, domain, target_dane.lookup, address, source, None)
+            return connection
         raise ConnectionFailed(_all_failed(failures), failures)
 
     @classmethod
@@ -312,6 +403,7 @@ class OutboundConnection:
         path: EgressPathConfig,
         ehlo_domain: str,
         tls_contexts: Callable[[TlsPolicy], ssl.SSLContext],
+        dane: _DaneTarget | None = None,
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
         client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining)
@@ -323,6 +415,7 @@ class OutboundConnection:
             answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
             raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False)) from None
         connection = cls(stream, client, host=host, address=address, path=path, source=source)
+        connection._dane = dane
         try:
             await connection._establish(tls_contexts)
         except BaseException:
@@ -345,21 +438,52 @@ class OutboundConnection:
         policy = self.path.enable_tls
         if policy is TlsPolicy.DISABLED:
             return
+        no_tls = ResultType.STARTTLS_NOT_SUPPORTED if self._dane is not None else None
         if not self._client.offers("STARTTLS"):
             if policy.required:
-                text = f"TLS is required (enable_tls = {policy.value}) but {self.peer_host} does not offer STARTTLS"
+                text = f"TLS is required ({self._required_by()}) but {self.peer_host} does not offer STARTTLS"
                 await self._goodbye()
-                self._fail(reply(451, "4.7.10", text), Command.EHLO)
+                self._fail(reply(451, "4.7.10", text), Command.EHLO, dane_result=no_tls)
             return
         await self._write(self._client.send_starttls())
         answer = (await self._expect(StartTlsResult)).reply
         if answer.code // 100 != 2:
             if policy.required or self._client.state is not ClientState.READY:
                 await self._goodbye()
-                self._fail(answer, Command.STARTTLS)
+                self._fail(answer, Command.STARTTLS, dane_result=no_tls)
             return  # Opportunistic: the session goes on in plaintext.
         await self._start_tls(tls_contexts(policy))
+        if self._dane is not None:
+            await self._check_dane(self._dane)
         await self._hello()
+
+    def _required_by(self) -> str:
+        if self._dane is not None:
+            return f"DANE: {self.peer_host} has DNSSEC-signed TLSA records"
+        return f"enable_tls = {self.path.enable_tls.value}"
+
+    async def _check_dane(self, dane: _DaneTarget) -> None:
+        """RFC 7672 section 3: the certificates the server sent against its TLSA records, before EHLO.
+
+        No usable record: TLS without authentication is all DANE asks. Otherwise one
+        record must match (DANE-TA: names and the signature path too, validity as of now);
+        if none does, the session ends here, over TLS, and the target failed.
+        """
+        if dane.decision is DaneDecision.UNAUTHENTICATED:
+            self.dane = "insecure"
+            return
+        assert self._stream is not None
+        chain = [c for c in map(presented_certificate, self._stream.peer_certificates()) if c is not None]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        result = check(dane.lookup.records, chain, [self.peer_host], issued_by_at(now))
+        if result.matched is not None and result.authenticated:
+            self.dane = usage_label(result.matched)
+            return
+        text = (f"DANE: the certificate of {self._where()} does not match its TLSA records "
+                f"({result.verdict.value}; {dane.label})")
+        await self._goodbye()
+        self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True,
+                   dane_result=_VERDICT_RESULTS.get(result.verdict, ResultType.VALIDATION_FAILURE))
 
     async def _authenticate(self) -> None:
         """AUTH PLAIN as ``smtp_auth_plain_username``, only where the credential is safe.
@@ -421,22 +545,25 @@ class OutboundConnection:
         timeout_s = self.path.starttls_timeout_s
         where = self._where()
         stream = self._stream
+        failed = ResultType.VALIDATION_FAILURE if self._dane is not None else None
         try:
             with trio.move_on_after(timeout_s) as scope:
                 self._stream = await stream.start_tls(context, _tls_server_name(self.peer_host))
         except TlsFailed as exc:
-            self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS, tls=True)
+            self._fail(reply(451, "4.7.5", f"TLS with {where} failed: {exc.message}"), Command.STARTTLS, tls=True,
+                       dane_result=failed)
         if scope.cancelled_caught:
             text = f"TLS handshake with {where} timed out after {timeout_s:g}s"
-            self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True)
+            self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True, dane_result=failed)
         self._client.tls_started()
         self._tls_version = self._stream.tls_version or "TLS"
 
-    def _fail(self, answer: Reply, command: Command, *, tls: bool | None = None) -> NoReturn:
+    def _fail(self, answer: Reply, command: Command, *, tls: bool | None = None,
+              dane_result: ResultType | None = None) -> NoReturn:
         if tls is None:
             tls = self._client.tls_active  # the handshake or the EHLO after it: TLS failing
         failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True,
-                                tls=tls)
+                                tls=tls, dane_result=dane_result)
         raise _TargetFailed(failure)
 
     async def _expect(self, kind: type[_E]) -> _E:
@@ -598,6 +725,7 @@ class OutboundConnection:
             peer_address=self.peer_address,
             command=command,
             recipient=recipient,
+            dane=self.dane,
         )
 
     # --- Closing -----------------------------------------------------------------------
@@ -785,4 +913,18 @@ def _all_failed(failures: Sequence[TargetFailure]) -> Outcome:
         peer_address=peer.address if peer else None,
         command=last.command,
         connection_failure=True,
+        dane=next((f.dane for f in reversed(failures) if f.dane), None),
     )
+
+
+def _report(
+    sink: TlsSessionSink | None, domain: str, lookup: TlsaLookup, address: str, source: EgressSource,
+    result: ResultType | None, detail: str = "",
+) -> None:
+    """One session (or failure to get one) under a host's DANE policy, for TLS reporting (RFC 8460)."""
+    if sink is None:
+        return
+    policy = PolicyRef(PolicyType.TLSA, (domain or lookup.host).lower(),
+                       tuple(presentation(r) for r in lookup.records), mode="dane")
+    sink.session(SessionResult(policy, result, receiving_mx_hostname=lookup.host, receiving_ip=address,
+                               sending_mta_ip=source.source_address or "", additional_information=detail))

@@ -454,6 +454,9 @@ class FakeStream:
     def connection(self) -> FakeConnection:
         return self._record
 
+    def peer_certificates(self) -> tuple[bytes, ...]:
+        return ()  # scripted receivers present no certificates: DANE is proven on loopback TLS
+
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         session = self._session
         if self._closed:
@@ -678,6 +681,9 @@ class _BuggyStream:
     @property
     def tls_version(self) -> str | None:
         return self.inner.tls_version
+
+    def peer_certificates(self) -> tuple[bytes, ...]:
+        return self.inner.peer_certificates()
 
     def _count(self, kind: str) -> None:
         if kind == self.on:
