@@ -321,3 +321,37 @@ def test_the_daily_send_is_in_the_window_and_within_a_day(offset, hour, window_s
     if at < start:  # the window crossed midnight
         start -= DAY_S
     assert start <= at <= start + window_s
+
+
+# --- bounds ---------------------------------------------------------------------------------------
+
+
+def test_free_text_goes_to_failure_reason_code_and_a_uri_stays():
+    counts = TlsCounts()
+    counts.add(SessionResult(STS, ResultType.VALIDATION_FAILURE, additional_information="550 no TLS " * 50), NOON)
+    counts.add(SessionResult(STS, ResultType.VALIDATION_FAILURE,
+                             additional_information="https://reports.sender.example/why?id=1"), NOON)
+    details = _report(counts.rows())["policies"][0]["failure-details"]
+    assert {d.get("additional-information") for d in details} == {None, "https://reports.sender.example/why?id=1"}
+    (text,) = [d["failure-reason-code"] for d in details if "failure-reason-code" in d]
+    assert text.startswith("550 no TLS") and len(text) == 256
+
+
+def test_distinct_failure_details_are_bounded_in_memory_and_in_the_report():
+    counts = TlsCounts(max_details=3)
+    for i in range(10):
+        counts.add(SessionResult(STS, ResultType.CERTIFICATE_EXPIRED, f"mx{i}.example.net"), NOON)
+    assert len(counts) == 4  # three details, then the rest by result type alone
+    report = _report(counts.rows())
+    validate_report(report)
+    assert report["policies"][0]["summary"]["total-failure-session-count"] == 10
+    assert {"result-type": "certificate-expired", "failed-session-count": 7} in report["policies"][0]["failure-details"]
+
+    many = TlsCounts()
+    for i in range(50):
+        many.add(SessionResult(STS, list(ResultType)[i % 3], f"mx{i}.example.net"), NOON)
+    report = build_report("company-y.example", DAY, many.rows(), organization_name="o", contact_info="c",
+                          submitter="s", max_details=10)
+    validate_report(report)
+    details = report["policies"][0]["failure-details"]
+    assert len(details) <= 10 + 3 and sum(d["failed-session-count"] for d in details) == 50

@@ -35,6 +35,8 @@ from typing import Any
 from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult
 
 DAY_S = 86400
+MAX_DETAILS = 1000  # failure details per report entry; the rest by result type alone
+MAX_TEXT = 256  # characters of failure-reason-code and additional-information kept
 CONTENT_TYPE_GZIP = "application/tlsrpt+gzip"
 TXT_PREFIX = "_smtp._tls."
 
@@ -55,9 +57,20 @@ class FailureKey:
 
     @classmethod
     def of(cls, result: SessionResult) -> FailureKey:
+        """The detail of a failed session. ``additional-information`` is a URI (section
+        4.4); free text given there goes to ``failure-reason-code``, the field for an
+        error message, when that is empty. Texts are cut to `MAX_TEXT` characters."""
         assert result.result is not None
+        info, reason = result.additional_information, result.failure_reason_code
+        if info and not _URI.fullmatch(info):
+            info, reason = "", reason or info
         return cls(result.result, result.sending_mta_ip, result.receiving_mx_hostname.lower().rstrip("."),
-                   result.receiving_ip, result.additional_information, result.failure_reason_code)
+                   result.receiving_ip, info[:MAX_TEXT], reason[:MAX_TEXT])
+
+    @property
+    def folded(self) -> FailureKey:
+        """The detail with nothing but its result type (for failures beyond `MAX_DETAILS`)."""
+        return FailureKey(self.result_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +100,23 @@ class TlsCounts:
     hands over what was counted and starts again from nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_details: int = MAX_DETAILS) -> None:
+        self.max_details = max_details
         self._counts: dict[tuple[datetime.date, PolicyRef, FailureKey | None], int] = {}
+        self._details: dict[tuple[datetime.date, PolicyRef], int] = {}
 
     def add(self, result: SessionResult, now: float) -> None:
-        key = (utc_day(now), _normal_policy(result.policy), None if result.succeeded else FailureKey.of(result))
+        """Count one session; past `max_details` distinct failure details of a day and
+        policy, new ones are counted by result type alone, so memory stays bounded."""
+        day, policy = utc_day(now), _normal_policy(result.policy)
+        failure = None if result.succeeded else FailureKey.of(result)
+        key = (day, policy, failure)
+        if failure is not None and key not in self._counts:
+            seen = self._details.get((day, policy), 0)
+            if seen >= self.max_details:
+                key = (day, policy, failure.folded)
+            if key not in self._counts:
+                self._details[(day, policy)] = seen + 1
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def __len__(self) -> int:
@@ -103,6 +128,7 @@ class TlsCounts:
     def drain(self) -> list[CountRow]:
         rows = self.rows()
         self._counts = {}
+        self._details = {}
         return rows
 
     def restore(self, rows: Iterable[CountRow]) -> None:
@@ -172,10 +198,12 @@ def build_report(
     organization_name: str,
     contact_info: str,
     submitter: str,
+    max_details: int = MAX_DETAILS,
 ) -> dict[str, Any]:
     """The section 4.4 report of `policy_domain` for `day`, from the rows counted for it
     (rows of other domains or days are ignored). One ``policies`` entry per distinct
-    policy, with its summary and its failure details (most frequent first)."""
+    policy, with its summary and its failure details (most frequent first; beyond
+    `max_details`, the rest summed per result type alone)."""
     successes: dict[PolicyRef, int] = {}
     failures: dict[PolicyRef, dict[FailureKey, int]] = {}
     for row in rows:
@@ -188,7 +216,7 @@ def build_report(
             details[row.failure] = details.get(row.failure, 0) + row.count
     policies = []
     for policy in sorted(set(successes) | set(failures), key=_policy_order):
-        details = failures.get(policy, {})
+        details = _fold(failures.get(policy, {}), max_details)
         entry: dict[str, Any] = {
             "policy": _policy_json(policy),
             "summary": {
@@ -208,6 +236,16 @@ def build_report(
         "report-id": report_id(day, policy_domain, submitter),
         "policies": policies,
     }
+
+
+def _fold(details: dict[FailureKey, int], max_details: int) -> dict[FailureKey, int]:
+    if len(details) <= max_details:
+        return details
+    ranked = sorted(details.items(), key=_failure_order)
+    kept = dict(ranked[: max_details - 1])
+    for failure, n in ranked[max_details - 1:]:
+        kept[failure.folded] = kept.get(failure.folded, 0) + n
+    return kept
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
