@@ -38,6 +38,7 @@ from trimta.adapters.mta_sts_fetch import PolicyFetcher
 from trimta.adapters.mta_sts_store import PolicyStore
 from trimta.adapters.logfile import JsonLinesWriter
 from trimta.adapters.network import TrioNetworkBackend
+from trimta.adapters.redis_rules import RedisRules
 from trimta.adapters.rules_store import FileRuleStore
 from trimta.adapters.shaping_files import ShapingProvider
 from trimta.adapters.spool import Spool
@@ -173,6 +174,7 @@ class App:
             paths=paths,
             rule_store=FileRuleStore(config.spool.path),
             dane=resolver,
+            shared_rules=RedisRules.from_config(config.cluster) if config.cluster is not None else None,
         )
         if dane_enabled(config.delivery.path_provider,
                         config.shaping_loaded.shaping if config.shaping_loaded is not None else None):

@@ -42,7 +42,7 @@ from trimta.core.retry import due_after_restart, expires_before
 from trimta.core.tls_report import TlsSessionSink
 from trimta.services.automation import Automation
 from trimta.services.egress import DueMessages, Egress, MtaStsPolicies
-from trimta.services.operator_rules import OperatorRules, RuleStore
+from trimta.services.operator_rules import OperatorRules, RuleStore, SharedRules
 from trimta.services.logs import RecordSink
 from trimta.services.outcomes import MessageStore, OutcomeRecorder
 from trimta.services.ready_queue import Connection, ReadyQueueStatistics
@@ -69,6 +69,7 @@ class DeliveryEngine:
         hostname: str,
         paths: EgressPathProvider | None = None,
         rule_store: RuleStore | None = None,
+        shared_rules: SharedRules | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         linger_s: float = 10.0,
@@ -95,7 +96,8 @@ class DeliveryEngine:
             pool_name=lambda m: self.scheduler.config_for(m).egress_pool,
         )
         self.rules = OperatorRules(
-            scheduler=self.scheduler, outcomes=self.outcomes, ready=self.ready, store=rule_store, clock=clock,
+            scheduler=self.scheduler, outcomes=self.outcomes, ready=self.ready, store=rule_store, shared=shared_rules,
+            clock=clock,
         )
         self.automation = Automation(rules=self.rules, clock=clock, logs=logs)
         self.egress = Egress(

@@ -60,6 +60,17 @@ class RuleStore(Protocol):
     async def save(self, rules: Sequence[AnyRule]) -> None: ...
 
 
+class SharedRules(Protocol):
+    """Rules shared with the other nodes of a cluster (`trimta.adapters.redis_rules.RedisRules`).
+
+    `publish` and `withdraw` return False when the cluster is away (the change is kept
+    and written when it answers); `follow` keeps this node in step, forever."""
+
+    async def publish(self, rule: AnyRule) -> bool: ...
+    async def withdraw(self, rule_id: str) -> bool: ...
+    async def follow(self, listener: Any, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
 class HeldMessages(Protocol):
     """The scheduler, as far as rules use it: holding, releasing and taking out messages."""
 
@@ -96,12 +107,14 @@ class OperatorRules:
         outcomes: FinalOutcomes,
         ready: ReadyQueues,
         store: RuleStore | None = None,
+        shared: SharedRules | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scheduler = scheduler
         self.outcomes = outcomes
         self.ready = ready
         self.store = store
+        self.shared = shared
         self.clock = clock
         self._suspensions: Rules[MessageRule] = Rules()
         self._bounces: Rules[MessageRule] = Rules()
@@ -118,36 +131,39 @@ class OperatorRules:
         now = self.clock()
         count = 0
         for rule in self.store.load():
-            if rule.expires <= now:
+            if rule.expires <= now or not _valid(rule):
                 continue
-            if isinstance(rule, MessageRule):
-                (self._suspensions if rule.kind == "suspend" else self._bounces).add(rule)
-            elif isinstance(rule, ReadyQueueRule):
-                self._ready_suspensions.add(rule)
-            else:
-                try:
-                    parse_path_options({rule.option: rule.value}, where="")
-                except ValueError as exc:
-                    log.error("override %s of %s not restored: %s", rule.id, rule.name, exc)
-                    continue
-                self._overrides.add(rule)
+            self._rules_for(rule).add(rule)
             count += 1
         if count:
             log.info("restored %d operator rules in force", count)
         return count
 
+    def _rules_for(self, rule: AnyRule) -> Rules[Any]:
+        if isinstance(rule, MessageRule):
+            return self._suspensions if rule.kind == "suspend" else self._bounces
+        if isinstance(rule, ReadyQueueRule):
+            return self._ready_suspensions
+        return self._overrides
+
+    def rules_in_force(self) -> list[AnyRule]:
+        """Every rule this node holds, of every kind."""
+        return [*self._suspensions, *self._bounces, *self._ready_suspensions, *self._overrides]
+
     async def _save(self) -> None:
         if self.store is not None:
-            await self.store.save([*self._suspensions, *self._bounces, *self._ready_suspensions, *self._overrides])
+            await self.store.save(self.rules_in_force())
 
     async def _saved_with(self, rules: Rules[Any], rule: AnyRule) -> None:
-        """Add `rule` durably: if the store refuses, the rule is not in force."""
+        """Add `rule` durably: if the store refuses, the rule is not in force. Then share it."""
         rules.add(rule)
         try:
             await self._save()
         except BaseException:
             rules.cancel(rule.id)
             raise
+        if self.shared is not None and not await self.shared.publish(rule):
+            log.warning("rule %s holds on this node only until the cluster answers", rule.id)
 
     async def _saved_without(self, rules: Rules[Any], rule_id: str) -> Any:
         rule = rules.cancel(rule_id)
@@ -158,7 +174,95 @@ class OperatorRules:
         except BaseException:
             rules.add(rule)
             raise
+        if self.shared is not None and not await self.shared.withdraw(rule_id):
+            log.warning("rule %s cancelled on this node only until the cluster answers", rule_id)
         return rule
+
+    # --- rules made on other nodes (the cluster, see `SharedRules`) ------------------------------
+
+    async def shared_put(self, rule: AnyRule) -> None:
+        """A rule made on another node: in force here too, doing here what it did there."""
+        if self._known(rule.id) or rule.expires <= self.clock() or not _valid(rule):
+            return
+        self._rules_for(rule).add(rule)
+        await self._save_quietly()
+        await self._install(rule)
+        self._changed.set()
+        log.info("rule %s from the cluster: %s", rule.id, _describe(rule))
+
+    async def shared_removed(self, rule_id: str) -> None:
+        """A rule cancelled on another node: lifted here too."""
+        for rules in (self._suspensions, self._bounces, self._ready_suspensions, self._overrides):
+            rule = rules.cancel(rule_id)
+            if rule is not None:
+                await self._save_quietly()
+                self._uninstall(rule)
+                self._changed.set()
+                log.info("rule %s cancelled by the cluster", rule_id)
+                return
+
+    async def resync(self, rules: Sequence[AnyRule]) -> None:
+        """The cluster's rules are the truth (after a start or a reconnection): lift the
+        rules this node holds that the cluster does not, apply those it lacks."""
+        now = self.clock()
+        wanted = {r.id: r for r in rules if r.expires > now and _valid(r)}
+        held = {r.id: r for r in self.rules_in_force()}
+        gone = [r for rule_id, r in held.items() if rule_id not in wanted]
+        new = [r for rule_id, r in wanted.items() if rule_id not in held]
+        for rule in gone:
+            self._rules_for(rule).cancel(rule.id)
+        for rule in new:
+            self._rules_for(rule).add(rule)
+        if gone or new:
+            await self._save_quietly()
+        for rule in gone:
+            self._uninstall(rule)
+        for rule in new:
+            await self._install(rule)
+        self._changed.set()
+        if gone or new:
+            log.info("operator rules resynced with the cluster: %d lifted, %d applied, %d in force",
+                     len(gone), len(new), len(wanted))
+
+    def _known(self, rule_id: str) -> bool:
+        return any(r.id == rule_id for r in self.rules_in_force())
+
+    async def _save_quietly(self) -> None:
+        """Keep a cluster rule locally too (for a restart while Redis is away); failing is logged."""
+        try:
+            await self._save()
+        except Exception as exc:  # noqa: BLE001 (the store's error: the rule holds in memory regardless)
+            log.error("cluster rules not kept locally: %s", exc)
+
+    async def _install(self, rule: AnyRule) -> Counter[str]:
+        """What a rule does to mail already here, the moment it is in force."""
+        bounced: Counter[str] = Counter()
+        if isinstance(rule, MessageRule) and rule.kind == "suspend":
+            for message in self.ready.take_matching(rule.matches):
+                self.scheduler.hold(message, rule.id)
+        elif isinstance(rule, MessageRule):
+            victims = [m for m in self.scheduler.messages() if rule.matches(m)]
+            for message in victims:
+                self.scheduler.discard(message.id)
+            victims.extend(self.ready.take_matching(rule.matches))
+            answer = admin_bounce_reply(rule.reason)
+            for message in victims:
+                bounced[message.queue] += 1
+                await self.outcomes.admin_bounce(message, answer, record=not rule.suppress_logging)
+        elif isinstance(rule, ReadyQueueRule):
+            self._apply_ready_suspension(rule.name)
+        else:
+            self._apply_overrides(rule.name)
+        return bounced
+
+    def _uninstall(self, rule: AnyRule) -> None:
+        """What ending a rule does (it is out of its `Rules` already)."""
+        if isinstance(rule, MessageRule) and rule.kind == "suspend":
+            self.scheduler.release(rule.id)
+        elif isinstance(rule, ReadyQueueRule):
+            self._apply_ready_suspension(rule.name)
+        elif isinstance(rule, PathOverrideRule):
+            self._apply_overrides(rule.name)
 
     # --- what the egress asks ---------------------------------------------------------------
 
@@ -198,8 +302,7 @@ class OperatorRules:
         rule = MessageRule(new_rule_id(), "suspend", tenant, campaign, _domain(domain), reason, now, now + duration_s,
                            routing_domain=_domain(routing_domain), queue_names=tuple(queue_names))
         await self._saved_with(self._suspensions, rule)
-        for message in self.ready.take_matching(rule.matches):
-            self.scheduler.hold(message, rule.id)
+        await self._install(rule)
         self._changed.set()
         log.info("suspension %s: tenant=%s campaign=%s domain=%s for %.0fs: %s",
                  rule.id, tenant, campaign, domain, duration_s, reason)
@@ -229,17 +332,10 @@ class OperatorRules:
                            suppress_logging=suppress_logging)
         await self._saved_with(self._bounces, rule)
         self._changed.set()
-        victims = [m for m in self.scheduler.messages() if rule.matches(m)]
-        for message in victims:
-            self.scheduler.discard(message.id)
-        victims.extend(self.ready.take_matching(rule.matches))
-        bounced: Counter[str] = Counter()
-        answer = admin_bounce_reply(reason)
-        for message in victims:
-            bounced[message.queue] += 1
-            await self.outcomes.admin_bounce(message, answer, record=not suppress_logging)
-        log.info("admin bounce %s: %d messages: %s", rule.id, len(victims), reason)
-        return AdminBounceResult(rule, dict(bounced), len(victims))
+        bounced = await self._install(rule)
+        total = sum(bounced.values())
+        log.info("admin bounce %s: %d messages: %s", rule.id, total, reason)
+        return AdminBounceResult(rule, dict(bounced), total)
 
     def bounces(self) -> list[MessageRule]:
         return self._bounces.active(self.clock())
@@ -315,8 +411,11 @@ class OperatorRules:
     # --- the task -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """End rules when their time is up, and expire suspended mail past its max_age."""
+        """End rules when their time is up, and expire suspended mail past its max_age; with a
+        cluster, follow its rules (started once the first read of them is done or failed)."""
         async with trio.open_nursery() as nursery:
+            if self.shared is not None:
+                await nursery.start(self.shared.follow, self)
             nursery.start_soon(self._expire_rules)
             nursery.start_soon(self._sweep_suspended)
             task_status.started()
@@ -349,6 +448,26 @@ class OperatorRules:
                 if self.outcomes.expires_at(message) <= now:
                     self.scheduler.discard(message.id)
                     await self.outcomes.expired(message)
+
+
+def _valid(rule: AnyRule) -> bool:
+    """An override whose option or value this version does not take is left out (logged)."""
+    if not isinstance(rule, PathOverrideRule):
+        return True
+    try:
+        parse_path_options({rule.option: rule.value}, where="")
+    except ValueError as exc:
+        log.error("override %s of %s not applied: %s", rule.id, rule.name, exc)
+        return False
+    return True
+
+
+def _describe(rule: AnyRule) -> str:
+    if isinstance(rule, MessageRule):
+        return f"{rule.kind} tenant={rule.tenant} campaign={rule.campaign} domain={rule.domain}: {rule.reason}"
+    if isinstance(rule, ReadyQueueRule):
+        return f"suspend ready queue {rule.name}: {rule.reason}"
+    return f"{rule.option} = {rule.value!r} on {rule.name}: {rule.reason}"
 
 
 def _domain(domain: str | None) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import textwrap
 import tomllib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from trimta.core.tls_report import TlsSessionSink
 from trimta.services.egress import MtaStsPolicies
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import RecordSink
+from trimta.services.operator_rules import SharedRules
 from trimta.testing.network import FakeNetwork
 from trimta.testing.resolver import FakeResolver
 from trimta.testing.rules import MemoryRuleStore
@@ -77,6 +78,8 @@ class DeliveryHarness:
         rule_store: MemoryRuleStore | None = None,
         mta_sts: MtaStsPolicies | None = None,
         tls_sink: TlsSessionSink | None = None,
+        shared_rules: SharedRules | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if config is None or isinstance(config, str):
             raw = tomllib.loads(textwrap.dedent(config or ""))
@@ -95,13 +98,14 @@ class DeliveryHarness:
             network=self.network,
             delivery=config,
             hostname=hostname,
-            clock=trio.current_time,
+            clock=clock,
             rng=random.Random(seed),
             linger_s=linger_s,
             paths=paths,  # e.g. a ShapingProvider from shaping files; None: the config's [egress] tables
             rule_store=self.rule_store,
             mta_sts=mta_sts,
             tls_sink=tls_sink,
+            shared_rules=shared_rules,  # rules shared with other nodes (RedisRules); None: this node's own
         )
 
     @asynccontextmanager
@@ -127,7 +131,7 @@ class DeliveryHarness:
 
         `protocol` is how it came in (``"UTF8SMTP"``: with SMTPUTF8).
         """
-        now = trio.current_time()
+        now = self.engine.clock()
         data_id = new_id()
         messages = [
             Message.new(
