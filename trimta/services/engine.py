@@ -124,11 +124,11 @@ class DeliveryEngine:
         self.received_by_service: Counter[str] = Counter()
 
     async def _connect(
-        self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig
+        self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig, domain: str = ""
     ) -> Connection:
         return await OutboundConnection.open(
             self.network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
-            broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink,
+            broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink, domain=domain,
         )
 
     @property

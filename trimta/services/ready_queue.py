@@ -94,7 +94,9 @@ class Observer(Protocol):
     def observe(self, message: Message, outcome: Outcome, queue: ReadyQueue) -> None: ...
 
 
-Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig], Awaitable[Connection]]
+# (targets, source, path options, the message's destination domain: DANE reports its
+# sessions for it, RFC 8460's policy domain)
+Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig, str], Awaitable[Connection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +580,7 @@ class ReadyQueue:
         targets = resolution.targets if resolution is not None else ()
         path = self.mta_sts.path_for(self.path)
         try:
-            conn = await self.connect(targets, self.source, path)
+            conn = await self.connect(targets, self.source, path, message.destination)
         except ConnectionFailed as failure:
             outcome = self.mta_sts.failed(message.destination, failure.outcome, failure.failures, self.tls_sink)
             self._failed += 1
