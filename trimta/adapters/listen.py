@@ -330,10 +330,16 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
     connection reaches them yet), a look at the kernel's socket tables for a socket on
     the address that is not one of ours (two daemons starting at the same moment both
     see each other and both refuse).
+
+    Sharing needs every daemon on the port to say so: a listener that does not share
+    also holds an abstract Unix socket named for its address while the process lives,
+    and a `shared` one refuses an address (or its wildcard) held so, with
+    ``Address already in use by a listener without shared_port = true``.
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     groups: list[list[trio.SocketListener]] = [[] for _ in range(count)]
     bound: list[trio.socket.SocketType] = []
+    guards: list[tuple[str, int] | None] = []  # taken by this call
     try:
         for family, type_, proto, _, address in infos:
             if not shared and address[1] != 0:
@@ -348,13 +354,22 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 await sock.bind(address)
                 address = sock.getsockname()  # the port chosen for the first, for the others
-            if not shared:
+            # The guard is taken before the look at the tables, and looked for after binding,
+            # so of two daemons starting together, one with and one without shared_port,
+            # at least one sees the other.
+            if shared:
+                _check_not_held_exclusively(family, address)
+            else:
+                guards.append(_hold_exclusively(address))
                 _check_no_foreign_socket(family, address, {os.fstat(s.fileno()).st_ino for s in bound})
             for group, sock in zip(groups, bound):
                 sock.listen(socket.SOMAXCONN)
                 group.append(trio.SocketListener(sock))
             bound.clear()
     except BaseException:
+        for key in guards:
+            if key is not None:
+                _EXCLUSIVE_GUARDS.pop(key).close()
         for sock in bound:
             sock.close()
         for group in groups:
@@ -362,6 +377,51 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
                 listener.socket.close()
         raise
     return groups
+
+
+# Addresses this process listens on without sharing: an abstract Unix socket named for
+# each, held while the process lives (the kernel drops it when the process ends, even by
+# kill -9), tells a daemon with shared_port = true that the address is not to be shared.
+_EXCLUSIVE_GUARDS: dict[tuple[str, int], socket.socket] = {}
+_WILDCARDS: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+def _guard_name(host: str, port: int) -> bytes:
+    return f"\x00trimta-exclusive-listener:{ipaddress.ip_address(host)}:{port}".encode()
+
+
+def _hold_exclusively(address: tuple) -> tuple[str, int] | None:
+    """Mark `address` as this daemon's alone (see `_check_not_held_exclusively`); the key
+    of the guard if this call took it."""
+    key = (str(ipaddress.ip_address(address[0])), address[1])
+    if key in _EXCLUSIVE_GUARDS or not hasattr(socket, "AF_UNIX"):
+        return None
+    guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        guard.bind(_guard_name(*key))
+    except OSError:  # no abstract namespace (not Linux), or held by a twin the checks let through
+        guard.close()
+        return None
+    _EXCLUSIVE_GUARDS[key] = guard
+    return key
+
+
+def _check_not_held_exclusively(family: int, address: tuple) -> None:
+    """AddressInUse if a listener without shared_port holds `address` (or its family's
+    wildcard address on the port): SO_REUSEPORT alone would let this one in beside it."""
+    if not hasattr(socket, "AF_UNIX"):
+        return
+    port = address[1]
+    for host in {str(ipaddress.ip_address(address[0])), _WILDCARDS.get(family, "0.0.0.0")}:
+        if (host, port) in _EXCLUSIVE_GUARDS:
+            continue  # this process's own
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(_guard_name(host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUse(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)
+                                       + " by a listener without shared_port = true") from None
 
 
 def _in_use(address: object) -> AddressInUse:
