@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller
 from tests.tlsrpt_schema import decode_gzip_report
 
 from .conftest import free_port
-from .tlsrpt_peers import Recorder, ReportServer, make_ca, stored_days, wait_for
+from .tlsrpt_peers import Recorder, ReportServer, make_ca, metric, stored_days, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unbound_dnssec import Zone, unbound  # noqa: F401  (unbound is the fixture)
@@ -71,6 +71,7 @@ enable_dane = true
                             b"From: a@sender.test\r\nTo: b@dane.test\r\nSubject: hi\r\n\r\nhello\r\n")
         wait_for(lambda: d.records("TransientFailure"), d, "the deferral under DANE")
         wait_for(lambda: stored_days(d.spool_path), d, "the count written to tlsrpt.sqlite")
+        assert metric(d, "trimta_tls_policy_sessions_total", policy_type="tlsa", result="validation-failure") >= 1
         d.kill9()
         today = datetime.datetime.now(datetime.UTC).date()
         assert stored_days(d.spool_path) == [(today.isoformat(), "dane.test")]
@@ -80,6 +81,9 @@ enable_dane = true
         db.close()
         d.start()
         wait_for(lambda: reports.posts, d, "the report POSTed")
+        wait_for(lambda: metric(d, "trimta_tls_reports_total", destination="https", event="sent") == 1, d,
+                 "the report counted as sent")
+        assert metric(d, "trimta_tls_reports_pending") == 0
     finally:
         controller.stop()
         reports.stop()

@@ -9,6 +9,7 @@ import sqlite3
 import ssl
 import threading
 import time
+import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -128,3 +129,16 @@ def stored_days(spool_dir):
         return db.execute("SELECT DISTINCT day, domain FROM counts").fetchall()
     finally:
         db.close()
+
+
+def metric(daemon, name, **labels):
+    """A sample's value from the daemon's /metrics (0 when there is no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0
