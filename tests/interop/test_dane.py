@@ -109,7 +109,7 @@ def receivers(mx_port, tmp_path_factory):
 
 
 @pytest.fixture
-def relay(make_daemon, unbound, mx_port):  # noqa: F811
+def relay(make_daemon, unbound, mx_port):
     return make_daemon(
         dns=f'nameservers = ["{unbound.nameserver}"]\ntimeout = "5s"',
         extra_config=f"""
