@@ -1,0 +1,54 @@
+"""Operator rules across two real daemons sharing one real Redis (tests/interop/cluster_nodes.py).
+
+A suspension POSTed to node A's HTTP API holds the tenant's mail on node B, and lifting
+it on A releases B's: the receiver (aiosmtpd) is what sees it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+from .cluster_nodes import CountingReceiver, Node, make_cluster, wait_for  # noqa: F401 (make_cluster: a fixture)
+
+DEADLINE_S = 60
+QUIET_S = 3  # how long nothing is to arrive while the suspension holds
+
+
+def api(node: Node, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=DEADLINE_S)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        response = conn.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw.strip() else None
+    finally:
+        conn.close()
+
+
+def test_a_suspension_posted_to_one_node_holds_the_other_nodes_mail_until_lifted_there(make_cluster):
+    receiver = CountingReceiver("127.0.0.30", delay_s=0).start()
+    try:
+        cluster = make_cluster(2, extra_config=receiver.egress_config())
+        a, b = cluster[0], cluster[1]
+        status, answer = api(a, "POST", "/api/admin/suspend/v1",
+                             {"tenant": "acme", "duration": "1h", "reason": "complaints"})
+        assert status == 200, answer
+        rule_id = answer["id"]
+        wait_for(lambda: [r["id"] for r in api(b, "GET", "/api/admin/suspend/v1")[1]] == [rule_id],
+                 DEADLINE_S, "node b to list node a's suspension")
+        b.send([receiver.address("held")], tenant="acme")
+        b.send([receiver.address("flows")], tenant="globex")
+        wait_for(lambda: "flows@[127.0.0.30]" in receiver.recipients, DEADLINE_S, "globex's mail")
+        time.sleep(QUIET_S)
+        assert receiver.recipients == ["flows@[127.0.0.30]"]  # acme's waits on b
+        status, _ = api(a, "DELETE", "/api/admin/suspend/v1", {"id": rule_id})
+        assert status == 200
+        wait_for(lambda: "held@[127.0.0.30]" in receiver.recipients, DEADLINE_S, "acme's mail, released on b")
+        assert api(b, "GET", "/api/admin/suspend/v1")[1] == []
+        delivered = [r for r in b.records("Delivery") if r.get("tenant") == "acme"]
+        assert [r["num_attempts"] for r in delivered] == [1]  # being held was not an attempt
+    finally:
+        receiver.stop()
