@@ -240,3 +240,37 @@ async def test_insecure_hosts_and_enable_dane_off_deliver_as_the_path_says(recei
                                {HOST: TlsaLookup(HOST, DnssecState.FAILED)}, enable_dane=False)
     assert insecure.delivered and insecure.dane is None and sink.sessions == []
     assert off.delivered and off.dane is None
+
+
+async def test_auth_plain_goes_over_a_dane_authenticated_session_but_not_an_unauthenticated_one(receivers):
+    from trimta.core.egress import KeySource
+
+    def auth_receiver(certificate, key):
+        receiver = receivers(certificate, key)
+        receiver.auth = {"daniel": "tiger"}
+        return receiver
+
+    async def login(receiver, records):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, receiver.serve, 0, host="127.0.0.1"))
+            path = EgressPathConfig(prohibited_hosts=(), smtp_port=listeners[0].socket.getsockname()[1],
+                                    enable_dane=True, smtp_auth_plain_username="daniel",
+                                    smtp_auth_plain_password=KeySource(data="tiger"))
+            try:
+                conn = await OutboundConnection.open(
+                    TrioNetworkBackend(), [(HOST, "127.0.0.1")], source=SOURCE, path=path, hostname="mta.test",
+                    dane=TableTlsa({HOST: secure(*records)}))
+                await conn.quit()
+                return None
+            except ConnectionFailed as failed:
+                return failed
+            finally:
+                nursery.cancel_scope.cancel()
+
+    authenticated, unauthenticated = auth_receiver(SELF, SELF_KEY), auth_receiver(SELF, SELF_KEY)
+    with trio.fail_after(30):
+        assert await login(authenticated, [EE_SELF]) is None
+        refused = await login(unauthenticated, [PKIX_EE])
+    assert authenticated.connections[0].auth_user == "daniel"
+    assert refused is not None and "certificate was not verified" in str(refused.outcome.reply)
+    assert unauthenticated.connections[0].auth_user is None

@@ -490,8 +490,9 @@ class OutboundConnection:
 
         Never over plaintext unless ``allow_smtp_auth_plain_without_tls``; never over
         TLS whose certificate was not verified (``*Insecure`` policies) unless
-        ``allow_smtp_auth_plain_without_valid_certificate``: the attempt fails first,
-        saying why, and the credential is not sent.
+        ``allow_smtp_auth_plain_without_valid_certificate`` (a certificate DANE
+        authenticated counts as verified): the attempt fails first, saying why, and the
+        credential is not sent.
         """
         path = self.path
         assert path.smtp_auth_plain_username is not None
@@ -499,7 +500,9 @@ class OutboundConnection:
             await self._goodbye()
             self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: the session has no TLS "
                                             "(allow_smtp_auth_plain_without_tls = false)"), Command.AUTH, tls=False)
-        if self._client.tls_active and not path.enable_tls.verify \
+        # A certificate DANE authenticated is verified (RFC 7672); DANE's "insecure" is not.
+        verified = path.enable_tls.verify or self.dane in ("dane-ee", "dane-ta")
+        if self._client.tls_active and not verified \
                 and not path.allow_smtp_auth_plain_without_valid_certificate:
             await self._goodbye()
             self._fail(reply(451, "4.7.11", f"AUTH PLAIN to {self.peer_host} not attempted: its certificate was not "
