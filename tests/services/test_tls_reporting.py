@@ -366,3 +366,32 @@ async def test_txt_lookups_of_many_domains_run_concurrently_but_bounded(tmp_path
             nursery.cancel_scope.cancel()
     assert most == 16
     assert done_at - send_at <= 3 * 100 + 60  # three rounds of 16, not forty lookups one after another
+
+
+class Fractions:
+    """An rng whose random() gives the fractions a test chooses, then 0.5."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0) if self.values else 0.5
+
+    def getrandbits(self, n):
+        return 1
+
+
+async def test_one_send_a_day_even_when_the_next_draw_falls_later_in_the_same_window(tmp_path, autojump_clock):
+    post = FakePost()
+    clock = wall(NOON)
+    reporter = TlsReporter(CONFIG, store=TlsReportStore.in_spool(tmp_path), lookup=FakeLookup(TXT), post=post,
+                           clock=clock, rng=Fractions(0.9, 0.95))
+    with trio.fail_after(2 * DAY_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run, FakeAcceptor())
+            TlsSessions(reporter).session(SessionResult(TLSA, None))
+            await wait_for(lambda: post.posts)
+            next_send = reporter.statistics().next_send
+            nursery.cancel_scope.cancel()
+    window = CONFIG.send_window_s
+    assert next_send == NEXT_MIDNIGHT + DAY_S + CONFIG.send_hour * 3600 + 0.95 * window  # the day after, not today

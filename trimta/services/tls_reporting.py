@@ -138,6 +138,7 @@ class TlsReporter:
         self._rng = rng or random.Random()
         self._counts = TlsCounts()
         self._next_send = math.inf
+        self._window_end = -math.inf  # of the window _next_send was drawn from
         self._pass_retry_at = math.inf
         self._lookup_failures: dict[tuple[object, str], int] = {}
         self._sent: dict[str, int] = {}
@@ -178,9 +179,15 @@ class TlsReporter:
             except Exception:
                 log.exception("TLS reports: the last counts could not be written to %s", self.store.path)
 
-    def _pick_send(self, now: float) -> float:
-        return next_send_at(now, send_hour=self.config.send_hour, window_s=self.config.send_window_s,
-                            fraction=self._rng.random())
+    def _pick_send(self, after: float) -> float:
+        """A random moment of the next send window after `after`; the end of that window
+        is kept, so that the send after it is drawn from the next day's window, never
+        from the rest of the same one."""
+        fraction = self._rng.random()
+        window_s = self.config.send_window_s
+        at = next_send_at(after, send_hour=self.config.send_hour, window_s=window_s, fraction=fraction)
+        self._window_end = at + (1 - fraction) * window_s
+        return at
 
     def _first_send(self, now: float) -> float:
         """The next daily send; at once if earlier days' counts are waiting and their send
@@ -209,7 +216,7 @@ class TlsReporter:
             try:
                 if now >= self._next_send or now >= self._pass_retry_at:
                     if now >= self._next_send:
-                        self._next_send = self._pick_send(now)
+                        self._next_send = self._pick_send(max(now, self._window_end))
                     self._pass_retry_at = math.inf
                     await self.report_pass()
                     log.info("TLS reports: next send at %s", _fmt_time(self._next_send))
