@@ -39,6 +39,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Collection, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -123,11 +124,18 @@ def format_time(epoch_s: float | None) -> str | None:
 
 
 def parse_time(text: str) -> float:
-    """Epoch seconds from an RFC 3339 timestamp; ValueError otherwise."""
+    """Epoch seconds from an RFC 3339 timestamp (a leap second, ``23:59:60``, is the next
+    second, as RFC 3339 section 5.6 allows it); ValueError otherwise."""
+    leap = _LEAP_SECOND.search(text)
+    if leap is not None:
+        text = text[:leap.start()] + ":59" + text[leap.end():]
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError("the timestamp needs a time zone, e.g. 2026-01-31T12:00:00Z")
-    return moment.timestamp()
+    return moment.timestamp() + (1.0 if leap is not None else 0.0)
+
+
+_LEAP_SECOND = re.compile(r"(?<=T\d\d:\d\d):60(?=(\.\d+)?([Zz]|[+-]\d\d:\d\d)$)")
 
 
 # --- authentication ------------------------------------------------------------------------------
@@ -375,27 +383,32 @@ class HttpApi:
 
     def _duration(self, f: JsonFields) -> float:
         """Seconds from ``duration`` ("2h", or a number of seconds) or ``expires`` (RFC 3339),
-        which wins when both are given, as in KumoMTA."""
+        which wins when both are given, as in KumoMTA (a `duration` given beside it must still
+        be one). An `expires` in the past makes a rule that ends at once, as in KumoMTA's
+        (a bounce still bounces what is queued now)."""
+        value = f.value("duration")
+        from_duration = None
+        if value is not None:
+            try:
+                from_duration = units.parse_duration(value)
+            except ValueError as exc:
+                raise f.error("duration", str(exc)) from None
         expires = f.string("expires")
         if expires is not None:
             try:
                 seconds = parse_time(expires) - time.time()
             except ValueError as exc:
                 raise f.error("expires", f"expected an RFC 3339 timestamp like 2026-01-31T12:00:00Z: {exc}") from None
-        else:
-            value = f.value("duration")
-            if value is None:
-                return DEFAULT_DURATION_S
-            try:
-                seconds = units.parse_duration(value)
-            except ValueError as exc:
-                raise f.error("duration", str(exc)) from None
-        field = "expires" if expires is not None else "duration"
-        if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
-            raise f.error(field, f"at most {format_duration(MAX_DURATION_S)} ahead (100 years)")
-        if seconds <= 0:
-            raise f.error(field, "must be in the future")
-        return seconds
+            if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+                raise f.error("expires", f"at most {format_duration(MAX_DURATION_S)} ahead (100 years)")
+            return max(seconds, 0.0)
+        if from_duration is None:
+            return DEFAULT_DURATION_S
+        if not math.isfinite(from_duration) or from_duration > MAX_DURATION_S:
+            raise f.error("duration", f"at most {format_duration(MAX_DURATION_S)} ahead (100 years)")
+        if from_duration <= 0:
+            raise f.error("duration", "must be in the future")
+        return from_duration
 
     def _match(self, f: JsonFields) -> dict[str, Any]:
         """The selectors of a suspension or bounce: tenant, campaign, domain, routing_domain, or
@@ -468,7 +481,11 @@ class HttpApi:
         })
 
     async def list_bounces(self, request: Request) -> Response:
-        return json_response(200, [self._rule(r) for r in self.rules.bounces()])
+        entries = []
+        for rule in self.rules.bounces():
+            bounced = dict(self.rules.bounced_by_rule.get(rule.id, {}))
+            entries.append({**self._rule(rule), "bounced": bounced, "total_bounced": sum(bounced.values())})
+        return json_response(200, entries)
 
     async def cancel_bounce(self, request: Request) -> Response:
         rule_id = self._id(request)
@@ -533,6 +550,11 @@ class HttpApi:
             "num_attempts": message.attempts,
             "due": format_time(self._epoch(message.due)) if message.due is not None else None,
             "reception": dataclasses.asdict(message.reception),
+            # KumoMTA's: the message's metadata, and its scheduling constraints (trimta has none).
+            "meta": {**(message.meta or {}), **({"tenant": message.tenant} if message.tenant else {}),
+                     **({"campaign": message.campaign} if message.campaign else {}),
+                     **({"routing_domain": message.routing_domain} if message.routing_domain else {})},
+            "scheduling": None,
         }
         if want_body in TRUE_WORDS:
             try:

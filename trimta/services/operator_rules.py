@@ -118,6 +118,8 @@ class OperatorRules:
         self.clock = clock
         self._suspensions: Rules[MessageRule] = Rules()
         self._bounces: Rules[MessageRule] = Rules()
+        # What each bounce rule has bounced since it was made (in this process), by scheduled queue.
+        self.bounced_by_rule: dict[str, Counter[str]] = {}
         self._ready_suspensions: Rules[ReadyQueueRule] = Rules()
         self._overrides: Rules[PathOverrideRule] = Rules()
         self._changed = trio.Event()
@@ -271,6 +273,7 @@ class OperatorRules:
         now = self.clock()
         bounce = first_match(self._bounces, message, now)
         if bounce is not None:
+            self.bounced_by_rule.setdefault(bounce.id, Counter())[message.queue] += 1  # the egress bounces it
             return Admission(bounce=bounce)
         suspension = first_match(self._suspensions, message, now)
         if suspension is not None:
@@ -333,6 +336,7 @@ class OperatorRules:
         await self._saved_with(self._bounces, rule)
         self._changed.set()
         bounced = await self._install(rule)
+        self.bounced_by_rule.setdefault(rule.id, Counter()).update(bounced)
         total = sum(bounced.values())
         log.info("admin bounce %s: %d messages: %s", rule.id, total, reason)
         return AdminBounceResult(rule, dict(bounced), total)
@@ -342,7 +346,10 @@ class OperatorRules:
 
     async def cancel_bounce(self, rule_id: str) -> bool:
         self._changed.set()
-        return await self._saved_without(self._bounces, rule_id) is not None
+        if await self._saved_without(self._bounces, rule_id) is None:
+            return False
+        self.bounced_by_rule.pop(rule_id, None)
+        return True
 
     async def bounce_ready_queue(self, name: str, reason: str) -> int:
         """Admin-bounce every message waiting in one ready queue now (automation's ``Bounce``)."""
@@ -427,7 +434,8 @@ class OperatorRules:
             for rule in self._suspensions.expire(now):
                 self.scheduler.release(rule.id)
                 log.info("suspension %s ended (expired)", rule.id)
-            self._bounces.expire(now)
+            for bounce in self._bounces.expire(now):
+                self.bounced_by_rule.pop(bounce.id, None)
             for ready_rule in self._ready_suspensions.expire(now):
                 self._apply_ready_suspension(ready_rule.name)
             for override in self._overrides.expire(now):
