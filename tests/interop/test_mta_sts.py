@@ -8,6 +8,7 @@ a test CA made here; the daemon trusts it through ``SSL_CERT_FILE``.
 | enf.test | enforce, mx1.enf.test | backup.other.test (5, valid TLS, not listed), mx1.enf.test (10, valid TLS) |
 | bad.test | enforce, *.enf.test | mx2.enf.test (10, no STARTTLS), mx3.enf.test (20, wrong-name certificate) |
 | tst.test | testing, mx1.enf.test | mx2.enf.test (10, no STARTTLS) |
+| web.test | TXT only: its policy host's certificate does not name mta-sts.web.test | mx2.enf.test (10, no STARTTLS) |
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ ZONE = [
     "--txt-record=_mta-sts.enf.test,v=STSv1; id=20261203",
     "--txt-record=_mta-sts.bad.test,v=STSv1; id=1",
     "--txt-record=_mta-sts.tst.test,v=STSv1; id=1",
+    "--mx-host=web.test,mx2.enf.test,10",
+    f"--host-record=mta-sts.web.test,{POLICY_HOST}",
+    "--txt-record=_mta-sts.web.test,v=STSv1; id=1",
 ]
 
 
@@ -300,3 +304,13 @@ def test_a_cached_policy_survives_a_restart_and_an_unreachable_policy_host(relay
     assert [m["recipients"] for m in receivers["mx1.enf.test"].messages] == [["dan@enf.test"], ["eve@enf.test"]]
     assert receivers["backup.other.test"].messages == []
     assert len(policy_host.requests) == fetched
+
+
+def test_a_policy_host_with_an_invalid_certificate_means_no_policy_and_is_reported(relay, policy_host, receivers):
+    daemon = relay.start()
+    send(daemon, "fay@web.test")
+    [delivery] = wait_for(lambda: records_to(daemon, "Delivery", "fay@web.test"), "the delivery")
+    assert "mta_sts" not in delivery  # RFC 8461 section 5.1: as though the domain had no policy
+    assert receivers["mx2.enf.test"].messages == [{"recipients": ["fay@web.test"], "tls": False}]
+    wait_for(lambda: "sts-webpki-invalid" in daemon.stderr(), "the reported fetch failure")
+    assert "MTA-STS policy of web.test: fetch failed" in daemon.stderr()
