@@ -7,6 +7,8 @@ makes of the AD bit and of SERVFAIL is what these tests pin down.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +107,25 @@ async def test_a_validating_resolver_sets_ad_and_dnsmasq_does_not(unbound, dnsma
     with trio.fail_after(30):
         assert await resolver_for(unbound).sets_ad_bit()
         assert not await resolver_for(dnsmasq).sets_ad_bit()
+
+
+def test_resolve_site_shows_what_dane_would_do_for_each_mx_host(unbound, tmp_path):
+    config = tmp_path / "trimta.toml"
+    config.write_text(f'[dns]\nnameservers = ["{unbound.nameserver}"]\ntimeout = "5s"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "trimta", "resolve-site", "sec.test", "mx1.insec.test", "mx1.badtlsa.test",
+         "--no-mta-sts", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    blocks = {block.splitlines()[0]: block.splitlines()[1:] for block in result.stdout.strip().split("\n\n")}
+    assert f"  dane: mx1.sec.test: TLS required, the certificate must match (dane-ee: 3 1 1 {DIGEST})" \
+        in blocks["sec.test"]
+    assert any(line.startswith("  dane: mx1.insec.test: not applicable (the address records")
+               for line in blocks["mx1.insec.test"])
+    assert any(line.startswith("  dane: mx1.badtlsa.test: host skipped, mail deferred (TLSA lookup")
+               for line in blocks["mx1.badtlsa.test"])
+    as_json = subprocess.run(
+        [sys.executable, "-m", "trimta", "resolve-site", "sec.test", "--json", "--no-mta-sts", "--config",
+         str(config)], capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(as_json.stdout)
+    assert row["hosts"][0]["dane"] == {"state": "secure", "decision": "authenticate",
+                                       "records": [f"3 1 1 {DIGEST}"], "detail": None}

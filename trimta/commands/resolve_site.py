@@ -6,7 +6,9 @@ NXDOMAIN, DNS errors), and which of the other domains asked about share the
 site. It also shows the MTA-STS policy that applies to each domain (RFC 8461) and why:
 the policy as the daemon's cache (``<spool>/mta-sts.sqlite``, read only) or a fresh
 fetch gives it, or why there is none; under ``enforce`` the hosts and the site are
-those the policy leaves. ``--json`` prints the same as a JSON array for scripts. It resolves
+those the policy leaves. For each MX host it shows what DANE (RFC 7672) would do on a
+path with ``enable_dane``: the host's TLSA records and whether they and its addresses
+are DNSSEC-secure (``--no-dane`` leaves that out). ``--json`` prints the same as a JSON array for scripts. It resolves
 through the ``[dns]`` table of the configuration (``--config FILE``, else
 ``./trimta.toml``, else the embedded default: ``/etc/resolv.conf``), as the daemon would.
 
@@ -29,6 +31,7 @@ from trimta.adapters.dns_config import ResolverConfig
 from trimta.adapters.mta_sts_fetch import PolicyFetcher
 from trimta.adapters.mta_sts_store import FILE_NAME, PolicyStore
 from trimta.commands._config import add_config_option
+from trimta.core.dane import DaneDecision, TlsaLookup, decide, policy_label, presentation
 from trimta.core.mta_sts import StsLookup
 from trimta.core.mta_sts_delivery import apply_policy
 from trimta.core.mx import MxResolution
@@ -49,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "(default: ./trimta.toml if present, else /etc/resolv.conf)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per domain")
     parser.add_argument("--no-mta-sts", action="store_true", help="do not look up MTA-STS policies")
+    parser.add_argument("--no-dane", action="store_true", help="do not look up the MX hosts' TLSA records")
+    parser.add_argument("--smtp-port", type=int, default=25, metavar="PORT",
+                        help="the port whose TLSA records (_PORT._tcp.HOST) DANE uses (default 25)")
     parser.set_defaults(func=run)
 
 
@@ -60,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         lookups: dict[str, StsLookup] = {}
         if not args.no_mta_sts:
             results, lookups = trio.run(apply_mta_sts, config, results, spool)
+        dane: dict[str, TlsaLookup] = {}
+        if not args.no_dane:
+            dane = trio.run(lookup_dane, config, results, args.smtp_port)
     except ConfigError as exc:
         print(f"trimta resolve-site: {exc}", file=sys.stderr)
         return 2
@@ -71,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
             if lookup is not None and "mta_sts" not in row:
                 row["mta_sts"] = {"mode": lookup.policy.mode.value if lookup.policy else None,
                                   "how": lookup.how, "error": lookup.error or None}
+            for host in row.get("hosts") or ():
+                if host.get("name") in dane:
+                    host["dane"] = dane_dict(dane[host["name"]])
         print(json.dumps(rows, indent=2))
     else:
-        print("\n\n".join(render(r, shared[r.domain], lookups.get(r.domain)) for r in results))
+        print("\n\n".join(render(r, shared[r.domain], lookups.get(r.domain), dane) for r in results))
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -124,6 +136,50 @@ async def apply_mta_sts(config: ResolverConfig, results: list[MxResolution],
     return out, lookups
 
 
+async def lookup_dane(config: ResolverConfig, results: list[MxResolution], port: int) -> dict[str, TlsaLookup]:
+    """Each MX host's TLSA lookup (addresses and records, DNSSEC status), as delivery makes it."""
+    resolver = DnsResolver.from_config(config)
+    hosts = {h.name for r in results if r.ok and not r.literal for h in r.hosts}
+    found: dict[str, TlsaLookup] = {}
+
+    async def one(host: str) -> None:
+        found[host] = await resolver.lookup_tlsa(host, port)
+
+    async with trio.open_nursery() as nursery:
+        for host in sorted(hosts):
+            nursery.start_soon(one, host)
+    return found
+
+
+_DANE_MEANS = {
+    DaneDecision.NOT_APPLICABLE: "not applicable",
+    DaneDecision.AUTHENTICATE: "TLS required, the certificate must match",
+    DaneDecision.UNAUTHENTICATED: "TLS required, without authentication (no usable record)",
+    DaneDecision.DEFER: "host skipped, mail deferred",
+}
+
+
+def dane_dict(lookup: TlsaLookup) -> dict[str, object]:
+    return {"state": lookup.state.value, "decision": decide(lookup).value,
+            "records": [presentation(r) for r in lookup.records], "detail": lookup.detail or None}
+
+
+def _render_dane(r: MxResolution, dane: dict[str, TlsaLookup]) -> list[str]:
+    lines = []
+    for host in sorted(r.hosts, key=lambda h: (h.preference, h.name)):
+        lookup = dane.get(host.name)
+        if lookup is None:
+            continue
+        decision = decide(lookup)
+        what = _DANE_MEANS[decision]
+        if decision is DaneDecision.AUTHENTICATE:
+            what += f" ({policy_label(lookup.records)}: {', '.join(presentation(x) for x in lookup.records)})"
+        elif lookup.detail:
+            what += f" ({lookup.detail})"
+        lines.append(f"  dane: {host.name}: {what}")
+    return lines
+
+
 async def resolve_all(config: ResolverConfig, domains: list[str]) -> list[MxResolution]:
     """Every domain resolved at once, results in the order asked."""
     resolver = DnsResolver.from_config(config)
@@ -147,7 +203,8 @@ def shared_sites(results: list[MxResolution]) -> dict[str, list[str]]:
     return {r.domain: [d for d in by_site.get(r.site, []) if d != r.domain] for r in results}
 
 
-def render(r: MxResolution, shared_with: list[str], lookup: StsLookup | None = None) -> str:
+def render(r: MxResolution, shared_with: list[str], lookup: StsLookup | None = None,
+           dane: dict[str, TlsaLookup] | None = None) -> str:
     """The human form: one block per domain."""
     lines = [r.domain]
     if r.null_mx:
@@ -161,6 +218,7 @@ def render(r: MxResolution, shared_with: list[str], lookup: StsLookup | None = N
     if r.failure is not None:
         lines.append(f"  error: {r.failure.value}: {r.reply}")
     lines += _render_mta_sts(lookup, r)
+    lines += _render_dane(r, dane or {})
     if shared_with:
         lines.append(f"  same site as: {', '.join(shared_with)}")
     return "\n".join(lines)
