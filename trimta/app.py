@@ -44,6 +44,7 @@ from trimta.adapters.shaping_files import ShapingProvider
 from trimta.adapters.spool import Spool
 from trimta.adapters.spool_lock import SpoolLock
 from trimta.adapters.spool_sqlite import SqliteStorage
+from trimta.adapters.xfer_store import FileXferStore
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
@@ -57,6 +58,7 @@ from trimta.services.smtp_listener import SmtpListener
 from trimta.services.dane_resolver import dane_enabled, warn_unless_validating
 from trimta.services.tls_reporting import TlsReporter, TlsSessions, tls_reporter_for
 from trimta.services.webhooks import WebhookSender
+from trimta.services.xfer import HttpPeer, Xfers
 
 if TYPE_CHECKING:
     from trimta.adapters.dkim import DkimSigner
@@ -185,6 +187,14 @@ class App:
                     for w in config.webhooks]
         log_hooks = attach_all(logs, config.log_hooks, config.spool.path / "loghooks")
         expired = engine.restore(restored.messages)
+        xfers = Xfers(
+            scheduler=engine.scheduler, ready=engine.ready, spool=spool, logs=logs,
+            store=FileXferStore(config.spool.path), connect=HttpPeer,
+            known=lambda message_id: engine.find_message(message_id) is not None,
+            token=config.cluster.token if config.cluster else None,
+            node_id=node_id_for(config.cluster or ClusterConfig(redis_url=""), config.spool.path),
+        )
+        xfers.restore()  # an xfer interrupted by a crash takes up its messages again
         _settle_memory()
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept,
@@ -210,6 +220,7 @@ class App:
                     await work.start(partial(engine.run, restored_expired=expired))
                     if tls_reporter is not None:  # its report messages go through the acceptor
                         await work.start(tls_reporter.run, acceptor)
+                    await work.start(xfers.run)
                     async with trio.open_nursery() as ingress:
                         sessions_scope = trio.CancelScope()
                         handlers = await ingress.start(_handler_nursery, sessions_scope)
@@ -230,6 +241,7 @@ class App:
                             api = HttpApi(acceptor=acceptor, engine=engine, rules=engine.rules, spool=spool, logs=logs,
                                           listeners=listeners, hostname=config.hostname,
                                           relays=[w.relay for w in webhooks] + [r for _, r in log_hooks],
+                                          xfers=xfers,
                                           reload=partial(reload_shaping, running),
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
                                           if config.http.known_tenants_only else None,

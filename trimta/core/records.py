@@ -23,6 +23,9 @@ ADMIN_REBIND = "AdminRebind"
 # KumoMTA's record for a message held back without an attempt; trimta writes it when a
 # bug met while routing or sending a message sent it back to its scheduled queue.
 DELAYED = "Delayed"
+# KumoMTA's records of a message moved to another node (source) and from one (target).
+XFER_OUT = "XferOut"
+XFER_IN = "XferIn"
 # trimta's own: an automation rule started or ended its actions on a ready queue.
 AUTOMATION = "Automation"
 

@@ -8,6 +8,9 @@ GET    /api/admin/suspend-ready-q/v1     list | POST create | DELETE cancel
 GET    /api/admin/inspect-message/v1?id=ID[&want_body=true]
 GET    /api/admin/queue-summary/v1[?tenant=&campaign=&domain=]
 GET    /api/admin/ready-q-states/v1[?queues=NAME,NAME]
+POST   /api/admin/xfer/v1                move queued mail to another node | GET list (trimta.services.xfer)
+POST   /api/admin/xfer/cancel/v1         stop one
+POST   /api/xfer/inject/v1               node-to-node: receive a batch ([cluster] token)
 GET    /api/check-liveness/v1
 GET    /metrics                          Prometheus text (trimta's families, then KumoMTA's names)
 GET    /metrics.json                     the same in KumoMTA's JSON shape
@@ -65,10 +68,12 @@ from trimta.adapters.dns import LookupStatistics
 from trimta.adapters.http_config import HttpConfig
 from trimta.adapters.rules_store import RulesStoreError
 from trimta.adapters.spool import Spool, SpoolError
+from trimta.adapters.xfer_store import XferStoreError
 from trimta.core import units
 from trimta.core.admin import ReadyQueueRule
 from trimta.core.metric_families import render_json, render_text
 from trimta.core.queues import canonical_ready_queue_name, parse_queue_name
+from trimta.core.xfer import INJECT_PATH as XFER_INJECT_PATH
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
@@ -84,6 +89,7 @@ from trimta.services.metrics import (
     registry_for,
     render,
 )
+from trimta.services.xfer import XferRefused, Xfers, parse_cancel_request, parse_xfer_request, xfer_state
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +300,10 @@ class HttpApi:
         dns: Callable[[], LookupStatistics | None] | None = None,
         tls_sessions: TlsSessionsSource | None = None,
         tls_reporter: TlsReporterSource | None = None,
+        xfers: Xfers | None = None,
     ) -> None:
         self.engine = engine
+        self.xfers = xfers
         self.rules = rules
         # Re-reads the configuration's shaping; returns None, or why it was refused.
         self.reload = reload
@@ -330,6 +338,9 @@ class HttpApi:
             "/api/admin/queue-summary/v1": {"GET": self.queue_summary},
             "/api/admin/ready-q-states/v1": {"GET": self.ready_queue_states},
             "/api/admin/shaping/reload/v1": {"POST": self.reload_shaping},
+            "/api/admin/xfer/v1": {"POST": self.create_xfer, "GET": self.list_xfers},
+            "/api/admin/xfer/cancel/v1": {"POST": self.cancel_xfer},
+            XFER_INJECT_PATH: {"POST": self.xfer_inject},
             "/api/check-liveness/v1": {"GET": self.liveness},
             "/metrics": {"GET": self.metrics},
             "/metrics.json": {"GET": self.metrics_json},
@@ -357,6 +368,10 @@ class HttpApi:
         except RulesStoreError as exc:
             # The rule would not survive a restart: it is not in force, and the caller may retry.
             raise HttpError(503, f"the rule could not be kept ({exc}); nothing changed, try again") from None
+        except XferRefused as exc:
+            raise HttpError(exc.status, exc.message) from None
+        except XferStoreError as exc:
+            raise HttpError(503, f"the xfer could not be kept ({exc}); nothing changed, try again") from None
 
     # --- injection ---------------------------------------------------------------------------
 
@@ -629,6 +644,36 @@ class HttpApi:
             raise HttpError(422, f"reload refused, the running rules stay: {problem}")
         return json_response(200, {"status": "reloaded"})
 
+    # --- xfer (trimta.services.xfer) --------------------------------------------------------------
+
+    def _xfers(self) -> Xfers:
+        if self.xfers is None:
+            raise HttpError(409, "this daemon does not move mail between nodes")
+        return self.xfers
+
+    async def create_xfer(self, request: Request) -> Response:
+        target, selector, reason = parse_xfer_request(read_json(request))
+        await self._xfers().start(target, selector, reason)
+        return json_response(200, {})
+
+    async def list_xfers(self, request: Request) -> Response:
+        return json_response(200, [xfer_state(s) for s in self._xfers().statistics()])
+
+    async def cancel_xfer(self, request: Request) -> Response:
+        target, reason = parse_cancel_request(read_json(request))
+        try:
+            await self._xfers().cancel(target, reason)
+        except KeyError:
+            raise HttpError(404, f"no xfer to {target} is in progress") from None
+        return json_response(200, {})
+
+    async def xfer_inject(self, request: Request) -> Response:
+        """Node-to-node; `_guarded` lets it through to here, where the [cluster] token is checked."""
+        xfers = self._xfers()
+        xfers.check_token(request.header("authorization"))
+        answer = await xfers.receive(read_json(request), peer_address=request.peer)
+        return json_response(200, answer)
+
     async def liveness(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
 
@@ -669,6 +714,8 @@ def limits_of(config: HttpConfig) -> HttpLimits:
 
 
 async def _guarded(auth: Authenticator, guard: CrossSiteGuard, api: HttpApi, request: Request) -> Response:
+    if request.path.rstrip("/") == XFER_INJECT_PATH:
+        return await api.handle(request)  # other nodes: the route checks the [cluster] token
     credentials = auth.has_credentials(request)
     if not (credentials or auth.trusts(request)):
         return UNAUTHORIZED
