@@ -14,6 +14,7 @@ import smtplib
 import ssl
 import threading
 import time
+import urllib.request
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -135,6 +136,14 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def tlsa_sessions(relay, result: str) -> float:
+    """The daemon's count of DANE sessions with `result` ("success" or an RFC 8460 result type), from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = f'trimta_tls_policy_sessions_total{{policy_type="tlsa",result="{result}"}} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
+
+
 def send(relay, *recipients: str) -> None:
     with smtplib.SMTP(relay.host, relay.port, timeout=30) as client:
         client.sendmail("sender@example.com", list(recipients), "Subject: dane\r\n\r\nhello\r\n")
@@ -152,6 +161,7 @@ def test_matching_dane_ee_and_dane_ta_receivers_get_the_mail_over_tls(relay, rec
     deliveries = {r["recipient"]: r for r in relay.records("Delivery")}
     assert deliveries["a@ee.dane.test"]["dane"] == "dane-ee"
     assert deliveries["b@ta.dane.test"]["dane"] == "dane-ta"
+    assert tlsa_sessions(relay, "success") >= 2  # reported to the TLS-report sink, counted for metrics
     # unbound validates from its root anchor, so the start-up check found AD set.
     assert "did not set the AD bit" not in relay.stderr()
 
@@ -169,6 +179,7 @@ def test_a_certificate_matching_no_record_defers_and_only_the_matching_mx_gets_m
     assert receivers["bad"].messages == []  # neither over TLS nor in plaintext
     assert receivers["ee"].messages[-1] == {"recipients": ["d@two.dane.test"], "tls": True}
     assert records_for(relay, "Delivery", "c@mismatch.dane.test") == []
+    assert tlsa_sessions(relay, "validation-failure") >= 1
 
 
 def test_a_bogus_tlsa_rrset_or_zone_defers_without_delivering(relay, receivers):
@@ -182,6 +193,7 @@ def test_a_bogus_tlsa_rrset_or_zone_defers_without_delivering(relay, receivers):
     assert zone["response"]["code"] == 451  # the MX lookup itself fails: a DNS error, retried
     assert receivers["badtlsa"].messages == [] and receivers["bogus"].messages == []
     assert records_for(relay, "Delivery", "e@badtlsa.dane.test") == []
+    assert tlsa_sessions(relay, "dnssec-invalid") >= 1
 
 
 def test_unusable_records_mean_tls_without_authentication_and_unsigned_zones_no_dane(relay, receivers):
@@ -189,6 +201,7 @@ def test_unusable_records_mean_tls_without_authentication_and_unsigned_zones_no_
     wait_for(lambda: len(relay.records("Delivery")) == 2, what="two deliveries")
     deliveries = {r["recipient"]: r for r in relay.records("Delivery")}
     assert deliveries["g@pkix.dane.test"]["dane"] == "insecure"
+    assert tlsa_sessions(relay, "tlsa-invalid") >= 1
     assert receivers["pkix"].messages[-1] == {"recipients": ["g@pkix.dane.test"], "tls": True}
     assert "dane" not in deliveries["h@insec.test"]  # TLSA records, but not DNSSEC-signed
     assert receivers["insec"].messages[-1]["recipients"] == ["h@insec.test"]
