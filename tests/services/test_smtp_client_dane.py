@@ -33,7 +33,7 @@ HOST = "mx1.dane.test"
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
-def make(subject, issuer=None, issuer_key=None, names=(), *, ca=False, days=30):
+def make(subject, issuer=None, issuer_key=None, names=(), *, ca=False, days=30, since_days=1):
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
@@ -41,7 +41,7 @@ def make(subject, issuer=None, issuer_key=None, names=(), *, ca=False, days=30):
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_before(NOW - datetime.timedelta(days=since_days))
         .not_valid_after(NOW + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
@@ -170,6 +170,15 @@ async def test_a_forged_leaf_naming_the_anchor_as_issuer_fails(receivers):
         failed, sink = await attempt({HOST: receivers(forged, forged_key, CA)}, {HOST: secure(TA_CA)})
     assert isinstance(failed, ConnectionFailed) and "chain-invalid" in str(failed.outcome.reply)
     assert [s.result for s in sink.sessions] == [ResultType.CERTIFICATE_NOT_TRUSTED]
+
+
+async def test_an_expired_certificate_under_dane_ta_is_reported_as_expired(receivers):
+    expired, expired_key = make(HOST, "DANE Test CA", CA_KEY, (HOST,), since_days=60, days=-30)
+    with trio.fail_after(30):
+        failed, sink = await attempt({HOST: receivers(expired, expired_key, CA)}, {HOST: secure(TA_CA)})
+    assert isinstance(failed, ConnectionFailed)
+    assert "outside its validity dates" in str(failed.outcome.reply)
+    assert [s.result for s in sink.sessions] == [ResultType.CERTIFICATE_EXPIRED]
 
 
 async def test_a_mismatch_skips_the_host_and_never_falls_back_to_plaintext(receivers):

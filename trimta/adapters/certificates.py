@@ -75,3 +75,12 @@ def issued_by_at(now: datetime.datetime) -> IssuedBy:
         return True
 
     return issued_by
+
+
+def outside_validity(der: bytes, now: datetime.datetime) -> bool:
+    """Whether the certificate is expired or not yet valid at `now` (False if unreadable)."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return False
+    return not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc

@@ -44,7 +44,7 @@ from typing import NoReturn, Protocol, TypeVar
 
 import trio
 
-from trimta.adapters.certificates import issued_by_at, presented_certificate
+from trimta.adapters.certificates import issued_by_at, outside_validity, presented_certificate
 from trimta.adapters.network import (
     ConnectFailed,
     NetworkBackend,
@@ -479,11 +479,13 @@ class OutboundConnection:
         if result.matched is not None and result.authenticated:
             self.dane = usage_label(result.matched)
             return
-        text = (f"DANE: the certificate of {self._where()} does not match its TLSA records "
-                f"({result.verdict.value}; {dane.label})")
+        why = result.verdict.value
+        report = _VERDICT_RESULTS.get(result.verdict, ResultType.VALIDATION_FAILURE)
+        if result.verdict is Verdict.CHAIN_INVALID and outside_validity(chain[0].der, now):
+            why, report = f"{why}: the server certificate is outside its validity dates", ResultType.CERTIFICATE_EXPIRED
+        text = f"DANE: the certificate of {self._where()} does not match its TLSA records ({why}; {dane.label})"
         await self._goodbye()
-        self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True,
-                   dane_result=_VERDICT_RESULTS.get(result.verdict, ResultType.VALIDATION_FAILURE))
+        self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True, dane_result=report)
 
     async def _authenticate(self) -> None:
         """AUTH PLAIN as ``smtp_auth_plain_username``, only where the credential is safe.
