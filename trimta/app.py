@@ -176,7 +176,8 @@ class App:
             paths=paths,
             rule_store=FileRuleStore(config.spool.path),
             dane=resolver,
-            shared_rules=RedisRules.from_config(config.cluster) if config.cluster is not None else None,
+            shared_rules=RedisRules.from_config(config.cluster, config.spool.path)
+            if config.cluster is not None else None,
         )
         if dane_enabled(config.delivery.path_provider,
                         config.shaping_loaded.shaping if config.shaping_loaded is not None else None):

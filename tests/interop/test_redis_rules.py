@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ import trio
 from trimta.adapters.redis_rules import RedisRules
 from trimta.testing.harness import DeliveryHarness
 from trimta.testing.network import accepting, refusing
+from trimta.testing.rules import MemoryRuleStore
 
 from .brokers import Redis
 
@@ -43,11 +45,14 @@ def redis(tmp_path):
 
 @asynccontextmanager
 async def node(url: str, *, receiver=None, clock: Callable[[], float] = trio.current_time,
+               outbox_dir: Path | None = None, rule_store: MemoryRuleStore | None = None,
                ) -> AsyncIterator[tuple[DeliveryHarness, RedisRules]]:
-    shared = RedisRules(url, clock=clock, timeout_s=5, retry_s=0.2)
-    h = DeliveryHarness(config=BASE, shared_rules=shared, clock=clock)
+    """A node; with `rule_store` and `outbox_dir` of an earlier one, that node restarted."""
+    shared = RedisRules(url, clock=clock, timeout_s=5, retry_s=0.2, outbox_dir=outbox_dir)
+    h = DeliveryHarness(config=BASE, shared_rules=shared, clock=clock, rule_store=rule_store)
     h.resolver.add_domain("example.net", "127.0.0.10")
     h.network.add_receiver("127.0.0.10", 25, receiver or accepting())
+    h.engine.restore([])  # the rules it kept, as a daemon restores them at start
     async with h.running():
         yield h, shared
 
@@ -155,3 +160,23 @@ async def test_a_redis_that_lost_its_data_is_given_the_rules_again_by_the_nodes(
         async with node(redis.url) as (c, _):
             assert suspended_ids(c) == {rule.id}
         assert suspended_ids(a) == {rule.id}
+
+
+async def test_a_rule_made_while_redis_is_away_survives_a_restart_of_its_node_and_reaches_the_others(
+    redis, tmp_path,
+):
+    store = MemoryRuleStore()
+    async with node(redis.url) as (b, _):
+        async with node(redis.url, outbox_dir=tmp_path, rule_store=store) as (a, a_shared):
+            before = await a.engine.rules.suspend(tenant="globex", duration_s=3600, reason="before the outage")
+            await until(lambda: suspended_ids(b) == {before.id})
+            redis.stop()
+            await until(lambda: not a_shared.connected)
+            rule = await a.engine.rules.suspend(tenant="acme", duration_s=3600, reason="during the outage")
+        # Node a restarted while Redis is still away: it holds the rule from its own store...
+        async with node(redis.url, outbox_dir=tmp_path, rule_store=store) as (again, _):
+            assert suspended_ids(again) == {before.id, rule.id}
+            redis.start()
+            # ... and writes it to Redis when it answers, before taking Redis's rules as the truth.
+            await until(lambda: suspended_ids(b) == {before.id, rule.id})
+            assert suspended_ids(again) == {before.id, rule.id}

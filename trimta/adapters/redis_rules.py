@@ -21,9 +21,10 @@ Clocks: a rule's times are kept on the server's clock (``TIME``) and each node t
 them into its own with the offset it measured at its last read, so every node ends a
 rule at the same moment whatever its own clock says.
 
-Redis away: `publish` and `withdraw` keep the change (in memory, in order) and
-return False; it is written when Redis answers again, before the set is read, so a
-rule made during an outage is not lost to the resync. If Redis comes back without
+Redis away: `publish` and `withdraw` keep the change (in order, in memory and in
+``operator-rules-unshared.json`` in the spool directory) and return False; it is
+written when Redis answers again, before the set is read, so a rule made during an
+outage is not lost to the resync, even if the node was restarted meanwhile. If Redis comes back without
 the rules at all (a new server, its data lost: no ``seeded`` key), the first node to
 see it writes the rules it holds, and the others take those.
 
@@ -40,6 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -50,6 +52,7 @@ from coredis.retry import NoRetryPolicy
 
 from trimta.adapters.cluster_config import ClusterConfig, display_url
 from trimta.adapters.redis_limits import ClusterUnavailable
+from trimta.adapters.rules_store import write_atomically
 from trimta.core.admin import AnyRule, rule_from_dict, rule_to_dict
 
 log = logging.getLogger(__name__)
@@ -92,13 +95,15 @@ class RuleListener(Protocol):
 
 _SCRIPTS = {"put": PUT_SCRIPT, "remove": REMOVE_SCRIPT, "load": LOAD_SCRIPT}
 RETRY_S = 1.0  # between attempts to reach Redis during an outage
+OUTBOX_FILE = "operator-rules-unshared.json"  # in the spool directory
 
 
 class RedisRules:
     """This node's side of the shared operator rules (a `SharedRules`); run `follow`."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, timeout_s: float = 1.0,
-                 pool_size: int = 2, prefix: str = "trimta:", retry_s: float = RETRY_S) -> None:
+                 pool_size: int = 2, prefix: str = "trimta:", retry_s: float = RETRY_S,
+                 outbox_dir: Path | None = None) -> None:
         self.url = url
         self.clock = clock
         self.timeout_s = timeout_s
@@ -112,7 +117,10 @@ class RedisRules:
         self._shas: dict[str, str] = {}
         self._offset_s = 0.0  # server clock minus this node's, as last measured
         self._version = 0
-        self._outbox: list[tuple[str, Any]] = []  # ("put", rule) / ("remove", id) made while Redis was away
+        # ("put", rule) / ("remove", id) made while Redis was away, kept in `outbox_path` too
+        # (so a node restarted before Redis returns still writes them).
+        self.outbox_path = outbox_dir / OUTBOX_FILE if outbox_dir is not None else None
+        self._outbox: list[tuple[str, Any]] = self._load_outbox()
         self._lock = trio.Lock()  # one writer at a time: the outbox keeps its order
         self._seeded = False
         self._session_scope = trio.CancelScope()
@@ -121,8 +129,40 @@ class RedisRules:
         self.resyncs = 0
 
     @classmethod
-    def from_config(cls, config: ClusterConfig, *, clock: Callable[[], float] = time.time) -> RedisRules:
-        return cls(config.redis_url, clock=clock, timeout_s=config.timeout_s, pool_size=min(2, config.pool_size))
+    def from_config(cls, config: ClusterConfig, spool_dir: Path, *,
+                    clock: Callable[[], float] = time.time) -> RedisRules:
+        return cls(config.redis_url, clock=clock, timeout_s=config.timeout_s, pool_size=min(2, config.pool_size),
+                   outbox_dir=spool_dir)
+
+    # --- changes kept while Redis is away -----------------------------------------------------
+
+    def _load_outbox(self) -> list[tuple[str, Any]]:
+        if self.outbox_path is None:
+            return []
+        try:
+            items = json.loads(self.outbox_path.read_text(encoding="utf-8"))
+            return [("put", rule_from_dict(item["rule"])) if item["op"] == "put" else ("remove", str(item["id"]))
+                    for item in items]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("operator rule changes kept for Redis in %s are not readable, dropped: %s",
+                      self.outbox_path, exc)
+            return []
+
+    async def _save_outbox(self) -> None:
+        if self.outbox_path is None:
+            return
+        items = [{"op": "put", "rule": rule_to_dict(what)} if op == "put" else {"op": "remove", "id": what}
+                 for op, what in self._outbox]
+        try:
+            await trio.to_thread.run_sync(write_atomically, self.outbox_path, json.dumps(items).encode())
+        except OSError as exc:
+            log.error("operator rule changes for Redis not kept in %s (kept in memory): %s", self.outbox_path, exc)
+
+    async def _keep(self, change: tuple[str, Any]) -> None:
+        self._outbox.append(change)
+        await self._save_outbox()
 
     # --- changes made on this node -------------------------------------------------------------
 
@@ -137,12 +177,12 @@ class RedisRules:
     async def _write(self, change: tuple[str, Any]) -> bool:
         async with self._lock:
             if self._client is None or not self.connected or self._outbox:
-                self._outbox.append(change)
+                await self._keep(change)
                 return False
             try:
                 await self._send(change)
             except ClusterUnavailable as exc:
-                self._outbox.append(change)
+                await self._keep(change)
                 log.warning("operator rule change kept on this node until Redis answers: %s", exc)
                 self._session_scope.cancel()  # reconnect: the change is written before the next resync
                 return False
@@ -235,9 +275,13 @@ class RedisRules:
                                 len(rules))
                 for rule in rules:
                     await self._send(("put", rule))
-            while self._outbox:
-                await self._send(self._outbox[0])
-                self._outbox.pop(0)
+            if self._outbox:
+                now = self.clock()
+                for op, what in self._outbox:
+                    if op == "remove" or what.expires > now:
+                        await self._send((op, what))
+                self._outbox.clear()
+                await self._save_outbox()
             rules = self._measure_offset(await self._load())
             if not self.connected and self.outages:
                 log.warning("Redis %s answers again: operator rules resynced (%d in force)",

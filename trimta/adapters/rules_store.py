@@ -64,12 +64,12 @@ class FileRuleStore:
         data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
         async with self._lock:
             try:
-                await trio.to_thread.run_sync(_replace, self.path, data)
+                await trio.to_thread.run_sync(write_atomically, self.path, data)
             except OSError as exc:
                 raise RulesStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
 
-def _replace(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as file:
         file.write(data)
