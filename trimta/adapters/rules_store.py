@@ -81,3 +81,6 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+_replace = write_atomically  # the older name (trimta/adapters/xfer_store.py uses it)
