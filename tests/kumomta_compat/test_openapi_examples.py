@@ -181,12 +181,18 @@ def test_the_trace_headers_example_is_not_json_and_is_refused(daemon):
     assert status == 400 and "not valid JSON" in refused["error"]  # comments, trailing commas
 
 
-@pytest.mark.xfail(strict=True, reason="inject v1's deferred_spool, deferred_generation, trace_headers and "
-                   "per-recipient metadata are not supported yet (issue 16); trimta refuses them as unknown fields")
 def test_the_generated_inject_example(daemon):
+    """Every field of InjectV1Request: metadata, trace_headers, deferred_*, the Jinja dialect."""
     status, answer = call(daemon, "POST", "/api/inject/v1", example("api_inject_v1_post.request"))
     assert status == 200, answer
     check(answer, "api_inject_v1_post.response", "InjectV1Response")
+    assert answer["success_count"] == 1
+    in_queue(daemon, "mailbox-example.com")
+    _, sample = call(daemon, "GET", "/api/admin/inspect-sched-q/v1?queue_name=mailbox-example.com&want_body=true")
+    (message,) = sample["messages"]
+    assert message["message"]["meta"]["campaign_id"] == "promo-2026-q2"
+    # trace_headers: received_header and supplemental_header false: the content as sent, nothing added
+    assert message["message"]["data"] == "From: user@example.com\r\nSubject: Hello\r\n\r\nHello there\r\n"
 
 
 # --- admin rules ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -55,6 +55,7 @@ class Submission:
     tenant: str | None = None  # from an authenticated identity; wins over headers
     campaign: str | None = None
     add_trace_header: bool = True
+    meta: Mapping[str, Any] | None = None  # KumoMTA's message metadata, for every recipient (inject's metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ def prepare(
             created=now,
             reception=rec,
             id=data_id if i == 0 else None,
+            meta=dict(submission.meta) if submission.meta else None,
         )
         for i, recipient in enumerate(submission.recipients)
     )

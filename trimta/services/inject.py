@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -45,8 +46,9 @@ from trimta.services.acceptance import Acceptor, Submission
 from trimta.services.templates import BoundedSandbox, render_bounded
 
 REQUEST_FIELDS = ("envelope_sender", "recipients", "content", "substitutions", "tenant", "campaign",
-                  "template_dialect")
-RECIPIENT_FIELDS = ("email", "name", "substitutions")
+                  "template_dialect", "deferred_spool", "deferred_generation", "trace_headers")
+RECIPIENT_FIELDS = ("email", "name", "substitutions", "metadata")
+TRACE_HEADER_FIELDS = ("received_header", "supplemental_header", "header_name", "include_meta_names")
 CONTENT_FIELDS = ("subject", "from", "reply_to", "headers", "text_body", "html_body", "attachments")
 ADDRESS_FIELDS = ("email", "name")
 ATTACHMENT_FIELDS = ("data", "base64", "content_type", "file_name", "content_id")
@@ -64,6 +66,20 @@ class Recipient:
     email: str
     name: str | None = None
     substitutions: Mapping[str, Any] = field(default_factory=dict)
+    # KumoMTA's per-recipient metadata: set on the message's meta.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceHeaders:
+    """KumoMTA's ``trace_headers``: whether to add ``Received``, and the supplemental header
+    (``X-KumoRef``: base64 of ``{"_@_": "\\_/", "recipient": ..., meta named in
+    include_meta_names}``) by which feedback reports are matched back to the message."""
+
+    received_header: bool = False
+    supplemental_header: bool = True
+    header_name: str = "X-KumoRef"
+    include_meta_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +120,8 @@ class InjectRequest:
     tenant: str | None = None
     campaign: str | None = None
     template_dialect: str = "Jinja"
+    # None: trimta's default (a Received header, no supplemental header).
+    trace_headers: TraceHeaders | None = None
 
 
 def parse_inject_request(body: Any) -> InjectRequest:
@@ -127,6 +145,10 @@ def parse_inject_request(body: Any) -> InjectRequest:
     else:
         raise f.error("content", f"expected a message as a string or an object to build one from, "
                                  f"got {json_type(content)}")
+    # KumoMTA's deferred_spool and deferred_generation trade durability or back pressure for
+    # speed; trimta answers once every message is rendered and durable in either case.
+    f.boolean("deferred_spool")
+    f.boolean("deferred_generation")
     dialect = f.string("template_dialect", default="Jinja")
     if dialect not in DIALECTS:
         raise f.error("template_dialect", f"expected one of {', '.join(DIALECTS)}, got {dialect!r}")
@@ -138,7 +160,23 @@ def parse_inject_request(body: Any) -> InjectRequest:
         tenant=f.string("tenant", non_empty=True),
         campaign=f.string("campaign", non_empty=True),
         template_dialect=dialect or "Jinja",
+        trace_headers=_parse_trace_headers(f.value("trace_headers")),
     )
+
+
+def _parse_trace_headers(value: Any) -> TraceHeaders | None:
+    if value is None:
+        return None
+    f = JsonFields(value, "trace_headers", TRACE_HEADER_FIELDS)
+    name = f.string("header_name", default="X-KumoRef") or ""
+    if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name):
+        raise f.error("header_name", f"expected a header field name like \"X-KumoRef\", got {name!r}")
+    names = f.array("include_meta_names") or []
+    if not all(isinstance(n, str) for n in names):
+        raise f.error("include_meta_names", "expected an array of meta names (strings)")
+    return TraceHeaders(received_header=f.boolean("received_header"),
+                        supplemental_header=f.boolean("supplemental_header", True),
+                        header_name=name, include_meta_names=tuple(names))
 
 
 def _parse_recipient(item: Any, where: str) -> Recipient:
@@ -147,7 +185,7 @@ def _parse_recipient(item: Any, where: str) -> Recipient:
     f = JsonFields(item, where, RECIPIENT_FIELDS)
     email = f.string("email", required=True)
     assert email is not None
-    return Recipient(email, f.string("name"), f.object("substitutions") or {})
+    return Recipient(email, f.string("name"), f.object("substitutions") or {}, f.object("metadata") or {})
 
 
 def _parse_mailbox(value: Any, where: str) -> Mailbox | None:
@@ -376,8 +414,8 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
     if isinstance(content, str):
         data = crlf(text(templates.message) or "")
         _check_message(data)
-        return data
-    return build_message(
+        return supplemental_header(request, recipient) + data
+    return supplemental_header(request, recipient) + build_message(
         content,
         sender=request.envelope_sender,
         to_header=context["to_header"],
@@ -387,6 +425,29 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
         headers=[(name, text(template) or "") for name, template in templates.headers],
         hostname=hostname,
     )
+
+
+def meta_of(request: InjectRequest, recipient: Recipient) -> dict[str, Any]:
+    """The message's meta: the request's tenant and campaign, the recipient's metadata."""
+    meta: dict[str, Any] = {}
+    if request.tenant:
+        meta["tenant"] = request.tenant
+    if request.campaign:
+        meta["campaign"] = request.campaign
+    meta.update(recipient.metadata)
+    return meta
+
+
+def supplemental_header(request: InjectRequest, recipient: Recipient) -> bytes:
+    """KumoMTA's supplemental trace header for one recipient (none unless asked for)."""
+    trace = request.trace_headers
+    if trace is None or not trace.supplemental_header:
+        return b""
+    payload: dict[str, Any] = {"_@_": "\\_/", "recipient": recipient.email}
+    meta = meta_of(request, recipient)
+    payload.update({name: meta[name] for name in trace.include_meta_names if name in meta})
+    encoded = base64.b64encode(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return trace.header_name.encode("ascii") + b": " + encoded + b"\r\n"
 
 
 # --- injecting -------------------------------------------------------------------------------
@@ -435,18 +496,24 @@ class Injector:
             else:
                 result.fail(recipient.email, "not a valid recipient address")
         rendered = await trio.to_thread.run_sync(self._render_all, request, templates, valid)
-        groups: dict[bytes, list[str]] = {}
+        # Recipients share a stored copy when their data and their metadata are the same.
+        groups: dict[tuple[bytes, str], list[Recipient]] = {}
         for recipient, data in rendered:
             if isinstance(data, str):
                 result.fail(recipient.email, data)
             else:
-                groups.setdefault(data, []).append(recipient.email)
+                key = json.dumps(recipient.metadata, sort_keys=True, default=str) if recipient.metadata else ""
+                groups.setdefault((data, key), []).append(recipient)
         reception = Reception(peer_address=peer, listener=listener, protocol="HTTP")
+        trace = request.trace_headers
 
-        async def accept(data: bytes, recipients: list[str]) -> None:
+        async def accept(data: bytes, group: list[Recipient]) -> None:
+            recipients = [r.email for r in group]
             accepted = await self.acceptor.accept(Submission(
                 sender=request.envelope_sender, recipients=recipients, data=data, reception=reception,
                 tenant=request.tenant, campaign=request.campaign,
+                add_trace_header=trace is None or trace.received_header,
+                meta=dict(group[0].metadata) or None,
             ))
             if accepted.reply.is_positive:
                 result.success_count += len(accepted.messages)
@@ -458,12 +525,12 @@ class Injector:
                     result.fail(email, str(accepted.reply))
 
         if len(groups) == 1:
-            ((data, recipients),) = groups.items()
-            await accept(data, recipients)
+            (((data, _), group),) = groups.items()
+            await accept(data, group)
         elif groups:
             async with trio.open_nursery() as nursery:
-                for data, recipients in groups.items():
-                    nursery.start_soon(accept, data, recipients)
+                for (data, _), group in groups.items():
+                    nursery.start_soon(accept, data, group)
         return result
 
     def _render_all(self, request: InjectRequest, templates: _Templates,
