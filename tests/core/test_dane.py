@@ -6,6 +6,8 @@ import datetime
 import hashlib
 
 from cryptography import x509
+from hypothesis import given
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -215,3 +217,30 @@ def test_labels_and_presentation():
     assert (policy_label([ee]), policy_label([ta, ee]), policy_label([TlsaRecord(0, 0, 1, b"\1" * 32)])) \
         == ("dane-ee", "dane-ee+dane-ta", "insecure")
     assert presentation(ee) == "3 1 1 " + "ab" * 32
+
+
+# --- Properties -------------------------------------------------------------------------
+
+
+@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), st.binary(max_size=80))
+def test_usable_exactly_for_dane_usages_known_parameters_and_right_digest_lengths(usage, selector, mtype, data):
+    lengths = {1: 32, 2: 64}
+    expected = (usage in (2, 3) and selector in (0, 1) and mtype in (0, 1, 2) and len(data) > 0
+                and (mtype == 0 or len(data) == lengths[mtype]))
+    assert TlsaRecord(usage, selector, mtype, data).usable() is expected
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_a_digest_other_than_the_certificates_never_authenticates(digest):
+    real = hashlib.sha256(spki(LEAF)).digest()
+    result = check([TlsaRecord(3, 1, 1, digest), TlsaRecord(2, 1, 1, digest)], chain(LEAF, CA), ["mx.example.net"],
+                   issued_by_at(NOW))
+    assert result.authenticated is (digest == real)
+
+
+@given(st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,10}){1,3}", fullmatch=True))
+def test_a_wildcard_matches_exactly_one_more_label(name):
+    _, _, rest = name.partition(".")
+    assert name_matches(f"*.{rest}", name)
+    assert not name_matches(f"*.{name}", name)
+    assert not name_matches(f"*.{rest}", f"x.{name}")  # two labels where the wildcard stands for one
