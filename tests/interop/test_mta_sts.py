@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import datetime
 import http.server
+import json
 import smtplib
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -314,3 +317,30 @@ def test_a_policy_host_with_an_invalid_certificate_means_no_policy_and_is_report
     assert receivers["mx2.enf.test"].messages == [{"recipients": ["fay@web.test"], "tls": False}]
     wait_for(lambda: "sts-webpki-invalid" in daemon.stderr(), "the reported fetch failure")
     assert "MTA-STS policy of web.test: fetch failed" in daemon.stderr()
+
+
+def resolve_site(daemon, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trimta", "resolve-site", "--config", str(daemon.config_path), *args],
+                          cwd=daemon.directory, capture_output=True, text=True, timeout=120)
+
+
+def test_resolve_site_shows_the_policy_that_applies_and_why(relay, policy_host, receivers):
+    shown = resolve_site(relay, "enf.test", "tst.test", "web.test")
+    assert shown.returncode == 0, shown.stderr
+    enf, tst, web = shown.stdout.split("\n\n")
+    assert "site: mx1.enf.test" in enf
+    assert "mta-sts: enforce (id 20261203, mx mx1.enf.test, max_age 86400s; fetched)" in enf
+    assert "mta-sts: not used, not in the policy: backup.other.test" in enf
+    assert "mta-sts: testing" in tst and "would not be used under enforce, not in the policy: mx2.enf.test" in tst
+    assert "mta-sts: no policy (policy fetch failed" in web and "certificate not valid" in web
+
+    # The daemon's cache, read by resolve-site while the policy host is down.
+    daemon = relay.start()
+    send(daemon, "gus@enf.test")
+    wait_for(lambda: records_to(daemon, "Delivery", "gus@enf.test"), "the delivery")
+    policy_host.stop()
+    shown = resolve_site(relay, "--json", "enf.test")
+    [row] = json.loads(shown.stdout)
+    assert row["site"] == "mx1.enf.test"
+    assert row["mta_sts"]["mode"] == "enforce" and row["mta_sts"]["how"] == "cached"
+    assert row["mta_sts"]["excluded"] == ["backup.other.test"]

@@ -71,7 +71,10 @@ class PolicyFetcher:
     async def fetch(self, domain: str) -> bytes:
         host = f"mta-sts.{domain.strip().lower().removesuffix('.')}"
         with trio.move_on_after(self.timeout_s) as scope:
-            return await self._fetch(host)
+            try:
+                return await self._fetch(host)
+            except (OSError, ssl.SSLError, ValueError) as exc:  # whatever the network did besides
+                raise FetchFailed(f"https://{host}{POLICY_PATH}: {type(exc).__name__}: {exc}") from None
         assert scope.cancelled_caught
         raise FetchFailed(f"https://{host}{POLICY_PATH}: no answer within {self.timeout_s:g}s")
 
