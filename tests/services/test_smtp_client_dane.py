@@ -9,6 +9,7 @@ outcome, and the sessions reported to the TLS-report sink.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -283,3 +284,30 @@ async def test_auth_plain_goes_over_a_dane_authenticated_session_but_not_an_unau
     assert authenticated.connections[0].auth_user == "daniel"
     assert refused is not None and "certificate was not verified" in str(refused.outcome.reply)
     assert unauthenticated.connections[0].auth_user is None
+
+
+def test_a_host_under_dane_is_not_reported_again_as_an_mta_sts_session():
+    """DANE takes precedence over MTA-STS for a host (RFC 8461 section 2): its sessions are DANE's."""
+    from types import SimpleNamespace
+
+    from trimta.core.mta_sts import MtaStsPolicy, StsApplied, parse_policy
+    from trimta.protocol.replies import reply
+    from trimta.services.mta_sts_sessions import StsQueueState
+    from trimta.services.smtp_client import TargetFailure
+
+    policy = parse_policy("version: STSv1\nmode: enforce\nmx: *.dane.test\nmax_age: 86400\n")
+    assert isinstance(policy, MtaStsPolicy)
+    state, sink = StsQueueState(), Sink()
+    state.note("dane.test", StsApplied("dane.test", policy, "id1"))
+    path = EgressPathConfig(enable_tls=TlsPolicy.REQUIRED)
+    tls_failure = TargetFailure(HOST, "127.0.0.1", reply(451, "4.7.5", "TLS with x failed: no"), "STARTTLS", True,
+                                True)
+    under_dane = dataclasses.replace(tls_failure, dane="dane-ee")
+    conn = SimpleNamespace(peer_host=HOST, peer_address="127.0.0.1", tls_version="TLSv1.3", dane="dane-ee",
+                           skipped=(under_dane, tls_failure))
+    state.opened("dane.test", conn, path, sink)
+    assert [s.receiving_mx_hostname for s in sink.sessions] == [HOST]  # the failure not under DANE, only
+    assert len(sink.sessions) == 1 and not sink.sessions[0].succeeded
+    plain = SimpleNamespace(peer_host=HOST, peer_address="127.0.0.1", tls_version="TLSv1.3", dane=None, skipped=())
+    state.opened("dane.test", plain, path, sink)
+    assert len(sink.sessions) == 2 and sink.sessions[1].succeeded
