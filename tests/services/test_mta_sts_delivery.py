@@ -13,7 +13,7 @@ from trimta.testing.network import FakeTls, accepting
 BASE = """
 [egress.default]
 prohibited_hosts = []
-"""
+"""  # a harness's extra config continues this table
 
 
 def policy(mode: str, *mx: str) -> bytes:
@@ -191,3 +191,19 @@ async def test_an_unreachable_policy_host_delivers_as_without_a_policy(autojump_
     assert len(plain.messages) == 1
     assert "mta_sts" not in h.records("Delivery")[0]
     assert [r.result for r in sink.results] == [ResultType.STS_POLICY_FETCH_ERROR]
+
+
+async def test_a_connection_being_opened_when_enforce_arrives_carries_no_enforced_mail(autojump_clock):
+    h, policies, _ = harness("connection_limit = 1\n")
+    h.resolver.add_domain("plain.net", "127.0.0.11", mx="mx1.example.com")
+    h.resolver.add_domain("example.com", "127.0.0.11", mx="mx1.example.com")
+    publish(h, policies, "example.com", policy("enforce", "mx1.example.com"))
+    # A slow receiver: the first connection is still being set up when the enforced message comes.
+    plain = h.network.add_receiver("127.0.0.11", 25, accepting("mx1.example.com", tls=FakeTls.NONE, latency_s=5))
+    async with h.running():
+        await h.inject(recipients=["a@plain.net"])
+        await until(lambda: h.network.connections_open == 1)
+        await h.inject(recipients=["b@example.com"])
+        await until(lambda: h.records("TransientFailure"))
+    assert [m.recipients for m in plain.messages] == [("a@plain.net",)]
+    assert h.records("TransientFailure")[0]["recipient"] == "b@example.com"

@@ -466,11 +466,12 @@ class ReadyQueue:
                 if turn is None:
                     message = None  # put back: the queue waits
                     return
+                # Read before connecting: `_open` chooses the TLS it requires from it at once.
+                opened_enforced = self.mta_sts.enforced
                 conn = await self._open(message)
                 if conn is None:
                     message = None  # its outcome is recorded
                     return
-                opened_enforced = self.mta_sts.enforced
                 sent = 0
                 while message is not None:
                     if sent and self.mta_sts.enforced and not opened_enforced:
