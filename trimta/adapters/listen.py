@@ -32,6 +32,7 @@ import mmap
 import os
 import resource
 import socket
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -339,7 +340,7 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     groups: list[list[trio.SocketListener]] = [[] for _ in range(count)]
     bound: list[trio.socket.SocketType] = []
-    guards: list[tuple[str, int] | None] = []  # taken by this call
+    guards: list[tuple[str, int]] = []  # taken by this call
     try:
         for family, type_, proto, _, address in infos:
             if not shared and address[1] != 0:
@@ -360,16 +361,20 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
             if shared:
                 _check_not_held_exclusively(family, address)
             else:
-                guards.append(_hold_exclusively(address))
+                key, taken = _hold_exclusively(address)
+                if taken:
+                    guards.append(key)
                 _check_no_foreign_socket(family, address, {os.fstat(s.fileno()).st_ino for s in bound})
             for group, sock in zip(groups, bound):
                 sock.listen(socket.SOMAXCONN)
                 group.append(trio.SocketListener(sock))
+            if not shared:
+                _tie_guard(key, bound)
             bound.clear()
     except BaseException:
-        for key in guards:
-            if key is not None:
-                _EXCLUSIVE_GUARDS.pop(key).close()
+        for taken_key in guards:
+            if taken_key not in _GUARD_USERS:
+                _EXCLUSIVE_GUARDS.pop(taken_key).close()
         for sock in bound:
             sock.close()
         for group in groups:
@@ -380,9 +385,11 @@ async def open_listeners(host: str, port: int, count: int, *, shared: bool = Fal
 
 
 # Addresses this process listens on without sharing: an abstract Unix socket named for
-# each, held while the process lives (the kernel drops it when the process ends, even by
-# kill -9), tells a daemon with shared_port = true that the address is not to be shared.
+# each, held while a listening socket of this process on the address exists (the kernel
+# drops it when the process ends, even by kill -9), tells a daemon with
+# shared_port = true that the address is not to be shared.
 _EXCLUSIVE_GUARDS: dict[tuple[str, int], socket.socket] = {}
+_GUARD_USERS: dict[tuple[str, int], int] = {}  # listening sockets still holding each guard
 _WILDCARDS: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
 
@@ -390,20 +397,40 @@ def _guard_name(host: str, port: int) -> bytes:
     return f"\x00trimta-exclusive-listener:{ipaddress.ip_address(host)}:{port}".encode()
 
 
-def _hold_exclusively(address: tuple) -> tuple[str, int] | None:
-    """Mark `address` as this daemon's alone (see `_check_not_held_exclusively`); the key
-    of the guard if this call took it."""
+def _hold_exclusively(address: tuple) -> tuple[tuple[str, int], bool]:
+    """Mark `address` as this daemon's alone (see `_check_not_held_exclusively`): the
+    guard's key, and whether this call took the guard."""
     key = (str(ipaddress.ip_address(address[0])), address[1])
     if key in _EXCLUSIVE_GUARDS or not hasattr(socket, "AF_UNIX"):
-        return None
+        return key, False
     guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         guard.bind(_guard_name(*key))
     except OSError:  # no abstract namespace (not Linux), or held by a twin the checks let through
         guard.close()
-        return None
+        return key, False
     _EXCLUSIVE_GUARDS[key] = guard
-    return key
+    return key, True
+
+
+def _tie_guard(key: tuple[str, int], sockets: Iterable[object]) -> None:
+    """Keep the guard of `key` while any of `sockets` exists; closed with the last."""
+    if key not in _EXCLUSIVE_GUARDS:
+        return
+    for sock in sockets:
+        _GUARD_USERS[key] = _GUARD_USERS.get(key, 0) + 1
+        weakref.finalize(sock, _untie_guard, key)
+
+
+def _untie_guard(key: tuple[str, int]) -> None:
+    left = _GUARD_USERS.get(key, 1) - 1
+    if left > 0:
+        _GUARD_USERS[key] = left
+        return
+    _GUARD_USERS.pop(key, None)
+    guard = _EXCLUSIVE_GUARDS.pop(key, None)
+    if guard is not None:
+        guard.close()
 
 
 def _check_not_held_exclusively(family: int, address: tuple) -> None:
