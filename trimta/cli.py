@@ -14,7 +14,7 @@ import sys
 from typing import NoReturn
 
 COMMAND_MODULES = ("serve", "check_config", "resolve_site", "simulate", "admin", "kumo", "top", "inject", "shaping",
-                   "dkim")
+                   "dkim", "xfer")
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +19,7 @@ from aiosmtpd.controller import Controller
 
 from tests.dnsmasq import Dnsmasq
 
-from .conftest import Daemon, free_port
+from .conftest import ROOT, Daemon, free_port
 from .test_delivery_e2e import wait_for
 
 ZONE = ["--mx-host=xfer.test,mx.xfer.test,10", "--host-record=mx.xfer.test,127.0.0.51"]
@@ -99,6 +101,11 @@ def inject(d: Daemon, first: int, count: int) -> None:
     assert status == 200 and answer["success_count"] == count, answer
 
 
+def cli(d: Daemon, *words: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trimta", *words, "--endpoint", url(d)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
 def xfer_progress(d: Daemon) -> list:
     status, listed = api(d, "GET", "/api/admin/xfer/v1")
     assert status == 200
@@ -119,9 +126,8 @@ def test_10k_messages_move_to_node_b_through_a_kill_9_of_a_none_lost(make_daemon
     injected_s = time.monotonic() - started
 
     started = time.monotonic()
-    status, answer = api(a, "POST", "/api/admin/xfer/v1", {"target": url(b), "domain": "xfer.test",
-                                                          "reason": "maintenance"})
-    assert (status, answer) == (200, {})
+    done = cli(a, "xfer", "--target", url(b), "--domain", "xfer.test", "--reason", "maintenance")
+    assert done.returncode == 0 and "trimta xfer-list" in done.stdout, done.stderr
     wait_for(lambda: any(q["transferred"] >= 2000 for q in xfer_progress(a)), timeout=120,
              what="a fifth of the messages transferred")
     a.kill9()
@@ -162,3 +168,26 @@ def test_inject_endpoint_refuses_without_the_token_and_without_one_configured(ma
     assert status == 409 and "token" in answer["error"]
     status, answer = api(b, "POST", "/api/admin/xfer/cancel/v1", {"queue_name": "acme@xfer.test", "reason": "x"})
     assert status == 400 and "not an xfer queue" in answer["error"]
+
+
+def test_a_transfer_to_a_node_that_is_down_keeps_the_mail_and_cancel_puts_it_back(make_daemon, dns, receiver):
+    _, port = receiver
+    a = node(make_daemon, dns, port, "node-a").start()
+    status, _ = api(a, "POST", "/api/admin/suspend/v1", {"domain": "xfer.test", "reason": "hold", "duration": "1h"})
+    assert status == 200
+    inject(a, 0, 5)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    done = cli(a, "xfer", "--target", nobody, "--tenant", "acme", "--reason", "drain")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: "connection refused" in cli(a, "xfer-list").stdout, timeout=60, what="a failed batch")
+    listed = cli(a, "xfer-list").stdout
+    assert f"{nobody}.xfer.kumomta.internal" in listed and " 5 " in listed
+    done = cli(a, "xfer-cancel", f"{nobody}.xfer.kumomta.internal", "--reason", "node is gone")
+    assert done.returncode == 0 and "cancelled" in done.stdout, done.stderr
+    assert cli(a, "xfer-list").stdout.strip() == "no transfer in progress"
+    status, summary = api(a, "GET", "/api/admin/queue-summary/v1")
+    assert summary["totals"]["scheduled"] == 5
+    assert len(a.records("AdminRebind")) == 10  # into the xfer queue and back
+    assert a.records("XferOut") == []
+    done = cli(a, "xfer-cancel", nobody, "--reason", "again")
+    assert done.returncode == 1 and "no xfer" in done.stderr
