@@ -45,6 +45,7 @@ BASELINE_BY_DEST = {
     "key_directory": "dkim-keys",
     "queue_name": "acme@example.com",
     "source": "unspecified",
+    "target": "http://127.0.0.1:9",
 }
 BASELINE_BY_METAVAR = {
     "DOMAIN": "example.com", "ADDR": "someone@example.com", "ID": "0001aa", "NAME": "ip-1",

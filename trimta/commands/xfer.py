@@ -12,10 +12,11 @@ from typing import Any
 
 from trimta.adapters.http_client import ApiClient
 from trimta.commands._api import UsageError, add_api_options, api_command, print_json, table
+from trimta.core.xfer import XFER_QUEUE_SUFFIX as SUFFIX
+from trimta.core.xfer import normalize_target
 
 XFER = "/api/admin/xfer/v1"
 XFER_CANCEL = "/api/admin/xfer/cancel/v1"
-SUFFIX = ".xfer.kumomta.internal"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"target": args.target, "reason": args.reason}
+    try:
+        target = normalize_target(args.target)
+    except ValueError as exc:
+        raise UsageError(f"--target: {exc}") from None
+    body: dict[str, Any] = {"target": target, "reason": args.reason}
     for name in ("domain", "routing_domain", "campaign", "tenant"):
         if getattr(args, name):
             body[name] = getattr(args, name)
@@ -77,7 +82,7 @@ def start(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
         return 0
-    target = str(body["target"]).rstrip("/")
+    target = body["target"]
     print(f"transferring to {target}; follow it with: trimta xfer-list")
     print(f"stop it with: trimta xfer-cancel {target}{SUFFIX} --reason ...")
     return 0
