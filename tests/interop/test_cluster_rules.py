@@ -53,3 +53,27 @@ def test_a_suspension_posted_to_one_node_holds_the_other_nodes_mail_until_lifted
         assert [r["num_attempts"] for r in delivered] == [1]  # being held was not an attempt
     finally:
         receiver.stop()
+
+
+def test_a_suspension_lifted_on_one_node_while_redis_is_down_is_lifted_on_the_other_once_it_returns(make_cluster):
+    receiver = CountingReceiver("127.0.0.30", delay_s=0).start()
+    try:
+        cluster = make_cluster(2, extra_config=receiver.egress_config())
+        a, b = cluster[0], cluster[1]
+        _, answer = api(a, "POST", "/api/admin/suspend/v1", {"tenant": "acme", "duration": "1h", "reason": "x"})
+        rule_id = answer["id"]
+        wait_for(lambda: [r["id"] for r in api(b, "GET", "/api/admin/suspend/v1")[1]] == [rule_id],
+                 DEADLINE_S, "node b to list node a's suspension")
+        b.send([receiver.address("held")], tenant="acme")
+        cluster.redis_stop()
+        status, _ = api(a, "DELETE", "/api/admin/suspend/v1", {"id": rule_id})
+        assert status == 200  # lifted on a at once
+        assert api(a, "GET", "/api/admin/suspend/v1")[1] == []
+        time.sleep(QUIET_S)
+        assert receiver.recipients == []  # b still holds it: it cannot hear of the change
+        cluster.redis_start()
+        wait_for(lambda: "held@[127.0.0.30]" in receiver.recipients, DEADLINE_S, "acme's mail, released on b")
+        assert api(b, "GET", "/api/admin/suspend/v1")[1] == []
+        assert "Traceback" not in a.stderr() + b.stderr()
+    finally:
+        receiver.stop()
