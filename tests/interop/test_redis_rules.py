@@ -17,8 +17,13 @@ import pytest
 import trio
 
 from trimta.adapters.redis_rules import RedisRules
+from trimta.core.egress import EgressPathConfig
+from trimta.core.egress_options import StaticPathProvider
+from trimta.core.egress_paths import EgressPathProvider
+from trimta.core.shaping import parse_rule
+from trimta.protocol.replies import reply
 from trimta.testing.harness import DeliveryHarness
-from trimta.testing.network import accepting, refusing
+from trimta.testing.network import accepting, deferring, refusing
 from trimta.testing.rules import MemoryRuleStore
 
 from .brokers import Redis
@@ -46,10 +51,11 @@ def redis(tmp_path):
 @asynccontextmanager
 async def node(url: str, *, receiver=None, clock: Callable[[], float] = trio.current_time,
                outbox_dir: Path | None = None, rule_store: MemoryRuleStore | None = None,
+               paths: EgressPathProvider | None = None,
                ) -> AsyncIterator[tuple[DeliveryHarness, RedisRules]]:
     """A node; with `rule_store` and `outbox_dir` of an earlier one, that node restarted."""
     shared = RedisRules(url, clock=clock, timeout_s=5, retry_s=0.2, outbox_dir=outbox_dir)
-    h = DeliveryHarness(config=BASE, shared_rules=shared, clock=clock, rule_store=rule_store)
+    h = DeliveryHarness(config=BASE, shared_rules=shared, clock=clock, rule_store=rule_store, paths=paths)
     h.resolver.add_domain("example.net", "127.0.0.10")
     h.network.add_receiver("127.0.0.10", 25, receiver or accepting())
     h.engine.restore([])  # the rules it kept, as a daemon restores them at start
@@ -180,3 +186,36 @@ async def test_a_rule_made_while_redis_is_away_survives_a_restart_of_its_node_an
             # ... and writes it to Redis when it answers, before taking Redis's rules as the truth.
             await until(lambda: suspended_ids(b) == {before.id, rule.id})
             assert suspended_ids(again) == {before.id, rule.id}
+
+
+class AutomatedPaths(StaticPathProvider):
+    """Every path with the given automation rules (as a shaping file's would give them)."""
+
+    def __init__(self, *rules):
+        super().__init__()
+        self.rules = rules
+
+    def path_config(self, source, site, domain):
+        return EgressPathConfig(prohibited_hosts=())
+
+    def automation_for(self, source, site, domain):
+        return self.rules
+
+
+async def test_an_automation_action_fired_on_one_node_holds_on_the_other(redis):
+    answer = reply(421, "4.7.0", "[TS04] Messages temporarily deferred due to unexpected volume")
+    rule = parse_rule({"regex": r"\[TS04\]", "action": "SuspendTenant", "duration": "2h"},
+                      origin='"example.net"')
+    async with node(redis.url, receiver=deferring("rcpt_to", first=1, answer=answer),
+                    paths=AutomatedPaths(rule)) as (a, _), \
+            node(redis.url, paths=AutomatedPaths(rule)) as (b, _):
+        await a.inject(recipients=["a@example.net"], tenant="acme")
+        await until(lambda: len(b.engine.rules.suspensions()) == 1)  # fired on a, in force on b
+        (suspension,) = b.engine.rules.suspensions()
+        assert (suspension.tenant, suspension.domain) == ("acme", "example.net")
+        (held,) = await b.inject(recipients=["b@example.net"], tenant="acme")
+        await b.inject(recipients=["g@example.net"], tenant="globex")
+        await until(lambda: len(b.network.messages) == 1)
+        assert [m.recipients for m in b.network.messages] == [("g@example.net",)]
+        assert b.engine.find_message(held.id)[1] == "suspended"
+        assert a.engine.automation.fired == 1 and b.engine.automation.fired == 0
