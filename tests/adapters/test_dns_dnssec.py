@@ -32,6 +32,8 @@ UNBOUND_ZONES = [
         "both IN A 127.0.0.22", "both IN AAAA ::1",
         f"_25._tcp.both IN TLSA 2 0 1 {DIGEST}", f"_25._tcp.both IN TLSA 1 1 1 {DIGEST}",
         "notlsa IN A 127.0.0.23",
+        # CNAMEs: to a host with TLSA records, and to one without (the alias's own count then)
+        "alias IN CNAME mx1", "alias2 IN CNAME notlsa", f"_25._tcp.alias2 IN TLSA 3 1 1 {DIGEST}",
     ]),
     Zone("insec.test", ["mx1 IN A 127.0.0.31", f"_25._tcp.mx1 IN TLSA 3 1 1 {DIGEST}"], Signing.UNSIGNED),
     Zone("bogus.test", ["mx1 IN A 127.0.0.41", f"_25._tcp.mx1 IN TLSA 3 1 1 {DIGEST}"], Signing.BOGUS),
@@ -58,6 +60,16 @@ async def test_every_record_of_the_rrset_comes_back_and_both_address_families_co
         lookup = await resolver_for(unbound).lookup_tlsa("both.sec.test")
     assert lookup.state is DnssecState.SECURE
     assert sorted(r.usage for r in lookup.records) == [1, 2]
+
+
+async def test_behind_a_cname_the_target_s_tlsa_records_come_first_then_the_alias_s(unbound):
+    resolver = resolver_for(unbound)
+    with trio.fail_after(30):
+        to_mx1 = await resolver.lookup_tlsa("alias.sec.test")
+        to_notlsa = await resolver.lookup_tlsa("alias2.sec.test")
+    assert (to_mx1.state, to_mx1.base_domain) == (DnssecState.SECURE, "mx1.sec.test")
+    assert to_mx1.reference_names == ("alias.sec.test", "mx1.sec.test")
+    assert (to_notlsa.state, to_notlsa.base_domain, len(to_notlsa.records)) == (DnssecState.SECURE, "", 1)
 
 
 async def test_a_secure_host_without_tlsa_records_is_not_dane(unbound):

@@ -311,3 +311,14 @@ def test_a_host_under_dane_is_not_reported_again_as_an_mta_sts_session():
     plain = SimpleNamespace(peer_host=HOST, peer_address="127.0.0.1", tls_version="TLSv1.3", dane=None, skipped=())
     state.opened("dane.test", plain, path, sink)
     assert len(sink.sessions) == 2 and sink.sessions[1].succeeded
+
+
+async def test_dane_ta_accepts_the_cname_target_as_a_reference_name(receivers):
+    alias = "alias.dane.test"
+    behind_cname = TlsaLookup(alias, DnssecState.SECURE, (TA_CA,), base_domain=HOST)
+    without = TlsaLookup(alias, DnssecState.SECURE, (TA_CA,))
+    with trio.fail_after(30):
+        ok, _ = await attempt({alias: receivers(LEAF, LEAF_KEY, CA, host=alias)}, {alias: behind_cname})
+        failed, _ = await attempt({alias: receivers(LEAF, LEAF_KEY, CA, host=alias)}, {alias: without})
+    assert ok.delivered and ok.dane == "dane-ta"
+    assert isinstance(failed, ConnectionFailed) and "name-mismatch" in str(failed.outcome.reply)

@@ -34,6 +34,7 @@ Configuration is the ``[dns]`` table of trimta.toml, parsed into a `ResolverConf
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import random
@@ -87,13 +88,15 @@ class Status(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The answer to one question: `MxRecord` values for MX, address strings for A/AAAA,
-    texts for TXT, `TlsaRecord` values for TLSA. `secure`: the resolver set AD."""
+    texts for TXT, `TlsaRecord` values for TLSA. `secure`: the resolver set AD.
+    `canonical`: where CNAMEs led, when they did (empty: the name asked)."""
 
     status: Status
     records: tuple = ()
     ttl_s: float = 0.0
     detail: str = ""
     secure: bool = False
+    canonical: str = ""
 
 
 class RecordLookup(Protocol):
@@ -157,6 +160,10 @@ class DnspythonLookup:
         if answer.rrset is None:
             return Answer(Status.NODATA, secure=secure)
         ttl_s = float(answer.chaining_result.minimum_ttl)
+        if rdtype in ("A", "AAAA"):
+            canonical = answer.canonical_name.to_text().lower().removesuffix(".")
+            return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s, secure=secure,
+                          canonical=canonical if canonical != qname.to_text().lower().removesuffix(".") else "")
         if rdtype == "MX":
             records = []
             for rdata in answer.rrset:
@@ -171,8 +178,6 @@ class DnspythonLookup:
         if rdtype == "TXT":  # each record's strings joined (RFC 6376 3.6.2.2), e.g. DKIM keys
             texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer.rrset)
             return Answer(Status.ANSWER, texts, ttl_s, secure=secure)
-        if rdtype in ("A", "AAAA"):
-            return Answer(Status.ANSWER, tuple(rdata.address for rdata in answer.rrset), ttl_s, secure=secure)
         return Answer(Status.ANSWER, tuple(rdata.to_text() for rdata in answer.rrset), ttl_s, secure=secure)
 
 
@@ -407,6 +412,16 @@ class DnsResolver:
             return TlsaLookup(host, DnssecState.INSECURE, detail="no address records")
         if not all(a.secure for a in with_addresses):
             return TlsaLookup(host, DnssecState.INSECURE, detail=f"the address records of {name} are not DNSSEC-signed")
+        # RFC 7672 section 2.2.2: behind a (secure) CNAME, the TLSA records of the name it
+        # leads to come first, then those of the MX host name.
+        expanded = next((a.canonical for a in with_addresses if a.canonical), "")
+        if expanded:
+            base = await self._tlsa_at(host, expanded, port)
+            if base.state is not DnssecState.INSECURE:
+                return dataclasses.replace(base, base_domain=expanded)
+        return await self._tlsa_at(host, name, port)
+
+    async def _tlsa_at(self, host: str, name: str, port: int) -> TlsaLookup:
         qname = f"_{port}._tcp.{name}"
         tlsa = await self.lookup.lookup(qname, "TLSA")
         if tlsa.status.is_failure:

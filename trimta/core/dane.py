@@ -209,6 +209,14 @@ class TlsaLookup:
     state: DnssecState
     records: tuple[TlsaRecord, ...] = ()
     detail: str = ""  # why insecure or failed, in words for an operator
+    # Where the TLSA records were found when the host is a CNAME (RFC 7672 section 2.2.2);
+    # empty: at the host name itself. A DANE-TA certificate may name either.
+    base_domain: str = ""
+
+    @property
+    def reference_names(self) -> tuple[str, ...]:
+        """The names a DANE-TA server certificate must carry one of (section 3.2.2)."""
+        return (self.host, self.base_domain) if self.base_domain else (self.host,)
 
 
 class DaneDecision(enum.Enum):

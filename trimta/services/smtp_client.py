@@ -475,7 +475,7 @@ class OutboundConnection:
         assert self._stream is not None
         chain = [c for c in map(presented_certificate, self._stream.peer_certificates()) if c is not None]
         now = datetime.datetime.now(datetime.timezone.utc)
-        result = check(dane.lookup.records, chain, [self.peer_host], issued_by_at(now))
+        result = check(dane.lookup.records, chain, dane.lookup.reference_names, issued_by_at(now))
         if result.matched is not None and result.authenticated:
             self.dane = usage_label(result.matched)
             return
