@@ -33,7 +33,10 @@ def test_every_named_selector_must_match_and_none_named_matches_all():
     assert Selector().matches(m) and Selector().everything
     assert Selector(tenant="acme", domain="a.test").matches(m)
     assert not Selector(tenant="acme", domain="b.test").matches(m)
-    assert Selector(routing_domain="a.test", campaign="spring").matches(m)
+    assert not Selector(routing_domain="a.test").matches(m)  # its own domain: no routing domain
+    routed = Message.new(data_id="d", sender="s@x.test", recipient="u@a.test", tenant=None, campaign=None,
+                         size=1, created=0.0, reception=Reception(), routing_domain="relay.test")
+    assert Selector(routing_domain="relay.test", domain="a.test").matches(routed)
     assert not Selector(campaign="autumn").matches(m)
 
 

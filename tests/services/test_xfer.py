@@ -68,8 +68,10 @@ class Node:
                     attempts: int = 2, due_in: float = 3600.0, created: float = 0.0) -> Message:
         m = Message.new(data_id=f"{self.name}-d{i}", sender="s@shop.test", recipient=f"u{i}@{domain}", tenant=tenant,
                         campaign=campaign, size=100, created=created,
-                        reception=Reception(peer_address="192.0.2.1", protocol="ESMTP"), id=f"m{i:05d}")
+                        reception=Reception(peer_address="192.0.2.1", protocol="ESMTP"), id=f"m{i:05d}",
+                        routing_domain="relay.test" if i % 3 == 0 else None)
         m.attempts = attempts
+        m.meta = {"order": f"o-{i}"}
         await self.spool.store(f"body of {i}".encode(), [m])
         self.scheduler.add(m, trio.current_time() + due_in)
         return m
@@ -136,12 +138,16 @@ async def test_selected_messages_move_keeping_id_envelope_tenant_attempts_and_du
     a.scheduler.discard(ready.id)
     a.ready.messages.append(ready)
     moved.append(ready)
-    expected = {m.id: (m.sender, m.recipient, m.tenant, m.campaign, m.attempts, m.due) for m in moved}
+    def kept(m: Message) -> tuple:
+        return (m.sender, m.recipient, m.tenant, m.campaign, m.queue, m.routing_domain, m.meta, m.reception,
+                m.attempts, m.due, m.created)
+
+    expected = {m.id: kept(m) for m in moved}
 
     await a.xfers.start(b.url, Selector(tenant="acme"), "Scaling down")
     await run_until(lambda: not a.xfers.statistics(), a, b)
 
-    got = {m.id: (m.sender, m.recipient, m.tenant, m.campaign, m.attempts, m.due) for m in b.scheduler.messages()}
+    got = {m.id: kept(m) for m in b.scheduler.messages()}
     assert got == expected
     for m in b.scheduler.messages():
         assert await b.spool.load_data(m.data_id) == f"body of {int(m.id[1:])}".encode()

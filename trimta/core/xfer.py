@@ -79,8 +79,9 @@ class Selector:
     """Which queued messages an xfer takes: KumoMTA's criteria over the scheduled queue.
 
     `queue_names`, when given, takes precedence: exactly those scheduled queues. Else
-    every named field must equal the message's (trimta routes by the recipient's
-    domain, so `routing_domain` and `domain` both match it); none named: every message.
+    every named field must equal the message's (`domain` is the recipient's domain,
+    `routing_domain` the one it is routed through when that is another, as in the
+    ``domain!routing`` queue names); none named: every message.
     """
 
     domain: str | None = None
@@ -94,7 +95,7 @@ class Selector:
             return message.queue in self.queue_names
         return (
             (self.domain is None or self.domain == message.domain)
-            and (self.routing_domain is None or self.routing_domain == message.domain)
+            and (self.routing_domain is None or self.routing_domain == message.routing_domain)
             and (self.campaign is None or self.campaign == message.campaign)
             and (self.tenant is None or self.tenant == message.tenant)
         )
