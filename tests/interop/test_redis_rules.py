@@ -89,6 +89,19 @@ async def test_a_suspension_made_on_one_node_holds_the_others_mail_and_lifting_i
     assert delivery["num_attempts"] == 1  # being held was not an attempt
 
 
+async def test_a_rule_made_on_one_node_can_be_cancelled_on_another(redis):
+    async with node(redis.url) as (a, _), node(redis.url) as (b, _):
+        await a.inject(recipients=["a@example.net"], tenant="acme")  # delivered: nothing holds it yet
+        await until(lambda: len(a.network.messages) == 1)
+        rule = await a.engine.rules.suspend(tenant="acme", duration_s=3600, reason="")
+        (held,) = await a.inject(recipients=["b@example.net"], tenant="acme")
+        await until(lambda: suspended_ids(b) == {rule.id})
+        assert a.engine.find_message(held.id)[1] == "suspended"
+        assert await b.engine.rules.cancel_suspension(rule.id)
+        await until(lambda: len(a.network.messages) == 2)  # released on a
+        assert suspended_ids(a) == set() == suspended_ids(b)
+
+
 async def test_a_bounce_made_on_one_node_bounces_the_mail_queued_on_another(redis):
     async with node(redis.url) as (a, _), node(redis.url, receiver=refusing()) as (b, _):
         queued = await b.inject(recipients=["x@example.net", "y@example.net"], tenant="acme", campaign="spring")
