@@ -207,3 +207,29 @@ async def test_a_connection_being_opened_when_enforce_arrives_carries_no_enforce
         await until(lambda: h.records("TransientFailure"))
     assert [m.recipients for m in plain.messages] == [("a@plain.net",)]
     assert h.records("TransientFailure")[0]["recipient"] == "b@example.com"
+
+
+async def test_a_shaping_file_switches_mta_sts_off_for_one_domain(autojump_clock):
+    import tomllib
+
+    from trimta.adapters.delivery_config import parse_delivery_config
+    from trimta.adapters.shaping_files import ShapingProvider, parse_shaping_text
+    from trimta.core.shaping import Shaping
+    from trimta.testing.resolver import FakeResolver
+
+    document, problems = parse_shaping_text('["legacy.example"]\nenable_mta_sts = false\n', "t.toml")
+    assert not problems
+    config = parse_delivery_config(tomllib.loads(BASE), "<test>")
+    resolver, policies, sink = FakeResolver(), Policies(), Sink()
+    sts = MtaStsService(lookup=resolver.table_lookup, fetcher=policies, sink=sink, clock=trio.current_time)
+    h = DeliveryHarness(config=config, resolver=resolver, mta_sts=sts, tls_sink=sink,
+                        paths=ShapingProvider(Shaping([document]), overrides=config.path_provider))
+    for domain in ("legacy.example", "strict.example"):
+        h.resolver.add_domain(domain, "127.0.0.11", mx="mx1.example.com")
+        publish(h, policies, domain, policy("enforce", "mx1.example.com"))
+    plain = h.network.add_receiver("127.0.0.11", 25, accepting("mx1.example.com", tls=FakeTls.NONE))
+    async with h.running():
+        await h.inject(recipients=["a@legacy.example", "b@strict.example"])
+        await until(lambda: h.records("Delivery") and h.records("TransientFailure"))
+    assert [m.recipients for m in plain.messages] == [("a@legacy.example",)]
+    assert h.records("TransientFailure")[0]["recipient"] == "b@strict.example"

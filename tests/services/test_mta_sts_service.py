@@ -205,3 +205,17 @@ async def test_the_cache_survives_a_restart_and_a_host_that_is_down_since(autoju
     await trio.sleep(3 * DAY + 1)
     assert (await service(lookup, down, store=again).policy_for("example.com")).policy is None
     assert again.load() == []
+
+
+async def test_a_new_txt_id_while_the_policy_host_is_down_keeps_the_cached_policy(autojump_clock):
+    lookup, fetcher = TableLookup(), Fetcher()
+    txt(lookup, "example.com", "one")
+    fetcher.bodies["example.com"] = POLICY
+    sts = service(lookup, fetcher)
+    await sts.policy_for("example.com")
+    txt(lookup, "example.com", "two")
+    fetcher.bodies["example.com"] = None
+    found = await sts.policy_for("example.com")
+    assert found.policy is not None and found.policy.mode is Mode.ENFORCE and found.policy_id == "one"
+    assert found.how.startswith("cached; policy host unreachable")
+    assert found.error_type == "sts-policy-fetch-error"

@@ -2,11 +2,13 @@
 
 A ready queue serves a site, which several domains may share. `StsQueueState` remembers
 which of them came with an MTA-STS policy (the egress tells it for each message it
-adds). Once one domain's policy is ``enforce``, every connection the queue opens from
-then on requires TLS with a certificate valid for the MX name (as ``enable_tls =
-"Required"``, whatever the shaping says), and a connection opened before that carries
-no more mail (`ReadyQueue` closes it): mail for an enforced domain never goes in
-plaintext, even over a connection another domain's message opened.
+adds). A connection opened for a message of a domain under ``enforce`` requires TLS
+with a certificate valid for the MX name (as ``enable_tls = "Required"``, whatever the
+shaping says); one opened for another domain's message follows the shaping, and
+never carries mail of a domain under ``enforce`` unless it required verified TLS too
+(`ReadyQueue` puts such a message back and closes the connection, so that the next
+connection is opened for it). Mail under ``enforce`` never goes in plaintext, and the
+other domains of the site keep their own TLS settings.
 
 Each session attempted for a domain under a policy (enforce or testing) is reported
 to the `TlsSessionSink`: a success when TLS was verified, otherwise the RFC 8460
@@ -33,7 +35,6 @@ class StsQueueState:
 
     def __init__(self) -> None:
         self.applied: dict[str, StsApplied] = {}
-        self.enforced = False
 
     def note(self, domain: str, applied: StsApplied | None) -> None:
         """The policy `domain`'s latest resolution came with (None: no policy any more)."""
@@ -41,18 +42,23 @@ class StsQueueState:
             self.applied.pop(domain, None)
             return
         if len(self.applied) >= MAX_DOMAINS and domain not in self.applied:
-            self.applied.clear()
+            # Forget testing domains first: what enforce requires must not be forgotten.
+            self.applied = {d: a for d, a in self.applied.items() if a.enforced}
         self.applied[domain] = applied
-        if applied.enforced:
-            self.enforced = True
+
+    def enforced(self, domain: str) -> bool:
+        """Whether mail to `domain` needs a connection that required verified TLS."""
+        applied = self.applied.get(domain)
+        return applied is not None and applied.enforced
 
     def mode(self, domain: str) -> str | None:
         applied = self.applied.get(domain)
         return applied.mode.value if applied is not None else None
 
-    def path_for(self, path: EgressPathConfig) -> EgressPathConfig:
-        """The options a new connection uses: ``enforce`` makes TLS required and verified."""
-        if self.enforced and path.enable_tls is not TlsPolicy.REQUIRED:
+    def path_for(self, path: EgressPathConfig, domain: str) -> EgressPathConfig:
+        """The options of a connection opened for `domain`'s message: ``enforce`` makes TLS
+        required and verified."""
+        if self.enforced(domain) and path.enable_tls is not TlsPolicy.REQUIRED:
             return dataclasses.replace(path, enable_tls=TlsPolicy.REQUIRED)
         return path
 

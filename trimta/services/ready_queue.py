@@ -45,7 +45,7 @@ from typing import Protocol
 
 import trio
 
-from trimta.core.egress import EgressPathConfig
+from trimta.core.egress import EgressPathConfig, TlsPolicy
 from trimta.core.egress_options import apply_options
 from trimta.core.message import Message
 from trimta.core.mx import MxResolution
@@ -466,16 +466,16 @@ class ReadyQueue:
                 if turn is None:
                     message = None  # put back: the queue waits
                     return
-                # Read before connecting: `_open` chooses the TLS it requires from it at once.
-                opened_enforced = self.mta_sts.enforced
+                # MTA-STS enforce: whether this connection will have required verified TLS.
+                verified = self.mta_sts.path_for(self.path, message.destination).enable_tls is TlsPolicy.REQUIRED
                 conn = await self._open(message)
                 if conn is None:
                     message = None  # its outcome is recorded
                     return
                 sent = 0
                 while message is not None:
-                    if sent and self.mta_sts.enforced and not opened_enforced:
-                        # An MTA-STS enforce policy came after this connection was opened.
+                    if sent and not verified and self.mta_sts.enforced(message.destination):
+                        # Mail under MTA-STS enforce: not over this connection, the next is opened for it.
                         self._in_flight.pop(message.id, None)
                         self._put_back(message)
                         self._changed.set()
@@ -579,7 +579,7 @@ class ReadyQueue:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
         resolution = self.resolution
         targets = resolution.targets if resolution is not None else ()
-        path = self.mta_sts.path_for(self.path)
+        path = self.mta_sts.path_for(self.path, message.destination)
         try:
             conn = await self.connect(targets, self.source, path, message.destination)
         except ConnectionFailed as failure:
