@@ -246,6 +246,7 @@ class App:
                                           reload=partial(reload_shaping, running),
                                           known_tenants=(lambda: running.engine.delivery.tenant_overrides)
                                           if config.http.known_tenants_only else None,
+                                          deferred_dir=config.spool.path / "deferred-inject",
                                           spool_dir=config.spool.path, log_dir=config.logs.path,
                                           dns=resolver.statistics,
                                           tls_sessions=tls_sink, tls_reporter=tls_reporter)

@@ -50,7 +50,7 @@ async def test_received_and_meta_names_in_the_supplemental_header():
     (line,) = [raw for raw in data.split(b"\r\n") if raw.startswith(b"X-Ref: ")]
     assert json.loads(base64.b64decode(line.removeprefix(b"X-Ref: "))) == {
         "_@_": "\\_/", "recipient": "a@example.net", "campaign_id": "q2", "tenant": "acme"}
-    assert meta == {"campaign_id": "q2"}
+    assert meta == {"extra": {"campaign_id": "q2"}}  # KumoMTA keeps it under "extra"
 
 
 async def test_metadata_is_each_recipients_own_and_kept_in_the_spool():
@@ -65,8 +65,8 @@ async def test_metadata_is_each_recipients_own_and_kept_in_the_spool():
             copies = len(api.harness.spool.data)
     assert reply.status == 200 and reply.json["success_count"] == 4
     assert {r: meta for r, (_, meta) in messages.items()} == {
-        "a@example.net": {"segment": "premium"}, "b@example.net": {"segment": "trial"},
-        "c@example.net": {"segment": "premium"}, "d@example.net": None}
+        "a@example.net": {"extra": {"segment": "premium"}}, "b@example.net": {"extra": {"segment": "trial"}},
+        "c@example.net": {"extra": {"segment": "premium"}}, "d@example.net": None}
     assert copies == 3  # the same data, and the same metadata, share a stored copy
 
 

@@ -78,7 +78,8 @@ from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
-from trimta.services.inject import Injector, parse_inject_request
+from trimta.services.deferred_inject import DeferredInjections
+from trimta.services.inject import InjectResult, Injector, compile_templates, parse_inject_request
 from trimta.services.kumo_metrics import KumoCollector, families_from_registry
 from trimta.services.metrics import (
     LoopLagMonitor,
@@ -295,6 +296,7 @@ class HttpApi:
         max_metric_sites: int = 100,
         reload: Callable[[], Awaitable[str | None]] | None = None,
         known_tenants: Callable[[], Collection[str]] | None = None,
+        deferred_dir: Path | None = None,
         spool_dir: Path | None = None,
         log_dir: Path | None = None,
         dns: Callable[[], LookupStatistics | None] | None = None,
@@ -313,6 +315,8 @@ class HttpApi:
         self.injector = Injector(acceptor, hostname=hostname or acceptor.hostname,
                                  max_message_size_bytes=max_message_size_bytes)
         self.lag = LoopLagMonitor()
+        # deferred_generation requests wait here; without a directory they are generated at once.
+        self.deferred = DeferredInjections(deferred_dir, self.injector) if deferred_dir is not None else None
         self.servers: list[HttpServer] = []
         self.collector = TrimtaCollector(
             engine=engine, spool=spool, listeners=listeners, logs=logs, lag=self.lag,
@@ -384,8 +388,14 @@ class HttpApi:
             raise HttpError(400, f"tenant: unknown tenant {tenant!r} (known: {listed})")
 
     async def inject(self, request: Request) -> Response:
-        parsed = parse_inject_request(read_json(request))
+        body = read_json(request)
+        parsed = parse_inject_request(body)
         self._check_tenant(parsed.tenant)
+        if parsed.deferred_generation and self.deferred is not None:
+            compile_templates(parsed)  # a template syntax error is still answered now (400)
+            await self.deferred.submit(body, peer=request.peer, listener=request.local)
+            # KumoMTA's answer to a deferred request: nothing generated yet
+            return json_response(200, InjectResult().to_dict())
         result = await self.injector.inject(parsed, peer=request.peer, listener=request.local)
         body = result.to_dict()
         if result.success_count or not result.fail_count:
@@ -746,6 +756,8 @@ async def serve_api(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(api.lag.run)
+            if api.deferred is not None:
+                await nursery.start(api.deferred.run)
             addresses = await nursery.start(partial(server.serve, listeners, handler_nursery=handler_nursery))
             task_status.started(addresses)
     finally:

@@ -49,7 +49,7 @@ REQUEST_FIELDS = ("envelope_sender", "recipients", "content", "substitutions", "
                   "template_dialect", "deferred_spool", "deferred_generation", "trace_headers")
 RECIPIENT_FIELDS = ("email", "name", "substitutions", "metadata")
 TRACE_HEADER_FIELDS = ("received_header", "supplemental_header", "header_name", "include_meta_names")
-CONTENT_FIELDS = ("subject", "from", "reply_to", "headers", "text_body", "html_body", "attachments")
+CONTENT_FIELDS = ("subject", "from", "reply_to", "headers", "text_body", "html_body", "amp_html_body", "attachments")
 ADDRESS_FIELDS = ("email", "name")
 ATTACHMENT_FIELDS = ("data", "base64", "content_type", "file_name", "content_id")
 DIALECTS = ("Jinja", "Static")
@@ -109,6 +109,7 @@ class BuiltContent:
     text_body: str | None = None
     html_body: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    amp_html_body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,8 @@ class InjectRequest:
     tenant: str | None = None
     campaign: str | None = None
     template_dialect: str = "Jinja"
+    # Answered at once, generated later (trimta.services.deferred_inject).
+    deferred_generation: bool = False
     # None: trimta's default (a Received header, no supplemental header).
     trace_headers: TraceHeaders | None = None
 
@@ -145,10 +148,10 @@ def parse_inject_request(body: Any) -> InjectRequest:
     else:
         raise f.error("content", f"expected a message as a string or an object to build one from, "
                                  f"got {json_type(content)}")
-    # KumoMTA's deferred_spool and deferred_generation trade durability or back pressure for
-    # speed; trimta answers once every message is rendered and durable in either case.
+    # KumoMTA's deferred_spool trades durability for speed; trimta stores every message durably
+    # before answering anyway. deferred_generation: see trimta.services.deferred_inject.
     f.boolean("deferred_spool")
-    f.boolean("deferred_generation")
+    deferred_generation = f.boolean("deferred_generation")
     dialect = f.string("template_dialect", default="Jinja")
     if dialect not in DIALECTS:
         raise f.error("template_dialect", f"expected one of {', '.join(DIALECTS)}, got {dialect!r}")
@@ -160,6 +163,7 @@ def parse_inject_request(body: Any) -> InjectRequest:
         tenant=f.string("tenant", non_empty=True),
         campaign=f.string("campaign", non_empty=True),
         template_dialect=dialect or "Jinja",
+        deferred_generation=deferred_generation,
         trace_headers=_parse_trace_headers(f.value("trace_headers")),
     )
 
@@ -221,6 +225,7 @@ def _parse_content(value: dict[str, Any]) -> BuiltContent:
         text_body=f.string("text_body"),
         html_body=f.string("html_body"),
         attachments=attachments,
+        amp_html_body=f.string("amp_html_body"),
     )
 
 
@@ -290,6 +295,7 @@ class _Templates:
     text_body: Any = None
     html_body: Any = None
     headers: tuple[tuple[str, Any], ...] = ()
+    amp_html_body: Any = None
 
 
 def compile_templates(request: InjectRequest) -> _Templates:
@@ -301,6 +307,7 @@ def compile_templates(request: InjectRequest) -> _Templates:
         subject=_compile(content.subject, "content.subject", d),
         text_body=_compile(content.text_body, "content.text_body", d),
         html_body=_compile(content.html_body, "content.html_body", d),
+        amp_html_body=_compile(content.amp_html_body, "content.amp_html_body", d),
         headers=tuple((name, _compile(text, f"content.headers.{name}", d)) for name, text in content.headers),
     )
 
@@ -345,7 +352,7 @@ def _set_text(part: EmailMessage, text: str, subtype: str) -> None:
 
 def build_message(content: BuiltContent, *, sender: str, to_header: str, subject: str | None,
                   text_body: str | None, html_body: str | None, headers: Sequence[tuple[str, str]],
-                  hostname: str) -> bytes:
+                  hostname: str, amp_html_body: str | None = None) -> bytes:
     """The MIME message for one recipient, from rendered parts. ValueError if a part is unusable."""
     msg = EmailMessage(policy=SMTP)
     given = {name.lower() for name, _ in headers}
@@ -369,19 +376,19 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
         msg[name] = value
     # An attachment with a Content-ID beside an HTML body is inline (multipart/related).
     inline = [a.content_id is not None and html_body is not None for a in content.attachments]
-    if text_body is not None:
-        _set_text(msg, text_body, "plain")
-        if html_body is not None:
-            msg.add_alternative(html_body, subtype="html",
-                                cte=None if html_body.isascii() else "quoted-printable")
-    elif html_body is not None:
-        _set_text(msg, html_body, "html")
-    else:
-        _set_text(msg, "", "plain")
+    # The alternatives, least preferred first; AMP before HTML, as AMP for Email asks,
+    # since some clients show only the last part they know.
+    alternatives = [(text, subtype) for text, subtype in
+                    ((text_body, "plain"), (amp_html_body, "x-amp-html"), (html_body, "html")) if text is not None]
+    if not alternatives:
+        alternatives = [("", "plain")]
+    _set_text(msg, *alternatives[0])
+    for text, subtype in alternatives[1:]:
+        msg.add_alternative(text, subtype=subtype, cte=None if text.isascii() else "quoted-printable")
     if any(inline):
         # With a text body too, msg is multipart/alternative: its last part is the HTML one.
         parts = cast("list[EmailMessage]", msg.get_payload())
-        html_part = msg if text_body is None else parts[-1]
+        html_part = msg if len(alternatives) == 1 else parts[-1]
         for a in (a for a, is_inline in zip(content.attachments, inline) if is_inline):
             maintype, subtype = a.content_type.split("/", 1)
             html_part.add_related(a.data, maintype=maintype, subtype=subtype, cid=f"<{a.content_id}>",
@@ -424,6 +431,7 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
         html_body=text(templates.html_body),
         headers=[(name, text(template) or "") for name, template in templates.headers],
         hostname=hostname,
+        amp_html_body=text(templates.amp_html_body),
     )
 
 
@@ -513,7 +521,8 @@ class Injector:
                 sender=request.envelope_sender, recipients=recipients, data=data, reception=reception,
                 tenant=request.tenant, campaign=request.campaign,
                 add_trace_header=trace is None or trace.received_header,
-                meta=dict(group[0].metadata) or None,
+                # KumoMTA keeps a recipient's metadata in the message's meta under "extra"
+                meta={"extra": dict(group[0].metadata)} if group[0].metadata else None,
             ))
             if accepted.reply.is_positive:
                 result.success_count += len(accepted.messages)
