@@ -190,7 +190,7 @@ def test_the_generated_inject_example(daemon):
     in_queue(daemon, "mailbox-example.com")
     _, sample = call(daemon, "GET", "/api/admin/inspect-sched-q/v1?queue_name=mailbox-example.com&want_body=true")
     (message,) = sample["messages"]
-    assert message["message"]["meta"]["campaign_id"] == "promo-2026-q2"
+    assert message["message"]["meta"]["extra"]["campaign_id"] == "promo-2026-q2"  # under "extra", as KumoMTA
     # trace_headers: received_header and supplemental_header false: the content as sent, nothing added
     assert message["message"]["data"] == "From: user@example.com\r\nSubject: Hello\r\n\r\nHello there\r\n"
 
