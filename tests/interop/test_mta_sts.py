@@ -329,7 +329,7 @@ def test_resolve_site_shows_the_policy_that_applies_and_why(relay, policy_host, 
     assert shown.returncode == 0, shown.stderr
     enf, tst, web = shown.stdout.split("\n\n")
     assert "site: mx1.enf.test" in enf
-    assert "mta-sts: enforce (id 20261203, mx mx1.enf.test, max_age 86400s; fetched)" in enf
+    assert "mta-sts: enforce (id 20261203, mx mx1.enf.test, max_age 86400s; fetched, expires 20" in enf
     assert "mta-sts: not used, not in the policy: backup.other.test" in enf
     assert "mta-sts: testing" in tst and "would not be used under enforce, not in the policy: mx2.enf.test" in tst
     assert "mta-sts: no policy (policy fetch failed" in web and "certificate not valid" in web
@@ -344,3 +344,4 @@ def test_resolve_site_shows_the_policy_that_applies_and_why(relay, policy_host, 
     assert row["site"] == "mx1.enf.test"
     assert row["mta_sts"]["mode"] == "enforce" and row["mta_sts"]["how"] == "cached"
     assert row["mta_sts"]["excluded"] == ["backup.other.test"]
+    assert row["mta_sts"]["expires"] > time.time() + 86400 - 600  # max_age after the fetch

@@ -19,6 +19,7 @@ a configuration error.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             if lookup is not None and "mta_sts" not in row:
                 row["mta_sts"] = {"mode": lookup.policy.mode.value if lookup.policy else None,
                                   "how": lookup.how, "error": lookup.error or None}
+            if lookup is not None:
+                row["mta_sts"]["expires"] = int(lookup.expires_at_s) if lookup.expires_at_s is not None else None
             for host in row.get("hosts") or ():
                 if host.get("name") in dane:
                     host["dane"] = dane_dict(dane[host["name"]])
@@ -230,8 +233,12 @@ def _render_mta_sts(lookup: StsLookup | None, r: MxResolution) -> list[str]:
     policy = lookup.policy
     if policy is None:
         return [f"  mta-sts: no policy ({lookup.how})"]
+    expires = ""
+    if lookup.expires_at_s is not None:
+        when = datetime.datetime.fromtimestamp(lookup.expires_at_s, datetime.timezone.utc)
+        expires = f", expires {when:%Y-%m-%d %H:%M} UTC"
     lines = [f"  mta-sts: {policy.mode.value} (id {lookup.policy_id}, mx {', '.join(policy.mx) or '-'}, "
-             f"max_age {policy.max_age_s}s; {lookup.how})"]
+             f"max_age {policy.max_age_s}s; {lookup.how}{expires})"]
     if policy.mode.value == "enforce":
         lines.append("  mta-sts: TLS with a certificate valid for the MX name is required")
     applied = r.mta_sts

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_FAILURE_S = 300.0
 """After a failed fetch, how long a domain's policy is not fetched again."""
 MAX_CONCURRENT_FETCHES = 16
+MAX_REMEMBERED_FAILURES = 10_000
 # The background refresher looks at least this often, and at most this often.
 REFRESH_CHECK_MIN_S = 60.0
 REFRESH_CHECK_MAX_S = 3600.0
@@ -181,6 +182,8 @@ class MtaStsService:
         now = self._clock()
         kept = self._cache.fetch_failed(decision)
         failure = StsLookup(domain, None, "", error=reason, error_type=result_type.value)
+        if len(self._failed_until) >= MAX_REMEMBERED_FAILURES:
+            self._failed_until = {d: f for d, f in self._failed_until.items() if f[0] > now}
         self._failed_until[domain] = (now + self._retry_after_s, failure)
         log.warning("MTA-STS policy of %s: fetch failed (%s)%s", domain, reason,
                     "; the cached policy stays in force" if kept is not None else "")
