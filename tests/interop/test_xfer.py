@@ -107,8 +107,12 @@ def cli(d: Daemon, *words: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-def xfer_progress(d: Daemon) -> list:
-    status, listed = api(d, "GET", "/api/admin/xfer/v1")
+def xfer_progress(d: Daemon) -> list | None:
+    """The transfers in progress (None while the API does not answer yet, just after a start)."""
+    try:
+        status, listed = api(d, "GET", "/api/admin/xfer/v1")
+    except OSError:
+        return None
     assert status == 200
     assert isinstance(listed, list)
     return listed
