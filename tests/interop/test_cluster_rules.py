@@ -77,3 +77,28 @@ def test_a_suspension_lifted_on_one_node_while_redis_is_down_is_lifted_on_the_ot
         assert "Traceback" not in a.stderr() + b.stderr()
     finally:
         receiver.stop()
+
+
+def test_nodes_started_while_redis_is_down_deliver_and_share_rules_once_it_is_up(make_cluster):
+    receiver = CountingReceiver("127.0.0.30", delay_s=0).start()
+    try:
+        cluster = make_cluster(2, extra_config=receiver.egress_config(), start=False)
+        cluster.redis_stop()
+        for node in cluster:
+            node.daemon.start()
+        a, b = cluster[0], cluster[1]
+        b.send([receiver.address("early")], tenant="acme")
+        wait_for(lambda: "early@[127.0.0.30]" in receiver.recipients, DEADLINE_S, "mail sent while Redis is down")
+        cluster.redis_start()
+        # Made on a once Redis is back (a may not have reconnected yet: then it is written on reconnect).
+        _, answer = api(a, "POST", "/api/admin/suspend/v1", {"tenant": "acme", "duration": "1h", "reason": "x"})
+        wait_for(lambda: [r["id"] for r in api(b, "GET", "/api/admin/suspend/v1")[1]] == [answer["id"]],
+                 DEADLINE_S, "node b to list node a's suspension")
+        b.send([receiver.address("held")], tenant="acme")
+        b.send([receiver.address("flows")], tenant="globex")
+        wait_for(lambda: "flows@[127.0.0.30]" in receiver.recipients, DEADLINE_S, "globex's mail")
+        time.sleep(QUIET_S)
+        assert "held@[127.0.0.30]" not in receiver.recipients
+        assert "Traceback" not in a.stderr() + b.stderr()
+    finally:
+        receiver.stop()
