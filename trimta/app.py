@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trimta.adapters.cluster_config import ClusterConfig, node_id_for
+from trimta.adapters.cluster_config import ClusterConfig, node_id_for, node_uuid
 from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config
 from trimta.adapters.listen import raise_descriptor_limit
 from trimta.adapters.dns import DnsResolver
@@ -46,6 +46,7 @@ from trimta.adapters.spool_lock import SpoolLock
 from trimta.adapters.spool_sqlite import SqliteStorage
 from trimta.adapters.xfer_store import FileXferStore
 from trimta.core.egress_paths import EgressPathProvider
+from trimta.core.records import LogFields
 from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
@@ -145,6 +146,9 @@ class App:
             "restored %d messages from %s in %.2fs",
             len(restored.messages), config.spool.path, time.monotonic() - started,
         )
+        # Every node has an id, with or without [cluster]; records carry it as a UUID.
+        nodeid = node_uuid(node_id_for(config.cluster, config.spool.path))
+        log_fields = LogFields(headers=config.logs.headers, meta=config.logs.meta, nodeid=nodeid)
         logs = LogSink(
             JsonLinesWriter(
                 config.logs.path,
@@ -154,6 +158,7 @@ class App:
                 compression_level=config.logs.compression_level,
             ),
             flush_interval_s=config.logs.flush_interval_s,
+            fields=log_fields,
         )
         shaping, paths = egress_paths(config)
         resolver = DnsResolver.from_config(config.dns)
@@ -199,7 +204,7 @@ class App:
         _settle_memory()
         acceptor = Acceptor(
             spool=spool, logs=logs, tenancy=config.tenancy, hostname=config.hostname, on_accepted=engine.accept,
-            signer=config.dkim_signer, routing=engine.routing_domain_for,
+            signer=config.dkim_signer, routing=engine.routing_domain_for, log_fields=log_fields,
         )
         listener_configs = fit_descriptor_limit(
             config.listeners, http_connections=config.http.max_connections if config.http.enabled else 0,

@@ -153,9 +153,9 @@ def test_every_message_arrives_once_with_its_envelope(relay, receivers):
 
     deliveries = {r["recipient"]: r for r in relay.records("Delivery")}
     # a.test and b.test have the same MX set: one site, one ready queue.
-    assert deliveries["ann@a.test"]["site"] == deliveries["bob@b.test"]["site"] == "mx.shared.test"
+    assert deliveries["ann@a.test"]["site_name"] == deliveries["bob@b.test"]["site_name"] == "mx.shared.test"
     assert deliveries["ann@a.test"]["ready_queue"] == deliveries["bob@b.test"]["ready_queue"]
-    assert deliveries["cid@c.test"]["site"] == "mx.c.test"
+    assert deliveries["cid@c.test"]["site_name"] == "mx.c.test"
     assert deliveries["ann@a.test"]["tenant"] == "acme"
     assert deliveries["ann@a.test"]["peer_address"]["addr"] == "127.0.0.10"
 

@@ -62,7 +62,7 @@ async def test_deliveries_deferrals_and_bounces_are_counted_under_kumomta_names(
     by_provider = {dict(k)["provider"]: v for k, v in got["total_messages_fail_by_provider"].items()}
     assert by_provider == {"bee-mail": 1}  # provider_name, where the path has one
     delivered_by = {dict(k)["provider"]: v for k, v in got["total_messages_delivered_by_provider"].items()}
-    assert set(delivered_by) == {r["site"] for r in h.records("Delivery")}  # else the site
+    assert set(delivered_by) == {r["site_name"] for r in h.records("Delivery")}  # else the site
     sources = got["total_messages_delivered_by_provider_and_source"]
     assert all(dict(k)["source"] for k in sources) and sum(sources.values()) == 3
 

@@ -299,7 +299,8 @@ async def test_a_journal_that_cannot_be_opened_does_not_hold_up_the_start(nurser
 
 
 async def test_records_emitted_to_the_log_sink_reach_the_webhook(nursery, autojump_clock, tmp_path):
-    sink = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
+    sink = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600),
+                   nodeid="557f3ad4-2c8c-11ee-976e-782d7e12e173")
     receiver = WebhookReceiver(nursery)
     sender = WebhookSender(
         config(batch_size=20_000, max_batch_latency_s=1.0, record_types=frozenset({"Bounce"})),
@@ -314,4 +315,4 @@ async def test_records_emitted_to_the_log_sink_reach_the_webhook(nursery, autoju
         for n in range(15_000):
             sink.emit(record(n, "Bounce" if n % 3 == 0 else "Delivery"))
         await receiver.wait_for_records(5000)
-    assert receiver.records == [record(n, "Bounce") for n in range(0, 15_000, 3)]
+    assert receiver.records == [{**record(n, "Bounce"), "nodeid": sink.nodeid} for n in range(0, 15_000, 3)]

@@ -119,10 +119,11 @@ def parse_cluster_config(raw: Mapping[str, Any], file: str, base_dir: Path) -> C
     )
 
 
-def node_id_for(config: ClusterConfig, spool_dir: Path) -> str:
-    """This node's id: the configured one, else the one kept in the spool directory
-    (``node_id``), generated and written there the first time."""
-    if config.node_id is not None:
+def node_id_for(config: ClusterConfig | None, spool_dir: Path) -> str:
+    """This node's id: ``[cluster] node_id`` when configured, else the one kept in the spool
+    directory (``node_id``), generated (a UUID) and written there the first time. Every
+    node has one, with or without ``[cluster]``."""
+    if config is not None and config.node_id is not None:
         return config.node_id
     path = spool_dir / NODE_ID_FILE
     try:
@@ -135,8 +136,21 @@ def node_id_for(config: ClusterConfig, spool_dir: Path) -> str:
                               file=str(path))
         return kept
     spool_dir.mkdir(parents=True, exist_ok=True)
-    new = uuid.uuid4().hex
+    new = str(uuid.uuid4())
     temporary = path.with_name(NODE_ID_FILE + ".tmp")
     temporary.write_text(new + "\n", encoding="ascii")
     temporary.replace(path)
     return new
+
+
+# The namespace of the UUIDs made from node ids that are not UUIDs ("mta-1").
+_NODE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "nodeid.trimta.invalid")
+
+
+def node_uuid(node_id: str) -> str:
+    """The node id as the UUID KumoMTA's ``nodeid`` record field is: the id itself when it
+    is one (the generated ids are), else a UUID derived from it (the same one every time)."""
+    try:
+        return str(uuid.UUID(node_id))
+    except ValueError:
+        return str(uuid.uuid5(_NODE_NAMESPACE, node_id))

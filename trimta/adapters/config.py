@@ -17,7 +17,7 @@ import os
 import socket
 import subprocess
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +131,9 @@ class LogsConfig:
     flush_interval_s: float = 0.2
     compression: str = "none"  # or "zstd": segments as KumoMTA writes them
     compression_level: int = 3
+    # KumoMTA's headers and meta options: what every record of a message carries.
+    headers: tuple[str, ...] = ()
+    meta: tuple[str, ...] = ()
 
 
 # --- The machine's name -------------------------------------------------------------
@@ -336,6 +339,19 @@ def _compression(value: Any) -> str:
     return str(value)
 
 
+def _field_names(kind: str) -> Callable[[Any], tuple[str, ...]]:
+    """A list of header or meta names to log; a name may end in ``*`` (any with that prefix)."""
+    def convert(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"expected a list of {kind} names, e.g. [\"Subject\", \"X-*\"], got {value!r}")
+        for name in value:
+            bare = name[:-1] if name.endswith("*") else name
+            if "*" in bare or any(c.isspace() or c == ":" or not c.isprintable() for c in bare):
+                raise ValueError(f"not a {kind} name: {name!r} (only a last '*' is a wildcard)")
+        return tuple(dict.fromkeys(value))
+    return convert
+
+
 def _zstd_level(value: Any) -> int:
     # zstd's levels: 1 (fast) to 22 (small); negative ones trade size for more speed.
     if isinstance(value, bool) or not isinstance(value, int) or not -7 <= value <= 22 or value == 0:
@@ -440,7 +456,7 @@ def parse_config(
 
     lg = Table(raw.get("logs", {}), source, "logs",
                 ("path", "max_file_size", "max_segment_duration", "flush_interval", "webhook", "compression",
-                 "compression_level", "amqp", "redis_stream"))
+                 "compression_level", "amqp", "redis_stream", "headers", "meta"))
     logs = LogsConfig(
         path=base_dir / lg.string("path", "trimta-data/logs"),
         max_file_size_bytes=lg.get("max_file_size", 100_000_000, units.parse_size),
@@ -448,6 +464,8 @@ def parse_config(
         flush_interval_s=lg.get("flush_interval", 0.2, units.parse_duration),
         compression=lg.get("compression", "none", _compression),
         compression_level=lg.get("compression_level", 3, _zstd_level),
+        headers=lg.get("headers", (), _field_names("header")),
+        meta=lg.get("meta", (), _field_names("meta")),
     )
 
     dns = parse_dns_table(raw.get("dns", {}), source)

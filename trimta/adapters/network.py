@@ -31,6 +31,7 @@ from typing import Protocol
 
 import trio
 
+from trimta.adapters.tls_info import TlsDetails, tls_details
 from trimta.core.egress import TlsPolicy
 
 RECEIVE_SIZE = 65536
@@ -71,6 +72,16 @@ class NetworkStream(Protocol):
 
     def peer_certificates(self) -> tuple[bytes, ...]:
         """The DER certificates the TLS peer sent, its own first, unverified; () on plaintext."""
+        ...
+
+    @property
+    def tls_details(self) -> TlsDetails | None:
+        """Cipher, version and peer subject of the TLS session (for the records); None on plaintext."""
+        ...
+
+    @property
+    def local_address(self) -> str | None:
+        """Our end of the connection, ``ip:port`` (``[ip6]:port``); None if unknown."""
         ...
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
@@ -148,17 +159,25 @@ class TrioNetworkBackend:
         except BaseException:
             sock.close()
             raise
-        return TrioStream(trio.SocketStream(sock))
+        try:
+            local = sock.getsockname()
+            local_address = f"{_bracket(str(local[0]))}:{local[1]}"
+        except OSError:
+            local_address = None
+        return TrioStream(trio.SocketStream(sock), local_address=local_address)
 
 
 class TrioStream:
     """A `NetworkStream` over a trio stream, translating its errors into ours."""
 
     def __init__(self, stream: trio.abc.Stream, *, tls_version: str | None = None,
-                 peer_certificates: tuple[bytes, ...] = ()) -> None:
+                 peer_certificates: tuple[bytes, ...] = (), local_address: str | None = None,
+                 tls_details: TlsDetails | None = None) -> None:
         self._stream = stream
         self._tls_version = tls_version
         self._peer_certificates = peer_certificates
+        self._local_address = local_address
+        self._tls_details = tls_details
 
     @property
     def tls_version(self) -> str | None:
@@ -166,6 +185,14 @@ class TrioStream:
 
     def peer_certificates(self) -> tuple[bytes, ...]:
         return self._peer_certificates
+
+    @property
+    def tls_details(self) -> TlsDetails | None:
+        return self._tls_details
+
+    @property
+    def local_address(self) -> str | None:
+        return self._local_address
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         try:
@@ -192,7 +219,8 @@ class TrioStream:
         except BaseException:
             await trio.aclose_forcefully(self._stream)
             raise
-        return TrioStream(tls, tls_version=tls.version() or "TLS", peer_certificates=_peer_chain(tls))
+        return TrioStream(tls, tls_version=tls.version() or "TLS", peer_certificates=_peer_chain(tls),
+                          local_address=self._local_address, tls_details=tls_details(tls))
 
     async def aclose(self) -> None:
         # Sends TLS close_notify when there is time for it; a cancelled scope makes

@@ -63,6 +63,9 @@ class Message:
     # KumoMTA's message metadata (meta): values set at injection, by rebind, by
     # policy; None while there is none, so most messages carry no dict.
     meta: dict[str, Any] | None = None
+    # The headers `[logs] headers` asked for, captured at reception: every record of the
+    # message carries them; None when none are asked for.
+    log_headers: dict[str, Any] | None = None
 
     @property
     def destination(self) -> str:
@@ -84,6 +87,7 @@ class Message:
         id: str | None = None,
         routing_domain: str | None = None,
         meta: dict[str, Any] | None = None,
+        log_headers: dict[str, Any] | None = None,
     ) -> Message:
         domain = recipient_domain(recipient)
         routing = canonical_routing_domain(routing_domain, domain)
@@ -101,6 +105,7 @@ class Message:
             reception=reception,
             routing_domain=routing,
             meta=meta or None,
+            log_headers=log_headers,
         )
 
     def rebind(self, *, tenant: str | None, campaign: str | None, routing_domain: str | None) -> None:
@@ -137,6 +142,7 @@ class Message:
             "due": self.due,
             **({"routing_domain": self.routing_domain} if self.routing_domain else {}),
             **({"meta": self.meta} if self.meta else {}),
+            **({"log_headers": self.log_headers} if self.log_headers else {}),
         }
 
     @classmethod
@@ -167,6 +173,7 @@ class Message:
             d.get("due"),
             d.get("routing_domain") or None,
             d.get("meta") or None,
+            d.get("log_headers") or None,
         )
         if not isinstance(msg.id, str) or not isinstance(msg.recipient, str):
             raise ValueError("message metadata has no id or recipient")

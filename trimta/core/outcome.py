@@ -19,6 +19,27 @@ class OutcomeKind(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What log records say about the SMTP session a record came from (KumoMTA's fields).
+
+    One per session, shared by every outcome of an outbound session (and the Reception
+    records of an inbound one). `session_id` is a UUID; `source_address` is our end of
+    the connection as ``ip:port``; the TLS fields are None on a plaintext session;
+    `tls_peer_subject_name` is the peer certificate's subject, one ``KEY=value`` item per
+    attribute in certificate order (``("C=US", "O=Example", "CN=mx.example.net")``).
+    `peer_is_secure`: the peer's address came from a DNSSEC-validated lookup.
+    """
+
+    session_id: str
+    delivery_protocol: str | None = None
+    source_address: str | None = None
+    tls_cipher: str | None = None
+    tls_protocol_version: str | None = None
+    tls_peer_subject_name: tuple[str, ...] | None = None
+    peer_is_secure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What one attempt did for one recipient, with the reply that decided it.
 
@@ -39,6 +60,7 @@ class Outcome:
     # DANE (RFC 7672) applied to the host: "dane-ee"/"dane-ta" (the usage that authenticated
     # it), "insecure" (TLS without authentication), "failed" (TLSA lookup failed), ...
     dane: str | None = None
+    session: SessionInfo | None = None  # None: no session was established
 
     @property
     def delivered(self) -> bool:

@@ -2,13 +2,26 @@
 
 Every record says whose mail it was (``tenant``, ``campaign``, ``queue``) so an
 operator can filter one customer's traffic out of the stream.
+
+Message records carry every field of KumoMTA's ``JsonLogRecord`` with its type
+(``event_time``/``created_time`` as RFC 3339, ``meta`` and ``headers`` maps,
+``source_address``, ``delivery_protocol``, the TLS fields, ``session_id``, ...), so a
+consumer written against KumoMTA's log types reads them; ``nodeid`` is stamped by the
+log sink (`trimta.services.logs`), which knows the node. trimta's own fields
+(``tenant``, ``campaign``, ``domain``, ``ready_queue``, ``site_name``, ...) follow.
 """
 
 from __future__ import annotations
 
+import email.header
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from trimta.core.message import Message
+from trimta.core.bounce import classify
+from trimta.core.message import Message, Reception
+from trimta.core.outcome import SessionInfo
 from trimta.protocol.replies import Reply
 
 RECEPTION = "Reception"
@@ -29,6 +42,137 @@ XFER_IN = "XferIn"
 # trimta's own: an automation rule started or ended its actions on a ready queue.
 AUTOMATION = "Automation"
 
+# The records KumoMTA runs through its bounce classifier (RecordType::is_bounce_classifiable):
+# a response from the destination, an operator's bounce, an expiry, a refusal.
+CLASSIFIED = frozenset({BOUNCE, TRANSIENT_FAILURE, EXPIRATION, ADMIN_BOUNCE, REJECTION})
+
+
+@dataclass(frozen=True, slots=True)
+class LogFields:
+    """What ``[logs] headers`` and ``meta`` ask records to carry (KumoMTA's options of
+    those names), and the node's id for records encoded away from the log sink.
+
+    A name ending in ``*`` matches every name with that prefix; header names match
+    without regard to case, meta names exactly, as in KumoMTA. Headers are captured
+    when a message is received (`Message.log_headers`: its records never read the
+    spool again); meta is selected as each record is written (`select`), so a
+    rebind's new values show.
+    """
+
+    headers: tuple[str, ...] = ()
+    meta: tuple[str, ...] = ()
+    nodeid: str | None = None
+
+    def select(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with its ``meta`` narrowed to what `meta` asks for (in place)."""
+        meta = record.get("meta")
+        if meta:
+            record["meta"] = select_meta(meta, self.meta) if self.meta else {}
+        return record
+
+
+NO_LOG_FIELDS = LogFields()
+
+
+def rfc3339(t: float) -> str:
+    """`t` (Unix seconds) as KumoMTA writes ``event_time``: UTC, microseconds, ``Z``."""
+    micros = round(t * 1_000_000)
+    seconds, fraction = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def select_meta(meta: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The meta values `names` ask for (case-sensitive, ``*`` suffix wildcards); nulls left out."""
+    return {k: v for k, v in meta.items() if v is not None and any(_matches(n, k) for n in names)}
+
+
+def reception_meta(reception: Reception) -> dict[str, Any]:
+    """The meta KumoMTA's listener sets, under its names (None: not known)."""
+    return {
+        "reception_protocol": reception.protocol,
+        "received_from": reception.peer_address or None,
+        "received_via": reception.listener or None,
+        "authn_id": reception.auth_identity,
+    }
+
+
+def message_meta(message: Message) -> dict[str, Any]:
+    """All of a message's meta: the listener's, the queue helper's (``tenant``, ``campaign``,
+    ``queue``, ``routing_domain``), then the message's own (injection, rebind), which wins.
+    Every record gets all of it; the log sink narrows it to ``[logs] meta`` (`LogFields.select`)."""
+    meta = reception_meta(message.reception)
+    meta["tenant"] = message.tenant
+    meta["campaign"] = message.campaign
+    meta["queue"] = message.queue
+    meta["routing_domain"] = message.routing_domain
+    if message.meta:
+        meta.update(message.meta)
+    return meta
+
+
+def _decode_header(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+
+
+def capture_headers(data: bytes, names: tuple[str, ...]) -> dict[str, Any]:
+    """The headers of `data` that `names` ask for, as KumoMTA logs them.
+
+    Names match without regard to case (``*`` suffix: any name with that prefix); the
+    key is the name as the message spells it; one occurrence gives a string, several a
+    list, in message order. Values are unfolded and their RFC 2047 words decoded.
+    """
+    if not names:
+        return {}
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    found: dict[str, tuple[str, list[str]]] = {}  # lowercase name -> (as spelt, values)
+    name: str | None = None
+    for raw in head.decode("utf-8", "surrogateescape").split("\r\n"):
+        if raw[:1] in (" ", "\t") and name is not None:
+            found[name][1][-1] += " " + raw.strip()
+            continue
+        key, colon, value = raw.partition(":")
+        if not colon or not key or key != key.strip():
+            name = None
+            continue
+        name = key.lower()
+        found.setdefault(name, (key, []))[1].append(value.strip())
+    wanted = [n.lower() for n in names]
+    captured: dict[str, Any] = {}
+    for lower, (spelt, values) in found.items():
+        if any(_matches(w, lower) for w in wanted):
+            decoded = [_decode_header(v).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                       for v in values]
+            captured[spelt] = decoded[0] if len(decoded) == 1 else decoded
+    return captured
+
+
+def _session_fields(session: SessionInfo | None, delivery_protocol: str | None = None) -> dict[str, Any]:
+    """KumoMTA's per-session fields; the optional ones left out when unknown, as KumoMTA does."""
+    if session is None:
+        return {"source_address": None, "delivery_protocol": delivery_protocol}
+    fields: dict[str, Any] = {
+        "source_address": {"address": session.source_address} if session.source_address else None,
+        "delivery_protocol": session.delivery_protocol,
+    }
+    if session.tls_cipher is not None:
+        fields["tls_cipher"] = session.tls_cipher
+    if session.tls_protocol_version is not None:
+        fields["tls_protocol_version"] = session.tls_protocol_version
+    if session.tls_peer_subject_name is not None:
+        fields["tls_peer_subject_name"] = list(session.tls_peer_subject_name)
+    fields["session_id"] = session.session_id
+    return fields
+
 
 def response(reply: Reply, command: str | None = None) -> dict[str, Any]:
     """KumoMTA's ``response`` object: code, enhanced_code parts, content, command."""
@@ -48,13 +192,30 @@ def message_record(
     site: str = "",
     egress_pool: str | None = None,
     egress_source: str | None = None,
-    peer_address: dict[str, str] | None = None,
+    peer_address: dict[str, Any] | None = None,
     command: str | None = None,
-    bounce_classification: str = "Uncategorized",
+    bounce_classification: str | None = None,
+    session: SessionInfo | None = None,
+    provider_name: str | None = None,
+    nodeid: str | None = None,
+    delivery_protocol: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A record about one message (Reception, Delivery, Bounce, ...)."""
+    """A record about one message (Reception, Delivery, Bounce, ...).
+
+    `site` is KumoMTA's: the ready queue's name (empty at reception). `session` is the
+    SMTP session the record comes from (outbound, or the inbound one for a Reception);
+    `delivery_protocol` says how delivery was tried when no session was established.
+    The classification, unless given, is the bounce classifier's for the kinds KumoMTA
+    classifies (`CLASSIFIED`), ``Uncategorized`` otherwise.
+    """
     rec = message.reception
+    if bounce_classification is None:
+        bounce_classification = classify(reply) if kind in CLASSIFIED else "Uncategorized"
+    if peer_address is None:
+        peer_address = {"name": rec.helo, "addr": rec.peer_address}
+    if peer_address:
+        peer_address["is_secure"] = session is not None and session.peer_is_secure
     record = {
         "type": kind,
         "id": message.id,
@@ -64,19 +225,28 @@ def message_record(
         "site": site,
         "size": message.size,
         "response": response(reply, command),
-        "peer_address": peer_address if peer_address is not None
-        else {"name": rec.helo, "addr": rec.peer_address},
+        "peer_address": peer_address,
         "timestamp": int(now),
+        "event_time": rfc3339(now),
         "created": int(message.created),
+        "created_time": rfc3339(message.created),
         "num_attempts": message.attempts,
         "bounce_classification": bounce_classification,
         "egress_pool": egress_pool,
         "egress_source": egress_source,
+        "feedback_report": None,
+        "meta": message_meta(message),
+        "headers": message.log_headers or {},
         "reception_protocol": rec.protocol,
+        **_session_fields(session, delivery_protocol),
         "tenant": message.tenant,
         "campaign": message.campaign,
         "domain": message.domain,
     }
+    if provider_name is not None:
+        record["provider_name"] = provider_name
+    if nodeid is not None:
+        record["nodeid"] = nodeid
     record.update(extra)
     return record
 
@@ -93,29 +263,45 @@ def rejection_record(
     command: str,
     session_id: str,
     listener: str,
+    meta: Mapping[str, Any] | None = None,
+    session: SessionInfo | None = None,
 ) -> dict[str, Any]:
-    """A refusal at reception (relay denied, too big, spool full, ...)."""
-    return {
+    """A refusal at reception (relay denied, too big, spool full, ...).
+
+    As KumoMTA writes it: no sender or recipient is ``""``; `meta` is the session's
+    (the log sink narrows it to ``[logs] meta``); headers are ``{}`` (there is no message).
+    """
+    event_time = rfc3339(now)
+    record = {
         "type": REJECTION,
         "id": session_id,
-        "sender": sender,
-        "recipient": recipient,
+        "sender": sender or "",
+        "recipient": recipient or "",
         "queue": "",
         "site": "",
         "size": 0,
         "response": response(reply, command),
-        "peer_address": {"name": helo, "addr": peer_address},
+        "peer_address": {"name": helo, "addr": peer_address, "is_secure": False},
         "timestamp": int(now),
+        "event_time": event_time,
         "created": int(now),
+        "created_time": event_time,
         "num_attempts": 0,
-        "bounce_classification": "Uncategorized",
+        "bounce_classification": classify(reply),
         "egress_pool": None,
         "egress_source": None,
+        "feedback_report": None,
+        "meta": {k: v for k, v in meta.items() if v is not None} if meta else {},
+        "headers": {},
         "reception_protocol": protocol,
+        **_session_fields(session),
         "tenant": None,
         "campaign": None,
         "listener": listener,
     }
+    if session is None:
+        record["session_id"] = session_id
+    return record
 
 
 def automation_record(

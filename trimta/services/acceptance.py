@@ -35,6 +35,7 @@ from trimta.adapters.spool import Spool, encode_metadata
 from trimta.core import records
 from trimta.core.dkim import AddedSignature, SigningRefused
 from trimta.core.message import Message, Reception, new_id
+from trimta.core.outcome import SessionInfo
 from trimta.core.tenancy import extract_tenancy
 from trimta.core.trace import received_header
 from trimta.protocol import replies
@@ -56,6 +57,8 @@ class Submission:
     campaign: str | None = None
     add_trace_header: bool = True
     meta: Mapping[str, Any] | None = None  # KumoMTA's message metadata, for every recipient (inject's metadata)
+    # The SMTP session it came in on (its id, TLS), for the Reception records; None: HTTP.
+    session: SessionInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class Prepared:
     records: tuple[str, ...] | None = None
     # The DKIM signatures added; None when no signing is configured.
     signatures: tuple[AddedSignature, ...] | None = None
+    session: SessionInfo | None = None
 
     @property
     def data_id(self) -> str:
@@ -106,10 +110,12 @@ def accepted_reply(data_id: str) -> Reply:
 
 
 def prepare(
-    submission: Submission, *, tenancy: TenancyConfig, hostname: str, now: float, signer: MessageSigner | None = None
+    submission: Submission, *, tenancy: TenancyConfig, hostname: str, now: float, signer: MessageSigner | None = None,
+    log_fields: records.LogFields = records.NO_LOG_FIELDS,
 ) -> Prepared:
     """The data to store and its messages: tenancy headers read (and removed), trace header
-    added, then the DKIM signatures (`SigningRefused` if the message cannot be signed)."""
+    added, then the DKIM signatures (`SigningRefused` if the message cannot be signed).
+    The headers `log_fields` asks for are captured from the data as stored."""
     found = extract_tenancy(
         submission.data,
         tenancy.tenant_header,
@@ -137,6 +143,7 @@ def prepare(
     if signer is not None:
         data, signatures = signer.sign(data, tenant=tenant, now=now)
     size = len(data)
+    headers = records.capture_headers(data, log_fields.headers) or None
     messages = tuple(
         Message.new(
             data_id=data_id,
@@ -149,10 +156,11 @@ def prepare(
             reception=rec,
             id=data_id if i == 0 else None,
             meta=dict(submission.meta) if submission.meta else None,
+            log_headers=headers,
         )
         for i, recipient in enumerate(submission.recipients)
     )
-    return Prepared(data, messages, now, signatures=signatures)
+    return Prepared(data, messages, now, signatures=signatures, session=submission.session)
 
 
 def routed(prepared: Prepared, routing: Callable[[Message], str | None]) -> Prepared:
@@ -169,25 +177,33 @@ def routed(prepared: Prepared, routing: Callable[[Message], str | None]) -> Prep
 
 
 def _extra(prepared: Prepared) -> dict[str, Any]:
-    """The Reception record's fields beyond those of every record: the DKIM signatures."""
-    if prepared.signatures is None:
-        return {}
-    return {"dkim_signatures": [s.to_dict() for s in prepared.signatures]}
+    """The Reception record's fields beyond those of every message record: its session, the DKIM signatures."""
+    extra: dict[str, Any] = {"session": prepared.session}
+    if prepared.signatures is not None:
+        extra["dkim_signatures"] = [s.to_dict() for s in prepared.signatures]
+    return extra
 
 
-def encoded(prepared: Prepared) -> Prepared:
-    """`prepared` with its spool metadata and its Reception records (as if stored) encoded."""
+def encoded(prepared: Prepared, log_fields: records.LogFields = records.NO_LOG_FIELDS) -> Prepared:
+    """`prepared` with its spool metadata and its Reception records (as if stored) encoded.
+
+    They are encoded away from the log sink (in a reception worker), so what the sink
+    does to the records it is given is done here: the node id, the meta `log_fields` asks for.
+    """
     reply = accepted_reply(prepared.data_id)
     messages, now = prepared.messages, prepared.now
     extra = _extra(prepared)
+    extra["nodeid"] = log_fields.nodeid
+    select = log_fields.select
     return Prepared(
         prepared.data,
         messages,
         now,
         metas=tuple([encode_metadata(m) for m in messages]),
-        records=tuple([encode_record(records.message_record(records.RECEPTION, m, reply, now, **extra))
+        records=tuple([encode_record(select(records.message_record(records.RECEPTION, m, reply, now, **extra)))
                        for m in messages]),
         signatures=prepared.signatures,
+        session=prepared.session,
     )
 
 
@@ -205,8 +221,10 @@ class Acceptor:
         clock: Callable[[], float] = time.time,
         signer: MessageSigner | None = None,
         routing: Callable[[Message], str | None] | None = None,
+        log_fields: records.LogFields = records.NO_LOG_FIELDS,
     ) -> None:
         self.spool = spool
+        self.log_fields = log_fields
         self.logs = logs
         self.tenancy = tenancy
         self.hostname = hostname
@@ -224,7 +242,7 @@ class Acceptor:
     async def accept(self, submission: Submission) -> Accepted:
         signer = self.signer
         make = partial(prepare, submission, tenancy=self.tenancy, hostname=self.hostname, now=self.clock(),
-                       signer=signer)
+                       signer=signer, log_fields=self.log_fields)
         try:
             prepared = make() if signer is None else await trio.to_thread.run_sync(make)
         except SigningRefused as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import trio
 
 from trimta.adapters.logfile import JsonLinesWriter
+from trimta.core.records import NO_LOG_FIELDS, LogFields
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,19 @@ class LogSinkStatistics:
 
 
 class LogSink:
-    """Collects log records and writes them as JSON lines."""
+    """Collects log records and writes them as JSON lines.
+
+    Every record is stamped with the node's id (`nodeid`, KumoMTA's field: a UUID) unless
+    it has one already, and its ``meta`` narrowed to what ``[logs] meta`` asks for
+    (`fields`); records encoded in a reception worker had both done there.
+    """
 
     def __init__(self, writer: JsonLinesWriter, *, flush_interval_s: float = 0.2,
-                 max_held_records: int = 200_000) -> None:
+                 max_held_records: int = 200_000, nodeid: str | None = None,
+                 fields: LogFields = NO_LOG_FIELDS) -> None:
         self.writer = writer
+        self.nodeid = nodeid or fields.nodeid or str(uuid.uuid4())
+        self.fields = fields
         self.flush_interval_s = flush_interval_s
         self.max_held_records = max_held_records
         self._failing_since_errors: int | None = None  # the error count when the outage began
@@ -92,6 +102,10 @@ class LogSink:
         self._taps: list[RecordTap] = []
 
     def emit(self, record: dict[str, Any]) -> None:
+        if "nodeid" not in record:
+            record["nodeid"] = self.nodeid
+        if record.get("meta"):
+            self.fields.select(record)
         self._pending.append(record)
         self._emitted += 1
         if self._subscribers or self._taps:

@@ -233,17 +233,23 @@ class OutcomeRecorder:
         pool = self.pool_name(message)
         if outcome is not None and outcome.peer_address:
             peer = {"name": outcome.peer_host or "", "addr": outcome.peer_address}
+        session = outcome.session if outcome is not None else None
         record = records.message_record(
             kind,
             message,
             reply,
             self.clock(),
-            site=queue.site if queue is not None else "",
+            # KumoMTA's site is the ready queue's name; trimta's site name is site_name.
+            site=queue.name if queue is not None else "",
             egress_pool=pool,
             egress_source=queue.source.name if queue is not None else None,
             peer_address=peer if peer is not None else ({"name": "", "addr": ""} if queue is not None else None),
             command=outcome.command if outcome is not None else None,
+            session=session,
+            delivery_protocol="ESMTP" if queue is not None else None,
+            provider_name=(queue.path.provider or None) if queue is not None else None,
             ready_queue=queue.name if queue is not None else None,
+            site_name=queue.site if queue is not None else None,
             **extra,
         )
         if self.mta_sts_mode is not None and kind in _MTA_STS_KINDS:
@@ -259,4 +265,3 @@ class OutcomeRecorder:
             self.by_ready_queue[kind][queue.name] += 1
             self.by_provider[kind][(queue.path.provider or queue.site, queue.source.name, pool or "")] += 1
         self.logs.emit(record)
-

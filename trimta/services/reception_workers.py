@@ -71,6 +71,7 @@ from trimta.adapters.listen import (
 )
 from trimta.adapters.spool import MetadataDecoder
 from trimta.core.dkim import SigningRefused
+from trimta.core.records import NO_LOG_FIELDS, LogFields
 from trimta.protocol import replies
 from trimta.services.acceptance import (
     Accepted,
@@ -215,6 +216,7 @@ class WorkerSetup:
     processes: int  # of the listener, the daemon included: rows of the connection counts
     counts_key: bytes  # of the connection counts' address buckets
     signer: MessageSigner | None = None  # DKIM (pickled: its keys are read again from their octets)
+    log_fields: LogFields = LogFields()  # [logs] headers and meta, and the node's id
 
 
 class WorkerFailed(Exception):
@@ -354,7 +356,7 @@ class ReceptionWorkers:
         # What a previous worker of this index counted is gone with it.
         self.counts.clear_row(index)
         setup = WorkerSetup(index, self.process_config, self.acceptor.tenancy, self.acceptor.hostname,
-                            self.workers, self.counts.key, self.acceptor.signer)
+                            self.workers, self.counts.key, self.acceptor.signer, self.acceptor.log_fields)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
         try:
@@ -527,12 +529,14 @@ class RemoteAcceptor:
     """The worker's acceptor: prepares here, has the daemon commit, then answers."""
 
     def __init__(
-        self, channel: Channel, *, tenancy: TenancyConfig, hostname: str, signer: MessageSigner | None = None
+        self, channel: Channel, *, tenancy: TenancyConfig, hostname: str, signer: MessageSigner | None = None,
+        log_fields: LogFields = NO_LOG_FIELDS,
     ) -> None:
         self.channel = channel
         self.tenancy = tenancy
         self.hostname = hostname
         self.signer = signer
+        self.log_fields = log_fields
         self._next_request = 0
         self._waiting: dict[int, trio.lowlevel.Task] = {}  # request -> its session's task
         self._answers: dict[int, str | None] = {}  # request -> the daemon's answer, until read
@@ -540,11 +544,12 @@ class RemoteAcceptor:
     async def accept(self, submission: Submission) -> Accepted:
         signer = self.signer
         make = partial(prepare, submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time(),
-                       signer=signer)
+                       signer=signer, log_fields=self.log_fields)
         try:
             # Signing in a thread: the private-key operation releases the GIL, so this
             # process's other sessions go on meanwhile.
-            prepared = encoded(make() if signer is None else await trio.to_thread.run_sync(make))
+            prepared = encoded(make() if signer is None else await trio.to_thread.run_sync(make),
+                               self.log_fields)
         except SigningRefused as exc:
             return Accepted(exc.reply, ())
         self._next_request += 1
@@ -593,7 +598,8 @@ async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None =
     if frame is None or frame[0] != ["setup"]:
         raise SystemExit("reception worker: no set-up from the daemon")
     setup: WorkerSetup = pickle.loads(frame[1])
-    acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname, signer=setup.signer)
+    acceptor = RemoteAcceptor(channel, tenancy=setup.tenancy, hostname=setup.hostname, signer=setup.signer,
+                              log_fields=setup.log_fields)
     counts = None
     if counts_fd is not None:
         counts = SharedConnectionCounts.attach(counts_fd, processes=setup.processes, row=setup.index,

@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import logging
 import ssl
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, TypeVar
@@ -64,7 +65,7 @@ from trimta.core.dane import (
     usage_label,
 )
 from trimta.core.egress import EgressPathConfig, KeySource, TlsPolicy
-from trimta.core.outcome import Outcome, OutcomeKind, outcome_kind
+from trimta.core.outcome import Outcome, OutcomeKind, SessionInfo, outcome_kind
 from trimta.core.pools import EgressSource
 from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult, TlsSessionSink
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
@@ -269,6 +270,9 @@ class OutboundConnection:
         self._dane: _DaneTarget | None = None
         # The DANE outcome of the session, for records: "dane-ee", "dane-ta", "insecure"; None without DANE.
         self.dane: str | None = None
+        # What the records of this session's outcomes say about it (made once established).
+        self.session: SessionInfo = SessionInfo(str(uuid.uuid4()), delivery_protocol="ESMTP",
+                                                source_address=stream.local_address)
         # The running transaction's deadline, and what it was last set for: (command
         # awaited, its timeout, whether sending).
         self._timer: trio.CancelScope | None = None
@@ -562,6 +566,11 @@ class OutboundConnection:
             self._fail(reply(451, "4.7.5", text), Command.STARTTLS, tls=True, dane_result=failed)
         self._client.tls_started()
         self._tls_version = self._stream.tls_version or "TLS"
+        details = self._stream.tls_details
+        if details is not None:
+            self.session = dataclasses.replace(
+                self.session, tls_cipher=details.cipher, tls_protocol_version=details.protocol_version or
+                self._tls_version, tls_peer_subject_name=details.peer_subject_name)
 
     def _fail(self, answer: Reply, command: Command, *, tls: bool | None = None,
               dane_result: ResultType | None = None) -> NoReturn:
@@ -731,6 +740,7 @@ class OutboundConnection:
             command=command,
             recipient=recipient,
             dane=self.dane,
+            session=self.session,
         )
 
     # --- Closing -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import logging
 import math
 import ssl
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass, replace
@@ -37,8 +38,10 @@ import trio
 from trimta.adapters.config import AuthUser, ListenerConfig
 from trimta.adapters.listen import SocketConnection, accept_connections, open_listeners, peer_address
 from trimta.adapters.tls import server_context
+from trimta.adapters.tls_info import TlsDetails, tls_details
 from trimta.core import records
-from trimta.core.message import Reception, new_id
+from trimta.core.message import Reception
+from trimta.core.outcome import SessionInfo
 from trimta.core.trace import with_protocol
 from trimta.protocol import events as ev
 from trimta.protocol import replies
@@ -402,6 +405,7 @@ class Session:
         self.stream = stream
         self.peer = peer
         self._session_id: str | None = None
+        self._tls: TlsDetails | None = None
         self.user: AuthUser | None = None
         self.relay_ok, server_config = listener.peer_policy(peer)
         self.conn = ServerConnection(server_config)
@@ -414,10 +418,18 @@ class Session:
 
     @property
     def session_id(self) -> str:
-        """An id for the records of this session's refusals (made when first needed)."""
+        """The session's UUID, KumoMTA's ``session_id`` of its records (made when first needed)."""
         if self._session_id is None:
-            self._session_id = new_id()
+            self._session_id = str(uuid.uuid4())
         return self._session_id
+
+    def session_info(self) -> SessionInfo:
+        """What this session's records say about it: its id and its TLS."""
+        tls = self._tls
+        if tls is None:
+            return SessionInfo(self.session_id)
+        return SessionInfo(self.session_id, tls_cipher=tls.cipher, tls_protocol_version=tls.protocol_version,
+                           tls_peer_subject_name=tls.peer_subject_name)
 
     async def run(self) -> None:
         """Serve the conversation until QUIT, a 421, EOF or the client's silence."""
@@ -479,6 +491,7 @@ class Session:
         with trio.fail_after(TLS_HANDSHAKE_TIMEOUT_S):
             await tls.do_handshake()
         self.stream = tls
+        self._tls = tls_details(tls)
         self.conn.tls_started(version=tls.version() or "TLS")
         self.user = None
 
@@ -541,6 +554,7 @@ class Session:
             reception=reception,
             tenant=self.user.tenant if self.user else None,
             campaign=self.user.campaign if self.user else None,
+            session=self.session_info(),
         )
         result = await self.listener.acceptor.accept(submission)
         if result.reply.is_positive:
@@ -551,6 +565,12 @@ class Session:
 
     def reject(self, reply: Reply, command: str, recipient: str | None) -> None:
         mail = self.conn.mail_from
+        protocol = with_protocol(
+            self.conn.esmtp, self.conn.tls is not None, self.conn.auth_identity is not None,
+            mail is not None and mail.smtputf8,
+        )
+        reception = Reception(peer_address=self.peer, listener=self.config.name, protocol=protocol,
+                              auth_identity=self.conn.auth_identity)
         self.listener.logs.emit(
             records.rejection_record(
                 reply=reply,
@@ -559,12 +579,11 @@ class Session:
                 recipient=recipient,
                 peer_address=self.peer,
                 helo=self.conn.helo_name or "",
-                protocol=with_protocol(
-                    self.conn.esmtp, self.conn.tls is not None, self.conn.auth_identity is not None,
-                    mail is not None and mail.smtputf8,
-                ),
+                protocol=protocol,
                 command=command,
                 session_id=self.session_id,
                 listener=self.config.name,
+                meta=records.reception_meta(reception),
+                session=self.session_info(),
             )
         )

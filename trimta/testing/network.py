@@ -47,6 +47,7 @@ from typing import Any
 import trio
 
 from trimta.adapters.network import RECEIVE_SIZE, ConnectFailed, NetworkStream, TlsFailed, TransportError
+from trimta.adapters.tls_info import TlsDetails
 from trimta.protocol import events as ev
 from trimta.protocol.replies import AUTH_FAILED, AUTH_SUCCEEDED, Reply, reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection
@@ -451,6 +452,18 @@ class FakeStream:
         return self._record.tls_version
 
     @property
+    def tls_details(self) -> TlsDetails | None:
+        version = self._record.tls_version
+        if version is None:
+            return None
+        return TlsDetails("TLS_AES_256_GCM_SHA384", version, (f"CN={self._session.receiver.hostname}",))
+
+    @property
+    def local_address(self) -> str | None:
+        # A port of its own per connection, as the kernel would pick one.
+        return f"{self._record.source_address or '127.0.0.1'}:{40000 + self._record.id}"
+
+    @property
     def connection(self) -> FakeConnection:
         return self._record
 
@@ -684,6 +697,14 @@ class _BuggyStream:
 
     def peer_certificates(self) -> tuple[bytes, ...]:
         return self.inner.peer_certificates()
+
+    @property
+    def tls_details(self) -> TlsDetails | None:
+        return self.inner.tls_details
+
+    @property
+    def local_address(self) -> str | None:
+        return self.inner.local_address
 
     def _count(self, kind: str) -> None:
         if kind == self.on:

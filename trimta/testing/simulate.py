@@ -143,7 +143,7 @@ class CountingLogs:
 
     def emit(self, record: dict) -> None:
         self.by_type[record["type"]] += 1
-        self.by_site[record.get("site") or record.get("domain") or ""][record["type"]] += 1
+        self.by_site[record.get("site_name") or record.get("domain") or ""][record["type"]] += 1
 
 
 @dataclass
