@@ -260,7 +260,7 @@ def test_enforce_delivers_only_over_valid_tls_to_listed_mx_hosts(relay, policy_h
     send(daemon, "ann@enf.test")
     [delivery] = wait_for(lambda: records_to(daemon, "Delivery", "ann@enf.test"), "the delivery")
     assert delivery["mta_sts"] == "enforce"
-    assert delivery["site"] == "mx1.enf.test"  # the policy's hosts, not backup.other.test's
+    assert delivery["site_name"] == "mx1.enf.test"  # the policy's hosts, not backup.other.test's
     assert delivery["peer_address"]["name"] == "mx1.enf.test"
     assert receivers["mx1.enf.test"].messages == [{"recipients": ["ann@enf.test"], "tls": True}]
     assert receivers["backup.other.test"].messages == []  # preferred, but not in the policy
@@ -303,7 +303,7 @@ def test_a_cached_policy_survives_a_restart_and_an_unreachable_policy_host(relay
     daemon.start()
     send(daemon, "eve@enf.test")
     [delivery] = wait_for(lambda: records_to(daemon, "Delivery", "eve@enf.test"), "the delivery after restart")
-    assert delivery["mta_sts"] == "enforce" and delivery["site"] == "mx1.enf.test"
+    assert delivery["mta_sts"] == "enforce" and delivery["site_name"] == "mx1.enf.test"
     assert [m["recipients"] for m in receivers["mx1.enf.test"].messages] == [["dan@enf.test"], ["eve@enf.test"]]
     assert receivers["backup.other.test"].messages == []
     assert len(policy_host.requests) == fetched

@@ -79,7 +79,7 @@ connection_limit = 5
     assert delivered["u0@a.test"]["queue"] == "spring:acme@a.test!relay.test"
     assert delivered["u0@a.test"]["tenant"] == "acme" and delivered["u0@a.test"]["campaign"] == "spring"
     assert delivered["v@b.test"]["queue"] == "acme@b.test"
-    assert delivered["u0@a.test"]["site"] == "mx.relay.test"
+    assert delivered["u0@a.test"]["site_name"] == "mx.relay.test"
 
 
 async def test_a_domain_literal_routes_to_that_address(autojump_clock):

@@ -74,7 +74,7 @@ async def test_enforce_uses_only_listed_hosts_and_the_site_is_theirs(autojump_cl
         await h.inject(recipients=["a@example.com"])
         await h.wait_until_settled()
     [delivery] = h.records("Delivery")
-    assert delivery["site"] == "mx1.example.com"
+    assert delivery["site_name"] == "mx1.example.com"
     assert delivery["mta_sts"] == "enforce"
     assert len(listed.messages) == 1 and other.connection_count == 0
     assert sink.of("example.com") == [("mx1.example.com", "success")]

@@ -7,7 +7,7 @@ automation read them. They are values, so they live here, below all of those.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trimta.protocol.replies import Reply
 
@@ -60,7 +60,8 @@ class Outcome:
     # DANE (RFC 7672) applied to the host: "dane-ee"/"dane-ta" (the usage that authenticated
     # it), "insecure" (TLS without authentication), "failed" (TLSA lookup failed), ...
     dane: str | None = None
-    session: SessionInfo | None = None  # None: no session was established
+    # Which session it was (for the records); not part of what the attempt decided.
+    session: SessionInfo | None = field(default=None, compare=False)  # None: no session was established
 
     @property
     def delivered(self) -> bool:

@@ -214,8 +214,9 @@ def message_record(
         bounce_classification = classify(reply) if kind in CLASSIFIED else "Uncategorized"
     if peer_address is None:
         peer_address = {"name": rec.helo, "addr": rec.peer_address}
-    if peer_address:
-        peer_address["is_secure"] = session is not None and session.peer_is_secure
+    if peer_address and session is not None and session.peer_is_secure:
+        # As KumoMTA writes it: only when true (its readers take a missing one as false).
+        peer_address["is_secure"] = True
     record = {
         "type": kind,
         "id": message.id,
@@ -281,7 +282,7 @@ def rejection_record(
         "site": "",
         "size": 0,
         "response": response(reply, command),
-        "peer_address": {"name": helo, "addr": peer_address, "is_secure": False},
+        "peer_address": {"name": helo, "addr": peer_address},
         "timestamp": int(now),
         "event_time": event_time,
         "created": int(now),

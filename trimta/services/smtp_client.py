@@ -420,6 +420,10 @@ class OutboundConnection:
             raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False)) from None
         connection = cls(stream, client, host=host, address=address, path=path, source=source)
         connection._dane = dane
+        if dane is not None:
+            # DANE applies only to a host whose TLSA answer was DNSSEC-secure: the record's
+            # peer_address.is_secure, KumoMTA's mark of a DNSSEC-validated peer.
+            connection.session = dataclasses.replace(connection.session, peer_is_secure=True)
         try:
             await connection._establish(tls_contexts)
         except BaseException:
