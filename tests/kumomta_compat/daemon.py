@@ -4,7 +4,8 @@ Its DNS server never answers (mail waits in its scheduled queues, nothing is sen
 the machine), every IPv4 address but loopback is a prohibited host (the routing-domain
 literals of KumoMTA's examples, like ``[192.168.1.100]``, are never connected to), and
 ``stall.example`` is routed to ``[127.0.0.41]``, where `StallingListener` accepts
-connections and never greets, so a ready queue with an open connection can be inspected.
+connections and never greets, so a ready queue with an open connection can be inspected;
+``ok.example`` to ``[127.0.0.42]`` (same port), for a receiver a test starts there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from tests.interop.conftest import Daemon, free_port
 
 STALL_ADDRESS = "127.0.0.41"
+ACCEPT_ADDRESS = "127.0.0.42"  # ok.example is routed here: a test may run an SMTP receiver on the stall port
 
 
 def _all_but_loopback() -> list[str]:
@@ -58,7 +60,10 @@ def start_daemon(directory: Path, stall_port: int) -> Daemon:
 retry_interval = "1h"
 [queues.domains."stall.example"]
 routing_domain = "[{STALL_ADDRESS}]"
+[queues.domains."ok.example"]
+routing_domain = "[{ACCEPT_ADDRESS}]"
 [egress.default]
+idle_timeout = "1s"
 prohibited_hosts = [{prohibited}]
 smtp_port = {stall_port}
 enable_tls = "Disabled"

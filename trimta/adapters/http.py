@@ -25,12 +25,13 @@ Resource handling: each connection is one task of `handler_nursery` and ends wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 from http import HTTPStatus
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -91,6 +92,9 @@ class Response:
     body: bytes = b""
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = field(default=())
+    # A body sent as it is produced (chunked), for as long as the client reads it; then
+    # the connection closes. Each chunk must reach the client within body_timeout_s.
+    stream: Callable[[], AsyncGenerator[bytes, None]] | None = None
 
 
 def json_response(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -252,6 +256,9 @@ class _Connection:
                 return
             self.server.count_request()
             response = await self.dispatch(request)
+            if response.stream is not None:
+                await self.send_stream(response)
+                return
             close = self.h11.their_state is h11.MUST_CLOSE
             with trio.move_on_after(self.limits.body_timeout_s) as scope:
                 await self.send(response, close=close)
@@ -356,6 +363,29 @@ class _Connection:
             out += self.h11.send(h11.Data(data=response.body))
         out += self.h11.send(h11.EndOfMessage())
         await self.stream.send_all(out)
+
+    async def send_stream(self, response: Response) -> None:
+        """A streamed response: the head, then each chunk as it comes, until the stream ends
+        or the client stops reading (a chunk not taken within body_timeout_s ends it)."""
+        assert response.stream is not None
+        self.server.count_response(response.status)
+        headers = [("content-type", response.content_type), ("date", formatdate(usegmt=True)),
+                   ("server", self.server.server_name), ("cache-control", "no-store"), *response.headers,
+                   ("connection", "close")]
+        reason = _REASONS.get(response.status, b"")
+        head = self.h11.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        with trio.move_on_after(self.limits.body_timeout_s) as scope:
+            await self.stream.send_all(head)
+        if scope.cancelled_caught or self.method == "HEAD":
+            return
+        async with contextlib.aclosing(response.stream()) as chunks:  # its cleanup runs however this ends
+            async for chunk in chunks:
+                with trio.move_on_after(self.limits.body_timeout_s) as scope:
+                    await self.stream.send_all(self.h11.send(h11.Data(data=chunk)))
+                if scope.cancelled_caught:
+                    return
+        with trio.move_on_after(self.limits.body_timeout_s):
+            await self.stream.send_all(self.h11.send(h11.EndOfMessage()))
 
     async def refuse(self, response: Response) -> None:
         """Answer an error if the protocol still lets us, then close lingering."""

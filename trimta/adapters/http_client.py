@@ -25,7 +25,7 @@ import json
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,36 @@ class ApiClient:
             raise ApiUnreachable(f"cannot reach trimta at {self.endpoint}: {_unreachable_reason(exc)}") from None
         finally:
             conn.close()
+
+
+STREAM_READ_TIMEOUT_S = 60.0  # a streamed answer sends at least a heartbeat line in this time
+
+
+def stream_lines(client: ApiClient, path: str, pairs: Sequence[tuple[str, str]]) -> Iterator[bytes]:
+    """A streamed answer (the trace endpoints), line by line as it comes, until the daemon
+    ends it; `ApiRefused` for an error status, `ApiUnreachable` when it cannot be reached or
+    goes silent for STREAM_READ_TIMEOUT_S."""
+    target = client.prefix + path + ("?" + urllib.parse.urlencode(list(pairs)) if pairs else "")
+    cls = http.client.HTTPSConnection if client.origin.tls else http.client.HTTPConnection
+    conn = cls(client.origin.host, client.origin.port, timeout=client.timeout_s)
+    try:
+        try:
+            conn.request("GET", target, headers=dict(client.headers, Accept="application/x-ndjson"))
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiUnreachable(f"cannot reach trimta at {client.endpoint}: {_unreachable_reason(exc)}") from None
+        if response.status >= 400:
+            data = response.read()
+            raise ApiRefused(response.status, _error_text(response.reason, data), _try_json(data))
+        if conn.sock is not None:
+            conn.sock.settimeout(STREAM_READ_TIMEOUT_S)
+        try:
+            while line := response.readline():
+                yield line
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiUnreachable(f"lost trimta at {client.endpoint}: {_unreachable_reason(exc)}") from None
+    finally:
+        conn.close()
 
 
 def _query_value(value: Any) -> str:

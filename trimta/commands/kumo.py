@@ -1,5 +1,5 @@
-"""kcli's inspection verbs and rebind: provider-summary, inspect-sched-q, inspect-ready-q,
-resolve-egress-path, rebind.
+"""kcli's inspection verbs, rebind and tracing: provider-summary, inspect-sched-q,
+inspect-ready-q, resolve-egress-path, rebind, trace-smtp-client.
 
 Each is one request to the daemon's API (KumoMTA's paths, `trimta.services.http_kumo`),
 printed as kcli prints it: inspect-sched-q as JSON, the others as text for people
@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from trimta.adapters.http_client import ApiClient
+from trimta.adapters.http_client import ApiClient, stream_lines
 from trimta.commands._api import UsageError, add_api_options, api_command, plural, print_json, table
 
 INSPECT_SCHED_Q = "/api/admin/inspect-sched-q/v1"
 INSPECT_READY_Q = "/api/admin/inspect-ready-q/v1"
 RESOLVE_EGRESS_PATH = "/api/admin/resolve-egress-path/v1"
 REBIND = "/api/admin/rebind/v1"
+TRACE_SMTP_CLIENT = "/api/admin/trace-smtp-client/v1"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +91,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a value to set (repeatable)")
     add_api_options(p)
     p.set_defaults(func=api_command("rebind", rebind))
+
+    p = subparsers.add_parser(
+        "trace-smtp-client", help="show outgoing SMTP sessions live, filtered",
+        description="kcli's trace-smtp-client: the daemon's outgoing SMTP sessions as they happen (what is sent "
+        "and received), until Ctrl-C. Each filter is an allow-list (repeatable); a session is shown while every "
+        "property it names that the session has is allowed (the message's properties are known from RCPT TO on).")
+    for flag, metavar, what in TRACE_OPTIONS:
+        p.add_argument(flag, action="append", default=[], metavar=metavar, help=what)
+    p.add_argument("--only-one", action="store_true", help="trace the first session seen, then stop")
+    p.add_argument("--terse", action="store_true", help="abbreviate long writes (message data)")
+    add_api_options(p)
+    p.set_defaults(func=api_command("trace-smtp-client", trace_smtp_client))
+
+
+TRACE_OPTIONS = (
+    ("--source", "CIDR", "the egress source address (an address or a CIDR)"),
+    ("--mx-addr", "CIDR", "the MX host's address (an address or a CIDR)"),
+    ("--mx-host", "HOST", "the MX host name"),
+    ("--domain", "DOMAIN", "the recipient's domain"),
+    ("--routing-domain", "DOMAIN", "the routing domain"),
+    ("--campaign", "CAMPAIGN", "the campaign"),
+    ("--tenant", "TENANT", "the tenant"),
+    ("--egress-pool", "POOL", "the egress pool"),
+    ("--egress-source", "SOURCE", "the egress source's name"),
+    ("--mail-from", "ADDR", "the envelope sender"),
+    ("--rcpt-to", "ADDR", "the envelope recipient"),
+    ("--ready-queue", "QUEUE", "the ready queue"),
+)
 
 
 # --- provider-summary ------------------------------------------------------------------------
@@ -332,3 +362,59 @@ def rebind(client: ApiClient, args: argparse.Namespace) -> int:
     if queues:
         print(table(["QUEUE", "MESSAGES"], sorted(queues.items(), key=lambda kv: (-kv[1], kv[0])), right=(1,)))
     return 0
+
+
+# --- trace-smtp-client ---------------------------------------------------------------------------------
+
+
+def trace_smtp_client(client: ApiClient, args: argparse.Namespace) -> int:
+    pairs = [(flag[2:].replace("-", "_"), value) for flag, _, _ in TRACE_OPTIONS
+             for value in vars(args)[flag[2:].replace("-", "_")]]
+    first: str | None = None
+    for raw in stream_lines(client, TRACE_SMTP_CLIENT, pairs):
+        if not raw.strip():
+            continue  # the daemon's heartbeat
+        event = json.loads(raw)
+        if event.get("kind") == "Tracing":
+            print("tracing outgoing SMTP sessions (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        if args.json:
+            print(raw.decode("utf-8", "replace").rstrip("\n"), flush=True)
+            continue
+        session = event.get("session_id")
+        if args.only_one and session is not None:
+            first = first or session
+            if session != first:
+                continue
+        for line in trace_lines(event, terse=args.terse):
+            print(line, flush=True)
+        if args.only_one and session == first and event.get("kind") in ("Closed", "Closed by peer"):
+            return 0
+    return 0
+
+
+def trace_lines(event: dict[str, Any], *, terse: bool = False) -> list[str]:
+    """One event as kcli shows a trace: ``[session] -> sent``, ``[session] <- received``."""
+    kind = event.get("kind")
+    tag = f"[{str(event.get('session_id', ''))[:8]}]"
+    data = event.get("data") or ""
+    props = event.get("session") or {}
+    if kind == "Tracing":
+        return []
+    if kind == "Dropped":
+        return [f"... {event.get('count')} events dropped: the trace could not keep up (filter more narrowly)"]
+    if kind == "Connected":
+        source = props.get("source") or "the default address"
+        return [f"{tag} === {event.get('when')} connected to {props.get('mx_host')}[{props.get('mx_addr')}]"
+                f":{props.get('port')} from {props.get('egress_source')} ({source})"]
+    if kind == "Message":
+        details = ", ".join(f"{k}={props[k]}" for k in ("tenant", "campaign", "egress_pool", "ready_queue")
+                            if props.get(k))
+        return [f"{tag} === message from <{props.get('mail_from', '')}> to <{props.get('rcpt_to', '')}>"
+                + (f" ({details})" if details else "")]
+    if kind in ("Read", "Write"):
+        arrow = "<-" if kind == "Read" else "->"
+        lines = data.splitlines() or [""]
+        if terse and len(lines) > 3:
+            lines = [*lines[:2], f"... ({len(data)} characters)"]
+        return [f"{tag} {arrow} {line}" for line in lines]
+    return [f"{tag} === {kind}" + (f" {data}" if data else "")]

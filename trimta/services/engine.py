@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import trio
 
@@ -49,6 +51,7 @@ from trimta.services.ready_queue import Connection, ReadyQueueStatistics
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import QueueSummary, Scheduler
 from trimta.services.smtp_client import BrokenTls, OutboundConnection, TlsaLookups
+from trimta.services.smtp_trace import TraceHub, TracingNetwork
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +123,34 @@ class DeliveryEngine:
         if mta_sts is not None:
             self.outcomes.mta_sts_mode = self.egress.mta_sts_modes.get
         self.received_by_tenant: Counter[str] = Counter()
+        self.trace = TraceHub()  # trace-smtp-client's subscribers (`trimta.services.smtp_trace`)
         # KumoMTA's reception services: "esmtp_listener:NAME" per listener, "http_listener".
         self.received_by_service: Counter[str] = Counter()
 
     async def _connect(
         self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig, domain: str = ""
     ) -> Connection:
+        network: NetworkBackend = self.network
+        if self.trace.subscribers:  # someone runs trace-smtp-client: this connection is traced
+            network = TracingNetwork(self.network, self.trace, egress_source=source.name,
+                                     hosts={address: host for host, address in targets},
+                                     in_flight=partial(self._in_flight, source.name))
         return await OutboundConnection.open(
-            self.network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
+            network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
             broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink, domain=domain,
         )
+
+    def _in_flight(self, source: str, recipient: str) -> dict[str, Any] | None:
+        """What a trace learns of the message to `recipient` being sent from `source`."""
+        for queue in self.ready:
+            if queue.source.name != source:
+                continue
+            for message in queue.in_flight():
+                if message.recipient == recipient:
+                    return {"tenant": message.tenant, "campaign": message.campaign,
+                            "routing_domain": message.routing_domain, "ready_queue": queue.name,
+                            "egress_pool": self.scheduler.config_for(message).egress_pool or "unspecified"}
+        return None
 
     @property
     def paths(self) -> EgressPathProvider:

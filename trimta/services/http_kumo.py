@@ -7,6 +7,7 @@ GET  /api/admin/resolve-egress-path/v1?domain=D[&source=S][&tenant=T][&campaign=
 GET  /api/machine-info
 GET  /api/admin/memory/stats                   text, for people
 POST /api/admin/rebind/v1                      KumoMTA's RebindV1Request
+GET  /api/admin/trace-smtp-client/v1[?source=CIDR&mx_host=H&domain=D&tenant=T...]   streamed, JSON lines
 ```
 
 Paths, parameters and answers are those of ``kumod.openapi.json``; where trimta adds
@@ -18,10 +19,13 @@ where it has no counterpart for a field the field says so (docs/api.md lists the
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from itertools import islice
 from typing import Any
+
+import trio
 
 from trimta.adapters.http import HttpError, JsonFields, Request, Response, json_response, read_json
 from trimta.adapters.machine import MachineFacts, memory_report, read_machine_facts
@@ -33,8 +37,16 @@ from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.rebind import RebindError, RebindRequest, Rebinder
+from trimta.services.smtp_trace import TraceFilter
 
 Route = Callable[[Request], Awaitable[Response]]
+
+TRACE_HEARTBEAT_S = 15.0  # a newline this often: a client that left is noticed, and the client knows we live
+
+
+def _line(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
 
 REBIND_FIELDS = ("campaign", "tenant", "domain", "routing_domain", "reason", "data", "always_flush",
                  "trigger_rebind_event", "suppress_logging")
@@ -87,6 +99,7 @@ class KumoEndpoints:
             "/api/machine-info": {"GET": self.machine_info},
             "/api/admin/memory/stats": {"GET": self.memory_stats},
             "/api/admin/rebind/v1": {"POST": self.rebind},
+            "/api/admin/trace-smtp-client/v1": {"GET": self.trace_smtp_client},
         }
 
     def _epoch(self, at: float) -> float:
@@ -278,6 +291,34 @@ class KumoEndpoints:
         width = max(len(name) for name, _ in lines)
         text = "".join(f"{name:<{width}}  {value}\n" for name, value in lines)
         return Response(200, text.encode("utf-8"), "text/plain; charset=utf-8")
+
+    # --- trace-smtp-client -------------------------------------------------------------------------
+
+    async def trace_smtp_client(self, request: Request) -> Response:
+        """KumoMTA's trace-smtp-client as a streamed answer: one JSON event per line
+        (`trimta.services.smtp_trace`), a bare newline as a heartbeat, until the client leaves."""
+        try:
+            trace_filter = TraceFilter.parse({k: v for k, v in request.query.items() if v and any(x.strip() for x in v)})
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        hub = self.engine.trace
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            subscriber = hub.subscribe(trace_filter)
+            try:
+                yield _line({"kind": "Tracing", "filter": {k: sorted(v) for k, v in request.query.items()}})
+                while True:
+                    event = None
+                    with trio.move_on_after(TRACE_HEARTBEAT_S):
+                        event = await subscriber.receive.receive()
+                    if subscriber.dropped:
+                        yield _line({"kind": "Dropped", "count": subscriber.dropped})
+                        subscriber.dropped = 0
+                    yield _line(event) if event is not None else b"\n"
+            finally:
+                subscriber.close()
+
+        return Response(200, b"", "application/x-ndjson", stream=events)
 
     # --- rebind -------------------------------------------------------------------------------------
 

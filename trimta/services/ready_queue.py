@@ -331,6 +331,10 @@ class ReadyQueue:
             out.append(m)
         return out
 
+    def in_flight(self) -> list[Message]:
+        """The messages being delivered now."""
+        return list(self._in_flight.values())
+
     def scheduled_queue_names(self) -> list[str]:
         """The scheduled queues whose messages wait here now."""
         return [name for name, group in self._by_queue.items() if group]
