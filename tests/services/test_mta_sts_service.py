@@ -219,3 +219,36 @@ async def test_a_new_txt_id_while_the_policy_host_is_down_keeps_the_cached_polic
     assert found.policy is not None and found.policy.mode is Mode.ENFORCE and found.policy_id == "one"
     assert found.how.startswith("cached; policy host unreachable")
     assert found.error_type == "sts-policy-fetch-error"
+
+
+class BrokenStore:
+    """Saves once, then fails as a full disk would."""
+
+    def __init__(self) -> None:
+        self.saved = 0
+
+    def load(self):
+        return []
+
+    def save(self, entry) -> None:
+        self.saved += 1
+        if self.saved > 1:
+            raise OSError(28, "No space left on device")
+
+    def forget(self, domain: str) -> None:
+        pass
+
+
+async def test_a_background_refresh_that_fails_with_a_bug_leaves_the_service_running(autojump_clock):
+    lookup, fetcher = TableLookup(), Fetcher()
+    txt(lookup, "example.com", "one")
+    fetcher.bodies["example.com"] = POLICY
+    sts = service(lookup, fetcher, store=BrokenStore())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sts.run)
+        await sts.policy_for("example.com")
+        await trio.sleep(2 * DAY + 3600)  # the refresh fetched, and saving it failed
+        assert len(fetcher.calls) >= 2
+        found = await sts.policy_for("example.com")
+        assert found.policy is not None and found.policy.mode is Mode.ENFORCE
+        nursery.cancel_scope.cancel()

@@ -200,7 +200,13 @@ class MtaStsService:
         failed = self._failed_until.get(domain)
         if failed is not None and self._clock() < failed[0]:
             return
-        self._nursery.start_soon(self._fetch_once, domain, record, decision)
+        self._nursery.start_soon(self._background_fetch, domain, record, decision)
+
+    async def _background_fetch(self, domain: str, record: StsRecord, decision: Decision) -> None:
+        try:
+            await self._fetch_once(domain, record, decision)
+        except Exception:  # a bug here must not end the daemon: the cached policy stays in force
+            log.exception("refreshing the MTA-STS policy of %s failed", domain)
 
     # --- in the background --------------------------------------------------------------------
 
