@@ -245,3 +245,22 @@ async def test_a_node_refuses_its_own_mail(autojump_clock):
     with pytest.raises(XferRefused) as refused:
         await a.xfers.receive({"node": "a", "messages": []}, peer_address="127.0.0.1")
     assert refused.value.status == 400 and "myself" in refused.value.message
+
+
+async def test_an_xfer_that_selects_nothing_is_done_at_once(autojump_clock):
+    net = Network()
+    a, b = Node("a", net), Node("b", net)
+    await a.queue(1, tenant="acme")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.xfers.run)
+        await a.xfers.start(b.url, Selector(queue_names=("string",)), "Scaling down")
+        assert a.xfers.statistics() == [] and a.jobs.jobs == []
+        nursery.cancel_scope.cancel()
+    # A resumed job with nothing left ends as the node starts.
+    restarted = Node("a", net, jobs=MemoryJobs([XferJob("j", b.url, Selector(tenant="globex"), "r", 1e12)]))
+    assert restarted.xfers.restore() == 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.xfers.run)
+        assert restarted.xfers.statistics() == [] and restarted.jobs.jobs == []
+        nursery.cancel_scope.cancel()
+    assert len(a.scheduler) == 1

@@ -292,7 +292,13 @@ class Xfers:
         count = self._take(queue, job)
         log.info("xfer %s to %s: %d messages (%s)", job.id, target, count, reason)
         self._spawn(queue)
+        if self._idle(queue):
+            await self._finished(queue)  # it selected nothing: done at once
         return job
+
+    @staticmethod
+    def _idle(queue: XferQueue) -> bool:
+        return not queue.waiting and queue.in_flight == 0 and queue.senders == 0
 
     async def cancel(self, target: str, reason: str) -> int:
         """Stop the xfer to `target`: its waiting messages go back to their scheduled
@@ -334,6 +340,8 @@ class Xfers:
             self._nursery = nursery
             for queue in list(self._queues.values()):
                 self._spawn(queue)
+                if self._idle(queue):
+                    await self._finished(queue)  # resumed, with nothing left to move
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -367,7 +375,7 @@ class Xfers:
             queue.senders -= 1
             with trio.CancelScope(shield=True):
                 await peer.aclose()
-            if queue.senders == 0 and queue.in_flight == 0 and not queue.waiting:
+            if self._idle(queue):
                 await self._finished(queue)
 
     def _next_batch(self, queue: XferQueue) -> list[Message]:
