@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from trimta.adapters.network import NetworkBackend, NetworkStream
+from trimta.adapters.tls_info import TlsDetails
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -182,6 +183,14 @@ class TracingStream:
 
     def peer_certificates(self) -> tuple[bytes, ...]:
         return self._stream.peer_certificates()
+
+    @property
+    def tls_details(self) -> TlsDetails | None:
+        return self._stream.tls_details
+
+    @property
+    def local_address(self) -> str | None:
+        return self._stream.local_address
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         data = await self._stream.receive_some(max_bytes)
