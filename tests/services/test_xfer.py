@@ -147,6 +147,9 @@ async def test_selected_messages_move_keeping_id_envelope_tenant_attempts_and_du
     await a.xfers.start(b.url, Selector(tenant="acme"), "Scaling down")
     await run_until(lambda: not a.xfers.statistics(), a, b)
 
+    for m in b.scheduler.messages():  # KumoMTA's record of where it came from, beside its own meta
+        assert m.meta is not None and m.meta.pop("xfer_from") == "127.0.0.1"
+        assert (m.meta.pop("xfer_prior_node"), m.meta.pop("xfer_prior_id")) == ("a", m.id)
     got = {m.id: kept(m) for m in b.scheduler.messages()}
     assert got == expected
     for m in b.scheduler.messages():

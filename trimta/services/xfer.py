@@ -491,7 +491,11 @@ class Xfers:
             if self.known(item.message.id):
                 accepted.append(item.message.id)  # sent again after a crash; it is here already
             else:
-                item.message.data_id = new_id()
+                message = item.message
+                message.data_id = new_id()
+                # KumoMTA's metadata of a transferred message: where it came from.
+                message.meta = {**(message.meta or {}), "xfer_from": peer_address, "xfer_prior_id": message.id,
+                                **({"xfer_prior_node": node} if node is not None else {})}
                 fresh.append(item)
         results = await self.spool.store_all([(item.data, [item.message], None) for item in fresh])
         now = self.clock()
