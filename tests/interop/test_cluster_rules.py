@@ -28,6 +28,13 @@ def api(node: Node, method: str, path: str, body: dict | None = None) -> tuple[i
         conn.close()
 
 
+def answers(node: Node) -> bool:
+    try:
+        return api(node, "GET", "/api/admin/suspend/v1")[0] == 200
+    except OSError:
+        return False
+
+
 def test_a_suspension_posted_to_one_node_holds_the_other_nodes_mail_until_lifted_there(make_cluster):
     receiver = CountingReceiver("127.0.0.30", delay_s=0).start()
     try:
@@ -100,5 +107,39 @@ def test_nodes_started_while_redis_is_down_deliver_and_share_rules_once_it_is_up
         time.sleep(QUIET_S)
         assert "held@[127.0.0.30]" not in receiver.recipients
         assert "Traceback" not in a.stderr() + b.stderr()
+    finally:
+        receiver.stop()
+
+
+def test_two_nodes_on_one_smtp_port_share_the_mail_and_the_rules(make_cluster):
+    """The one-machine layout of docs/cluster.md: one SMTP port (shared_port), own spools and
+    HTTP ports, one Redis."""
+    receiver = CountingReceiver("127.0.0.30", delay_s=0).start()
+    try:
+        cluster = make_cluster(2, extra_config=receiver.egress_config(), start=False,
+                               hosts=["127.0.0.21", "127.0.0.21"])
+        a, b = cluster[0], cluster[1]
+        for node in cluster:
+            node.daemon.extra_listener = "shared_port = true"
+            node.daemon.port = a.daemon.port
+            node.daemon.__post_init__()  # its config again, with the one port
+        a.daemon.start()
+        b.daemon.start()
+        # The port answered at once (a's): b is up once its API answers.
+        wait_for(lambda: answers(b), DEADLINE_S, "node b's API")
+        _, answer = api(a, "POST", "/api/admin/suspend/v1", {"tenant": "acme", "duration": "1h", "reason": "x"})
+        wait_for(lambda: [r["id"] for r in api(b, "GET", "/api/admin/suspend/v1")[1]] == [answer["id"]],
+                 DEADLINE_S, "node b to list node a's suspension")
+        count = 30
+        for i in range(count):  # one connection each: the kernel spreads them over the nodes
+            a.send([receiver.address(f"m{i}")], tenant="acme")
+        taken = wait_for(lambda: (lambda n: n if sum(n) == count else None)(
+            [len(node.records("Reception")) for node in cluster]), DEADLINE_S, "both nodes' Reception records")
+        assert min(taken) > 0, taken  # both nodes took some of the mail
+        time.sleep(QUIET_S)
+        assert receiver.recipients == []  # held on both nodes
+        api(b, "DELETE", "/api/admin/suspend/v1", {"id": answer["id"]})
+        wait_for(lambda: receiver.delivered() == count, DEADLINE_S, "every message, once the rule is lifted")
+        assert sorted(receiver.recipients) == sorted(receiver.address(f"m{i}") for i in range(count))
     finally:
         receiver.stop()
