@@ -278,3 +278,36 @@ async def test_suspend_by_routing_domain():
     assert created.status == 200
     held = {q["name"]: (q["count"], q["suspended_by"]) for q in summary.json["scheduled"]}
     assert held == {"acme@example.net!other.example": (2, [created.json["id"]]), "acme@example.net": (1, [])}
+
+
+# --- trace-smtp-client over HTTP ---------------------------------------------------------------------------
+
+
+def _trace_request(api: Api, query: str, lines: int) -> list[bytes]:
+    """Open the trace stream, read `lines` lines, and hang up."""
+    import http.client
+
+    conn = http.client.HTTPConnection(api.host, api.port, timeout=10)
+    try:
+        conn.request("GET", f"/api/admin/trace-smtp-client/v1{query}")
+        response = conn.getresponse()
+        assert response.status == 200 and response.getheader("Content-Type") == "application/x-ndjson"
+        return [response.readline() for _ in range(lines)]
+    finally:
+        conn.close()
+
+
+async def test_the_trace_stream_and_its_end_when_the_client_leaves():
+    from functools import partial
+
+    with trio.fail_after(20):
+        async with running_api() as api:
+            engine = api.harness.engine
+            api.api.add_routes(KumoEndpoints(engine=engine, rules=engine.rules, node_id="n", clock=trio.current_time,
+                                             machine=lambda: FACTS, trace_heartbeat_s=0.05).routes())
+            lines = await trio.to_thread.run_sync(partial(_trace_request, api, "?domain=example.net", 2))
+            await wait_for(lambda: not engine.trace.subscribers)  # the next heartbeat finds the client gone
+            refused = await api.call("GET", "/api/admin/trace-smtp-client/v1?mx_addr=nowhere")
+    assert lines[0] == b'{"kind":"Tracing","filter":{"domain":["example.net"]}}\n'
+    assert lines[1] == b"\n"  # a heartbeat
+    assert refused.status == 400 and refused.json["error"].startswith("mx_addr: expected an address or a CIDR")

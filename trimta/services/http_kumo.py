@@ -41,9 +41,6 @@ from trimta.services.smtp_trace import TraceFilter
 
 Route = Callable[[Request], Awaitable[Response]]
 
-TRACE_HEARTBEAT_S = 15.0  # a newline this often: a client that left is noticed, and the client knows we live
-
-
 def _line(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
@@ -79,8 +76,10 @@ class KumoEndpoints:
         online_since: float | None = None,
         machine: Callable[[], MachineFacts] = read_machine_facts,
         known_tenants: Callable[[], Collection[str]] | None = None,
+        trace_heartbeat_s: float = 15.0,
     ) -> None:
         self.engine = engine
+        self.trace_heartbeat_s = trace_heartbeat_s
         self.rules = rules
         self.node_id = node_id
         self.clock = clock
@@ -296,7 +295,9 @@ class KumoEndpoints:
 
     async def trace_smtp_client(self, request: Request) -> Response:
         """KumoMTA's trace-smtp-client as a streamed answer: one JSON event per line
-        (`trimta.services.smtp_trace`), a bare newline as a heartbeat, until the client leaves."""
+        (`trimta.services.smtp_trace`), until the client leaves. A bare newline every
+        `trace_heartbeat_s` when nothing happens: a client that left is noticed (and its
+        subscription ends), and the client knows the daemon is there."""
         try:
             trace_filter = TraceFilter.parse({k: v for k, v in request.query.items() if v and any(x.strip() for x in v)})
         except ValueError as exc:
@@ -309,7 +310,7 @@ class KumoEndpoints:
                 yield _line({"kind": "Tracing", "filter": {k: sorted(v) for k, v in request.query.items()}})
                 while True:
                     event = None
-                    with trio.move_on_after(TRACE_HEARTBEAT_S):
+                    with trio.move_on_after(self.trace_heartbeat_s):
                         event = await subscriber.receive.receive()
                     if subscriber.dropped:
                         yield _line({"kind": "Dropped", "count": subscriber.dropped})
