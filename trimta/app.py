@@ -48,6 +48,7 @@ from trimta.adapters.xfer_store import FileXferStore
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.records import LogFields
 from trimta.services.acceptance import Acceptor
+from trimta.services.cluster_limits import RedisCluster
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
 from trimta.services.http_kumo import KumoEndpoints
@@ -169,6 +170,7 @@ class App:
         logged_sink = LogSessionSink(tls_sink)
         mta_sts = MtaStsService(lookup=resolver.lookup, fetcher=PolicyFetcher(resolver.resolve_addresses),
                                 store=PolicyStore.in_spool(config.spool.path), sink=logged_sink)
+        cluster = RedisCluster(config.cluster, config.spool.path) if config.cluster is not None else None
         engine = DeliveryEngine(
             spool=spool,
             logs=logs,
@@ -183,6 +185,7 @@ class App:
             dane=resolver,
             shared_rules=RedisRules.from_config(config.cluster, config.spool.path)
             if config.cluster is not None else None,
+            cluster=cluster.limits if cluster is not None else None,
         )
         if dane_enabled(config.delivery.path_provider,
                         config.shaping_loaded.shaping if config.shaping_loaded is not None else None):
@@ -217,6 +220,8 @@ class App:
             async with trio.open_nursery() as tail:
                 await tail.start(spool.run)
                 await tail.start(logs.run)
+                if cluster is not None:  # before delivery, after it stops: connections give their leases back
+                    await tail.start(cluster.run)
                 for webhook in webhooks:
                     await tail.start(webhook.run)
                 if log_hooks:

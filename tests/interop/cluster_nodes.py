@@ -238,6 +238,14 @@ class Cluster:
         node.daemon.start()
         return node
 
+    def wait_until_all_alive(self, timeout: float = 60.0) -> None:
+        """Until every running node has seen all the running ones alive (its heartbeat count),
+        so a local share taken in an outage divides by the real number of nodes."""
+        running = [node for node in self.nodes if node.running]
+        for node in running:
+            wait_for(lambda node=node: node.metric("trimta_cluster_nodes_alive") == len(running), timeout=timeout,
+                     what=f"{node.name} to see {len(running)} nodes alive")
+
     # --- Redis ---------------------------------------------------------------------------------
 
     def redis_stop(self) -> None:
@@ -298,6 +306,7 @@ def make_cluster(tmp_path) -> Iterator[Callable[..., Cluster]]:
         if start:
             for node in cluster.nodes:
                 node.daemon.start()
+            cluster.wait_until_all_alive()
         return cluster
 
     yield make

@@ -37,6 +37,7 @@ class FakeEngine:
     def __init__(self, *, sites=None, ready=()):
         self.sites = sites or {}
         self.ready = list(ready)
+        self.cluster = None  # no [cluster]
 
     def statistics(self):
         return EngineStatistics(

@@ -8,6 +8,7 @@ node_id = "mta-1"                   # default: generated once, kept in the spool
 timeout = "1s"                      # the most any one call to Redis may take
 pool_size = 8                       # connections to Redis per node
 token = "s3cret"                    # node-to-node calls (xfer) authenticate with it
+lease_period = "10s"                # a dead node's connection leases and liveness lapse after it
 ```
 
 Without a ``[cluster]`` table nothing changes: the node keeps its limits to itself.
@@ -27,7 +28,7 @@ from urllib.parse import quote, urlsplit
 from trimta.adapters.config_base import ConfigError, Table
 from trimta.core import units
 
-KEYS = ("redis", "password_file", "node_id", "timeout", "pool_size", "token")
+KEYS = ("redis", "password_file", "node_id", "timeout", "pool_size", "token", "lease_period")
 NODE_ID_FILE = "node_id"
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -41,10 +42,12 @@ class ClusterConfig:
     timeout_s: float = 1.0
     pool_size: int = 8
     token: str | None = None
+    lease_period_s: float = 10.0
 
     def __repr__(self) -> str:  # never print a password or the token into a log
         return (f"ClusterConfig(redis_url={display_url(self.redis_url)!r}, node_id={self.node_id!r}, "
-                f"timeout_s={self.timeout_s!r}, pool_size={self.pool_size!r}, token={'***' if self.token else None})")
+                f"timeout_s={self.timeout_s!r}, pool_size={self.pool_size!r}, token={'***' if self.token else None}, "
+                f"lease_period_s={self.lease_period_s!r})")
 
 
 def display_url(url: str) -> str:
@@ -84,6 +87,13 @@ def _timeout(value: Any) -> float:
     return seconds
 
 
+def _lease_period(value: Any) -> float:
+    seconds = units.parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"must be at least 1s (leases are extended every third of it), got {value!r}")
+    return seconds
+
+
 def parse_cluster_config(raw: Mapping[str, Any], file: str, base_dir: Path) -> ClusterConfig | None:
     """The ``[cluster]`` table, or None when there is none."""
     if "cluster" not in raw:
@@ -116,6 +126,7 @@ def parse_cluster_config(raw: Mapping[str, Any], file: str, base_dir: Path) -> C
         timeout_s=t.get("timeout", 1.0, _timeout),
         pool_size=t.positive_int("pool_size", 8),
         token=token,
+        lease_period_s=t.get("lease_period", 10.0, _lease_period),
     )
 
 

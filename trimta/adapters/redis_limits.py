@@ -88,7 +88,20 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 return redis.call('ZCOUNT', KEYS[1], string.format('(%.0f', now), '+inf')
 """
 
+# Node liveness: one sorted set of node ids scored by when each was last seen plus its TTL.
+# A node adds itself (moving its expiry on), drops the expired, and learns how many are alive.
+HEARTBEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1)
+return redis.call('ZCARD', KEYS[1])
+"""
+
 _SCRIPTS = {
+    "heartbeat": HEARTBEAT_SCRIPT,
     "gcra": GCRA_SCRIPT,
     "acquire": LEASE_ACQUIRE_SCRIPT,
     "extend": LEASE_EXTEND_SCRIPT,
@@ -128,6 +141,7 @@ class RedisLimits:
     """Shared rates and connection leases on one Redis; use inside `session()`."""
 
     def __init__(self, url: str, *, timeout_s: float = 1.0, pool_size: int = 8, prefix: str = "trimta:") -> None:
+        self._rates: dict[Rate, SharedRate] = {}
         self.url = url
         self.timeout_s = timeout_s
         self.pool_size = pool_size
@@ -157,6 +171,17 @@ class RedisLimits:
         """Take one event of `limit` for `scope` if it conforms across all nodes and return 0;
         else return the wait in seconds, taking nothing."""
         return (await self.try_acquire_at(limit, scope, rate)).wait_s
+
+    async def take(self, limit: str, scope: str, rate: Rate) -> float:
+        """`try_acquire` for a `Rate` as shaping gives it."""
+        shared = self._rates.get(rate)
+        if shared is None:
+            shared = self._rates[rate] = SharedRate.from_rate(rate)
+        return await self.try_acquire(limit, scope, shared)
+
+    async def heartbeat(self, node_id: str, ttl_s: float) -> int:
+        """Say this node is alive for `ttl_s` more; the number of nodes alive now (this one too)."""
+        return int(_text(await self._run("heartbeat", self.prefix + "nodes", (node_id, _us(ttl_s)))))
 
     async def try_acquire_at(self, limit: str, scope: str, rate: SharedRate) -> RateAnswer:
         """`try_acquire`, also saying when (on the server's clock) the script ran."""

@@ -53,6 +53,7 @@ from trimta.core.sites import own_site
 from trimta.core.throttle import Gcra
 from trimta.core.tls_report import TlsSessionSink
 from trimta.core.units import Rate
+from trimta.services.cluster_limits import LimitsBackend
 from trimta.services.outcomes import RETRY_AFTER_BUG_S, OutcomeRecorder
 from trimta.services.ready_queue import Connect, Observer, ReadyQueue, SharedLimits
 from trimta.services.ready_queues import ReadyQueues
@@ -131,12 +132,15 @@ class Egress:
         linger_s: float = 10.0,
         mta_sts: MtaStsPolicies | None = None,
         tls_sink: TlsSessionSink | None = None,
+        limits: LimitsBackend | None = None,
     ) -> None:
         self.resolver = resolver
         self.mta_sts = mta_sts
         self.tls_sink = tls_sink
         # The MTA-STS mode ("enforce", "testing") applied to each domain's last resolution.
         self.mta_sts_modes: dict[str, str] = {}
+        # With [cluster]: the limits shared by the nodes (those not written "local:").
+        self.limits = limits
         self.paths = paths
         self.sources = dict(sources)
         self.pool_for = pool_for
@@ -211,6 +215,22 @@ class Egress:
         if decision.hold is not None:
             self.scheduler.hold(message, decision.hold.id)
             return False
+        return await self._scheduled_rate_allows(message)
+
+    async def _scheduled_rate_allows(self, message: Message) -> bool:
+        """With [cluster], the scheduled queue's shared ``max_message_rate`` is taken here
+        (the scheduler keeps only local ones): without a turn the message waits for it in
+        its scheduled queue, no attempt counted."""
+        limits = self.limits
+        if limits is None:
+            return True
+        rate = self.scheduler.config_for(message).max_message_rate
+        if rate is None or not limits.shares(rate):
+            return True
+        wait = await limits.take("scheduled_max_message_rate", message.queue, rate)
+        if wait > 0:
+            self.scheduler.add(message, self.clock() + wait)
+            return False
         return True
 
     async def _resolve(self, domain: str) -> MxResolution:
@@ -255,7 +275,7 @@ class Egress:
             return
         picker = self._picker_for(message)
         site = resolution.site
-        source_name = self._select_source(picker, site, message.destination)
+        source_name = await self._select_source(picker, site, message.destination)
         if source_name is None:
             # Every source of the pool has this site suspended: wait without an attempt.
             self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
@@ -267,7 +287,7 @@ class Egress:
             self._use_resolution(queue, message, resolution)
             queue.add(message)
 
-    def _select_source(self, picker: PoolPicker, site: str, domain: str) -> str | None:
+    async def _select_source(self, picker: PoolPicker, site: str, domain: str) -> str | None:
         """The pool's next source for `site` that is not suspended and whose selection rates
         have room (``source_selection_rate``, ``additional_source_selection_rates``).
 
@@ -279,32 +299,55 @@ class Egress:
         while True:
             name = picker.next(skip=lambda n: n in refused
                                or self.rules.ready_queue_suspended(ready_queue_name(n, site)))
-            if name is None or self._selection_allowed(name, site, domain):
+            if name is None or await self._selection_allowed(name, site, domain):
                 return name
             refused.add(name)
 
-    def _selection_allowed(self, source: str, site: str, domain: str) -> bool:
+    async def _selection_allowed(self, source: str, site: str, domain: str) -> bool:
         path = self.paths.path_config(source, site, domain)
         rates = list(path.additional_source_selection_rates)
         if path.source_selection_rate is not None:
             rates.append((f"{source}->{site}", path.source_selection_rate))
         if not rates:
             return True
+        limits = self.limits
+        if limits is not None:
+            shared = sorted((r for r in rates if limits.shares(r[1])), key=lambda r: r[1].per_second)
+            rates = [r for r in rates if not limits.shares(r[1])]
+            if rates and not self._local_selection_room(rates):
+                return False
+            # Smallest first; one without a turn makes the source ineligible (the turns
+            # taken before it are spent: the shared rates run under their limit, never over).
+            for name, rate in shared:
+                if await limits.take("source_selection_rate", name, rate) > 0:
+                    return False
+            if rates:
+                self._take_local_selection(rates)
+            return True
+        if not self._local_selection_room(rates):
+            return False
+        self._take_local_selection(rates)
+        return True
+
+    def _local_selection_room(self, rates: list[tuple[str, Rate]]) -> bool:
+        now = self.clock()
+        return not any(self._selection_limiter(name, rate).wait_s(now) > 0 for name, rate in rates)
+
+    def _take_local_selection(self, rates: list[tuple[str, Rate]]) -> None:
         now = self.clock()
         limiters = [self._selection_limiter(name, rate) for name, rate in rates]
         # Smallest first, as KumoMTA checks them; taken only if every one has room.
         limiters.sort(key=lambda g: g.window_events or 0)
-        if any(g.wait_s(now) > 0 for g in limiters):
-            return False
         for g in limiters:
             g.try_acquire(now)
-        return True
 
     def _named_rates(self, path: EgressPathConfig) -> list[Gcra]:
         """The limiters of a path's ``additional_message_rate_throttles``, one per name for every
         path that names it, smallest limit first (as KumoMTA checks them)."""
         out = []
         for name, rate in path.additional_message_rate_throttles:
+            if self.limits is not None and self.limits.shares(rate):
+                continue  # shared by the nodes: the ready queue takes it from self.limits
             found = self._rates.get(name)
             if found is None or found[0] != rate:
                 found = self._rates[name] = (rate, Gcra.from_rate(rate))
@@ -355,6 +398,7 @@ class Egress:
                 domain=domain,
                 observer=self.observer,
                 automation_rules=self.paths.automation_for(source.name, site, domain),
+                limits=self.limits,
             )
             overrides = self.rules.path_overrides(name)
             if overrides:
@@ -377,7 +421,10 @@ class Egress:
         shared = self.shared.get(key)
         if shared is None:
             shared = self.shared[key] = SharedLimits(key)
-        shared.configure(path.provider_connection_limit, path.provider_max_message_rate)
+        rate = path.provider_max_message_rate
+        if rate is not None and self.limits is not None and self.limits.shares(rate):
+            rate = None  # shared by the nodes: the ready queue takes it from self.limits
+        shared.configure(path.provider_connection_limit, rate)
         return shared
 
     def reload(self, paths: EgressPathProvider, *, pool_for: Callable[[str | None], EgressPool] | None = None,

@@ -43,6 +43,7 @@ from trimta.core.pools import EgressSource
 from trimta.core.retry import due_after_restart, expires_before
 from trimta.core.tls_report import TlsSessionSink
 from trimta.services.automation import Automation
+from trimta.services.cluster_limits import ClusterLimits
 from trimta.services.egress import DueMessages, Egress, MtaStsPolicies
 from trimta.services.operator_rules import OperatorRules, RuleStore, SharedRules
 from trimta.services.logs import RecordSink
@@ -80,6 +81,7 @@ class DeliveryEngine:
         mta_sts: MtaStsPolicies | None = None,
         dane: TlsaLookups | None = None,
         tls_sink: TlsSessionSink | None = None,
+        cluster: ClusterLimits | None = None,
     ) -> None:
         self.delivery = delivery
         self.dane = dane  # where paths with enable_dane look up TLSA records
@@ -91,7 +93,10 @@ class DeliveryEngine:
         self.clock = clock
         self.rng = rng or random.Random()
         self.due = DueMessages()
-        self.scheduler = Scheduler(queue_config=delivery.queue_config, dispatch=self.due.put, clock=clock)
+        # [cluster]: the limits shared with the other nodes (None: this node keeps its own).
+        self.cluster = cluster
+        self.scheduler = Scheduler(queue_config=delivery.queue_config, dispatch=self.due.put, clock=clock,
+                                   shares_rate=cluster.shares if cluster is not None else None)
         self.ready = ReadyQueues()
         self.broken_tls = BrokenTls(clock)  # remember_broken_tls: hosts whose TLS failed, in memory
         self.outcomes = OutcomeRecorder(
@@ -119,6 +124,7 @@ class DeliveryEngine:
             linger_s=linger_s,
             mta_sts=mta_sts,
             tls_sink=tls_sink,
+            limits=cluster,
         )
         if mta_sts is not None:
             self.outcomes.mta_sts_mode = self.egress.mta_sts_modes.get

@@ -181,6 +181,7 @@ class TrimtaCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._engine()
+        yield from self._cluster()
         yield from self._ready_queues()
         if self.spool is not None:
             yield from self._spool(self.spool)
@@ -223,6 +224,24 @@ class TrimtaCollector(Collector):
             ("trimta_admin_bounces", "Active admin bounces.", s.bounces),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+    def _cluster(self) -> Iterator[Metric]:
+        cluster = self.engine.cluster
+        if cluster is None:
+            return
+        s = cluster.statistics()
+        yield GaugeMetricFamily("trimta_cluster_redis_available",
+                                "1 while the cluster's Redis answers (limits shared); 0 while this node "
+                                "delivers under its local share of each limit.", value=int(s.available))
+        yield GaugeMetricFamily("trimta_cluster_nodes_alive", "Nodes last seen alive in the cluster (this one too).",
+                                value=s.nodes_alive)
+        yield GaugeMetricFamily("trimta_cluster_leases_held", "Connection leases this node holds.",
+                                value=s.leases_held)
+        yield CounterMetricFamily("trimta_cluster_redis_outages", "Times the cluster's Redis went away.",
+                                  value=s.outages)
+        yield CounterMetricFamily("trimta_cluster_local_answers",
+                                  "Rate turns and leases answered from local shares while Redis was away.",
+                                  value=s.local_answers)
 
     def _ready_queues(self) -> Iterator[Metric]:
         stats = self.engine.queue_summary().ready

@@ -58,6 +58,7 @@ from trimta.core.throttle import Gcra
 from trimta.core.tls_report import TlsSessionSink
 from trimta.core.units import Rate
 from trimta.services.mta_sts_sessions import StsQueueState
+from trimta.services.cluster_limits import Lease, LimitsBackend
 from trimta.services.smtp_client import ConnectionFailed
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,16 @@ log = logging.getLogger(__name__)
 # How often a ready queue looks for messages that waited in it past their max_age (each
 # message is also checked when a connection takes it).
 SWEEP_INTERVAL_S = 60.0
+
+# With [cluster]: how long a queue waits before asking again for a connection lease that
+# every node together has used up (the other nodes release theirs as their connections end).
+LEASE_RETRY_S = 0.25
+# How long a closing connection may spend giving its leases back (each call is bounded by
+# the store's timeout; a lease not given back lapses by itself).
+LEASE_RELEASE_S = 5.0
+# With [cluster]: the longest a connection holding a shared lease waits idle for a message,
+# so a node whose queue has run dry gives its slots to nodes that still have mail.
+SHARED_IDLE_TIMEOUT_S = 2.0
 
 
 class Connection(Protocol):
@@ -172,8 +183,12 @@ class ReadyQueue:
         domain: str | None = None,
         observer: Observer | None = None,
         automation_rules: Sequence[AutomationRule] = (),
+        limits: LimitsBackend | None = None,
     ) -> None:
         self.source = source
+        # With [cluster]: the limits several nodes share (those not written "local:") go
+        # through it, not through this queue's own limiters.
+        self.limits = limits
         self.site = site
         self.name = ready_queue_name(source.name, site)
         # The domain whose message created it: its path options are looked up with it.
@@ -206,8 +221,8 @@ class ReadyQueue:
         self._failures = 0
         self._paused_until = -math.inf
         self.suspended = False
-        self._connection_rate = Gcra.from_rate(path.max_connection_rate) if path.max_connection_rate else None
-        self._message_rate = Gcra.from_rate(path.max_message_rate) if path.max_message_rate else None
+        self._connection_rate = self._local_limiter(path.max_connection_rate)
+        self._message_rate = self._local_limiter(path.max_message_rate)
         self._delivered = 0
         self._failed = 0
         self._connections_total = 0
@@ -219,6 +234,12 @@ class ReadyQueue:
         self.shared = shared
         if shared is not None:
             shared.members.add(self)
+
+    def _local_limiter(self, rate: Rate | None) -> Gcra | None:
+        """This queue's own limiter for `rate`: none if there is no rate, or if it is shared."""
+        if rate is None or (self.limits is not None and self.limits.shares(rate)):
+            return None
+        return Gcra.from_rate(rate)
 
     @property
     def closed(self) -> bool:
@@ -425,7 +446,7 @@ class ReadyQueue:
         for m in self.remove_matching(lambda m: self.expires_at(m) <= now):
             await self.outcomes.expired(m, self)
 
-    async def _next_message(self, scope: trio.CancelScope) -> Message | None:
+    async def _next_message(self, scope: trio.CancelScope, *, shared_leases: bool = False) -> Message | None:
         """Wait (idle) for a message; None when the idle deadline passes first."""
         while True:
             if self.suspended or self._paused_until > self.clock():
@@ -437,7 +458,10 @@ class ReadyQueue:
                     continue
                 self._in_flight[message.id] = message  # until its outcome is recorded
                 return message
-            scope.deadline = trio.current_time() + self.path.idle_timeout_s
+            idle_s = self.path.idle_timeout_s
+            if shared_leases:
+                idle_s = min(idle_s, SHARED_IDLE_TIMEOUT_S)
+            scope.deadline = trio.current_time() + idle_s
             self._idle += 1
             try:
                 await self._waiting.park()
@@ -460,6 +484,7 @@ class ReadyQueue:
         self._starting -= 1  # running now: it takes a message below, or waits idle
         conn: Connection | None = None
         message: Message | None = None
+        leases: list[Lease] = []
         try:
             with trio.CancelScope() as scope:
                 message = await self._next_message(scope)
@@ -469,6 +494,9 @@ class ReadyQueue:
                 turn = await self._reserve_message_turn(message)
                 if turn is None:
                     message = None  # put back: the queue waits
+                    return
+                if self.limits is not None and not await self._cluster_admit(message, self.limits, leases):
+                    message = None  # put back: the queue waits for a lease or a connection turn
                     return
                 # MTA-STS enforce: whether this connection will have required verified TLS.
                 verified = self.mta_sts.path_for(self.path, message.destination).enable_tls is TlsPolicy.REQUIRED
@@ -492,15 +520,18 @@ class ReadyQueue:
                     elif not await self._wait_for_message_rate(message):
                         message = None  # put back: the wait is longer than the idle timeout
                         break
+                    if self.limits is not None and not await self._shared_message_turn(message, self.limits):
+                        message = None  # put back, as above, for a rate shared by the nodes
+                        break
                     await self._deliver(conn, message)
                     message = None
                     sent += 1
                     if should_close(ConnectionState(
                         usable=conn.usable, sent=sent, max_deliveries=self.path.max_deliveries_per_connection,
                         connections=self._connections, connection_limit=self.path.connection_limit,
-                    )):
+                    )) or (leases and self.limits is not None and not self.limits.keep(leases)):
                         break
-                    message = await self._next_message(scope)
+                    message = await self._next_message(scope, shared_leases=bool(leases))
             if message is not None:  # cut short by the idle deadline with a message in hand
                 self._in_flight.pop(message.id, None)
                 self._put_back(message)
@@ -520,11 +551,85 @@ class ReadyQueue:
                     with trio.move_on_after(self.path.rset_timeout_s):
                         await conn.quit()
                     await conn.aclose()
+            if leases:
+                await self._release(leases)
             self._connections -= 1
             self._changed.set()
             for limits in self._all_shared():
                 limits.connections -= 1
                 limits.released()
+
+    # --- limits shared by the nodes ([cluster]) ------------------------------------------------
+
+    def _shared_rates(self, limits: LimitsBackend) -> list[tuple[str, str, Rate]]:
+        """The message rates this queue shares with the other nodes: (limit, scope, rate), smallest first."""
+        path = self.path
+        out: list[tuple[str, str, Rate]] = []
+        if path.max_message_rate is not None and limits.shares(path.max_message_rate):
+            out.append(("max_message_rate", self.name, path.max_message_rate))
+        rate = path.provider_max_message_rate
+        if self.shared is not None and rate is not None and limits.shares(rate):
+            out.append(("provider_max_message_rate", self.shared.name, rate))
+        out += [("additional_message_rate_throttles", name, rate)
+                for name, rate in path.additional_message_rate_throttles if limits.shares(rate)]
+        return sorted(out, key=lambda entry: entry[2].per_second)
+
+    def _shared_connection_limits(self, limits: LimitsBackend) -> list[tuple[str, int]]:
+        """The connection limits this queue shares with the other nodes: (lease scope, limit)."""
+        path = self.path
+        out: list[tuple[str, int]] = []
+        if limits.shares(path.connection_limit_local):
+            out.append((f"connection_limit:{self.name}", path.connection_limit))
+        if (self.shared is not None and path.provider_connection_limit is not None
+                and limits.shares(path.provider_connection_limit_local)):
+            out.append((f"provider_connection_limit:{self.shared.name}", path.provider_connection_limit))
+        out += [(f"named:{name}", limit.limit) for name, limit in path.additional_connection_limits
+                if limits.shares(limit.local)]
+        return out
+
+    def _give_back(self, message: Message, wait_s: float) -> None:
+        """Put a taken message back, and open no connection for `wait_s`."""
+        self._in_flight.pop(message.id, None)
+        self._put_back(message)
+        self._rate_blocked_until = max(self._rate_blocked_until, self.clock() + wait_s)
+        self._changed.set()
+
+    async def _cluster_admit(self, message: Message, limits: LimitsBackend, leases: list[Lease]) -> bool:
+        """Before connecting: a lease of every shared connection limit, then a turn of the
+        shared connection rate. False (message put back, leases given back) if one is refused."""
+        for scope, limit in self._shared_connection_limits(limits):
+            lease = await limits.lease(scope, limit)
+            if lease is None:
+                await self._release(leases)
+                self._give_back(message, LEASE_RETRY_S)
+                return False
+            leases.append(lease)
+        rate = self.path.max_connection_rate
+        if rate is not None and limits.shares(rate):
+            wait = await limits.take("max_connection_rate", self.name, rate)
+            if wait > 0:
+                await self._release(leases)
+                self._give_back(message, wait)
+                return False
+        return True
+
+    async def _release(self, leases: list[Lease]) -> None:
+        limits = self.limits
+        assert limits is not None
+        with trio.CancelScope(shield=True), trio.move_on_after(LEASE_RELEASE_S):
+            while leases:
+                await limits.release(leases.pop())
+
+    async def _shared_message_turn(self, message: Message, limits: LimitsBackend) -> bool:
+        """Wait for a turn of every message rate shared with the other nodes; False (message
+        put back) if a wait is longer than the idle timeout."""
+        for limit, scope, rate in self._shared_rates(limits):
+            while (wait := await limits.take(limit, scope, rate)) > 0:
+                if wait > self.path.idle_timeout_s:
+                    self._give_back(message, wait)
+                    return False
+                await trio.sleep(wait)
+        return True
 
     def _message_limiters(self) -> list[Gcra]:
         own = [g for g in (self._message_rate, self.shared.message_rate if self.shared else None) if g]
@@ -648,9 +753,9 @@ class ReadyQueue:
 
     def _use_path(self, path: EgressPathConfig) -> None:
         if path.max_connection_rate != self.path.max_connection_rate:
-            self._connection_rate = Gcra.from_rate(path.max_connection_rate) if path.max_connection_rate else None
+            self._connection_rate = self._local_limiter(path.max_connection_rate)
         if path.max_message_rate != self.path.max_message_rate:
-            self._message_rate = Gcra.from_rate(path.max_message_rate) if path.max_message_rate else None
+            self._message_rate = self._local_limiter(path.max_message_rate)
         self.path = path
         self._changed.set()
 

@@ -25,6 +25,7 @@ import trio
 from trimta.core.message import Message
 from trimta.core.retry import QueueConfig
 from trimta.core.throttle import Gcra
+from trimta.core.units import Rate
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,14 @@ class ScheduledQueue:
 
     __slots__ = ("name", "tenant", "campaign", "domain", "config", "throttle", "count", "oldest_created", "changed")
 
-    def __init__(self, name: str, tenant: str | None, campaign: str | None, domain: str, config: QueueConfig) -> None:
+    def __init__(self, name: str, tenant: str | None, campaign: str | None, domain: str, config: QueueConfig,
+                 throttle: Gcra | None = None) -> None:
         self.name = name
         self.tenant = tenant
         self.campaign = campaign
         self.domain = domain
         self.config = config
-        self.throttle = Gcra.from_rate(config.max_message_rate) if config.max_message_rate else None
+        self.throttle = throttle
         self.count = 0
         self.oldest_created = math.inf
         self.changed = -math.inf  # when a message last joined or left (the scheduler's clock)
@@ -73,8 +75,12 @@ class Scheduler:
         queue_config: Callable[[str | None, str | None, str], QueueConfig],
         dispatch: Callable[[Message], None],
         clock: Callable[[], float] = time.time,
+        shares_rate: Callable[[Rate], bool] | None = None,
     ) -> None:
         self._queue_config = queue_config
+        # With [cluster]: which max_message_rates the nodes share (the egress takes those;
+        # only the others, "local:", are throttled here).
+        self._shares_rate = shares_rate
         self._dispatch = dispatch
         self.clock = clock
         self._queues: dict[str, ScheduledQueue] = {}
@@ -97,7 +103,13 @@ class Scheduler:
             config = queue_config(queue.tenant, queue.campaign, queue.domain)
             if config != queue.config:
                 queue.config = config
-                queue.throttle = Gcra.from_rate(config.max_message_rate) if config.max_message_rate else None
+                queue.throttle = self._throttle(config)
+
+    def _throttle(self, config: QueueConfig) -> Gcra | None:
+        rate = config.max_message_rate
+        if rate is None or (self._shares_rate is not None and self._shares_rate(rate)):
+            return None
+        return Gcra.from_rate(rate)
 
     def config_for(self, message: Message) -> QueueConfig:
         """The message's queue config, without creating the queue."""
@@ -110,7 +122,8 @@ class Scheduler:
         queue = self._queues.get(message.queue)
         if queue is None:
             config = self._queue_config(message.tenant, message.campaign, message.domain)
-            queue = ScheduledQueue(message.queue, message.tenant, message.campaign, message.domain, config)
+            queue = ScheduledQueue(message.queue, message.tenant, message.campaign, message.domain, config,
+                                   self._throttle(config))
             self._queues[message.queue] = queue
         return queue
 
