@@ -33,7 +33,9 @@ def test_connection_limit_3_is_never_exceeded_by_both_nodes_together(make_cluste
         wait_for(lambda: all_delivered(receiver, expected), timeout=180, what="80 messages at the receiver")
         # Each node alone would open 3: together they never had more than 3 open.
         assert receiver.max_sessions <= 3
-        assert len(a.records("Delivery")) == 40 and len(b.records("Delivery")) == 40
+        # Each node's records are written a moment after the receiver's 250.
+        wait_for(lambda: len(a.records("Delivery")) == 40 and len(b.records("Delivery")) == 40,
+                 what="40 Delivery records on each node")
         assert Counter(receiver.recipients) == Counter(expected)
         assert a.metric("trimta_cluster_redis_available") == 1.0
     finally:
@@ -96,7 +98,8 @@ def test_redis_killed_mid_run_both_keep_delivering_then_share_again(make_cluster
         wait_for(lambda: all_delivered(receiver, (first - delivered_before) | second), timeout=180,
                  what="every message while Redis is down")
         assert receiver.max_sessions <= 2
-        assert len(a.records("Delivery")) >= 30 + 30 and len(b.records("Delivery")) >= 30 + 30
+        wait_for(lambda: len(a.records("Delivery")) >= 30 + 30 and len(b.records("Delivery")) >= 30 + 30,
+                 what="both nodes delivered while Redis was down")
 
         cluster.redis_start()
         for node in cluster:
