@@ -9,7 +9,7 @@ Use it from a test module under tests/interop::
         cluster = make_cluster(2, extra_config=receiver.egress_config())
         cluster.nodes[0].send(["u1@[127.0.0.30]"])
         ...
-        cluster.redis_stop(); cluster.redis_start()
+        cluster.redis_stop(); cluster.redis_start()   # or redis_kill9(), redis_pause()/redis_resume()
         cluster.kill9(0); cluster.restart(0)
 
 Each node is a `Daemon` (tests/interop/conftest.py) in its own directory: its own
@@ -258,6 +258,19 @@ class Cluster:
             proc.kill()
             proc.wait(timeout=60)
         self.redis.proc = None
+
+    def redis_pause(self) -> None:
+        """Freeze Redis (SIGSTOP): it accepts connections and answers nothing, a Redis too slow to use."""
+        import signal
+
+        assert self.redis.proc is not None
+        self.redis.proc.send_signal(signal.SIGSTOP)
+
+    def redis_resume(self) -> None:
+        import signal
+
+        assert self.redis.proc is not None
+        self.redis.proc.send_signal(signal.SIGCONT)
 
     def redis_start(self) -> None:
         """Start Redis again on the same port and data."""

@@ -142,3 +142,36 @@ def test_kill_9_of_a_node_holding_leases_gives_the_full_limit_to_the_other_after
         assert len(members) == 3 and all(re.match(r"node-b-", m) for m in members), members
     finally:
         receiver.stop()
+
+
+def test_a_redis_that_answers_nothing_does_not_hold_delivery_up(make_cluster):
+    receiver = CountingReceiver(delay_s=0.0).start()
+    cluster = None
+    try:
+        cluster = make_cluster(2, cluster_config=FAST, extra_config=receiver.egress_config(
+            connection_limit=3, max_message_rate="50/s"))
+        a, b = cluster
+        cluster.redis_pause()
+        frozen = {receiver.address(f"a{i}") for i in range(20)} | {receiver.address(f"b{i}") for i in range(20)}
+        a.send(sorted(r for r in frozen if r.startswith("a")))
+        b.send(sorted(r for r in frozen if r.startswith("b")))
+        # Every call gives up after the timeout (500 ms): the nodes deliver under local shares.
+        wait_for(lambda: all_delivered(receiver, frozen), timeout=120, what="delivery while Redis is frozen")
+        for node in cluster:
+            wait_for(lambda node=node: node.metric("trimta_cluster_redis_available") == 0.0, timeout=60,
+                     what=f"{node.name} to give up on Redis")
+        assert receiver.max_sessions <= 3 + 1
+        cluster.redis_resume()
+        for node in cluster:
+            wait_for(lambda node=node: node.metric("trimta_cluster_redis_available") == 1.0, timeout=60,
+                     what=f"{node.name} back on shared limits")
+        after = {receiver.address(f"a-after{i}") for i in range(20)} | {receiver.address(f"b-after{i}") for i in range(20)}
+        a.send(sorted(r for r in after if r.startswith("a")))
+        b.send(sorted(r for r in after if r.startswith("b")))
+        wait_for(lambda: all_delivered(receiver, frozen | after), timeout=120, what="delivery after Redis thawed")
+        assert Counter(receiver.recipients) == Counter(frozen | after)
+        assert "within 0.5s" in a.stderr() + b.stderr()
+    finally:
+        if cluster is not None and cluster.redis.proc is not None:
+            cluster.redis_resume()
+        receiver.stop()
