@@ -29,7 +29,7 @@ class Store:
         if self.down:
             raise ClusterUnavailable("redis://127.0.0.1:1/0: connection refused")
 
-    def _live(self, scope: str) -> dict[str, float]:
+    def live(self, scope: str) -> dict[str, float]:
         now = trio.current_time()
         held = self.leases.setdefault(scope, {})
         for lease_id in [k for k, until in held.items() if until <= now]:
@@ -43,7 +43,7 @@ class Store:
 
     async def acquire_lease(self, scope: str, lease_id: str, limit: int, period_s: float) -> bool:
         self._check()
-        held = self._live(scope)
+        held = self.live(scope)
         if lease_id not in held and len(held) >= limit:
             return False
         held[lease_id] = trio.current_time() + period_s
@@ -51,7 +51,7 @@ class Store:
 
     async def extend_lease(self, scope: str, lease_id: str, period_s: float) -> bool:
         self._check()
-        held = self._live(scope)
+        held = self.live(scope)
         if lease_id not in held:
             return False
         held[lease_id] = trio.current_time() + period_s
@@ -59,7 +59,7 @@ class Store:
 
     async def release_lease(self, scope: str, lease_id: str) -> None:
         self._check()
-        self._live(scope).pop(lease_id, None)
+        self.live(scope).pop(lease_id, None)
 
     async def heartbeat(self, node_id: str, ttl_s: float) -> int:
         self._check()
@@ -129,7 +129,7 @@ async def test_while_the_store_is_away_each_node_gets_its_share_and_one_warning(
     await a.beat()
     assert a.statistics().available
     # The leases taken locally are in the store now: b sees them.
-    assert len(store._live("conn")) == 2
+    assert len(store.live("conn")) == 2
     assert any("limits are shared again" in r.getMessage() for r in caplog.records)
     await a.take("max_message_rate", "q", rate)
     assert store.taken[-1] == ("max_message_rate", "q")
