@@ -243,7 +243,7 @@ class OutcomeRecorder:
             site=queue.name if queue is not None else "",
             egress_pool=pool,
             egress_source=queue.source.name if queue is not None else None,
-            peer_address=peer if peer is not None else ({"name": "", "addr": ""} if queue is not None else None),
+            peer_address=peer,
             command=outcome.command if outcome is not None else None,
             session=session,
             delivery_protocol="ESMTP" if queue is not None else None,
@@ -252,6 +252,8 @@ class OutcomeRecorder:
             site_name=queue.site if queue is not None else None,
             **extra,
         )
+        if peer is None:
+            record["peer_address"] = None  # no connection made: KumoMTA's readers take no empty address
         if self.mta_sts_mode is not None and kind in _MTA_STS_KINDS:
             mode = queue.mta_sts.mode(message.destination) if queue is not None else None
             mode = mode or self.mta_sts_mode(message.destination)
