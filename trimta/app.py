@@ -52,6 +52,7 @@ from trimta.services.cluster_limits import RedisCluster
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import HttpApi, serve_api
 from trimta.services.http_kumo import KumoEndpoints
+from trimta.services.smtp_trace import TraceHub
 from trimta.services.log_hooks import run_log_hooks, attach_all
 from trimta.services.logs import LogSink
 from trimta.services.mta_sts import LogSessionSink, MtaStsService
@@ -213,7 +214,9 @@ class App:
             config.listeners, http_connections=config.http.max_connections if config.http.enabled else 0,
             limit=raise_descriptor_limit(),
         )
-        listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs) for lc in listener_configs]
+        server_trace = TraceHub()  # trace-smtp-server's subscribers (listeners served in the daemon)
+        listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs, trace=server_trace)
+                     for lc in listener_configs]
         try:
             # The durable tail (spool, log sink, webhook and log hook journals) stops last, after
             # everything that could still produce a message or a record.
@@ -263,7 +266,9 @@ class App:
                             api.add_routes(KumoEndpoints(
                                 engine=engine, rules=engine.rules,
                                 node_id=node_id_for(config.cluster or ClusterConfig(redis_url=""), config.spool.path),
-                                known_tenants=api.known_tenants).routes())
+                                known_tenants=api.known_tenants, server_trace=server_trace,
+                                traced_listeners=[lst.config.name for lst in listeners
+                                                  if isinstance(lst, SmtpListener)]).routes())
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api),

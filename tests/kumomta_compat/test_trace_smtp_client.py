@@ -69,3 +69,37 @@ def test_a_bad_filter_is_refused_in_one_line(daemon):
     assert tracer.returncode == 1 and out == ""
     assert err == ("trimta trace-smtp-client: refused (HTTP 400): source: expected an address or a CIDR like "
                    "10.0.0.0/8: '10.0.0.300' does not appear to be an IPv4 or IPv6 network\n")
+
+
+def test_trace_smtp_server_shows_an_incoming_session(daemon):
+    import smtplib
+
+    tracer = trimta(daemon, "trace-smtp-server", "--source", "127.0.0.0/8", "--only-one")
+    try:
+        assert tracer.stderr.readline() == "tracing incoming SMTP sessions (Ctrl-C to stop)\n"
+        with smtplib.SMTP(daemon.host, daemon.port, timeout=20) as smtp:
+            smtp.ehlo("client.example")
+            smtp.sendmail("a@client.example", ["r@example.org"], b"Subject: in\r\n\r\nHello\r\n")
+        out, err = tracer.communicate(timeout=60)
+    finally:
+        tracer.kill()
+    assert tracer.returncode == 0, err
+    lines = out.splitlines()
+    tag = lines[0].split()[0]
+    assert "connection from 127.0.0.1 to listener" in lines[0]
+    assert lines[1].startswith(f"{tag} <- 220 mx.trimta.test")
+    assert f"{tag} -> ehlo client.example" in lines
+    assert f"{tag} -> rcpt TO:<r@example.org>" in lines and f"{tag} -> Subject: in" in lines  # smtplib's case
+    assert any(line.startswith(f"{tag} <- 250 ") and "ids=" in line for line in lines)
+    assert lines[-1] == f"{tag} === Closed"
+
+
+def test_trace_smtp_server_filters_by_source_only(daemon):
+    tracer = trimta(daemon, "trace-smtp-server", "--source", "::1")
+    try:
+        assert tracer.stderr.readline() == "tracing incoming SMTP sessions (Ctrl-C to stop)\n"
+    finally:
+        tracer.kill()
+        tracer.communicate(timeout=10)
+    status, answer = call(daemon, "GET", "/api/admin/trace-smtp-server/v1?domain=example.org")
+    assert status == 400 and answer["error"] == "domain: trace-smtp-server filters by source only"

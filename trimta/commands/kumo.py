@@ -1,5 +1,5 @@
 """kcli's inspection verbs, rebind and tracing: provider-summary, inspect-sched-q,
-inspect-ready-q, resolve-egress-path, rebind, trace-smtp-client.
+inspect-ready-q, resolve-egress-path, rebind, trace-smtp-client, trace-smtp-server.
 
 Each is one request to the daemon's API (KumoMTA's paths, `trimta.services.http_kumo`),
 printed as kcli prints it: inspect-sched-q as JSON, the others as text for people
@@ -25,6 +25,7 @@ INSPECT_READY_Q = "/api/admin/inspect-ready-q/v1"
 RESOLVE_EGRESS_PATH = "/api/admin/resolve-egress-path/v1"
 REBIND = "/api/admin/rebind/v1"
 TRACE_SMTP_CLIENT = "/api/admin/trace-smtp-client/v1"
+TRACE_SMTP_SERVER = "/api/admin/trace-smtp-server/v1"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,6 +104,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--terse", action="store_true", help="abbreviate long writes (message data)")
     add_api_options(p)
     p.set_defaults(func=api_command("trace-smtp-client", trace_smtp_client))
+
+    p = subparsers.add_parser(
+        "trace-smtp-server", help="show incoming SMTP sessions live, filtered by the client's address",
+        description="kcli's trace-smtp-server: the sessions of the daemon's SMTP listeners as they happen "
+        "(what clients send and what is answered), until Ctrl-C. Listeners served by reception worker "
+        "processes cannot be traced: set workers = 1 on the listener.")
+    p.add_argument("--source", action="append", default=[], metavar="CIDR",
+                   help="only clients from this address or network (repeatable)")
+    p.add_argument("--only-one", action="store_true", help="trace the first session seen, then stop")
+    p.add_argument("--terse", action="store_true", help="abbreviate long reads (message data)")
+    add_api_options(p)
+    p.set_defaults(func=api_command("trace-smtp-server", trace_smtp_server))
 
 
 TRACE_OPTIONS = (
@@ -370,13 +383,22 @@ def rebind(client: ApiClient, args: argparse.Namespace) -> int:
 def trace_smtp_client(client: ApiClient, args: argparse.Namespace) -> int:
     pairs = [(flag[2:].replace("-", "_"), value) for flag, _, _ in TRACE_OPTIONS
              for value in vars(args)[flag[2:].replace("-", "_")]]
+    return _trace(client, args, TRACE_SMTP_CLIENT, pairs, "outgoing", server=False)
+
+
+def trace_smtp_server(client: ApiClient, args: argparse.Namespace) -> int:
+    return _trace(client, args, TRACE_SMTP_SERVER, [("source", s) for s in args.source], "incoming", server=True)
+
+
+def _trace(client: ApiClient, args: argparse.Namespace, path: str, pairs: list[tuple[str, str]], what: str, *,
+           server: bool) -> int:
     first: str | None = None
-    for raw in stream_lines(client, TRACE_SMTP_CLIENT, pairs):
+    for raw in stream_lines(client, path, pairs):
         if not raw.strip():
             continue  # the daemon's heartbeat
         event = json.loads(raw)
         if event.get("kind") == "Tracing":
-            print("tracing outgoing SMTP sessions (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            print(f"tracing {what} SMTP sessions (Ctrl-C to stop)", file=sys.stderr, flush=True)
         if args.json:
             print(raw.decode("utf-8", "replace").rstrip("\n"), flush=True)
             continue
@@ -385,15 +407,16 @@ def trace_smtp_client(client: ApiClient, args: argparse.Namespace) -> int:
             first = first or session
             if session != first:
                 continue
-        for line in trace_lines(event, terse=args.terse):
+        for line in trace_lines(event, terse=args.terse, server=server):
             print(line, flush=True)
         if args.only_one and session == first and event.get("kind") in ("Closed", "Closed by peer"):
             return 0
     return 0
 
 
-def trace_lines(event: dict[str, Any], *, terse: bool = False) -> list[str]:
-    """One event as kcli shows a trace: ``[session] -> sent``, ``[session] <- received``."""
+def trace_lines(event: dict[str, Any], *, terse: bool = False, server: bool = False) -> list[str]:
+    """One event as kcli shows a trace: ``[session] -> sent``, ``[session] <- received``
+    (for an incoming session, `server`: what the client sent is ``->``)."""
     kind = event.get("kind")
     tag = f"[{str(event.get('session_id', ''))[:8]}]"
     data = event.get("data") or ""
@@ -402,6 +425,9 @@ def trace_lines(event: dict[str, Any], *, terse: bool = False) -> list[str]:
         return []
     if kind == "Dropped":
         return [f"... {event.get('count')} events dropped: the trace could not keep up (filter more narrowly)"]
+    if kind == "Connected" and server:
+        return [f"{tag} === {event.get('when')} connection from {props.get('source')} to listener "
+                f"{props.get('listener')}"]
     if kind == "Connected":
         source = props.get("source") or "the default address"
         return [f"{tag} === {event.get('when')} connected to {props.get('mx_host')}[{props.get('mx_addr')}]"
@@ -412,7 +438,7 @@ def trace_lines(event: dict[str, Any], *, terse: bool = False) -> list[str]:
         return [f"{tag} === message from <{props.get('mail_from', '')}> to <{props.get('rcpt_to', '')}>"
                 + (f" ({details})" if details else "")]
     if kind in ("Read", "Write"):
-        arrow = "<-" if kind == "Read" else "->"
+        arrow = ("->" if kind == "Read" else "<-") if server else ("<-" if kind == "Read" else "->")
         lines = data.splitlines() or [""]
         if terse and len(lines) > 3:
             lines = [*lines[:2], f"... ({len(data)} characters)"]

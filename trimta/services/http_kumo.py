@@ -8,6 +8,7 @@ GET  /api/machine-info
 GET  /api/admin/memory/stats                   text, for people
 POST /api/admin/rebind/v1                      KumoMTA's RebindV1Request
 GET  /api/admin/trace-smtp-client/v1[?source=CIDR&mx_host=H&domain=D&tenant=T...]   streamed, JSON lines
+GET  /api/admin/trace-smtp-server/v1[?source=CIDR]                                 streamed, JSON lines
 ```
 
 Paths, parameters and answers are those of ``kumod.openapi.json``; where trimta adds
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from itertools import islice
 from typing import Any
 
@@ -37,7 +38,7 @@ from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time
 from trimta.services.operator_rules import OperatorRules
 from trimta.services.rebind import RebindError, RebindRequest, Rebinder
-from trimta.services.smtp_trace import TraceFilter
+from trimta.services.smtp_trace import TraceFilter, TraceHub
 
 Route = Callable[[Request], Awaitable[Response]]
 
@@ -77,9 +78,14 @@ class KumoEndpoints:
         machine: Callable[[], MachineFacts] = read_machine_facts,
         known_tenants: Callable[[], Collection[str]] | None = None,
         trace_heartbeat_s: float = 15.0,
+        server_trace: TraceHub | None = None,
+        traced_listeners: Sequence[str] = (),
     ) -> None:
         self.engine = engine
         self.trace_heartbeat_s = trace_heartbeat_s
+        # trace-smtp-server: the hub of the listeners served in the daemon, and their names.
+        self.server_trace = server_trace
+        self.traced_listeners = tuple(traced_listeners)
         self.rules = rules
         self.node_id = node_id
         self.clock = clock
@@ -99,6 +105,7 @@ class KumoEndpoints:
             "/api/admin/memory/stats": {"GET": self.memory_stats},
             "/api/admin/rebind/v1": {"POST": self.rebind},
             "/api/admin/trace-smtp-client/v1": {"GET": self.trace_smtp_client},
+            "/api/admin/trace-smtp-server/v1": {"GET": self.trace_smtp_server},
         }
 
     def _epoch(self, at: float) -> float:
@@ -298,16 +305,30 @@ class KumoEndpoints:
         (`trimta.services.smtp_trace`), until the client leaves. A bare newline every
         `trace_heartbeat_s` when nothing happens: a client that left is noticed (and its
         subscription ends), and the client knows the daemon is there."""
+        return self._trace(request, self.engine.trace)
+
+    async def trace_smtp_server(self, request: Request) -> Response:
+        """KumoMTA's trace-smtp-server: incoming sessions, filtered by the client's address
+        (``source``), of the listeners served in the daemon itself (``workers = 1``)."""
+        if self.server_trace is None or not self.traced_listeners:
+            raise HttpError(409, "no listener of this daemon can be traced: each runs in reception worker processes "
+                            "([[listener]] workers); set workers = 1 on a listener to trace its sessions")
+        extra = set(request.query) - {"source"}
+        if extra:
+            raise HttpError(400, f"{sorted(extra)[0]}: trace-smtp-server filters by source only")
+        return self._trace(request, self.server_trace, listeners=self.traced_listeners)
+
+    def _trace(self, request: Request, hub: TraceHub, **about: Any) -> Response:
         try:
             trace_filter = TraceFilter.parse({k: v for k, v in request.query.items() if v and any(x.strip() for x in v)})
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
-        hub = self.engine.trace
 
         async def events() -> AsyncGenerator[bytes, None]:
             subscriber = hub.subscribe(trace_filter)
             try:
-                yield _line({"kind": "Tracing", "filter": {k: sorted(v) for k, v in request.query.items()}})
+                yield _line({"kind": "Tracing", "filter": {k: sorted(v) for k, v in request.query.items()},
+                             **{k: list(v) for k, v in about.items()}})
                 while True:
                     event = None
                     with trio.move_on_after(self.trace_heartbeat_s):

@@ -85,6 +85,7 @@ from trimta.services.acceptance import (
 )
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import ListenerStatistics, SmtpListener
+from trimta.services.smtp_trace import TraceHub
 
 log = logging.getLogger(__name__)
 
@@ -491,11 +492,12 @@ def decode_store(header: list[Any], body: bytes, decoder: MetadataDecoder | None
 
 
 def make_listener(
-    config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink
+    config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink, trace: TraceHub | None = None
 ) -> SmtpListener | ReceptionWorkers:
-    """The listener for one ``[[listener]]`` table: in the daemon alone, or over `workers` processes."""
+    """The listener for one ``[[listener]]`` table: in the daemon alone (its sessions
+    traced on `trace` while anyone traces), or over `workers` processes."""
     if workers <= 1:
-        return SmtpListener(config, acceptor=acceptor, logs=logs)
+        return SmtpListener(config, acceptor=acceptor, logs=logs, trace=trace)
     return ReceptionWorkers(config, workers=workers, acceptor=acceptor, logs=logs)
 
 

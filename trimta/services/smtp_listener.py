@@ -49,6 +49,7 @@ from trimta.protocol.replies import Reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection, ServerState
 from trimta.services.acceptance import Accepting, Submission
 from trimta.services.logs import RecordSink
+from trimta.services.smtp_trace import TraceHub
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,12 @@ class SmtpListener:
         logs: RecordSink,
         clock: Callable[[], float] = time.time,
         counts: ConnectionCounts | None = None,
+        trace: TraceHub | None = None,
     ) -> None:
-        """`counts`: shared with the other processes serving the same listener, if any."""
+        """`counts`: shared with the other processes serving the same listener, if any;
+        `trace`: where trace-smtp-server's subscribers are (sessions are traced while any is)."""
         self.config = config
+        self.trace = trace
         self.counts: ConnectionCounts = counts if counts is not None else LocalConnectionCounts()
         self.acceptor = acceptor
         self.logs = logs
@@ -411,6 +415,14 @@ class Session:
         self.conn = ServerConnection(server_config)
         # Cancelled by the listener's timeout watch when the client is out of time.
         self.timer = trio.CancelScope()
+        hub = listener.trace
+        # Someone runs trace-smtp-server: this session's bytes are events (nobody: None, no cost).
+        self.traced = hub.server_session(peer, self.config.name) if hub is not None and hub.subscribers else None
+
+    async def _send(self, data: bytes | bytearray) -> None:
+        if self.traced is not None:
+            self.traced.hub.event(self.traced, "Write", bytes(data).decode("utf-8", "replace"))
+        await self.stream.send_all(data)
 
     def time_out(self) -> None:
         """The client is out of time: end the conversation (the watch calls this)."""
@@ -433,6 +445,13 @@ class Session:
 
     async def run(self) -> None:
         """Serve the conversation until QUIT, a 421, EOF or the client's silence."""
+        try:
+            await self._run()
+        finally:
+            if self.traced is not None:
+                self.traced.hub.event(self.traced, "Closed")
+
+    async def _run(self) -> None:
         silence = self.silence
         silence.add(self)
         try:
@@ -443,13 +462,13 @@ class Session:
         if self.timer.cancelled_caught and not self.conn.closed:
             # Silent for too long, a line too slow (or not reading our replies): say why and hang up.
             with trio.move_on_after(1):
-                await self.stream.send_all(self.conn.send(replies.TIMEOUT))
+                await self._send(self.conn.send(replies.TIMEOUT))
 
     async def _converse(self) -> None:
         conn = self.conn
         silence = self.silence
         config = self.config
-        await self.stream.send_all(conn.send(self.listener.greeting))
+        await self._send(conn.send(self.listener.greeting))
         # When the line being received must be complete (RFC 5321 4.5.3.2): a command
         # line within `command_timeout` of the server being ready for it, each line of
         # message content within `data_timeout` of the previous one. A client trickling
@@ -464,6 +483,9 @@ class Session:
             # the replies to it (a client that does not read them is as good as silent).
             silence.waiting(self, line_deadline)
             data = await self.stream.receive_some(RECEIVE_SIZE)
+            if self.traced is not None:
+                self.traced.hub.event(self.traced, "Read" if data else "Closed by peer",
+                                      data.decode("utf-8", "replace") if data else None)
             if b"\n" in data:
                 line_deadline = None  # a line ended: the next one's time starts
             conn.receive_data(data)
@@ -478,12 +500,12 @@ class Session:
                 reply = await self.answer(event)
                 out += conn.send(reply)
                 if isinstance(event, ev.StartTls) and reply.is_positive:
-                    await self.stream.send_all(out)
+                    await self._send(out)
                     out.clear()
                     await self.start_tls()
                     break
             if out:
-                await self.stream.send_all(out)
+                await self._send(out)
 
     async def start_tls(self) -> None:
         assert self.listener.tls_context is not None
@@ -492,6 +514,8 @@ class Session:
             await tls.do_handshake()
         self.stream = tls
         self._tls = tls_details(tls)
+        if self.traced is not None:
+            self.traced.hub.event(self.traced, "TLS", tls.version())
         self.conn.tls_started(version=tls.version() or "TLS")
         self.user = None
 

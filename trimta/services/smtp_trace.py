@@ -13,6 +13,10 @@ message's sender, recipient, domain, tenant, campaign, routing domain and pool (
 among the messages in flight). A session that a newly known property excludes sends
 no more events.
 
+Incoming sessions (`TraceHub.server_session`) are traced by the listener itself, when it
+runs in the daemon (``workers = 1``); their one property is the client's address
+(``source``).
+
 Each subscriber has a bounded buffer; events that do not fit are dropped and counted
 (the subscriber is told how many), so a slow reader never slows delivery.
 """
@@ -123,6 +127,12 @@ class TraceHub:
         subscriber = Subscriber(self, trace_filter, buffer)
         self.subscribers.add(subscriber)
         return subscriber
+
+    def server_session(self, peer: str, listener: str) -> TraceSession:
+        """A traced incoming session (trace-smtp-server): its `Connected` event is sent."""
+        session = TraceSession(self, {"source": peer, "listener": listener}, lambda recipient: None)
+        self.event(session, "Connected")
+        return session
 
     def event(self, session: TraceSession, kind: str, data: str | None = None) -> None:
         if not self.subscribers:
