@@ -36,6 +36,7 @@ from trimta.adapters.delivery_config import DeliveryConfig, parse_delivery_confi
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message, Reception, new_id
 from trimta.core.tls_report import TlsSessionSink
+from trimta.services.cluster_limits import ClusterLimits
 from trimta.services.egress import MtaStsPolicies
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import RecordSink
@@ -80,6 +81,7 @@ class DeliveryHarness:
         tls_sink: TlsSessionSink | None = None,
         shared_rules: SharedRules | None = None,
         clock: Callable[[], float] = trio.current_time,
+        cluster: ClusterLimits | None = None,
     ) -> None:
         if config is None or isinstance(config, str):
             raw = tomllib.loads(textwrap.dedent(config or ""))
@@ -106,6 +108,7 @@ class DeliveryHarness:
             mta_sts=mta_sts,
             tls_sink=tls_sink,
             shared_rules=shared_rules,  # rules shared with other nodes (RedisRules); None: this node's own
+            cluster=cluster,  # limits shared with other nodes; None: this node's own
         )
 
     @asynccontextmanager
