@@ -68,6 +68,8 @@ class Session:
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
             '[spool]\npath = "trimta-data/spool"\n'
             '[logs]\npath = "trimta-data/logs"\nflush_interval = "20ms"\n'
+            # What docs/logs.md's headers and meta example says the daemon logs.
+            'headers = ["Subject"]\nmeta = ["tenant", "received_from"]\n'
         )
         return path
 
