@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from trimta.adapters.cluster_config import ClusterConfig, node_id_for
+from trimta.adapters.cluster_config import ClusterConfig, node_id_for, node_uuid
 from trimta.adapters.config import ConfigError, load_config
 
 
@@ -81,3 +83,17 @@ def test_a_configured_node_id_wins_and_writes_nothing(tmp_path):
     config = ClusterConfig(redis_url="redis://127.0.0.1:6379/0", node_id="mta-1")
     assert node_id_for(config, tmp_path) == "mta-1"
     assert not (tmp_path / "node_id").exists()
+
+
+def test_every_node_has_an_id_without_a_cluster_table_too(tmp_path):
+    spool = tmp_path / "spool"
+    first = node_id_for(None, spool)
+    assert str(uuid.UUID(first)) == first  # generated: a UUID, as KumoMTA's nodeid
+    assert node_id_for(None, spool) == first == node_uuid(first)
+    assert node_id_for(ClusterConfig(redis_url="redis://127.0.0.1:6379/0", node_id="mta-1"), spool) == "mta-1"
+
+
+def test_a_node_id_that_is_not_a_uuid_is_logged_as_a_uuid_derived_from_it():
+    derived = node_uuid("mta-1")
+    assert str(uuid.UUID(derived)) == derived and derived == node_uuid("mta-1") != node_uuid("mta-2")
+    assert node_uuid("557F3AD4-2C8C-11EE-976E-782D7E12E173") == "557f3ad4-2c8c-11ee-976e-782d7e12e173"

@@ -98,3 +98,22 @@ def test_workers_auto_is_one_per_usable_cpu_and_the_default(tmp_path, monkeypatc
                                          '[[listener]]\nlisten = "127.0.0.1:2526"\nworkers = 1\n'
                                          '[[listener]]\nlisten = "127.0.0.1:2527"\n'))
     assert [lc.workers for lc in config.listeners] == [3, 1, 3]
+
+
+def test_logs_headers_and_meta_are_kumomtas_log_options(tmp_path):
+    config = load_config(write(tmp_path, '[logs]\nheaders = ["Subject", "X-*", "Subject"]\nmeta = ["tenant", "x_*"]\n'))
+    assert (config.logs.headers, config.logs.meta) == (("Subject", "X-*"), ("tenant", "x_*"))
+    assert (load_config(write(tmp_path, "")).logs.headers, load_config(write(tmp_path, "")).logs.meta) == ((), ())
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ('headers = "Subject"', "expected a list of header names"),
+    ('headers = ["X-*-Id"]', "only a last '*' is a wildcard"),
+    ('headers = ["Subject:"]', "not a header name"),
+    ('meta = [""]', "expected a list of meta names"),
+    ("meta = [1]", "expected a list of meta names"),
+])
+def test_logs_headers_and_meta_refuse_what_kumomta_would_not_match(tmp_path, text, hint):
+    with pytest.raises(ConfigError, match="logs") as info:
+        load_config(write(tmp_path, f"[logs]\n{text}\n"))
+    assert hint in str(info.value)

@@ -105,7 +105,8 @@ def daemon(tmp_path_factory, tls_files):
     d = Daemon(
         directory=directory / "daemon", port=free_port(),
         dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"',
-        extra_listener='max_message_size = "20KB"\n',
+        # Two processes: Reception records encoded in a reception worker carry the same fields.
+        extra_listener='max_message_size = "20KB"\nworkers = 2\n',
         extra_config=f"""
 [queues]
 retry_interval = "1s"

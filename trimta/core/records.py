@@ -342,4 +342,5 @@ def automation_record(
         "campaign": message.campaign,
         "domain": message.domain,
         "timestamp": int(now),
+        "event_time": rfc3339(now),
     }
