@@ -40,7 +40,8 @@ ZONE = [
     "--mx-host=held.test,mx.held.test,10", "--host-record=mx.held.test,127.0.0.35",
 ]
 SUBJECT = "=?utf-8?q?Gr=C3=BC=C3=9Fe?= from the tests"
-KINDS = {"Reception", "Delivery", "TransientFailure", "Bounce", "Expiration", "AdminBounce", "Rejection"}
+KINDS = {"Reception", "Delivery", "TransientFailure", "Bounce", "Expiration", "AdminRebind", "AdminBounce",
+         "Rejection"}
 
 
 class Receiver:
@@ -75,6 +76,13 @@ def wait_for(predicate, what: str, timeout: float = 90.0, logs: Path | None = No
         time.sleep(0.2)
     seen = Counter((r["type"], r["recipient"]) for r in read_records(logs)) if logs else ""
     raise AssertionError(f"timed out waiting for {what}; records: {seen}")
+
+
+def post(d: Daemon, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{d.http_port}{path}", method="POST",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        return json.load(answer)
 
 
 def send(d: Daemon, recipients: list[str], body: str = "hello", **headers: str) -> None:
@@ -125,13 +133,13 @@ enable_tls = "RequiredInsecure"
     )
     d.config_path.write_text(d.config_path.read_text().replace(
         "[logs]\n",
-        '[logs]\ncompression = "zstd"\nheaders = ["subject", "X-Campaign-*"]\nmeta = ["tenant", "received_*"]\n'))
+        '[logs]\ncompression = "zstd"\nheaders = ["subject", "X-Campaign-*"]\nmeta = ["tenant", "received_*", "x_*"]\n'))
     logs = d.directory / "logs"
     try:
         d.start()
         send(d, ["ann@plain.test", "bob@tls.test"], X_Tenant="acme", X_Campaign_Id="spring-1",
              X_Campaign_Note="first")
-        send(d, ["cid@defer.test", "dan@reject.test", "eve@expire.test", "fay@held.test"])
+        send(d, ["cid@defer.test", "dan@reject.test", "eve@expire.test", "fay@held.test", "ida@held.test"])
         with smtplib.SMTP(d.host, d.port, timeout=20) as client:
             # Without SIZE= (sendmail would send it, and be refused at MAIL): refused after the data.
             client.ehlo()
@@ -139,14 +147,12 @@ enable_tls = "RequiredInsecure"
             client.rcpt("gus@plain.test")
             code, _ = client.data(f"Subject: big\r\n\r\n{'x' * 30_000}\r\n")
             assert code == 552
-        wait_for(lambda: any(r["type"] == "TransientFailure" and r["recipient"] == "fay@held.test"
-                             for r in read_records(logs)), "fay's first attempt")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{d.http_port}/api/admin/bounce/v1", method="POST",
-            data=json.dumps({"domain": "held.test", "reason": "held too long"}).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=20) as answer:
-            assert json.load(answer)["total_bounced"] == 1
+        wait_for(lambda: {r["recipient"] for r in read_records(logs) if r["type"] == "TransientFailure"}
+                 >= {"fay@held.test", "ida@held.test"}, "the held messages' first attempts")
+        rebound = post(d, "/api/admin/rebind/v1", {"domain": "held.test", "data": {"tenant": "globex", "x_batch": "7"},
+                                                   "reason": "booked under the wrong tenant"})
+        assert rebound["rebound"] == 2
+        assert post(d, "/api/admin/bounce/v1", {"domain": "held.test", "reason": "held too long"})["total_bounced"] == 2
 
         def complete() -> bool:
             now = read_records(logs)
@@ -210,7 +216,12 @@ def test_the_fields_say_what_happened(daemon):
     # KumoMTA classifies expirations: 5.4.7 is MessageExpired.
     expired = by["Expiration", "eve@expire.test"]
     assert expired["bounce_classification"] == "MessageExpired" and expired["response"]["code"] == 551
-    assert by["AdminBounce", "fay@held.test"]["response"]["content"].endswith("held too long")
+    # Meta is read as each record is written: the rebind's new tenant and its meta show.
+    assert "tenant" not in by["Reception", "fay@held.test"]["meta"]  # none at reception: null, left out
+    rebind = by["AdminRebind", "fay@held.test"]
+    assert rebind["meta"]["tenant"] == "globex" and rebind["meta"]["x_batch"] == "7"
+    bounced = by["AdminBounce", "fay@held.test"]
+    assert bounced["response"]["content"].endswith("held too long") and bounced["meta"]["x_batch"] == "7"
 
     (rejection,) = [r for r in records if r["type"] == "Rejection"]
     assert rejection["response"]["code"] == 552 and rejection["recipient"] == ""
