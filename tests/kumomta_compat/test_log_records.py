@@ -114,7 +114,8 @@ def daemon(tmp_path_factory, tls_files):
         directory=directory / "daemon", port=free_port(),
         dns=f'nameservers = ["{dns.nameserver}"]\ntimeout = "2s"',
         # Two processes: Reception records encoded in a reception worker carry the same fields.
-        extra_listener='max_message_size = "20KB"\nworkers = 2\n',
+        extra_listener=f'max_message_size = "20KB"\nworkers = 2\n'
+                       f'tls_certificate = "{cert}"\ntls_private_key = "{key}"\n',
         extra_config=f"""
 [queues]
 retry_interval = "1s"
@@ -140,6 +141,11 @@ enable_tls = "RequiredInsecure"
         send(d, ["ann@plain.test", "bob@tls.test"], X_Tenant="acme", X_Campaign_Id="spring-1",
              X_Campaign_Note="first")
         send(d, ["cid@defer.test", "dan@reject.test", "eve@expire.test", "fay@held.test", "ida@held.test"])
+        with smtplib.SMTP(d.host, d.port, timeout=20) as client:  # received over STARTTLS
+            trusting = ssl.create_default_context(cafile=str(cert))
+            trusting.check_hostname = False  # the test certificate names localhost, we connect to 127.0.0.1
+            client.starttls(context=trusting)
+            client.sendmail("sender@example.com", ["joe@plain.test"], "Subject: over TLS\r\n\r\nhi\r\n")
         with smtplib.SMTP(d.host, d.port, timeout=20) as client:
             # Without SIZE= (sendmail would send it, and be refused at MAIL): refused after the data.
             client.ehlo()
@@ -156,7 +162,7 @@ enable_tls = "RequiredInsecure"
 
         def complete() -> bool:
             now = read_records(logs)
-            return {r["type"] for r in now} >= KINDS and sum(r["type"] == "Delivery" for r in now) == 3
+            return {r["type"] for r in now} >= KINDS and sum(r["type"] == "Delivery" for r in now) == 4
 
         wait_for(complete, "every kind of record", logs=logs)
         assert d.stop() == 0
@@ -193,6 +199,11 @@ def test_the_fields_say_what_happened(daemon):
     # One SMTP session: one session_id for both recipients' Reception records.
     assert received["session_id"] == by["Reception", "bob@tls.test"]["session_id"]
     assert received["session_id"] != by["Reception", "cid@defer.test"]["session_id"]
+
+    assert "tls_cipher" not in received  # a plaintext session
+    over_tls = by["Reception", "joe@plain.test"]
+    assert over_tls["reception_protocol"] == "ESMTPS" and over_tls["tls_protocol_version"].startswith("TLSv1.")
+    assert over_tls["tls_cipher"] and "tls_peer_subject_name" not in over_tls  # the client sent no certificate
 
     plain = by["Delivery", "ann@plain.test"]
     assert plain["site"] == plain["ready_queue"] and plain["site"].endswith("->mx.plain.test@smtp_client")
