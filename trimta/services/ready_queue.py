@@ -189,6 +189,10 @@ class ReadyQueue:
         # With [cluster]: the limits several nodes share (those not written "local:") go
         # through it, not through this queue's own limiters.
         self.limits = limits
+        # The last shared lease asked for was refused: open one connection at a time (a
+        # probe) until one gets a lease, rather than a burst of refusals.
+        self._lease_refused = False
+        self._leasing = 0  # connection tasks asking for their leases now
         self.site = site
         self.name = ready_queue_name(source.name, site)
         # The domain whose message created it: its path options are looked up with it.
@@ -430,6 +434,8 @@ class ReadyQueue:
         """Start the connections `connections_to_open` asks for, as the connection rate allows."""
         assert self._nursery is not None
         wanted = connections_to_open(self.pool_state())
+        if self._lease_refused:
+            wanted = max(0, min(wanted, 1 - self._starting - self._leasing))
         now = self.clock()
         for _ in range(wanted):
             if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
@@ -598,7 +604,12 @@ class ReadyQueue:
         """Before connecting: a lease of every shared connection limit, then a turn of the
         shared connection rate. False (message put back, leases given back) if one is refused."""
         for scope, limit in self._shared_connection_limits(limits):
-            lease = await limits.lease(scope, limit)
+            self._leasing += 1
+            try:
+                lease = await limits.lease(scope, limit)
+            finally:
+                self._leasing -= 1
+            self._lease_refused = lease is None
             if lease is None:
                 await self._release(leases)
                 self._give_back(message, LEASE_RETRY_S)
