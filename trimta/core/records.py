@@ -14,6 +14,7 @@ log sink (`trimta.services.logs`), which knows the node. trimta's own fields
 from __future__ import annotations
 
 import email.header
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,11 +75,17 @@ class LogFields:
 NO_LOG_FIELDS = LogFields()
 
 
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Records cluster in time (and a message's records share its creation time): the
+    # formatted second is mostly found here, which halves the cost of a record's times.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def rfc3339(t: float) -> str:
     """`t` (Unix seconds) as KumoMTA writes ``event_time``: UTC, microseconds, ``Z``."""
-    micros = round(t * 1_000_000)
-    seconds, fraction = divmod(micros, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
+    seconds, fraction = divmod(round(t * 1_000_000), 1_000_000)
+    return f"{_second(seconds)}.{fraction:06d}Z"
 
 
 def _matches(pattern: str, name: str) -> bool:
