@@ -164,3 +164,18 @@ def test_local_limits_are_never_shared():
     local = NodeLimits(clock=lambda: 0.0)
     assert not local.shares(Rate(5, 1.0, local=True)) and local.shares(Rate(5, 1.0))
     assert not local.shares(True) and local.shares(False)
+
+
+async def test_an_unexpected_error_in_a_beat_is_logged_and_the_node_goes_on_locally(autojump_clock, caplog):
+    class Broken(Store):
+        async def heartbeat(self, node_id: str, ttl_s: float) -> int:
+            raise RuntimeError("a bug")
+
+    limits = ClusterLimits(Broken(), node_id="a", lease_period_s=3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limits.run)
+        await trio.sleep(10)
+        assert not limits.statistics().available
+        assert await limits.lease("conn", 2) is not None
+        nursery.cancel_scope.cancel()
+    assert "the heartbeat failed" in caplog.text

@@ -238,11 +238,20 @@ class ClusterLimits:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Beat every third of a lease period: heartbeat, extend the leases held, and bring
         back shared limits once the store answers again. Started after the first beat."""
-        await self.beat()
+        await self._guarded_beat()
         task_status.started()
         while True:
             await trio.sleep(self.beat_s)
+            await self._guarded_beat()
+
+    async def _guarded_beat(self) -> None:
+        # A bug in a beat (an error the adapter does not translate) must not end the daemon:
+        # it is logged, and the node delivers under local shares until a beat succeeds.
+        try:
             await self.beat()
+        except Exception as exc:
+            log.exception("cluster: the heartbeat failed")
+            self._went_away(ClusterUnavailable(f"heartbeat failed: {exc!r}"))
 
     async def beat(self) -> None:
         try:
