@@ -200,7 +200,8 @@ def wait_until(predicate: Any, timeout_s: float) -> Any:
 
 def show_record(record: dict[str, Any]) -> None:
     response = record.get("response") or {}
-    where = f"site {record['site']}" if record.get("site") else f"queue {record['queue']}"
+    site = record.get("site_name") or record.get("site")
+    where = f"site {site}" if site else f"queue {record['queue']}"
     print(f"  {record['type']:<10} {record['recipient']:<16} tenant={record.get('tenant') or '-':<7} "
           f"campaign={record.get('campaign') or '-':<9} {where}  "
           f"-> {response.get('code')} {response.get('content', '')}")
