@@ -16,7 +16,9 @@ def test_two_nodes_deliver_to_one_receiver_and_come_back_after_kill_9(make_clust
         a.send([receiver.address(f"a{i}") for i in range(5)])
         b.send([receiver.address(f"b{i}") for i in range(5)])
         wait_for(lambda: receiver.delivered() == 10, what="10 messages at the receiver")
-        assert len(a.records("Delivery")) == 5 and len(b.records("Delivery")) == 5
+        # the receiver has them; each node's log is written a moment later
+        wait_for(lambda: len(a.records("Delivery")) == 5 and len(b.records("Delivery")) == 5,
+                 what="each node's 5 Delivery records")
 
         cluster.kill9(0)
         assert not a.running
