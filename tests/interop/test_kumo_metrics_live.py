@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import smtplib
+import socket
 import time
 import urllib.request
 
 from aiosmtpd.controller import Controller
 
 from tests.dnsmasq import Dnsmasq
+from tests.kumomta_compat.metric_table import supported_kumod_metrics
 
 from .conftest import free_port
 from .test_grafana_dashboard import Receiver, exposition, scrape
@@ -57,6 +59,7 @@ enable_tls = "Disabled"
         with smtplib.SMTP(daemon.host, daemon.port, timeout=10) as client:
             client.sendmail("s@example.com", ["ok@a.test", "later@a.test", "no@a.test"],
                             "X-Tenant: acme\r\nSubject: x\r\n\r\nhi\r\n")
+        send_bare_lf_message(daemon.host, daemon.port)  # refused: a Rejection record
         deadline = time.monotonic() + 60
         while not all(f'total_messages_{kind}{{service="smtp_client"}} 1' in (text := scrape(daemon))
                       for kind in ("delivered", "transfail", "fail")):
@@ -76,9 +79,19 @@ enable_tls = "Disabled"
             assert label[0] in labels.get(name, set()), (name, labels.get(name))
             if label[1] is not None:
                 assert f'{name}{{{label[0]}="{label[1]}"}}' in text, name
+    # every KumoMTA metric docs/kumomta.md says is supported is served, in both renderings
+    for name in supported_kumod_metrics():
+        assert name in names, name
+        assert name in document, name
     assert 'total_messages_received{service="esmtp_listener"} 3' in text
     assert f'total_messages_received{{service="esmtp_listener:{daemon.host}:{daemon.port}"}} 3' in text
     assert 'disk_free_bytes{name="data spool"}' in text
+    assert 'smtp_server_rejections{service="esmtp_listener"} 1' in text
+    for name in ("process_cpu_usage_sum", "process_cpu_usage_normalized", "system_cpu_usage_sum",
+                 "system_cpu_usage_normalized"):
+        assert name in names, name
+    assert 0 <= document["process_cpu_usage_normalized"]["value"] <= 100
+    assert 0 < document["system_cpu_usage_normalized"]["value"] <= 100
     assert "process_cpu_seconds_total" in names and "process_resident_memory_bytes" in names
     assert "trimta_tenant_messages_total" in names  # trimta's own families stay
 
@@ -91,3 +104,22 @@ enable_tls = "Disabled"
     assert isinstance(document["total_messages_delivered_by_provider_and_source"]["value"], list)
     assert document["trimta_tenant_messages_total"]["type"] == "counter"
     assert document["trimta_event_loop_lag_seconds"]["type"] == "histogram"
+
+
+def send_bare_lf_message(host: str, port: int) -> None:
+    """A message with a bare LF in its data (RFC 5321 2.3.8): the server must refuse it."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := reader.readline())[3:4] == b"-":
+                pass
+            return line
+
+        assert reply().startswith(b"220")
+        for command in (b"EHLO client.test", b"MAIL FROM:<s@example.com>", b"RCPT TO:<ok@a.test>", b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert reply()[:1] in (b"2", b"3"), command
+        sock.sendall(b"Subject: x\r\n\r\nbare\nline feed\r\n.\r\n")
+        assert reply().startswith(b"5")
+        sock.sendall(b"QUIT\r\n")

@@ -8,7 +8,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from trimta.core.metric_families import json_document, render_text
-from trimta.services.kumo_metrics import KumoCollector
+from trimta.services.kumo_metrics import CpuSampler, KumoCollector, CpuTimes
 from trimta.services.scheduler import QueueSummary
 from trimta.testing.harness import DeliveryHarness
 from trimta.testing.network import accepting, deferring, rejecting
@@ -106,3 +106,18 @@ async def test_a_hundred_thousand_queues_keep_the_scrape_small():
     document = json_document(collector.families())
     assert len(json.dumps(document)) < 40_000
     assert len(document["scheduled_count"]["value"]["queue"]) == 101
+
+
+def test_cpu_usage_is_over_the_time_since_the_previous_scrape():
+    readings = iter([
+        CpuTimes(at=100.0, process=10.0, system_busy=500.0, system_total=1000.0),
+        CpuTimes(at=110.0, process=15.0, system_busy=510.0, system_total=1020.0),  # 10 s later
+        CpuTimes(at=110.5, process=16.0, system_busy=520.0, system_total=1021.0),  # too soon: the last figures
+    ])
+    sampler = CpuSampler(read=lambda: next(readings), cpus=2)
+    sampler.sample()  # the first covers the process's life
+    usage = sampler.sample()
+    assert usage is not None
+    assert usage.process_sum == 50.0  # 5 CPU seconds in 10 s: half a CPU
+    assert usage.system_sum == 100.0  # 10 of 20 CPU seconds busy on 2 CPUs: one CPU's worth
+    assert sampler.sample() == usage

@@ -325,7 +325,7 @@ class HttpApi:
         )
         self.registry = registry_for(self.collector)
         self.kumo = KumoCollector(engine=engine, spool=spool, listeners=listeners, spool_dir=spool_dir,
-                                  log_dir=log_dir, dns=dns, max_queues=max_metric_sites)
+                                  log_dir=log_dir, dns=dns, logs=logs, max_queues=max_metric_sites)
         self.routes: dict[str, dict[str, Route]] = {
             "/api/inject/v1": {"POST": self.inject},
             "/api/admin/suspend/v1": {

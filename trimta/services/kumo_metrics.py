@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +36,7 @@ from trimta.adapters.dns import LookupStatistics
 from trimta.adapters.spool import Spool
 from trimta.core.metric_families import Family, HistogramValue
 from trimta.services.engine import DeliveryEngine
+from trimta.services.logs import LogSinkStatistics
 from trimta.services.metrics import OTHER, LabelBudget
 from trimta.services.ready_queue import ReadyQueueStatistics
 from trimta.services.smtp_listener import ListenerStatistics
@@ -82,7 +85,9 @@ class KumoCollector:
         spool_dir: Path | None = None,
         log_dir: Path | None = None,
         dns: Callable[[], LookupStatistics | None] | None = None,
+        logs: LogStatisticsSource | None = None,
         max_queues: int = 100,
+        cpu: CpuSampler | None = None,
     ) -> None:
         self.engine = engine
         self.spool = spool
@@ -90,6 +95,8 @@ class KumoCollector:
         self.spool_dir = spool_dir
         self.log_dir = log_dir
         self.dns = dns
+        self.logs = logs
+        self.cpu = cpu if cpu is not None else CpuSampler()
         self.max_queues = max_queues
         self.queue_services = LabelBudget(max_queues)
         self.providers = LabelBudget(max_queues)
@@ -122,6 +129,12 @@ class KumoCollector:
                         "or concurrency limits", "counter", ("service",))
         denied.add((ESMTP,), sum(lst.statistics().connections_refused for lst in self.listeners))
         yield denied
+        if self.logs is not None:
+            # Every Rejection record, whichever process (daemon or reception worker) wrote it.
+            rejections = Family("smtp_server_rejections", "number of Rejection records logged by the smtp server.",
+                                "counter", ("service",))
+            rejections.add((ESMTP,), self.logs.statistics().rejections)
+            yield rejections
 
     def _deliveries(self) -> Iterable[Family]:
         outcomes = self.engine.outcomes
@@ -243,6 +256,19 @@ class KumoCollector:
     # --- the process and its disks -----------------------------------------------------------
 
     def _process(self) -> Iterable[Family]:
+        usage = self.cpu.sample()
+        if usage is not None:
+            for name, help_, value in (
+                ("process_cpu_usage_sum", "The sum of the process CPU usage for each CPU in the system, can add up "
+                 "to more than 100%.", usage.process_sum),
+                ("process_cpu_usage_normalized", "The sum of the process CPU usage for each CPU in the system, "
+                 "divided by the number of CPUs.", usage.process_sum / usage.cpus),
+                ("system_cpu_usage_sum", "The sum of the system-wide CPU usage for each CPU in the system, can add "
+                 "up to more than 100%.", usage.system_sum),
+                ("system_cpu_usage_normalized", "The sum of the system-wide CPU usage for each CPU in the system, "
+                 "divided by the number of CPUs.", usage.system_sum / usage.cpus),
+            ):
+                yield Family(name, help_, "gauge").set(round(value, 2))
         rss = _resident_bytes()
         if rss is not None:
             yield Family("memory_usage", "number of bytes of used memory (Resident Set Size)", "gauge").set(rss)
@@ -269,6 +295,88 @@ class KumoCollector:
             for name, d in present:
                 family.add((name,), d[index])
             yield family
+
+
+class LogStatisticsSource(Protocol):
+    def statistics(self) -> LogSinkStatistics: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUsage:
+    process_sum: float  # percent: 100 is one CPU's worth
+    system_sum: float
+    cpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    at: float  # monotonic seconds
+    process: float  # this process's CPU seconds
+    system_busy: float  # the machine's busy and total CPU seconds (summed over CPUs)
+    system_total: float
+
+
+class CpuSampler:
+    """CPU usage over the time since the previous sample, as KumoMTA's ``*_cpu_usage_*`` gauges.
+
+    A sample is taken at each scrape; scrapes less than `min_interval_s` apart reuse the
+    last figures (so two scrapers do not make each other's intervals tiny). The first
+    sample covers the process's life and the machine's time since boot. The process is
+    the daemon's own (reception worker processes count in the system figures).
+    """
+
+    def __init__(self, *, min_interval_s: float = 1.0, read: Callable[[], CpuTimes | None] | None = None,
+                 cpus: int | None = None) -> None:
+        self.min_interval_s = min_interval_s
+        self._read = read or _cpu_times
+        self._cpus = cpus or os.cpu_count() or 1
+        self._last: CpuTimes | None = None
+        self._usage: CpuUsage | None = None
+
+    def sample(self) -> CpuUsage | None:
+        now = self._read()
+        if now is None:
+            return None
+        last = self._last
+        if last is not None and now.at - last.at < self.min_interval_s and self._usage is not None:
+            return self._usage
+        if last is None:
+            start = _process_start_monotonic()
+            last = CpuTimes(start if start is not None else now.at, 0.0, 0.0, 0.0)
+        wall = now.at - last.at
+        process_sum = 100 * (now.process - last.process) / wall if wall > 0 else 0.0
+        total = now.system_total - last.system_total
+        system_sum = 100 * self._cpus * (now.system_busy - last.system_busy) / total if total > 0 else 0.0
+        self._last = now
+        self._usage = CpuUsage(max(process_sum, 0.0), max(system_sum, 0.0), self._cpus)
+        return self._usage
+
+
+def _cpu_times() -> CpuTimes | None:
+    times = os.times()
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 4:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    total = sum(fields[:8])
+    return CpuTimes(time.monotonic(), times.user + times.system, (total - idle) / ticks, total / ticks)
+
+
+def _process_start_monotonic() -> float | None:
+    """When this process started, on the monotonic clock (``CLOCK_MONOTONIC``, as /proc's start time)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start_ticks = float(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _by_provider(ready: Iterable[ReadyQueueStatistics], value: Callable[[ReadyQueueStatistics], int]) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import trio
 
 from trimta.adapters.logfile import JsonLinesWriter
-from trimta.core.records import NO_LOG_FIELDS, LogFields
+from trimta.core.records import NO_LOG_FIELDS, REJECTION, LogFields
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class LogSinkStatistics:
     written: int
     pending: int
     write_errors: int
+    rejections: int = 0  # Rejection records (KumoMTA's smtp_server_rejections)
 
 
 class LogSink:
@@ -97,6 +98,7 @@ class LogSink:
         self._emitted = 0
         self._written = 0
         self._errors = 0
+        self._rejections = 0
         self._wakeup = trio.Event()
         self._subscribers: list[trio.MemorySendChannel] = []
         self._taps: list[RecordTap] = []
@@ -108,6 +110,8 @@ class LogSink:
             self.fields.select(record)
         self._pending.append(record)
         self._emitted += 1
+        if record.get("type") == REJECTION:
+            self._rejections += 1
         if self._subscribers or self._taps:
             self._publish(record)
 
@@ -138,7 +142,7 @@ class LogSink:
         self._taps.append(tap)
 
     def statistics(self) -> LogSinkStatistics:
-        return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors)
+        return LogSinkStatistics(self._emitted, self._written, len(self._pending), self._errors, self._rejections)
 
     def _write_batch(self, batch: list[dict[str, Any] | str]) -> None:
         encode = _encode_json
