@@ -227,7 +227,11 @@ async def test_request_errors_name_the_field():
         ({"envelope_sender": "a@b.example", "content": {"attachments": [{"data": "%%", "base64": True}]},
           "recipients": ["a@example.net"]}, "content.attachments[0].data: not valid base64"),
         ({"envelope_sender": "a@b.example", "content": "S: x\n\ny", "recipients": ["a@example.net"],
-          "template_dialect": "Handlebars"}, "template_dialect: expected one of Jinja, Static"),
+          "template_dialect": "Mustache"}, "template_dialect: expected one of Jinja, Static, Handlebars"),
+        ({"envelope_sender": "a@b.example", "recipients": ["a@example.net"], "template_dialect": "Handlebars",
+          "content": {"text_body": "Hello {{name}},\nyour code is {{code"}},
+         "content.text_body: template error on line 2, column 20: invalid handlebars syntax: unexpected end "
+         "of input, expected '}}'"),
     ]
     with trio.fail_after(20):
         async with running_api() as api:
@@ -321,3 +325,141 @@ async def test_inject_answers_only_once_durable(tmp_path):
     assert "try again" in reply.json["error"]
     assert reply.json["errors"][0].startswith("a@example.net: 452 4.3.1")
 
+
+
+# --- the Handlebars dialect (KumoMTA's handlebars-rust) ------------------------------------
+
+
+async def test_handlebars_renders_subject_bodies_and_headers_escaping_only_html():
+    """KumoMTA escapes HTML only in the templates named *.html: html_body and amp_html_body."""
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "substitutions": {"shop": "Tom & Jerry's", "items": [{"n": "<cheese>", "price": 2.5},
+                                                                      {"n": "crackers", "price": 1}]},
+                "recipients": [{"email": "a@example.net", "name": "Ann",
+                                "substitutions": {"vip": True}}],
+                "content": {
+                    "subject": "{{shop}}: {{len items}} items for {{name}}",
+                    "headers": {"X-Shop": "{{upperCamelCase shop}}"},
+                    "text_body": "{{#each items}}{{@index}}. {{n}} {{price}}{{#if vip}} (vip){{/if}}\n{{/each}}",
+                    "html_body": "<p>{{shop}}</p>{{#each items as |item|}}<li>{{item.n}}</li>{{/each}}"
+                                 "{{{shop}}}",
+                },
+            })
+            data = stored(api)["a@example.net"]
+    assert reply.status == 200, reply.json
+    msg = parsed(data)
+    assert msg["Subject"] == "Tom & Jerry's: 2 items for Ann"
+    assert msg["X-Shop"] == "TomJerryS"
+    assert msg.get_body(("plain",)).get_content() == "0. <cheese> 2.5 (vip)\r\n1. crackers 1 (vip)\r\n"
+    assert msg.get_body(("html",)).get_content() == (
+        "<p>Tom &amp; Jerry&#x27;s</p><li>&lt;cheese&gt;</li><li>crackers</li>Tom & Jerry's\r\n")
+
+
+async def test_handlebars_string_content_is_not_escaped_and_raw_blocks_stay():
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "recipients": [{"email": "a@example.net", "name": "A <b>"}],
+                "content": "Subject: hi {{name}}\n\n{{{{raw}}}}\n{{name}} stays\n{{{{/raw}}}}\n"
+                           "{{! a comment line }}\nbye {{to_header}}\n",
+            })
+            data = stored(api)["a@example.net"]
+    assert reply.status == 200, reply.json
+    assert data.endswith(b"Subject: hi A <b>\r\n\r\n{{name}} stays\r\nbye \"A <b>\" <a@example.net>\r\n")
+
+
+async def test_handlebars_render_errors_fail_the_recipient_with_handlebars_rust_words():
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "recipients": [{"email": "a@example.net", "name": "John"}],
+                "content": {"text_body": "{{ name or 'Fred' }}"},
+            })
+            spool = api.harness.spool
+    assert reply.status == 400
+    assert reply.json["errors"] == [
+        "a@example.net: template error: Error rendering \"text_body.txt\" line 1, col 1: Helper not found name"]
+    assert spool.messages == {}
+
+
+async def test_handlebars_budgets_stop_a_blow_up_and_the_daemon_answers():
+    loops = "{{#each xs}}" * 6 + "x" + "{{/each}}" * 6
+    with trio.fail_after(30):
+        async with running_api() as api:
+            bomb = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "substitutions": {"xs": list(range(100))},
+                "recipients": [{"email": "a@example.net"}],
+                "content": {"text_body": loops},
+            })
+            deep = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "recipients": [{"email": "b@example.net"}],
+                "content": {"text_body": "{{#if a}}" * 500 + "{{/if}}" * 500},
+            })
+            fine = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "recipients": [{"email": "c@example.net"}], "content": {"text_body": "ok"},
+            })
+    assert bomb.status == 400 and "template refused" in bomb.json["errors"][0], bomb.json
+    assert deep.status == 400 and "nested deeper than" in deep.json["error"], deep.json
+    assert fine.status == 200
+
+
+async def test_kumomta_builder_handlebars_case_with_a_to_header_override():
+    """KumoMTA's inject_v1.rs Handlebars cases: builder content with ``{{ name }}``, and a
+    ``To`` header given in content.headers replacing the recipient's own."""
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
+                "recipients": [{"email": "user@example.com", "name": "James Smythe"}],
+                "content": {
+                    "text_body": "I am the plain text, {{ name }}. 😀",
+                    "html_body": "I am the <b>html</b> text, {{ name }}. 👾 <img src=\"cid:my-image\"/>",
+                    "subject": "hello {{ name }}",
+                    "from": {"email": "from@example.com", "name": "Sender Name"},
+                    "headers": {"To": "someone.else@example.com"},
+                },
+            })
+            first = stored(api)
+            default_to = await inject(api, {
+                "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
+                "recipients": [{"email": "second@example.com", "name": "Second User"},
+                               {"email": "third@example.com", "name": "Third User",
+                                "substitutions": {"to_header": "custom.to@example.com"}}],
+                "content": {"text_body": "hi", "headers": {"To": "{{ to_header }}"}},
+            })
+            data = stored(api)
+    assert reply.status == 200 and default_to.status == 200
+    msg = parsed(first["user@example.com"])
+    assert msg["To"] == "someone.else@example.com"
+    assert msg["Subject"] == "hello James Smythe"
+    assert msg["From"] == "Sender Name <from@example.com>"
+    assert msg.get_body(("plain",)).get_content() == "I am the plain text, James Smythe. 😀\r\n"
+    assert msg.get_body(("html",)).get_content() == (
+        "I am the <b>html</b> text, James Smythe. 👾 <img src=\"cid:my-image\"/>\r\n")
+    assert parsed(data["second@example.com"])["To"] == "Second User <second@example.com>"
+    assert parsed(data["third@example.com"])["To"] == "custom.to@example.com"
+
+
+async def test_kumomta_amp_case_keeps_a_raw_block_unexpanded():
+    amp = ("<!doctype html>\r\n<html ⚡4email>\r\n<body>\r\nHello in AMP, {{ name }}!\r\n{{{{raw}}}}\r\n"
+           "Don't expand in here {{ name }}\r\n{{{{/raw}}}}\r\n</body>\r\n</html>\r\n")
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
+                "recipients": [{"email": "user@example.com", "name": "James Smythe"}],
+                "content": {"text_body": "t", "html_body": "h", "amp_html_body": amp},
+            })
+            data = stored(api)["user@example.com"]
+    assert reply.status == 200, reply.json
+    amp_part = parsed(data).get_body(("x-amp-html",)).get_content()
+    assert amp_part == ("<!doctype html>\r\n<html ⚡4email>\r\n<body>\r\nHello in AMP, James Smythe!\r\n"
+                        "Don't expand in here {{ name }}\r\n</body>\r\n</html>\r\n")

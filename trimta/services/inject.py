@@ -9,7 +9,9 @@ Templating follows KumoMTA: the content is a Jinja template rendered once per
 recipient with ``email``, ``name`` and ``to_header`` predefined, then the request's
 ``substitutions``, then the recipient's own (later ones win). For a built message the
 subject, bodies and header values are templates; attachments are not.
-``"template_dialect": "Static"`` turns templating off. Templates run in Jinja's
+``"template_dialect": "Static"`` turns templating off; ``"Handlebars"`` renders them as
+KumoMTA's handlebars-rust does (`trimta.core.handlebars`: HTML escaped only in the HTML
+bodies, budgets on output, loops and steps, and the same time budget). Jinja templates run in Jinja's
 sandbox with budgets on size and time (`trimta.services.templates`), in a worker thread, so a
 hostile template can neither reach Python's internals nor stall the event loop.
 
@@ -40,6 +42,7 @@ from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 
 from trimta.adapters.http import HttpError, JsonFields, json_type
+from trimta.core import handlebars
 from trimta.core.message import Reception
 from trimta.protocol._abnf import parse_path
 from trimta.services.acceptance import Acceptor, Submission
@@ -52,7 +55,7 @@ TRACE_HEADER_FIELDS = ("received_header", "supplemental_header", "header_name", 
 CONTENT_FIELDS = ("subject", "from", "reply_to", "headers", "text_body", "html_body", "amp_html_body", "attachments")
 ADDRESS_FIELDS = ("email", "name")
 ATTACHMENT_FIELDS = ("data", "base64", "content_type", "file_name", "content_id")
-DIALECTS = ("Jinja", "Static")
+DIALECTS = ("Jinja", "Static", "Handlebars")
 # The builder writes these itself; a request setting them would break the MIME structure.
 RESERVED_HEADERS = ("content-type", "content-transfer-encoding", "mime-version")
 MAX_ADDRESS_LENGTH = 254  # RFC 5321 4.5.3.1.3's path limit, less the angle brackets
@@ -275,11 +278,42 @@ class _Static:
         yield self.text
 
 
+# KumoMTA's names for the templates of a request: a Handlebars template escapes HTML
+# when its name ends in ".html" (the HTML bodies), and render errors name it.
+def _handlebars_name(where: str) -> str:
+    if where.startswith("content.headers."):
+        return f"headers[{where.removeprefix('content.headers.')}]"
+    return {"content.subject": "headers[Subject]", "content.text_body": "text_body.txt",
+            "content.html_body": "html_body.html",
+            "content.amp_html_body": "amp_html_body.html"}.get(where, where)
+
+
+class _Handlebars:
+    """A Handlebars template (``"template_dialect": "Handlebars"``), see trimta.core.handlebars."""
+
+    def __init__(self, text: str, where: str) -> None:
+        try:
+            self.template = handlebars.compile_template(text, _handlebars_name(where))
+        except handlebars.HandlebarsSyntaxError as exc:
+            raise HttpError(400, f"{where}: template error on line {exc.line}, column {exc.column}: "
+                                 f"{exc.reason}") from None
+
+    def render_bounded(self, context: Mapping[str, Any], *, max_chars: int, deadline: float) -> str:
+        def check() -> None:
+            if time.monotonic() > deadline:
+                raise handlebars.HandlebarsBudgetError("the template ran out of time")
+
+        limits = handlebars.Limits(max_chars=max_chars)
+        return self.template.render(dict(context), limits=limits, check=check)
+
+
 def _compile(text: str | None, where: str, dialect: str) -> Any:
     if text is None:
         return None
     if dialect == "Static":
         return _Static(text)
+    if dialect == "Handlebars":
+        return _Handlebars(text, where)
     try:
         return _environment.compile_bounded(text)
     except TemplateSyntaxError as exc:
@@ -416,6 +450,8 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
     def text(template: Any) -> str | None:
         if template is None:
             return None
+        if isinstance(template, _Handlebars):
+            return template.render_bounded(context, max_chars=max_chars, deadline=until)
         return render_bounded(template, context, max_chars=max_chars, time_s=until - time.monotonic())
 
     if isinstance(content, str):
@@ -551,10 +587,10 @@ class Injector:
             try:
                 data = render(request, templates, recipient, self.hostname,
                               max_chars=self.max_message_size_bytes, deadline=deadline)
-            except SecurityError as exc:
+            except (SecurityError, handlebars.HandlebarsBudgetError) as exc:
                 out.append((recipient, f"template refused: {exc}"))
                 continue
-            except TemplateError as exc:
+            except (TemplateError, handlebars.HandlebarsError) as exc:
                 out.append((recipient, f"template error: {exc}"))
                 continue
             except Exception as exc:  # noqa: BLE001 (user data in a template can raise anything: 1/0, int("x"))
