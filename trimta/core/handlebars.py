@@ -198,6 +198,7 @@ _WS = " \t\n\r"  # pest's WHITESPACE in handlebars-rust's grammar
 # Unicode White_Space, what Rust's str::trim_* remove
 _UWS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
        "\u2028\u2029\u202f\u205f\u3000"
+_TEXT_STOP = re.compile(r"\\|\{\{")
 _NUMBER = re.compile(r"-?[0-9]+\.?[0-9]*(?:E-?[0-9]+)?")
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
@@ -658,8 +659,11 @@ class _Parser:
                 continue
             if src.startswith(stop, q):
                 break
-            out.append(c)
-            q += 1
+            # plain text up to the next backslash or brace pair
+            m = _TEXT_STOP.search(src, q + 1)
+            r = m.start() if m else self.n
+            out.append(src[q:r])
+            q = r
         return "".join(out), q
 
     # -- the whole template
@@ -692,12 +696,15 @@ class _Parser:
 
     def standalone(self, tag: _Tag) -> tuple[bool, bool]:
         """(alone on its line, preceded only by blanks on it) as handlebars-rust decides."""
-        after = self.src[tag.end:].lstrip(" \t")
-        trailing = after.startswith(("\n", "\r")) or tag.end == self.n
-        if not trailing:
+        src, q = self.src, tag.end
+        while q < self.n and src[q] in " \t":
+            q += 1
+        if not (q < self.n and src[q] in "\n\r") and tag.end != self.n:
             return False, False
-        before = self.src[:tag.start].rstrip(" \t")
-        leading = before.endswith(("\n", "\r")) or not before
+        q = tag.start
+        while q > 0 and src[q - 1] in " \t":
+            q -= 1
+        leading = q == 0 or src[q - 1] in "\n\r"
         return tag.start == 0 or leading, leading
 
     def whitespace(self, items: list[_Tag | _Piece]) -> None:
