@@ -413,12 +413,14 @@ async def test_handlebars_budgets_stop_a_blow_up_and_the_daemon_answers():
 
 async def test_kumomta_builder_handlebars_case_with_a_to_header_override():
     """KumoMTA's inject_v1.rs Handlebars cases: builder content with ``{{ name }}``, and a
-    ``To`` header given in content.headers replacing the recipient's own."""
+    ``To`` header given in content.headers replacing the recipient's own. (Recipients at
+    example.net, as in the other tests here: at example.com the harness's delivery attempt
+    can finish the message before the test reads the spool.)"""
     with trio.fail_after(10):
         async with running_api() as api:
             reply = await inject(api, {
                 "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
-                "recipients": [{"email": "user@example.com", "name": "James Smythe"}],
+                "recipients": [{"email": "user@example.net", "name": "James Smythe"}],
                 "content": {
                     "text_body": "I am the plain text, {{ name }}. 😀",
                     "html_body": "I am the <b>html</b> text, {{ name }}. 👾 <img src=\"cid:my-image\"/>",
@@ -427,25 +429,24 @@ async def test_kumomta_builder_handlebars_case_with_a_to_header_override():
                     "headers": {"To": "someone.else@example.com"},
                 },
             })
-            first = stored(api)
             default_to = await inject(api, {
                 "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
-                "recipients": [{"email": "second@example.com", "name": "Second User"},
-                               {"email": "third@example.com", "name": "Third User",
+                "recipients": [{"email": "second@example.net", "name": "Second User"},
+                               {"email": "third@example.net", "name": "Third User",
                                 "substitutions": {"to_header": "custom.to@example.com"}}],
                 "content": {"text_body": "hi", "headers": {"To": "{{ to_header }}"}},
             })
             data = stored(api)
     assert reply.status == 200 and default_to.status == 200
-    msg = parsed(first["user@example.com"])
+    msg = parsed(data["user@example.net"])
     assert msg["To"] == "someone.else@example.com"
     assert msg["Subject"] == "hello James Smythe"
     assert msg["From"] == "Sender Name <from@example.com>"
     assert msg.get_body(("plain",)).get_content() == "I am the plain text, James Smythe. 😀\r\n"
     assert msg.get_body(("html",)).get_content() == (
         "I am the <b>html</b> text, James Smythe. 👾 <img src=\"cid:my-image\"/>\r\n")
-    assert parsed(data["second@example.com"])["To"] == "Second User <second@example.com>"
-    assert parsed(data["third@example.com"])["To"] == "custom.to@example.com"
+    assert parsed(data["second@example.net"])["To"] == "Second User <second@example.net>"
+    assert parsed(data["third@example.net"])["To"] == "custom.to@example.com"
 
 
 async def test_kumomta_amp_case_keeps_a_raw_block_unexpanded():
@@ -455,10 +456,10 @@ async def test_kumomta_amp_case_keeps_a_raw_block_unexpanded():
         async with running_api() as api:
             reply = await inject(api, {
                 "envelope_sender": "noreply@example.com", "template_dialect": "Handlebars",
-                "recipients": [{"email": "user@example.com", "name": "James Smythe"}],
+                "recipients": [{"email": "user@example.net", "name": "James Smythe"}],
                 "content": {"text_body": "t", "html_body": "h", "amp_html_body": amp},
             })
-            data = stored(api)["user@example.com"]
+            data = stored(api)["user@example.net"]
     assert reply.status == 200, reply.json
     amp_part = parsed(data).get_body(("x-amp-html",)).get_content()
     assert amp_part == ("<!doctype html>\r\n<html ⚡4email>\r\n<body>\r\nHello in AMP, James Smythe!\r\n"
