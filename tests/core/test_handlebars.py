@@ -308,3 +308,75 @@ def test_any_input_renders_or_raises_the_template_error(source, html):
         assert str(exc)
     else:
         assert isinstance(out, str)
+
+
+# --- cases from handlebars-rust's own test suite (its expected outputs) -------------------------
+
+
+@pytest.mark.parametrize("source, data, out", [
+    ("{{#each this}}{{@first}}|{{@last}}|{{@index}}:{{this}}|{{/each}}", [1, 2, 3],
+     "true|false|0:1|false|false|1:2|false|true|2:3|"),
+    ("{{#each this}}{{@first}}|{{@last}}|{{@key}}:{{this}}|{{@index}}|{{/each}}",
+     {"ftp": 21, "gopher": 70, "http": 80},
+     "true|false|ftp:21|0|false|false|gopher:70|1|false|true|http:80|2|"),
+    ("{{#each a.c}} d={{d}} b={{../a.a}} {{/each}}", {"a": {"a": 99, "c": [{"d": 100}, {"d": 200}]}},
+     " d=100 b=99  d=200 b=99 "),
+    ("{{#each a}}{{#each b}}{{d}}:{{../c}}{{/each}}{{/each}}", {"a": [{"b": [{"d": 100}], "c": 200}]}, "100:200"),
+    ("{{#each b}}{{#if ../a}}{{#each this}}{{this}}{{/each}}{{/if}}{{/each}}",
+     {"a": [{"b": True}], "b": [[1, 2, 3], [4, 5]]}, "12345"),
+    ("{{#each this.[0]}}{{this}}{{/each}}", [[1, 2, 3]], "123"),
+    ("{{#each this as |v k|}}{{#with k as |inner_k|}}{{inner_k}}{{/with}}:{{v}}|{{/each}}",
+     {"ftp": 21, "http": 80}, "ftp:21|http:80|"),
+    ("{{#each this as |v k|}}{{#with v as |inner_v|}}{{k}}:{{inner_v}}{{/with}}|{{/each}}",
+     {"ftp": 21, "http": 80}, "ftp:21|http:80|"),
+    ("{{#each a.b}}{{#each c}}{{../../d}}{{/each}}{{/each}}", {"a": {"b": [{"c": [1]}]}, "d": 1}, "1"),
+    ("{{#each variant}}{{#each ../typearg}}{{#if @first}}template<{{/if}}{{this}}{{#if @last}}>{{else}},{{/if}}"
+     "{{/each}}{{/each}}", {"typearg": ["T"], "variant": ["1", "2"]}, "template<T>template<T>"),
+    ("{{#each a}}{{this}}{{/each}} {{b}}", {"a": [1, 2, 3, 4], "b": "good"}, "1234 good"),
+    ("{{#each list}}A{{else}}{{foo}}{{/each}}", {"list": [], "foo": "bar"}, "bar"),
+    ("{{#each list}}{{#each inner}}{{this}}{{/each}}{{foo}}{{/each}}",
+     {"list": [{"inner": [], "foo": 1}, {"inner": [], "foo": 2}]}, "12"),
+    ("{{#each this}}each block{{else}}else block{{/each}}", "strings aren't iterable", "else block"),
+    ("{{#each this as |b index|}}{{b.value}}{{#each this as |value key|}}:{{key}},{{/each}}{{/each}}",
+     [{"value": 11}, {"value": 22}], "11:value,22:value,"),
+    ("{{#each classes as |class|}}{{#each class.methods as |method|}}{{class.private}}|{{method.id}};"
+     "{{/each}}{{/each}}",
+     {"classes": [{"methods": [{"id": 1}, {"id": 2}], "private": False},
+                  {"methods": [{"id": 3}, {"id": 4}], "private": True}]},
+     "false|1;false|2;true|3;true|4;"),
+    ("\n{{#each bar as |x|}}\n{{#each ../foo as |y|}}\n{{../../foo.0}}: {{../x}}\n{{/each}}\n{{/each}}\n",
+     {"foo": [42], "bar": [1, 2, 3]}, "\n42: 1\n42: 2\n42: 3\n"),
+    ("{{#each a}}{{@root/b}}: {{this}};{{/each}}", {"a": [1, 2, 3, 4], "b": "top"}, "top: 1;top: 2;top: 3;top: 4;"),
+    ("{{#if a}}x{{/if}}\ny", {"a": True}, "x\ny"),
+    ("{{#if a}}\nx\n{{^}}\ny\n{{/if}}\nz", {"a": False}, "y\nz"),
+    ("yes\n  {{#if true}}\n  foo\n  bar\n  {{/if}}\n  baz", {}, "yes\n  foo\n  bar\n  baz"),
+    ("  {{#if true}}\n  foo\n  bar\n  {{/if}}\n  baz", {}, "  foo\n  bar\n  baz"),
+    ("  {{~ foo ~}}  ", {"foo": "bar"}, "bar"),
+    ("  {{{~ foo ~}}}  ", {"foo": "<bar/>"}, "<bar/>"),
+    ("hello~     {{~world~}} \n  !{{~#if true}}else{{/if~}}", {"world": "W"}, "hello~W!else"),
+    ("{{#if true}}1  {{~ else ~}} 2 {{~/if}}", {}, "1"),
+    ("a{{{{raw}}}}{{content}}{{else}}hello{{{{/raw}}}}", {}, "a{{content}}{{else}}hello"),
+    ("\\{{hello}}| \\{{hello}}|\\\\{{hello}}", {"hello": "world"}, "{{hello}}| {{hello}}|\\world"),
+    ("null: {{null}} --> {{#if null }}true{{else}}false{{/if}}", {"null": True}, "null: true --> false"),
+    ("null: {{null}} --> {{#if this.[null]}}true{{else}}false{{/if}}", {"null": True}, "null: true --> true"),
+    ("{{#if (gt a b)}}Success{{else}}Failed{{/if}}", {"a": 1, "b": 0}, "Success"),
+    ("{{#if (not (gt a c))}}Success{{else}}Failed{{/if}}", {"a": 1, "c": 2}, "Success"),
+    ("{{#if (or (gt 3 5) (gt 5 3))}}lorem{{else}}ipsum{{/if}}", {}, "lorem"),
+    ("{{#if (and null 4)}}lorem{{else}}ipsum{{/if}}", {}, "ipsum"),
+    ("{{#if (or [1] [])}}lorem{{else}}ipsum{{/if}}", {}, "lorem"),
+])
+def test_handlebars_rust_cases(source, data, out):
+    assert render(source, data) == out
+
+
+def test_handlebars_rust_error_cases():
+    with pytest.raises(HandlebarsRenderError, match="Helper not found x"):
+        render("{{x[]@this}}", [])
+    with pytest.raises(HandlebarsRenderError, match="not param at index 0"):
+        render("{{#if (not)}}Success{{else}}Failed{{/if}}")
+    with pytest.raises(HandlebarsSyntaxError) as caught:
+        compile_template("{{#ifequals name compare=\"hello\"}}\nhello\n\t{{else}}\ngood")
+    assert (caught.value.line, caught.value.column) == (4, 5)
+    for source in ("{{invalid", "{{{invalid", "{{invalid}", "{{!hello"):
+        with pytest.raises(HandlebarsSyntaxError):
+            compile_template(source)

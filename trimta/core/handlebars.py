@@ -1399,7 +1399,7 @@ class _Renderer:
             items = list(enumerate(data))
             is_object = False
         elif isinstance(data, Mapping) and (data or h.inverse is None):
-            items = sorted(data.items())  # serde_json's maps keep their keys in order
+            items = sorted(data.items(), key=lambda kv: str(kv[0]))  # serde_json's maps are sorted
             is_object = True
         else:
             if h.inverse is not None:

@@ -438,7 +438,8 @@ def build_message(content: BuiltContent, *, sender: str, to_header: str, subject
 
 def render(request: InjectRequest, templates: _Templates, recipient: Recipient, hostname: str, *,
            max_chars: int = 20_000_000, deadline: float | None = None) -> bytes:
-    """One recipient's message. Raises ValueError or a Jinja error saying why it cannot be made.
+    """One recipient's message. Raises ValueError, a Jinja error or a `HandlebarsError` saying
+    why it cannot be made.
 
     Each template renders within `max_chars` characters, counted as they are produced,
     and stops (`SecurityError`) once `deadline` (`time.monotonic()`) has passed.
