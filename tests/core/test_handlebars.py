@@ -36,7 +36,7 @@ def render(source: str, data=None, name: str | None = None, **limits) -> str:
     ("[{{nothing}}]", {"nothing": None}, "[]"),
     ("{{t}} {{f}}", {"t": True, "f": False}, "true false"),
     ("{{i}} {{n}} {{x}} {{big}} {{small}}", {"i": 3, "n": -7, "x": 1.0, "big": 1e21, "small": 1.5e-7},
-     "3 -7 1.0 1e21 1.5e-7"),
+     "3 -7 1.0 1e+21 1.5e-7"),
     ("{{xs}}", {"xs": [1, "a", [2, 3], {"k": 1}]}, "[1, a, [2, 3], [object]]"),
     ("{{o}}", {"o": {"a": 1}}, "[object]"),
     ("{{this}}", "top", "top"),
@@ -284,8 +284,11 @@ def test_a_template_parses_once_and_renders_per_recipient():
 
 
 def test_float_formatting_is_serde_jsons():
-    assert [format_float(f) for f in (1.0, 0.5, 1e15, 1e16, 1e-5, 1e-6, 123.456, -2.5e-10)] == [
-        "1.0", "0.5", "1000000000000000.0", "1e16", "0.00001", "1e-6", "123.456", "-2.5e-10"]
+    # zmij 1.0.23 (serde_json's formatter in KumoMTA's Cargo.lock): its tests and fixed-notation range
+    assert [format_float(f) for f in (1.0, 0.5, 1e15, 1e16, 1e-5, 1e-6, 123.456, -2.5e-10, 0.0, -0.0,
+                                      6.62607015e-34, 3.439070283483335e+35, 5e-324)] == [
+        "1.0", "0.5", "1000000000000000.0", "1e+16", "0.00001", "1e-6", "123.456", "-2.5e-10", "0.0", "-0.0",
+        "6.62607015e-34", "3.439070283483335e+35", "5e-324"]
 
 
 # --- any input -----------------------------------------------------------------------------------------

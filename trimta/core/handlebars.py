@@ -14,7 +14,7 @@ handlebars.js's where the two differ:
   templates whose name ends in ``.html``); ``{{{x}}}`` and ``{{&x}}`` never do, and, as in
   handlebars-rust, turn escaping on for the rest of the render once they are done.
 - Values render as handlebars-rust renders JSON: ``null`` and missing values as nothing,
-  ``true``/``false``, numbers as serde_json prints them (``1.0``, ``1e21``), arrays as
+  ``true``/``false``, numbers as serde_json prints them (``1.0``, ``1e+21``), arrays as
   ``[a, b]``, objects as ``[object]``.
 - Paths: ``a.b``, ``a/b``, ``this``, ``./a``, ``../a``, ``@root.a``, ``[any key]``, ``a.0``,
   ``@index``/``@key``/``@first``/``@last`` (``@../index`` one block up), block parameters.
@@ -842,7 +842,9 @@ def _as_number(value: Any) -> int | float | None:
 
 
 def format_float(f: float) -> str:
-    """A float as serde_json prints it (shortest digits, ``1.0``, ``1e16``, ``1.5e-7``)."""
+    """A float as serde_json prints it: the shortest digits that read back (as Python's repr),
+    in plain notation from 1e-5 to below 1e16 (``1.0``, ``0.00001``), else ``1e+16``,
+    ``1.5e-7`` (zmij 1.0.23, the formatter of the serde_json KumoMTA builds with)."""
     if math.isnan(f):
         return "NaN"
     if math.isinf(f):
@@ -867,9 +869,9 @@ def format_float(f: float) -> str:
     elif -5 < kk <= 0:
         text = "0." + "0" * -kk + digits
     elif length == 1:
-        text = f"{digits}e{kk - 1}"
+        text = f"{digits}e{kk - 1:+d}"
     else:
-        text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+        text = f"{digits[0]}.{digits[1:]}e{kk - 1:+d}"
     return sign + text
 
 
