@@ -464,3 +464,22 @@ async def test_kumomta_amp_case_keeps_a_raw_block_unexpanded():
     amp_part = parsed(data).get_body(("x-amp-html",)).get_content()
     assert amp_part == ("<!doctype html>\r\n<html ⚡4email>\r\n<body>\r\nHello in AMP, James Smythe!\r\n"
                         "Don't expand in here {{ name }}\r\n</body>\r\n</html>\r\n")
+
+
+async def test_template_variables_in_kumomtas_order():
+    """inject_v1.rs: request substitutions, then email/name/to_header, then the recipient's."""
+    with trio.fail_after(10):
+        async with running_api() as api:
+            reply = await inject(api, {
+                "envelope_sender": "app@sender.example", "template_dialect": "Handlebars",
+                "substitutions": {"name": "everyone", "email": "nobody", "to_header": "x@y.example", "k": 1},
+                "recipients": [{"email": "a@example.net", "name": "Ann", "substitutions": {"k": 2}},
+                               {"email": "b@example.net"}],
+                "content": {"text_body": "{{name}} {{email}} {{k}} {{to_header}}"},
+            })
+            data = stored(api)
+    assert reply.status == 200, reply.json
+    a, b = parsed(data["a@example.net"]), parsed(data["b@example.net"])
+    assert a.get_content() == "Ann a@example.net 2 Ann <a@example.net>\r\n"
+    assert b.get_content() == "everyone b@example.net 1 b@example.net\r\n"
+    assert a["To"] == "Ann <a@example.net>" and b["To"] == "b@example.net"

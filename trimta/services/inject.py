@@ -346,16 +346,22 @@ def compile_templates(request: InjectRequest) -> _Templates:
     )
 
 
-def _context(request: InjectRequest, recipient: Recipient) -> dict[str, Any]:
-    to_header = str(Address(display_name=recipient.name or "", addr_spec=recipient.email)) \
+def _to_header(recipient: Recipient) -> str:
+    return str(Address(display_name=recipient.name or "", addr_spec=recipient.email)) \
         if recipient.name else recipient.email
-    return {
-        "email": recipient.email,
-        "name": recipient.name or "",
-        "to_header": to_header,
-        **request.substitutions,
-        **recipient.substitutions,
-    }
+
+
+def _context(request: InjectRequest, recipient: Recipient) -> dict[str, Any]:
+    """The template variables, in KumoMTA's order (inject_v1.rs): the request's substitutions,
+    then ``email``, ``name`` (when the recipient has one) and ``to_header``, then the
+    recipient's own substitutions."""
+    context = dict(request.substitutions)
+    context["email"] = recipient.email
+    if recipient.name is not None:
+        context["name"] = recipient.name
+    context["to_header"] = _to_header(recipient)
+    context.update(recipient.substitutions)
+    return context
 
 
 # --- building messages -------------------------------------------------------------------
@@ -462,7 +468,7 @@ def render(request: InjectRequest, templates: _Templates, recipient: Recipient, 
     return supplemental_header(request, recipient) + build_message(
         content,
         sender=request.envelope_sender,
-        to_header=context["to_header"],
+        to_header=_to_header(recipient),  # KumoMTA's To is the recipient's, whatever the substitutions say
         subject=text(templates.subject),
         text_body=text(templates.text_body),
         html_body=text(templates.html_body),
