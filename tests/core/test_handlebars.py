@@ -383,3 +383,26 @@ def test_handlebars_rust_error_cases():
     for source in ("{{invalid", "{{{invalid", "{{invalid}", "{{!hello"):
         with pytest.raises(HandlebarsSyntaxError):
             compile_template(source)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=20)
+_TEMPLATES = [compile_template(t, "t.html") for t in (
+    "{{v}}{{{v}}}{{v.a}}{{v.[0]}}{{len v}}{{lookup v 0}}{{lookup v 'a'}}",
+    "{{#each v}}{{@index}}{{@key}}{{this}}{{#each this}}{{this}}{{/each}}{{else}}-{{/each}}",
+    "{{#if v}}t{{else}}f{{/if}}{{#with v}}{{a}}{{/with}}{{eq v v}}{{gt v 1}}{{lte v '2'}}{{and v w}}{{not v}}",
+    "{{titleCase v}}",
+    "{{snakeCase (lookup v 0)}}",
+)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json, _json)
+def test_any_data_renders_or_raises_the_template_error(v, w):
+    for template in _TEMPLATES:
+        try:
+            assert isinstance(template.render({"v": v, "w": w}), str)
+        except HandlebarsError:
+            pass
