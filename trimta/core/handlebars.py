@@ -1046,14 +1046,10 @@ class _Val:
     value: Any
     path: list[str] | None = None
     missing: bool = False
-    relative: str | None = None
 
     @property
     def json(self) -> Any:
         return None if self.missing else self.value
-
-
-_NOTHING = _Val(None, missing=True)
 
 
 @dataclass(slots=True)
@@ -1200,11 +1196,9 @@ class _Renderer:
             if level < len(self.blocks):
                 value = self.blocks[-1 - level].locals.get(name, MISSING)
                 if value is not MISSING:
-                    return _Val(value, relative=param.raw)
-            return _Val(None, missing=True, relative=param.raw)
-        value = self.navigate(param.segs)
-        value.relative = param.raw
-        return value
+                    return _Val(value)
+            return _Val(None, missing=True)
+        return self.navigate(param.segs)
 
     def navigate(self, segs: tuple[Seg, ...]) -> _Val:
         depth = 0
