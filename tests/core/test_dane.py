@@ -25,6 +25,7 @@ from trimta.core.dane import (
     name_matches,
     policy_label,
     presentation,
+    result_name,
 )
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -210,6 +211,19 @@ def test_decide():
     ]
     for lookup, decision in cases:
         assert decide(lookup) is decision, lookup
+
+
+def test_each_lookup_is_counted_under_kumomtas_dane_result_label():
+    ee, pkix = TlsaRecord(3, 1, 1, b"\1" * 32), TlsaRecord(1, 1, 1, b"\1" * 32)
+    cases = [
+        (TlsaLookup("mx", DnssecState.SECURE, (pkix, ee)), "ok"),
+        (TlsaLookup("mx", DnssecState.SECURE, (pkix,)), "unusable"),
+        (TlsaLookup("mx", DnssecState.INSECURE, detail="no TLSA records", chain_secure=True), "not_applicable"),
+        (TlsaLookup("mx", DnssecState.INSECURE, detail="the address records are not DNSSEC-signed"), "insecure_chain"),
+        (TlsaLookup("mx", DnssecState.FAILED), "tempfail"),
+    ]
+    for lookup, label in cases:
+        assert result_name(lookup) == label, lookup
 
 
 def test_labels_and_presentation():

@@ -54,6 +54,7 @@ UNBOUND_ZONES = [
         "two IN MX 10 mx-bad", "two IN MX 20 mx-ee",
         "pkix IN MX 10 mx-pkix", "mx-pkix IN A 127.0.0.64", f"{T}.mx-pkix IN TLSA 1 1 1 {spki_sha256(OTHER)}",
         "badtlsa IN MX 10 mx1.badtlsa.test.",
+        "notlsa IN MX 10 mx-notlsa", "mx-notlsa IN A 127.0.0.61",  # signed, no TLSA records (the ee receiver)
     ]),
     Zone("badtlsa.test", ["mx1 IN A 127.0.0.65", f"{T}.mx1 IN TLSA 3 1 1 {spki_sha256(EE)}"], Signing.BOGUS,
          bogus_types=("TLSA",)),
@@ -144,6 +145,18 @@ def tlsa_sessions(relay, result: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
 
 
+def dane_results(relay) -> dict[str, float]:
+    """KumoMTA's dane_result_count, by result, from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith('dane_result_count{result="'):
+            counts[line.split('"')[1]] = float(line.split()[-1])
+    assert set(counts) == {"ok", "unusable", "not_applicable", "insecure_chain", "tempfail"}, counts
+    return {result: n for result, n in counts.items() if n}  # the ones that happened
+
+
 def send(relay, *recipients: str) -> None:
     with smtplib.SMTP(relay.host, relay.port, timeout=30) as client:
         client.sendmail("sender@example.com", list(recipients), "Subject: dane\r\n\r\nhello\r\n")
@@ -162,6 +175,7 @@ def test_matching_dane_ee_and_dane_ta_receivers_get_the_mail_over_tls(relay, rec
     assert deliveries["a@ee.dane.test"]["dane"] == "dane-ee"
     assert deliveries["b@ta.dane.test"]["dane"] == "dane-ta"
     assert tlsa_sessions(relay, "success") >= 2  # reported to the TLS-report sink, counted for metrics
+    assert dane_results(relay) == {"ok": 2}  # KumoMTA's metric: one decision per MX host connected to
     # unbound validates from its root anchor, so the start-up check found AD set.
     assert "did not set the AD bit" not in relay.stderr()
 
@@ -194,6 +208,7 @@ def test_a_bogus_tlsa_rrset_or_zone_defers_without_delivering(relay, receivers):
     assert receivers["badtlsa"].messages == [] and receivers["bogus"].messages == []
     assert records_for(relay, "Delivery", "e@badtlsa.dane.test") == []
     assert tlsa_sessions(relay, "dnssec-invalid") >= 1
+    assert dane_results(relay).get("tempfail", 0) >= 1 and "ok" not in dane_results(relay)
 
 
 def test_unusable_records_mean_tls_without_authentication_and_unsigned_zones_no_dane(relay, receivers):
@@ -205,6 +220,16 @@ def test_unusable_records_mean_tls_without_authentication_and_unsigned_zones_no_
     assert receivers["pkix"].messages[-1] == {"recipients": ["g@pkix.dane.test"], "tls": True}
     assert "dane" not in deliveries["h@insec.test"]  # TLSA records, but not DNSSEC-signed
     assert receivers["insec"].messages[-1]["recipients"] == ["h@insec.test"]
+    results = dane_results(relay)
+    assert results["unusable"] >= 1 and results["insecure_chain"] >= 1 and "ok" not in results
+
+
+def test_a_signed_host_without_tlsa_records_is_not_applicable_and_gets_the_mail(relay, receivers):
+    send(relay, "i@notlsa.dane.test")
+    (delivery,) = wait_for(lambda: records_for(relay, "Delivery", "i@notlsa.dane.test"), what="the delivery")
+    assert "dane" not in delivery  # DANE does not apply: delivered as enable_tls says
+    assert receivers["ee"].messages[-1]["recipients"] == ["i@notlsa.dane.test"]
+    assert dane_results(relay) == {"not_applicable": 1}
 
 
 def test_a_resolver_that_does_not_validate_is_warned_about_at_start(make_daemon, tmp_path):

@@ -429,9 +429,10 @@ class DnsResolver:
             return TlsaLookup(host, DnssecState.FAILED, detail=f"TLSA lookup for {qname} failed ({why}; bogus DNSSEC "
                                                                "gives SERVFAIL)")
         if tlsa.status is not Status.ANSWER:
-            return TlsaLookup(host, DnssecState.INSECURE, detail=f"no TLSA records at {qname}")
+            return TlsaLookup(host, DnssecState.INSECURE, detail=f"no TLSA records at {qname}", chain_secure=True)
         if not tlsa.secure:
-            return TlsaLookup(host, DnssecState.INSECURE, detail=f"the TLSA records at {qname} are not DNSSEC-signed")
+            return TlsaLookup(host, DnssecState.INSECURE, detail=f"the TLSA records at {qname} are not DNSSEC-signed",
+                              chain_secure=True)
         return TlsaLookup(host, DnssecState.SECURE, tuple(tlsa.records))
 
     async def sets_ad_bit(self) -> bool:

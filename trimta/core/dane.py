@@ -212,6 +212,9 @@ class TlsaLookup:
     # Where the TLSA records were found when the host is a CNAME (RFC 7672 section 2.2.2);
     # empty: at the host name itself. A DANE-TA certificate may name either.
     base_domain: str = ""
+    # Whether the host's address records validated, so that an INSECURE answer means
+    # "no (signed) TLSA records" rather than "the chain to the host is not signed".
+    chain_secure: bool = False
 
     @property
     def reference_names(self) -> tuple[str, ...]:
@@ -236,6 +239,21 @@ def decide(lookup: TlsaLookup) -> DaneDecision:
     if lookup.state is DnssecState.INSECURE or not lookup.records:
         return DaneDecision.NOT_APPLICABLE
     return DaneDecision.AUTHENTICATE if usable_records(lookup.records) else DaneDecision.UNAUTHENTICATED
+
+
+# KumoMTA's dane_result_count labels, every one (the metric shows each, 0 until it happens).
+RESULT_NAMES = ("ok", "unusable", "not_applicable", "insecure_chain", "tempfail")
+
+
+def result_name(lookup: TlsaLookup) -> str:
+    """KumoMTA's ``dane_result_count`` label for one decision: ``ok``, ``unusable``,
+    ``not_applicable`` (a secure chain, no TLSA records), ``insecure_chain`` or ``tempfail``."""
+    if lookup.state is DnssecState.FAILED:
+        return "tempfail"
+    if lookup.state is DnssecState.INSECURE or not lookup.records:
+        secure = lookup.chain_secure or lookup.state is DnssecState.SECURE
+        return "not_applicable" if secure else "insecure_chain"
+    return "ok" if usable_records(lookup.records) else "unusable"
 
 
 def policy_label(records: Sequence[TlsaRecord]) -> str:

@@ -1,4 +1,5 @@
-"""DANE at start: is `enable_dane` on anywhere, and does the resolver validate DNSSEC?
+"""DANE at start and in use: is `enable_dane` on anywhere, does the resolver validate
+DNSSEC, and how did each host's TLSA lookup come out (KumoMTA's ``dane_result_count``)?
 
 DANE (RFC 7672) trusts the AD bit of trimta's configured resolver. A resolver that
 never sets it (dnsmasq, most forwarding resolvers, or a validating one without a
@@ -10,11 +11,14 @@ DANE. It does not stop the daemon: mail still goes out as the other policies say
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from trimta.core.dane import TlsaLookup, result_name
 from trimta.core.egress_options import StaticPathProvider
 from trimta.core.shaping import Shaping
+from trimta.services.smtp_client import TlsaLookups
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +51,25 @@ async def warn_unless_validating(resolver: AdProbe, nameservers: Iterable[str]) 
         ", ".join(nameservers) or "the system's",
     )
     return False
+
+
+class CountedTlsaLookups:
+    """TLSA lookups that tally their outcomes by KumoMTA's ``dane_result_count`` labels.
+
+    Each lookup is one DANE decision for one MX host (delivery asks only for paths with
+    ``enable_dane``), so the counts are the decisions: ``ok``, ``unusable``,
+    ``not_applicable``, ``insecure_chain``, ``tempfail`` (`trimta.core.dane.result_name`).
+    """
+
+    def __init__(self, lookups: TlsaLookups) -> None:
+        self._lookups = lookups
+        self._results: Counter[str] = Counter()
+
+    async def lookup_tlsa(self, host: str, port: int = 25) -> TlsaLookup:
+        lookup = await self._lookups.lookup_tlsa(host, port)
+        self._results[result_name(lookup)] += 1
+        return lookup
+
+    def statistics(self) -> dict[str, int]:
+        """Decisions since start, by result."""
+        return dict(self._results)

@@ -44,6 +44,7 @@ from trimta.core.retry import due_after_restart, expires_before
 from trimta.core.tls_report import TlsSessionSink
 from trimta.services.automation import Automation
 from trimta.services.cluster_limits import ClusterLimits
+from trimta.services.dane_resolver import CountedTlsaLookups
 from trimta.services.egress import DueMessages, Egress, MtaStsPolicies
 from trimta.services.operator_rules import OperatorRules, RuleStore, SharedRules
 from trimta.services.logs import RecordSink
@@ -84,7 +85,8 @@ class DeliveryEngine:
         cluster: ClusterLimits | None = None,
     ) -> None:
         self.delivery = delivery
-        self.dane = dane  # where paths with enable_dane look up TLSA records
+        # Where paths with enable_dane look up TLSA records, counting the outcomes.
+        self.dane = CountedTlsaLookups(dane) if dane is not None else None
         self.tls_sink = tls_sink
         self.resolver = resolver
         self.network = network
@@ -253,6 +255,7 @@ class DeliveryEngine:
             connections=sum(r.connections for r in ready),
             suspensions=len(self.rules.suspensions()),
             bounces=len(self.rules.bounces()),
+            dane_results=self.dane.statistics() if self.dane is not None else {},
         )
 
 
@@ -290,3 +293,4 @@ class EngineStatistics:
     suspensions: int
     bounces: int
     received_by_service: dict[str, int] = field(default_factory=dict)
+    dane_results: dict[str, int] = field(default_factory=dict)  # TLSA lookups by dane_result_count's label

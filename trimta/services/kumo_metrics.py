@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from trimta.adapters.dns import LookupStatistics
 from trimta.adapters.spool import Spool
+from trimta.core.dane import RESULT_NAMES
 from trimta.core.metric_families import Family, HistogramValue
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSinkStatistics
@@ -109,6 +110,7 @@ class KumoCollector:
         out += self._connections()
         out += self._queues()
         out += self._dns()
+        out += self._dane()
         out += self._process()
         return out
 
@@ -252,6 +254,16 @@ class KumoCollector:
                 stats.cache_hits)
             yield Family("dns_mx_resolve_cache_miss", "DNS questions sent to the resolver", "counter").set(
                 stats.queries_sent)
+
+    # --- TLS ------------------------------------------------------------------------------------
+
+    def _dane(self) -> Iterable[Family]:
+        family = Family("dane_result_count", "Number of DANE policy decisions made on the SMTP delivery path",
+                        "counter", ("result",))
+        counts = self.engine.statistics().dane_results
+        for result in RESULT_NAMES:  # all of them from the start, so that a rate or "ok is 0" can be alerted on
+            family.add((result,), counts.get(result, 0))
+        yield family
 
     # --- the process and its disks -----------------------------------------------------------
 
