@@ -11,7 +11,7 @@ import string
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.tlsrpt_schema import decode_gzip_report, validate_report
@@ -312,6 +312,7 @@ def test_report_message_is_multipart_report_with_the_gzip_report():
 
 
 @given(st.floats(0, 10 * DAY_S), st.integers(0, 23), st.floats(60, 6 * 3600), st.floats(0, 0.999))
+@example(0.0, 23, 7201.0, 0.5)  # at midnight, yesterday's window still runs: not a day and a half ahead
 def test_the_daily_send_is_in_the_window_and_within_a_day(offset, hour, window_s, fraction):
     now = day_start(DAY) + offset
     at = next_send_at(now, send_hour=hour, window_s=window_s, fraction=fraction)

@@ -441,10 +441,11 @@ def report_message(
 
 def next_send_at(now: float, *, send_hour: int, window_s: float, fraction: float) -> float:
     """The next daily send after `now`: UTC midnight + `send_hour` hours + `fraction`
-    (0 to 1, drawn at random by the caller) of `window_s`, today if that is still
-    ahead, else tomorrow."""
-    today = day_start(utc_day(now))
-    at = today + send_hour * 3600 + fraction * window_s
+    (0 to 1, drawn at random by the caller) of `window_s`: the first such moment after
+    `now`, so never more than a day ahead. Yesterday's comes first, since a window late in
+    the day can reach past midnight."""
+    yesterday = day_start(utc_day(now)) - DAY_S
+    at = yesterday + send_hour * 3600 + fraction * window_s
     while at <= now:
         at += DAY_S
     return at
