@@ -50,6 +50,7 @@ def test_every_option_parses_into_its_field():
         "ehlo_domain": "mta1.example.com",
         "provider_connection_limit": 100,
         "provider_max_message_rate": "1000/h",
+        "provider_source_selection_rate": "500/d,max_burst=1",
         "auth_timeout": "19s",
         "enable_rset": True,
         "max_recipients_per_batch": 10,
@@ -90,6 +91,7 @@ def test_every_option_parses_into_its_field():
     assert config.ehlo_domain == "mta1.example.com"
     assert config.provider_connection_limit == 100
     assert config.provider_max_message_rate == Rate(1000, 3600.0)
+    assert config.provider_source_selection_rate == Rate(500, 86400.0, 1)
     assert config.auth_timeout_s == 19
     assert config.enable_rset and config.try_next_host_on_transport_error
     assert config.max_recipients_per_batch == 10

@@ -145,4 +145,4 @@ def test_provider_shared_limits_reach_the_path():
     config = resolve_path(layers, start=EgressPathConfig())
     assert (config.provider, config.provider_connection_limit) == ("google", 5)
     assert config.provider_max_message_rate.limit == 1000
-    assert config.extra == {"provider_source_selection_rate": "100/h"}
+    assert config.provider_source_selection_rate.limit == 100 and config.extra == {}

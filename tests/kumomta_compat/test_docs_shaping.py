@@ -219,3 +219,67 @@ egress_pool = "mypool"
     # One selection per 864 s: ten over the ten rounds, the rest through "established".
     assert len(new) == 10
     assert sliding_max([m.received_at for m in new], 863) == 1
+
+
+async def test_provider_source_selection_rate_is_one_rate_for_every_site_of_the_provider(autojump_clock):
+    # additional_source_selection_rates.md: [provider."Office 365".sources."new-source"]
+    # provider_source_selection_rate = "500/d,max_burst=1" applies "to that source across all
+    # sites that map to that provider". Two domains on different MX hosts (two sites, two
+    # ready queues) of one provider; the new source is picked once per 172.8 s in all.
+    import tomllib
+
+    from trimta.adapters.delivery_config import parse_delivery_config
+    from trimta.adapters.shaping_files import ShapingProvider, parse_shaping_text
+    from trimta.core.shaping import Shaping
+    from trimta.testing.harness import DeliveryHarness
+
+    document, problems = parse_shaping_text("""
+[provider."Office 365"]
+match = [{ MXSuffix = ".olc.protection.outlook.com" }]
+
+[provider."Office 365".sources."new-source"]
+provider_source_selection_rate = "500/d,max_burst=1"
+""", "shaping.toml")
+    assert not problems
+    delivery = parse_delivery_config(tomllib.loads("""
+[egress.default]
+prohibited_hosts = []
+[sources.new-source]
+source_address = "127.0.0.2"
+[sources.established]
+source_address = "127.0.0.3"
+[pools.mypool]
+entries = [{ name = "new-source" }, { name = "established" }]
+[queues]
+egress_pool = "mypool"
+"""), "<test>")
+    h = DeliveryHarness(config=delivery, paths=ShapingProvider(Shaping([document]), overrides=delivery.path_provider))
+    receivers = []
+    for i, domain in enumerate(("a.example", "b.example")):
+        host = f"{domain.split('.')[0]}-mail.olc.protection.outlook.com"
+        h.resolver.add_mx(domain, host)
+        h.resolver.add_host(host, f"127.0.0.{81 + i}")
+        receivers.append(h.network.add_receiver(f"127.0.0.{81 + i}", 25, accepting(host)))
+    with trio.fail_after(10**6):
+        async with h.running():
+            for _ in range(10):  # 20 messages to each domain every 172.8 s
+                for domain in ("a.example", "b.example"):
+                    await h.inject(recipients=[f"u{i}@{domain}" for i in range(20)])
+                await trio.sleep(172.8)
+            await h.wait_until_settled()
+    messages = [m for r in receivers for m in r.messages]
+    new = [m for m in messages if m.connection.source_address == "127.0.0.2"]
+    assert len(messages) == 400 and all(len(r.messages) == 200 for r in receivers)
+    assert {m.connection.source_address for r in receivers for m in r.messages} == {"127.0.0.2", "127.0.0.3"}
+    # Ten selections over the ten rounds for both sites together (a rate per site would give 20).
+    assert len(new) == 10
+    assert sliding_max([m.received_at for m in new], 172.7) == 1
+
+
+def test_provider_source_selection_rate_outside_a_provider_block_is_a_mistake():
+    from trimta.adapters.shaping_files import parse_shaping_text
+
+    _, problems = parse_shaping_text('["example.com"]\nprovider_source_selection_rate = "1/s"\n', "shaping.toml")
+    assert [str(p) for p in problems] == [
+        'shaping.toml:2: "example.com".provider_source_selection_rate: provider_source_selection_rate belongs in '
+        'a provider block ([provider."NAME"] or its sources), where it names the provider']

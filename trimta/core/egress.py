@@ -128,6 +128,9 @@ class EgressPathConfig:
     provider_connection_limit: int | None = None
     provider_connection_limit_local: bool = False
     provider_max_message_rate: Rate | None = None
+    # How often the pool may pick this source for any site of the provider (one rate per
+    # provider and source, KumoMTA's "shaping-provider-NAME-SOURCE-selection-rate").
+    provider_source_selection_rate: Rate | None = None
     # KumoMTA's named limits, shared by every path that names them (name, limit).
     additional_connection_limits: tuple[tuple[str, Limit], ...] = ()
     additional_message_rate_throttles: tuple[tuple[str, Rate], ...] = ()

@@ -179,6 +179,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "provider_name": ("provider", _text),
     "provider_connection_limit": ("provider_connection_limit", parse_limit),
     "provider_max_message_rate": ("provider_max_message_rate", parse_rate),
+    "provider_source_selection_rate": ("provider_source_selection_rate", parse_rate),
     "additional_connection_limits": (
         "additional_connection_limits", _named(parse_limit, '{ "global-connection-limit" = 100 }')),
     "additional_message_rate_throttles": (

@@ -82,8 +82,8 @@ PROVIDER = "provider"
 # Keys that give a table its structure rather than an egress path option.
 DOMAIN_KEYS = ("mx_rollup", "replace_base", "sources", "automation")
 PROVIDER_KEYS = ("match", "replace_base", "sources", "automation")
-# KumoMTA provider keys trimta accepts without acting on them.
-IGNORED_PROVIDER_OPTIONS = frozenset({"provider_source_selection_rate"})
+# Options only a provider block (or one of its sources) may set: they name the provider.
+PROVIDER_ONLY_OPTIONS = frozenset({"provider_source_selection_rate"})
 
 # --- Problems -------------------------------------------------------------------------
 
@@ -280,10 +280,14 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
     ok = True
     structure = PROVIDER_KEYS if provider else DOMAIN_KEYS
     options: dict[str, Any] = {}
-    ignored_here = IGNORED_PROVIDER_OPTIONS if provider else frozenset()
     for key, value in table.items():
         key = str(key)
-        if key in structure or key in ignored_here:
+        if key in structure:
+            continue
+        if key in PROVIDER_ONLY_OPTIONS and not provider:
+            problems.append(Problem((*path, key), f"{key} belongs in a provider block "
+                                                  f'([provider."NAME"] or its sources), where it names the provider'))
+            ok = False
             continue
         if isinstance(value, Mapping) and key not in IGNORED_KUMOMTA_OPTIONS and key not in TABLE_OPTIONS:
             # An unquoted [gmail.com] header makes "com" a table inside "gmail".
@@ -295,8 +299,7 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
             continue
         options[key] = value
 
-    overrides = _options({**options, **{k: table[k] for k in ignored_here if k in table}}, path, problems,
-                         ignored=ignored_here)
+    overrides = _options(options, path, problems)
     if overrides is None:
         ok = False
 
@@ -323,8 +326,13 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
             problems.append(Problem(spath, "expected a table of egress path options"))
             ok = False
             continue
-        parsed = _options(source_table, spath, problems, source=True, ignored=ignored_here)
-        if parsed is None:
+        misplaced = [] if provider else [k for k in source_table if k in PROVIDER_ONLY_OPTIONS]
+        for key in misplaced:
+            problems.append(Problem((*spath, key), f"{key} belongs in a provider block's sources "
+                                                   f'([provider."NAME".sources."SOURCE"])'))
+        parsed = _options({k: v for k, v in source_table.items() if k not in misplaced}, spath, problems,
+                          source=True)
+        if misplaced or parsed is None:
             ok = False
             continue
         sources[str(source)] = parsed
@@ -366,14 +374,12 @@ def _read_block(table: Any, path: Path, name: str, *, provider: bool, origin: st
                  where=where(path), unacted=tuple(unacted), match_given="match" in table)
 
 
-def _options(table: Mapping[str, Any], path: Path, problems: list[Problem], *, source: bool = False,
-             ignored: Collection[str] = ()) -> dict[str, object] | None:
-    """`parse_path_options` for one table; keys in `ignored` go to ``extra`` unparsed."""
+def _options(table: Mapping[str, Any], path: Path, problems: list[Problem], *, source: bool = False
+             ) -> dict[str, object] | None:
+    """`parse_path_options` for one table, every bad key a `Problem`."""
     overrides: dict[str, object] = {}
     ok = True
     for key, value in table.items():
-        if key in ignored:
-            continue
         try:  # one key at a time, so every bad key of the table is reported
             parsed = parse_path_options({key: value}, where="")
         except OptionError as exc:
@@ -384,12 +390,7 @@ def _options(table: Mapping[str, Any], path: Path, problems: list[Problem], *, s
             ok = False
             continue
         _merge_overrides(overrides, parsed)
-    if not ok:
-        return None
-    extra = {k: v for k, v in table.items() if k in ignored}
-    if extra:
-        overrides["extra"] = {**extra_options(overrides), **extra}
-    return overrides
+    return overrides if ok else None
 
 
 # --- The merged rules -----------------------------------------------------------------

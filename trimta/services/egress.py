@@ -308,6 +308,10 @@ class Egress:
         rates = list(path.additional_source_selection_rates)
         if path.source_selection_rate is not None:
             rates.append((f"{source}->{site}", path.source_selection_rate))
+        if path.provider_source_selection_rate is not None and path.provider:
+            # One rate for every site of the provider, as KumoMTA's shaping helper names it.
+            rates.append((f"shaping-provider-{path.provider}-{source}-selection-rate",
+                          path.provider_source_selection_rate))
         if not rates:
             return True
         limits = self.limits
