@@ -6,8 +6,8 @@ types of its fields: ``Response`` and ``EnhancedStatusCode`` (``crates/rfc5321``
 ``ResolvedAddress`` (``addr`` a ``HostOrSocketAddress``: an IP, ``ip:port`` or a
 unix path), ``MaybeProxiedSourceAddress`` (``address`` a ``SocketAddress``:
 ``ip:port``), ``Uuid`` for ``nodeid`` and ``session_id``, ``DateTime<Utc>`` (RFC 3339)
-for ``event_time``/``created_time``, and the documentation of the record in
-``docs/reference/log_record.md``.
+for ``event_time``/``created_time``, ``ARFReport`` (``crates/kumo-log-types/src/rfc5965.rs``)
+for ``feedback_report``, and the documentation of the record in ``docs/reference/log_record.md``.
 
 What serde requires is required here: the fields that are not ``Option`` and have no
 ``#[serde(default)]`` (``Option`` fields may be missing or null; ``is_secure``,
@@ -99,6 +99,35 @@ SOURCE_ADDRESS = {
     },
 }
 
+_STRINGS = {"type": "array", "items": _STRING}
+# BStringUtf8: a string when the bytes are UTF-8, else the bytes as numbers.
+_BSTRING = {"anyOf": [_STRING, {"type": "array", "items": _uint(8)}]}
+# ARFReport (crates/kumo-log-types/src/rfc5965.rs): `feedback_report` of a Feedback record.
+# Its Option fields may be missing (serde_with's serde_as defaults them); the Vecs have defaults.
+FEEDBACK_REPORT = {
+    "type": "object",
+    "required": ["feedback_type", "user_agent", "version", "extensions"],
+    "properties": {
+        "feedback_type": _STRING,
+        "user_agent": _STRING,
+        "version": _STRING,
+        "arrival_date": _optional({"type": "string", "pattern": RFC3339}),
+        "incidents": _optional(_uint(32)),
+        "original_envelope_id": _optional(_STRING),
+        "original_mail_from": _optional(_STRING),
+        "reporting_mta": _optional({"type": "object", "required": ["mta_type", "name"],
+                                    "properties": {"mta_type": _STRING, "name": _STRING}}),
+        "source_ip": _optional(_STRING),
+        "authentication_results": _STRINGS,
+        "original_rcpto_to": _STRINGS,
+        "reported_domain": _STRINGS,
+        "reported_uri": _STRINGS,
+        "extensions": {"type": "object", "additionalProperties": {"type": "array", "items": _BSTRING}},
+        "original_message": _optional(_BSTRING),
+        "supplemental_trace": {},  # serde_json::Value: anything
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "KumoMTA JsonLogRecord",
@@ -127,7 +156,7 @@ SCHEMA: dict[str, Any] = {
         "egress_pool": _optional(_STRING),
         "egress_source": _optional(_STRING),
         "source_address": _optional(SOURCE_ADDRESS),
-        "feedback_report": _optional({"type": "object"}),
+        "feedback_report": _optional(FEEDBACK_REPORT),
         "meta": _MAP,
         "headers": _MAP,
         "delivery_protocol": _optional(_STRING),

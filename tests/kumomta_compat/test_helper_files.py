@@ -16,7 +16,7 @@ import trio
 
 from trimta.adapters.config import load_config
 from trimta.adapters.config_base import ConfigError
-from trimta.core.listener_domains import ListenerDomain
+from trimta.core.listener_domains import ListenerDomain, ReportHandling
 from trimta.testing.harness import DeliveryHarness
 from trimta.testing.network import deferring
 
@@ -51,9 +51,7 @@ def load(tmp_path: Path, extra: str = ""):
 def test_the_examples_load_with_each_unacted_option_named(tmp_path):
     config = load(tmp_path)
     names = {w.split(": ")[1] for w in config.delivery.warnings}
-    assert names == {"scheduling_header",
-                     '"*".log_oob', '"*".log_arf', '"bounce.example.com".log_oob', '"fbl.example.com".log_arf',
-                     '"*.example.com".log_oob', '"*.example.com".log_arf'}
+    assert names == {"scheduling_header"}  # log_oob and log_arf are acted on
     assert all(w.startswith(str(tmp_path)) for w in config.delivery.warnings)
 
 
@@ -174,7 +172,15 @@ def test_listener_domains_lookup_as_kumomta(tmp_path):
     assert rules.lookup("example.com", "127.0.0.1:2525").relay_to is True
     assert rules.lookup("a.b.example.com", "127.0.0.1:2525").relay_to is True  # "*.example.com"
     assert rules.lookup("www.example.com", "127.0.0.1:2525").relay_to is False  # excluded explicitly
-    assert rules.lookup("gmail.com", "127.0.0.1:2525") == ListenerDomain()  # ["*"]: relay_to = false
+    # ["*"]: relay_to = false, log_oob = log_arf = true ("LogThenRelay")
+    relay = ReportHandling.LOG_THEN_RELAY
+    assert rules.lookup("gmail.com", "127.0.0.1:2525") == ListenerDomain(log_oob=relay, log_arf=relay)
+    assert rules.report_handling("bounce.example.com", "127.0.0.1:2525") == (relay, ReportHandling.IGNORE)
+    assert rules.report_handling("fbl.example.com", "127.0.0.1:2525") == (ReportHandling.IGNORE, relay)
+    assert rules.report_handling("a.b.example.com", "127.0.0.1:2525") == (relay, relay)
+    assert rules.report_handling("www.example.com", "127.0.0.1:2525") == (ReportHandling.IGNORE, ReportHandling.IGNORE)
+    # [listener."127.0.0.1:25"."*.example.com"] log_oob = false, on that listener only
+    assert rules.report_handling("a.b.example.com", "127.0.0.1:25") == (ReportHandling.IGNORE, ReportHandling.IGNORE)
     ok = dict(listener="127.0.0.1:2525", authz_id=None)
     assert rules.relay_allowed(peer="192.0.2.1", sender_domain="x.example", recipient_domain="example.com", **ok)
     assert not rules.relay_allowed(peer="192.0.2.1", sender_domain="x.example", recipient_domain="gmail.com", **ok)
@@ -185,6 +191,13 @@ def test_listener_domains_lookup_as_kumomta(tmp_path):
 
 
 async def test_the_listener_relays_what_the_listener_domains_allow(tmp_path):
+    """The docs' example: ``relay_to`` decides at RCPT; a domain whose entry logs reports
+    (``"*"`` does: ``log_oob = log_arf = true``) takes any recipient there and judges the
+    message once it is in: a report it logs is logged, then relayed (``true`` is
+    ``"LogThenRelay"``); anything else is refused then, as KumoMTA does."""
+    import json
+
+    from tests import report_samples as samples
     from trimta.adapters.logfile import JsonLinesWriter
     from trimta.adapters.spool import Spool
     from trimta.adapters.spool_sqlite import SqliteStorage
@@ -215,15 +228,47 @@ async def test_the_listener_relays_what_the_listener_domains_allow(tmp_path):
                 buffer.clear()
                 return reply
 
+            async def send(recipient: str, data: bytes) -> bytes:
+                assert (await say(b"MAIL FROM:<>")).startswith(b"250")
+                assert (await say(f"RCPT TO:<{recipient}>".encode())).startswith(b"250")
+                assert (await say(b"DATA")).startswith(b"354")
+                return await say(data + b".")
+
             await say(b"")
             await say(b"EHLO client.test")
             await say(b"MAIL FROM:<a@elsewhere.example>")
             assert (await say(b"RCPT TO:<u@example.com>")).startswith(b"250")  # relay_to = true
-            assert (await say(b"RCPT TO:<u@www.example.com>")).startswith(b"5")  # relay_to = false
-            assert (await say(b"RCPT TO:<u@gmail.com>")).startswith(b"5")
+            assert (await say(b"RCPT TO:<u@www.example.com>")).startswith(b"5")  # relay_to = log_* = false
+            assert (await say(b"RCPT TO:<u@gmail.com>")).startswith(b"250")  # "*" logs reports
+            await say(b"RSET")
+            # Not a report: refused once in, as relaying to gmail.com is not allowed.
+            assert (await send("u@gmail.com", samples.PLAIN)).startswith(b"550 5.7.1 relaying not permitted")
+            # bounce.example.com logs OOB reports, fbl.example.com ARF reports.
+            assert (await send("bounces@bounce.example.com", samples.POSTFIX)).startswith(b"250")
+            assert (await send("fbl@fbl.example.com", samples.RFC5965)).startswith(b"250")
+            # A feedback report to a domain that logs only OOB reports is an ordinary message there.
+            assert (await send("x@bounce.example.com", samples.RFC5965)).startswith(b"550 5.7.1")
             await say(b"QUIT")
             await stream.aclose()
+            await logs.flush()
             nursery.cancel_scope.cancel()
+    records = [json.loads(line) for f in sorted((tmp_path / "logs").iterdir()) for line in f.read_text().splitlines()]
+    by = {(r["type"], r["recipient"]): r for r in records}
+    assert sorted(by) == [
+        ("Feedback", "fbl@fbl.example.com"), ("OOB", "Nobody@remote.example"),
+        ("Reception", "bounces@bounce.example.com"), ("Reception", "fbl@fbl.example.com"),
+        ("Rejection", ""), ("Rejection", "u@www.example.com"),
+    ]
+    assert [(r["response"]["content"], r["response"]["command"]) for r in records if r["recipient"] == ""] == [
+        ("relaying not permitted", "DATA")] * 2
+    oob = by["OOB", "Nobody@remote.example"]
+    # KumoMTA's fields are the DSN's own (its queue, from queues.toml's default_tenant);
+    # trimta's tenant and campaign are those of the bounced message.
+    assert oob["sender"] == "bounces@bounce.example.com" and oob["queue"] == "default-tenant@bounce.example.com"
+    assert (oob["tenant"], oob["campaign"], oob["original_id"]) == ("acme", "december-news", samples.TRIMTA_ID)
+    assert oob["response"]["code"] == 550 and oob["bounce_classification"] == "InvalidRecipient"
+    assert by["Feedback", "fbl@fbl.example.com"]["feedback_report"]["feedback_type"] == "abuse"
+    assert by["Feedback", "fbl@fbl.example.com"]["id"] == by["Reception", "fbl@fbl.example.com"]["id"]
 
 
 def _complete(buffer: bytearray) -> bool:

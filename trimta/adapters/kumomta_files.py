@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trimta.adapters.config_base import ConfigError, Table, parse_networks
-from trimta.core.listener_domains import ANY, ListenerDomain, ListenerDomains
+from trimta.core.listener_domains import ANY, ListenerDomain, ListenerDomains, ReportHandling
 
 KUMOMTA_KEYS = ("queues", "sources", "listener_domains")
 
@@ -122,15 +122,14 @@ def overlap(what: str, first: str, second: str) -> ConfigError:
 
 
 LISTENER_DOMAIN_KEYS = ("relay_to", "relay_from", "relay_from_authz", "log_oob", "log_arf")
-_LOG_FORMS = (False, True, "Ignore", "LogThenRelay", "LogThenDrop")
 
 
 def parse_listener_domains(helper: HelperFile) -> tuple[ListenerDomains, list[str]]:
     """listener_domains.toml: ``["DOMAIN"]`` tables (``"*"`` and ``"*.suffix"`` too) and
     ``[listener."ADDRESS:PORT"."DOMAIN"]`` tables, as KumoMTA's listener_domains helper reads them.
 
-    ``log_oob`` and ``log_arf`` are checked and reported as not acted on when they ask
-    for anything but ``false``/``"Ignore"``: trimta does not parse OOB or ARF reports.
+    ``log_oob`` and ``log_arf`` take KumoMTA's values (``"Ignore"``, ``"LogThenRelay"``,
+    ``"LogThenDrop"``, ``false``, ``true``); `trimta.services.reports` acts on them.
     """
     hf = helper.file
     warnings: list[str] = []
@@ -138,16 +137,17 @@ def parse_listener_domains(helper: HelperFile) -> tuple[ListenerDomains, list[st
 
     def entry(table: Any, key: str) -> ListenerDomain:
         t = Table(table, hf, key, LISTENER_DOMAIN_KEYS)
+        handling = {}
         for name in ("log_oob", "log_arf"):
             value = t.data.get(name, False)
-            if value not in _LOG_FORMS or isinstance(value, int) and not isinstance(value, bool):
+            found = ReportHandling.parse(value)
+            if found is None:
                 raise t.error(name, f'expected true, false, "Ignore", "LogThenRelay" or "LogThenDrop", got {value!r}')
-            if value not in (False, "Ignore"):
-                warnings.append(f"{hf}: {t.key(name)}: a KumoMTA option trimta does not act on; ignored "
-                                f"(trimta does not parse {'OOB' if name == 'log_oob' else 'ARF'} reports)")
+            handling[name] = found
         authz = t.get("relay_from_authz", (), _names)
         return ListenerDomain(relay_to=t.boolean("relay_to", False),
-                              relay_from=t.get("relay_from", (), parse_networks), relay_from_authz=authz)
+                              relay_from=t.get("relay_from", (), parse_networks), relay_from_authz=authz,
+                              log_oob=handling["log_oob"], log_arf=handling["log_arf"])
 
     for domain, table in tables_of(helper.data, hf, "").items():
         if domain == "listener":

@@ -7,6 +7,11 @@ still relay a recipient when
   serve, from anyone), or
 - the sender's domain lists the peer's address in ``relay_from``.
 
+A recipient domain whose ``log_oob`` or ``log_arf`` logs reports (`ReportHandling`)
+takes any recipient at RCPT, as KumoMTA does: whether the message may stay is
+decided once it is in (`trimta.services.reports`): a report is logged, then relayed
+or dropped; anything else is refused then unless relaying is allowed.
+
 Lookup is KumoMTA's: the listener's own table (``[listener."127.0.0.1:25"."DOMAIN"]``),
 then the tables for every listener, then ``["*"]``. Within one table a domain is
 found exactly, else by the nearest wildcard above it (``"*.example.com"`` covers
@@ -15,12 +20,34 @@ found exactly, else by the nearest wildcard above it (``"*.example.com"`` covers
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ANY = "*"
+
+
+class ReportHandling(enum.Enum):
+    """KumoMTA's ``log_oob`` / ``log_arf`` values: what to do with a report sent to the domain."""
+
+    IGNORE = "Ignore"  # not looked at: an ordinary message (``false`` says the same)
+    LOG_THEN_RELAY = "LogThenRelay"  # logged, then queued as any message (``true`` says the same)
+    LOG_THEN_DROP = "LogThenDrop"  # logged, then dropped: accepted, no other record
+
+    @property
+    def logs(self) -> bool:
+        return self is not ReportHandling.IGNORE
+
+    @classmethod
+    def parse(cls, value: object) -> ReportHandling | None:
+        """A value as KumoMTA takes it (``true``/``false`` too); None if it is none of them."""
+        if value is True:
+            return cls.LOG_THEN_RELAY
+        if value is False:
+            return cls.IGNORE
+        return next((h for h in cls if h.value == value), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +57,12 @@ class ListenerDomain:
     relay_to: bool = False
     relay_from: tuple[Network, ...] = ()
     relay_from_authz: tuple[str, ...] = ()
+    log_oob: ReportHandling = ReportHandling.IGNORE  # RFC 3464 delivery status notifications
+    log_arf: ReportHandling = ReportHandling.IGNORE  # RFC 5965 feedback reports
+
+    @property
+    def logs_reports(self) -> bool:
+        return self.log_oob.logs or self.log_arf.logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +85,18 @@ class ListenerDomains:
             if found is not None:
                 return found
         return None
+
+    @property
+    def logs_reports(self) -> bool:
+        """Whether any entry logs OOB or ARF reports."""
+        return any(e.logs_reports for table in self.by_listener.values() for e in table.values())
+
+    def report_handling(self, domain: str, listener: str) -> tuple[ReportHandling, ReportHandling]:
+        """``(log_oob, log_arf)`` for mail to `domain` on `listener`."""
+        entry = self.lookup(domain, listener)
+        if entry is None:
+            return ReportHandling.IGNORE, ReportHandling.IGNORE
+        return entry.log_oob, entry.log_arf
 
     def relay_allowed(self, *, listener: str, peer: str, sender_domain: str | None, recipient_domain: str,
                       authz_id: str | None = None) -> bool:

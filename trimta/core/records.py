@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trimta.core.bounce import classify
+from trimta.core.mail_reports import Attribution, DeliveryReport, FeedbackReport, diagnostic_reply
 from trimta.core.message import Message, Reception
 from trimta.core.outcome import SessionInfo
 from trimta.protocol.replies import Reply
@@ -42,10 +43,14 @@ XFER_OUT = "XferOut"
 XFER_IN = "XferIn"
 # trimta's own: an automation rule started or ended its actions on a ready queue.
 AUTOMATION = "Automation"
+# KumoMTA's records of reports received (listener domains' log_oob, log_arf): a recipient's
+# failure in an out-of-band bounce (RFC 3464), a feedback report (RFC 5965).
+OOB = "OOB"
+FEEDBACK = "Feedback"
 
 # The records KumoMTA runs through its bounce classifier (RecordType::is_bounce_classifiable):
 # a response from the destination, an operator's bounce, an expiry, a refusal.
-CLASSIFIED = frozenset({BOUNCE, TRANSIENT_FAILURE, EXPIRATION, ADMIN_BOUNCE, REJECTION})
+CLASSIFIED = frozenset({BOUNCE, TRANSIENT_FAILURE, EXPIRATION, ADMIN_BOUNCE, REJECTION, OOB, FEEDBACK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,52 @@ def message_record(
         record["nodeid"] = nodeid
     record.update(extra)
     return record
+
+
+def _attributed(record: dict[str, Any], attribution: Attribution) -> dict[str, Any]:
+    """A report's record says whose mail the report is about, where the returned message tells."""
+    if attribution.tenant is not None:
+        record["tenant"] = attribution.tenant
+        record["campaign"] = attribution.campaign
+    elif attribution.campaign is not None:
+        record["campaign"] = attribution.campaign
+    record["original_id"] = attribution.trimta_id
+    record["original_message_id"] = attribution.message_id
+    return record
+
+
+def feedback_record(message: Message, report: FeedbackReport, reply: Reply, now: float, *,
+                    session: SessionInfo | None, attribution: Attribution) -> dict[str, Any]:
+    """KumoMTA's ``Feedback`` record of a feedback report received as `message`: its Reception
+    record's fields, ``feedback_report`` the parsed report (`FeedbackReport.to_json`)."""
+    record = message_record(FEEDBACK, message, reply, now, session=session, feedback_report=report.to_json())
+    return _attributed(record, attribution)
+
+
+def oob_records(message: Message, report: DeliveryReport, now: float, *, peer_address: str,
+                session: SessionInfo | None, attribution: Attribution) -> list[dict[str, Any]]:
+    """KumoMTA's ``OOB`` records of a DSN received as `message`: one per recipient it says failed.
+
+    As KumoMTA writes them: ``sender`` is the DSN's recipient (the returned message's
+    envelope sender), ``recipient`` the original recipient the DSN names (else its final
+    one), ``response`` the reply it quotes (`diagnostic_reply`), ``peer_address`` the
+    Reporting-MTA's name and the client's address, ``timestamp`` the Last-Attempt-Date
+    (else now), ``size`` and ``num_attempts`` 0; ``queue`` and ``id`` are the DSN's own.
+    """
+    out = []
+    inbound = SessionInfo(session.session_id) if session is not None else None
+    reporter = report.per_message.reporting_mta.value
+    for entry in report.per_recipient:
+        if entry.action != "failed":
+            continue
+        when = entry.last_attempt_date if entry.last_attempt_date is not None else now
+        record = message_record(OOB, message, diagnostic_reply(entry), when,
+                                peer_address={"name": reporter, "addr": peer_address}, session=inbound)
+        recipient = entry.recipient
+        record.update(sender=message.recipient, recipient=recipient, size=0, num_attempts=0,
+                      domain=recipient.rpartition("@")[2].lower() or None)
+        out.append(_attributed(record, attribution))
+    return out
 
 
 def rejection_record(

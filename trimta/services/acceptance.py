@@ -104,6 +104,17 @@ class Accepting(Protocol):
     async def accept(self, submission: Submission) -> Accepted: ...
 
 
+class Receiving(Accepting, Protocol):
+    """What the SMTP listener needs besides: how tenants are found, and the messages of a
+    report it logs but does not keep (listener domains' ``LogThenDrop``)."""
+
+    tenancy: TenancyConfig
+
+    def unstored(self, submission: Submission) -> tuple[Message, ...]:
+        """The messages `submission` makes, as `accept` would, neither signed nor stored."""
+        ...
+
+
 def accepted_reply(data_id: str) -> Reply:
     """The 2xx for a durably stored message; the id lets a sender find it in the logs."""
     return Reply(250, (2, 0, 0), (f"OK ids={data_id}",))
@@ -238,6 +249,10 @@ class Acceptor:
     def _routed(self, prepared: Prepared) -> Prepared:
         assert self.routing is not None
         return routed(prepared, self.routing)
+
+    def unstored(self, submission: Submission) -> tuple[Message, ...]:
+        return prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=self.clock(),
+                       log_fields=self.log_fields).messages
 
     async def accept(self, submission: Submission) -> Accepted:
         signer = self.signer

@@ -54,7 +54,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -71,6 +71,7 @@ from trimta.adapters.listen import (
 )
 from trimta.adapters.spool import MetadataDecoder
 from trimta.core.dkim import SigningRefused
+from trimta.core.message import Message
 from trimta.core.records import NO_LOG_FIELDS, LogFields
 from trimta.protocol import replies
 from trimta.services.acceptance import (
@@ -451,9 +452,12 @@ class ReceptionWorkers:
                     return
                 continue
             results = await self.acceptor.commit_all([prepared for _, prepared in batch])
-            # One frame answers the whole batch: [request, error or None] for each.
+            # One frame answers the whole batch: [request, error or None, routing domains] for
+            # each; the routing domains (the queue settings' routing_domain, given here) let
+            # the worker's messages name the queues they are in (a report's records do).
             link.channel.send(["stored", [
-                [request, None if accepted.reply.is_positive else str(accepted.reply)]
+                [request, None if accepted.reply.is_positive else str(accepted.reply),
+                 [m.routing_domain for m in accepted.messages]]
                 for (request, _), accepted in zip(batch, results)
             ]])
 
@@ -541,7 +545,12 @@ class RemoteAcceptor:
         self.log_fields = log_fields
         self._next_request = 0
         self._waiting: dict[int, trio.lowlevel.Task] = {}  # request -> its session's task
-        self._answers: dict[int, str | None] = {}  # request -> the daemon's answer, until read
+        # request -> the daemon's answer (error, routing domains), until read
+        self._answers: dict[int, tuple[str | None, Sequence[str | None]]] = {}
+
+    def unstored(self, submission: Submission) -> tuple[Message, ...]:
+        return prepare(submission, tenancy=self.tenancy, hostname=self.hostname, now=time.time(),
+                       log_fields=self.log_fields).messages
 
     async def accept(self, submission: Submission) -> Accepted:
         signer = self.signer
@@ -566,16 +575,20 @@ class RemoteAcceptor:
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
-        error = self._answers.pop(request)
+        error, routing = self._answers.pop(request)
         if error is not None:
             log.error("the daemon could not store a message: %s", error)
             return Accepted(replies.SPOOL_ERROR, ())
+        for message, target in zip(prepared.messages, routing):
+            if target and message.routing_domain is None:
+                message.rebind(tenant=message.tenant, campaign=message.campaign, routing_domain=target)
         return Accepted(accepted_reply(prepared.data_id), prepared.messages)
 
-    def stored(self, request: int, error: str | None) -> None:
+    def stored(self, request: int, error: str | None, routing: Sequence[str | None] = ()) -> None:
+        """The daemon's answer to `request`: its error (None: stored), each message's routing domain."""
         task = self._waiting.pop(request, None)
         if task is not None:  # else its session was cancelled meanwhile
-            self._answers[request] = error
+            self._answers[request] = (error, routing)
             trio.lowlevel.reschedule(task)
 
     def fail_all(self, error: str) -> None:
@@ -612,8 +625,8 @@ async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None =
 
     def handle(header: list[Any], body: bytes) -> None:
         if header[0] == "stored":
-            for request, error in header[1]:
-                acceptor.stored(request, error)
+            for request, error, *routing in header[1]:
+                acceptor.stored(request, error, routing[0] if routing else ())
         elif header[0] == "signer":
             acceptor.signer = pickle.loads(body)
         elif header[0] == "stop":

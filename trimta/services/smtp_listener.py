@@ -42,13 +42,15 @@ from trimta.adapters.tls_info import TlsDetails, tls_details
 from trimta.core import records
 from trimta.core.message import Reception
 from trimta.core.outcome import SessionInfo
+from trimta.core.report_handling import RecipientPolicy, decide
 from trimta.core.trace import with_protocol
 from trimta.protocol import events as ev
 from trimta.protocol import replies
 from trimta.protocol.replies import Reply
 from trimta.protocol.server import NEED_DATA, ServerConfig, ServerConnection, ServerState
-from trimta.services.acceptance import Accepting, Submission
+from trimta.services.acceptance import Receiving, Submission
 from trimta.services.logs import RecordSink
+from trimta.services.reports import accept_reports
 from trimta.services.smtp_trace import TraceHub
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,7 @@ class SmtpListener:
         self,
         config: ListenerConfig,
         *,
-        acceptor: Accepting,
+        acceptor: Receiving,
         logs: RecordSink,
         clock: Callable[[], float] = time.time,
         counts: ConnectionCounts | None = None,
@@ -136,6 +138,8 @@ class SmtpListener:
         if config.tls_certificate and config.tls_private_key:
             self.tls_context = server_context(config.tls_certificate, config.tls_private_key)
         self._users = {u.username: u for u in config.auth}
+        # Some listener domain logs OOB or ARF reports (its messages are looked at once in).
+        self.logs_reports = config.listener_domains.logs_reports
         # Every session of this listener offers the same; only AUTH without TLS depends
         # on the client (loopback or not).
         self._server_config = ServerConfig(
@@ -522,7 +526,8 @@ class Session:
     async def answer(self, event: ev.Answerable) -> Reply:
         """The reply to one event: the machine's suggestion unless policy says otherwise."""
         if isinstance(event, ev.RcptTo):
-            if not (self.relay_ok or self.conn.auth_identity or self._domain_allows_relay(event.address)):
+            if not (self.relay_ok or self.conn.auth_identity or self._domain_allows_relay(event.address)
+                    or self._domain_logs_reports(event.address)):
                 self.reject(replies.RELAY_DENIED, "RCPT TO", event.address)
                 return replies.RELAY_DENIED
             return event.reply
@@ -559,6 +564,19 @@ class Session:
         return rules.relay_allowed(listener=self.config.name, peer=self.peer, sender_domain=sender_domain,
                                    recipient_domain=recipient.rpartition("@")[2], authz_id=self.conn.auth_identity)
 
+    def _domain_logs_reports(self, recipient: str) -> bool:
+        """Whether the recipient's listener domain logs OOB or ARF reports (then any message
+        is taken at RCPT, and judged once in: `trimta.core.report_handling`)."""
+        if not self.listener.logs_reports:
+            return False
+        oob, arf = self.config.listener_domains.report_handling(recipient.rpartition("@")[2], self.config.name)
+        return oob.logs or arf.logs
+
+    def _recipient_policy(self, recipient: str) -> RecipientPolicy:
+        oob, arf = self.config.listener_domains.report_handling(recipient.rpartition("@")[2], self.config.name)
+        relay = bool(self.relay_ok or self.conn.auth_identity or self._domain_allows_relay(recipient))
+        return RecipientPolicy(recipient, relay, log_oob=oob, log_arf=arf)
+
     async def accept_message(self, event: ev.MessageComplete) -> Reply:
         conn = self.conn
         mail = conn.mail_from
@@ -580,7 +598,14 @@ class Session:
             campaign=self.user.campaign if self.user else None,
             session=self.session_info(),
         )
-        result = await self.listener.acceptor.accept(submission)
+        result = None
+        if self.listener.logs_reports:
+            decision = decide([self._recipient_policy(r) for r in submission.recipients], event.data)
+            if decision.logged or decision.refused:
+                result = await accept_reports(self.listener.acceptor, self.listener.logs, submission, decision,
+                                              now=self.listener.clock())
+        if result is None:
+            result = await self.listener.acceptor.accept(submission)
         if result.reply.is_positive:
             self.listener.count_accepted(len(result.messages))
         else:
