@@ -147,7 +147,7 @@ async def test_start_tls_verifies_the_certificate_and_name(certificate):
         async with listener, trio.open_nursery() as nursery:
             nursery.start_soon(tls_server, listener, server_context(certificate), results)
             plain = await TrioNetworkBackend().connect_tcp("127.0.0.1", port, source_address="127.0.0.3")
-            stream = await plain.start_tls(tls_context(TlsPolicy.REQUIRED, certificate[0]), CERT_NAME)
+            stream = await plain.start_tls(tls_context(TlsPolicy.REQUIRED, cafile=certificate[0]), CERT_NAME)
             await stream.send_all(b"inside")
             assert await stream.receive_some() == b"inside"
             assert stream.tls_version is not None and stream.tls_version.startswith("TLSv1.")
@@ -165,7 +165,7 @@ async def test_start_tls_verifies_the_certificate_and_name(certificate):
 async def test_start_tls_with_an_untrusted_certificate_is_tls_failed(certificate, cafile, name, error):
     listener, port = await listen()
     results: list = []
-    context = tls_context(TlsPolicy.OPPORTUNISTIC, certificate[0] if cafile else None)
+    context = tls_context(TlsPolicy.OPPORTUNISTIC, cafile=certificate[0] if cafile else None)
     with trio.fail_after(10):
         async with listener, trio.open_nursery() as nursery:
             nursery.start_soon(tls_server, listener, server_context(certificate), results)
@@ -200,3 +200,44 @@ def test_tls_contexts_verify_exactly_for_the_secure_policies():
     assert tls_context(TlsPolicy.REQUIRED) is tls_context(TlsPolicy.REQUIRED)  # built once
     with pytest.raises(ValueError):
         tls_context(TlsPolicy.DISABLED)
+
+
+def _pem_pair(name: str) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.services.test_smtp_client_dane import make
+
+    certificate, key = make(name, names=(name,))
+    return (certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+def test_client_tls_settings_that_openssl_refuses_are_tls_failed_naming_the_setting(tmp_path):
+    from trimta.core.egress import ClientTls, KeySource
+
+    cert, key = _pem_pair("client.example")
+    _, other_key = _pem_pair("other.example")
+    cases = [
+        (ClientTls(cipher_list="NO-SUCH-CIPHER"), "openssl_cipher_list 'NO-SUCH-CIPHER' names no cipher"),
+        (ClientTls(private_key=KeySource(data=key)), "tls_private_key is set without tls_certificate"),
+        (ClientTls(KeySource(data=cert), KeySource(data=other_key)), "tls_certificate (inline) and tls_private_key "
+                                                                     "do not load"),
+        (ClientTls(KeySource(path=str(tmp_path / "missing.pem"))), "No such file or directory"),
+    ]
+    for client, message in cases:
+        with pytest.raises(TlsFailed) as caught:
+            tls_context(TlsPolicy.REQUIRED_INSECURE, client)
+        assert message in caught.value.message, client
+
+
+def test_a_renewed_client_certificate_file_is_read_again(tmp_path):
+    from trimta.core.egress import ClientTls, KeySource
+
+    path = tmp_path / "client.pem"
+    path.write_text("".join(_pem_pair("first.example")))
+    client = ClientTls(KeySource(path=str(path)))
+    first = tls_context(TlsPolicy.REQUIRED_INSECURE, client)
+    assert tls_context(TlsPolicy.REQUIRED_INSECURE, client) is first  # unchanged: the cached context
+    path.write_text("".join(_pem_pair("renewed.example")))
+    assert tls_context(TlsPolicy.REQUIRED_INSECURE, client) is not first

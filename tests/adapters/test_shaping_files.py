@@ -20,7 +20,7 @@ from trimta.adapters.shaping_files import (
     load_shaping_files,
     parse_shaping_table,
 )
-from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.egress import ClientTls, EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.egress_options import OPTIONS
 from trimta.core.mx import IpLookupStrategy
 from trimta.core.shaping import PROVIDER_ONLY_OPTIONS, ActionKind
@@ -83,6 +83,10 @@ remember_broken_tls = "1month"
 opportunistic_tls_reconnect_on_failed_handshake = true
 smtp_auth_plain_username = "daniel"
 smtp_auth_plain_password = { key_data = "tiger" }
+tls_certificate = "/etc/trimta/client.pem"
+tls_private_key = { key_data = "-----BEGIN PRIVATE KEY-----" }
+openssl_cipher_list = "ECDHE+AESGCM:!aNULL"
+openssl_options = "NO_TLSV1|NO_TLSV1_1"
 allow_smtp_auth_plain_without_tls = false
 allow_smtp_auth_plain_without_valid_certificate = false
 provider_name = "bigmail"
@@ -123,6 +127,9 @@ def check_every_option(config: EgressPathConfig) -> None:
     assert config.additional_connection_limits == (("global", Limit(1000, local=True)),)
     assert config.additional_message_rate_throttles == (("global", Rate(3, 300.0)),)
     assert config.source_selection_rate == Rate(100, 7200.0, 1)
+    assert config.client_tls == ClientTls(KeySource(path="/etc/trimta/client.pem"),
+                                          KeySource(data="-----BEGIN PRIVATE KEY-----"), "ECDHE+AESGCM:!aNULL",
+                                          ("NO_TLSV1", "NO_TLSV1_1"))
     assert config.additional_source_selection_rates == (("warm", Rate(1000, 86400.0, 1000)),)
 
 

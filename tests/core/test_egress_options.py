@@ -59,6 +59,10 @@ def test_every_option_parses_into_its_field():
         "opportunistic_tls_reconnect_on_failed_handshake": True,
         "smtp_auth_plain_username": "daniel",
         "smtp_auth_plain_password": {"key_data": "tiger"},
+        "tls_certificate": "/etc/trimta/client.pem",
+        "tls_private_key": "/etc/trimta/client.key",
+        "openssl_cipher_list": "ECDHE-RSA-AES128-GCM-SHA256",
+        "openssl_options": "NO_TLSV1_3 | NO_TICKET",
         "allow_smtp_auth_plain_without_tls": True,
         "allow_smtp_auth_plain_without_valid_certificate": True,
         "provider_name": "bigmail",
@@ -92,6 +96,9 @@ def test_every_option_parses_into_its_field():
     assert config.provider_connection_limit == 100
     assert config.provider_max_message_rate == Rate(1000, 3600.0)
     assert config.provider_source_selection_rate == Rate(500, 86400.0, 1)
+    assert (config.tls_certificate.path, config.tls_private_key.path) == ("/etc/trimta/client.pem", "/etc/trimta/client.key")
+    assert config.openssl_cipher_list == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert config.openssl_options == ("NO_TLSV1_3", "NO_TICKET")
     assert config.auth_timeout_s == 19
     assert config.enable_rset and config.try_next_host_on_transport_error
     assert config.max_recipients_per_batch == 10

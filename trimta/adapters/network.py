@@ -26,13 +26,16 @@ import ipaddress
 import os
 import ssl
 import sys
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
 from trimta.adapters.tls_info import TlsDetails, tls_details
-from trimta.core.egress import TlsPolicy
+from trimta.core.egress import ClientTls, KeySource, TlsPolicy
+
+NO_CLIENT_TLS = ClientTls()
 
 RECEIVE_SIZE = 65536
 
@@ -231,23 +234,87 @@ class TrioStream:
             pass
 
 
-@functools.lru_cache(maxsize=None)
-def tls_context(policy: TlsPolicy, cafile: Path | str | None = None) -> ssl.SSLContext:
-    """The client context for `policy`: verifying certificates and names, or not at all.
+def tls_context(policy: TlsPolicy, client: ClientTls = NO_CLIENT_TLS, *, cafile: Path | str | None = None
+                ) -> ssl.SSLContext:
+    """The client context for `policy`: verifying certificates and names, or not at all;
+    with `client`'s certificate and OpenSSL settings.
 
     Verified contexts trust the system's CA store, or only `cafile` when given (tests,
     private CAs). The insecure forms (``OpportunisticInsecure``, ``RequiredInsecure``)
     still encrypt but accept any certificate. Contexts are cached: building one reads
-    the CA store, and an `SSLContext` is safe to share between connections.
+    the CA store, and an `SSLContext` is safe to share between connections. A client
+    certificate file is read again when it changes (a renewed certificate is used from
+    the next connection on). Settings OpenSSL refuses (a certificate that does not load,
+    a key that does not match it, a cipher list naming no cipher) raise `TlsFailed`,
+    saying which setting.
     """
     if policy is TlsPolicy.DISABLED:
         raise ValueError("enable_tls = Disabled: no TLS context is needed")
+    stamps = tuple(_stamp(source) for source in (client.certificate, client.private_key))
+    return _context(policy, client, cafile, stamps)
+
+
+def _stamp(source: KeySource | None) -> tuple[int, int] | None:
+    if source is None or source.path is None:
+        return None
+    try:
+        info = os.stat(source.path)
+    except OSError:
+        return None  # loading says why
+    return (info.st_mtime_ns, info.st_size)
+
+
+# OpenSSL's values of the options Python's ssl module does not name (openssl/ssl.h);
+# the DTLS-only and server-only ones change nothing for a client.
+_OPENSSL_ONLY = {"ALLOW_UNSAFE_LEGACY_RENEGOTIATION": 1 << 18, "TLS_ROLLBACK_BUG": 1 << 23}
+_NO_CLIENT_EFFECT = frozenset({"NO_QUERY_MTU", "COOKIE_EXCHANGE", "NO_DTLSV1", "NO_DTLSV1_2",
+                               "NO_SESSION_RESUMPTION_ON_RENEGOTIATION", "PRIORITIZE_CHACHA"})
+
+
+@functools.lru_cache(maxsize=256)
+def _context(policy: TlsPolicy, client: ClientTls, cafile: Path | str | None,
+             stamps: tuple[tuple[int, int] | None, ...]) -> ssl.SSLContext:
     if policy.verify:
-        return ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+        ctx = ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    for name in client.options:
+        if name in _NO_CLIENT_EFFECT:
+            continue
+        flag = _OPENSSL_ONLY.get(name)
+        ctx.options |= flag if flag is not None else getattr(ssl, "OP_" + name.replace("TLSV", "TLSv")
+                                                                              .replace("SSLV", "SSLv"))
+    if client.cipher_list is not None:
+        try:
+            ctx.set_ciphers(client.cipher_list)
+        except ssl.SSLError:
+            raise TlsFailed(f"openssl_cipher_list {client.cipher_list!r} names no cipher OpenSSL knows") from None
+    if client.certificate is not None:
+        _load_client_certificate(ctx, client.certificate, client.private_key)
+    elif client.private_key is not None:
+        raise TlsFailed("tls_private_key is set without tls_certificate")
     return ctx
+
+
+def _load_client_certificate(ctx: ssl.SSLContext, certificate: KeySource, key: KeySource | None) -> None:
+    """`load_cert_chain` takes only file names: inline PEM goes through a private temporary file."""
+    with tempfile.TemporaryDirectory(prefix="trimta-client-tls-") as scratch:
+        def file_of(source: KeySource, name: str) -> str:
+            if source.path is not None:
+                return source.path
+            path = Path(scratch) / name
+            path.touch(mode=0o600)
+            path.write_text(source.data or "", encoding="utf-8")
+            return str(path)
+
+        try:
+            ctx.load_cert_chain(file_of(certificate, "cert.pem"), file_of(key, "key.pem") if key is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            where = f"{certificate.path!r}" if certificate.path else "inline"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise TlsFailed(f"tls_certificate ({where}) and tls_private_key do not load: {why}") from None
 
 
 def _peer_chain(tls: trio.SSLStream[trio.abc.Stream]) -> tuple[bytes, ...]:

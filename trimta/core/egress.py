@@ -60,6 +60,27 @@ class KeySource:
         return f"KeySource(path={self.path!r})" if self.path else "KeySource(<inline>)"
 
 
+# OpenSSL's option names, as KumoMTA's ``openssl_options`` takes them ("NO_TLSV1_3|NO_TICKET").
+OPENSSL_OPTION_NAMES = (
+    "ALL", "NO_QUERY_MTU", "COOKIE_EXCHANGE", "NO_TICKET", "NO_SESSION_RESUMPTION_ON_RENEGOTIATION",
+    "NO_COMPRESSION", "ALLOW_UNSAFE_LEGACY_RENEGOTIATION", "SINGLE_ECDH_USE", "SINGLE_DH_USE", "TLS_ROLLBACK_BUG",
+    "NO_SSLV2", "NO_SSLV3", "NO_TLSV1", "NO_TLSV1_1", "NO_TLSV1_2", "NO_TLSV1_3", "NO_DTLSV1", "NO_DTLSV1_2",
+    "NO_RENEGOTIATION", "ENABLE_MIDDLEBOX_COMPAT", "CIPHER_SERVER_PREFERENCE", "PRIORITIZE_CHACHA",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What trimta's side of an outbound TLS session brings: a client certificate and
+    OpenSSL settings (``tls_certificate``, ``tls_private_key``, ``openssl_cipher_list``,
+    ``openssl_options``). The default brings nothing and takes OpenSSL's defaults."""
+
+    certificate: KeySource | None = None  # PEM; may hold the private key too
+    private_key: KeySource | None = None
+    cipher_list: str | None = None  # OpenSSL's cipher string, for TLS 1.2 and lower
+    options: tuple[str, ...] = ()  # names from OPENSSL_OPTION_NAMES
+
+
 DEFAULT_PROHIBITED_HOSTS: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
@@ -119,6 +140,10 @@ class EgressPathConfig:
     # unverified certificate unless allowed.
     smtp_auth_plain_username: str | None = None
     smtp_auth_plain_password: KeySource | None = None
+    tls_certificate: KeySource | None = None
+    tls_private_key: KeySource | None = None
+    openssl_cipher_list: str | None = None
+    openssl_options: tuple[str, ...] = ()
     allow_smtp_auth_plain_without_tls: bool = False
     allow_smtp_auth_plain_without_valid_certificate: bool = False
     ehlo_domain: str | None = None
@@ -138,6 +163,10 @@ class EgressPathConfig:
     source_selection_rate: Rate | None = None
     additional_source_selection_rates: tuple[tuple[str, Rate], ...] = ()
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def client_tls(self) -> ClientTls:
+        return ClientTls(self.tls_certificate, self.tls_private_key, self.openssl_cipher_list, self.openssl_options)
 
     def is_prohibited(self, address: str) -> bool:
         return _in_networks(address, self.prohibited_hosts)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from trimta.core.domains import canonical_domain
-from trimta.core.egress import EgressPathConfig, KeySource, Network, TlsPolicy
+from trimta.core.egress import OPENSSL_OPTION_NAMES, EgressPathConfig, KeySource, Network, TlsPolicy
 from trimta.core.mx import IpLookupStrategy, MxResolution, Resolver
 from trimta.core.units import Limit, parse_count, parse_duration, parse_limit, parse_rate
 
@@ -80,6 +81,23 @@ def _key_source(value: Any) -> KeySource:
         raise ValueError("HashiCorp Vault and event keysources are not supported; "
                          'use { key_data = "..." } or the name of a file holding the secret')
     raise ValueError(f'expected {{ key_data = "..." }} or the name of a file holding the secret, got {value!r}')
+
+
+def _cipher_list(value: Any) -> str:
+    """OpenSSL's cipher string (``ECDHE+AESGCM:!aNULL``); OpenSSL itself judges the names."""
+    text = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_+\-!@=:, .]+", text):
+        raise ValueError(f"expected an OpenSSL cipher list like \"ECDHE+AESGCM:!aNULL\", got {value!r}")
+    return text
+
+
+def _openssl_options(value: Any) -> tuple[str, ...]:
+    """``"NO_TLSV1|NO_TLSV1_1"``: OpenSSL option names joined by ``|``."""
+    names = tuple(name.strip() for name in _text(value).split("|"))
+    unknown = [name for name in names if name not in OPENSSL_OPTION_NAMES]
+    if unknown:
+        raise ValueError(f"unknown OpenSSL option {unknown[0]!r}; known: {', '.join(OPENSSL_OPTION_NAMES)}")
+    return names
 
 
 def _non_negative_int(value: Any) -> int:
@@ -172,6 +190,10 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
         "opportunistic_tls_reconnect_on_failed_handshake", _boolean),
     "smtp_auth_plain_username": ("smtp_auth_plain_username", _text),
     "smtp_auth_plain_password": ("smtp_auth_plain_password", _key_source),
+    "tls_certificate": ("tls_certificate", _key_source),
+    "tls_private_key": ("tls_private_key", _key_source),
+    "openssl_cipher_list": ("openssl_cipher_list", _cipher_list),
+    "openssl_options": ("openssl_options", _openssl_options),
     "allow_smtp_auth_plain_without_tls": ("allow_smtp_auth_plain_without_tls", _boolean),
     "allow_smtp_auth_plain_without_valid_certificate": (
         "allow_smtp_auth_plain_without_valid_certificate", _boolean),
@@ -195,16 +217,15 @@ IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
     "aggressive_connection_opening", "dispatcher_progress_watchdog_timeout",
     "dispatcher_wakeup_strategy", "ignore_8bit_checks",
     "low_memory_reduction_policy", "maintainer_wakeup_strategy", "no_memory_reduction_policy",
-    "openssl_cipher_list", "openssl_cipher_suites", "openssl_options", "readyq_pool_name",
+    "openssl_cipher_suites", "readyq_pool_name",
     "reconnect_strategy", "refresh_interval", "refresh_strategy", "rustls_cipher_suites",
-    "suspended", "system_shutdown_timeout", "tls_certificate", "tls_prefer_openssl",
-    "tls_private_key", "use_lmtp",
+    "suspended", "system_shutdown_timeout", "tls_prefer_openssl", "use_lmtp",
 })
 
 # Options whose value is a table (a map of named limits, a keysource).
 TABLE_OPTIONS: frozenset[str] = frozenset({
     "additional_connection_limits", "additional_message_rate_throttles",
-    "additional_source_selection_rates", "smtp_auth_plain_password",
+    "additional_source_selection_rates", "smtp_auth_plain_password", "tls_certificate", "tls_private_key",
 })
 
 # Options checked and parsed into their fields, which delivery does not act on yet: they

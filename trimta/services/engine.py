@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +34,7 @@ import trio
 
 from trimta.adapters.delivery_config import DeliveryConfig
 from trimta.adapters.network import NetworkBackend, tls_context
-from trimta.core.egress import EgressPathConfig, TlsPolicy
+from trimta.core.egress import EgressPathConfig
 from trimta.core.egress_paths import EgressPathProvider
 from trimta.core.message import Message
 from trimta.core.mx import Resolver
@@ -52,12 +51,11 @@ from trimta.services.outcomes import MessageStore, OutcomeRecorder
 from trimta.services.ready_queue import Connection, ReadyQueueStatistics
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import QueueSummary, Scheduler
-from trimta.services.smtp_client import BrokenTls, OutboundConnection, TlsaLookups
+from trimta.services.smtp_client import BrokenTls, OutboundConnection, TlsaLookups, TlsContexts
 from trimta.services.smtp_trace import TraceHub, TracingNetwork
 
 log = logging.getLogger(__name__)
 
-TlsContexts = Callable[[TlsPolicy], ssl.SSLContext]
 
 
 class DeliveryEngine:

@@ -64,7 +64,7 @@ from trimta.core.dane import (
     presentation,
     usage_label,
 )
-from trimta.core.egress import EgressPathConfig, KeySource, TlsPolicy
+from trimta.core.egress import ClientTls, EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.outcome import Outcome, OutcomeKind, SessionInfo, outcome_kind
 from trimta.core.pools import EgressSource
 from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult, TlsSessionSink
@@ -99,6 +99,9 @@ __all__ = [
     "connection_plan",
     "outcome_kind",
 ]
+
+# The SSL context for a TLS policy and the path's client side (`trimta.adapters.network.tls_context`).
+TlsContexts = Callable[[TlsPolicy, ClientTls], ssl.SSLContext]
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +307,7 @@ class OutboundConnection:
         source: EgressSource,
         path: EgressPathConfig,
         hostname: str,
-        tls_contexts: Callable[[TlsPolicy], ssl.SSLContext] = tls_context,
+        tls_contexts: TlsContexts = tls_context,
         broken_tls: BrokenTls | None = None,
         dane: TlsaLookups | None = None,
         tls_sink: TlsSessionSink | None = None,
@@ -406,7 +409,7 @@ class OutboundConnection:
         source: EgressSource,
         path: EgressPathConfig,
         ehlo_domain: str,
-        tls_contexts: Callable[[TlsPolicy], ssl.SSLContext],
+        tls_contexts: TlsContexts,
         dane: _DaneTarget | None = None,
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
@@ -431,7 +434,7 @@ class OutboundConnection:
             raise
         return connection
 
-    async def _establish(self, tls_contexts: Callable[[TlsPolicy], ssl.SSLContext]) -> None:
+    async def _establish(self, tls_contexts: TlsContexts) -> None:
         """Banner, EHLO/HELO, and STARTTLS per policy; raises `_TargetFailed`."""
         greeting = await self._expect(Greeting)
         if greeting.reply.code // 100 != 2:
@@ -442,7 +445,7 @@ class OutboundConnection:
         if self.path.smtp_auth_plain_username is not None:
             await self._authenticate()
 
-    async def _negotiate_tls(self, tls_contexts: Callable[[TlsPolicy], ssl.SSLContext]) -> None:
+    async def _negotiate_tls(self, tls_contexts: TlsContexts) -> None:
         policy = self.path.enable_tls
         if policy is TlsPolicy.DISABLED:
             return
@@ -453,6 +456,12 @@ class OutboundConnection:
                 await self._goodbye()
                 self._fail(reply(451, "4.7.10", text), Command.EHLO, dane_result=no_tls)
             return
+        try:  # before STARTTLS: a client setting OpenSSL refuses is the operator's to fix, not the host's
+            context = tls_contexts(policy, self.path.client_tls)
+        except TlsFailed as exc:
+            await self._goodbye()
+            self._fail(reply(451, "4.7.5", f"TLS with {self._where()} not attempted: {exc.message}"),
+                       Command.STARTTLS, tls=False)
         await self._write(self._client.send_starttls())
         answer = (await self._expect(StartTlsResult)).reply
         if answer.code // 100 != 2:
@@ -460,7 +469,7 @@ class OutboundConnection:
                 await self._goodbye()
                 self._fail(answer, Command.STARTTLS, dane_result=no_tls)
             return  # Opportunistic: the session goes on in plaintext.
-        await self._start_tls(tls_contexts(policy))
+        await self._start_tls(context)
         if self._dane is not None:
             await self._check_dane(self._dane)
         await self._hello()
