@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests import report_samples as samples
 from trimta.core.mail_reports import (
     Attribution,
+    FeedbackReport,
     TypedName,
     attribution,
     diagnostic_reply,
@@ -182,7 +183,7 @@ def test_garbled_input_gives_a_report_or_none_and_never_raises(data):
         report = parse(data)
         if report is None:
             continue
-        if hasattr(report, "to_json"):
+        if isinstance(report, FeedbackReport):
             json.dumps(report.to_json())
         else:
             for entry in report.per_recipient:

@@ -289,10 +289,13 @@ def _children(part: _Part, boundary: str) -> list[_Part]:
 
 def _report_parts(data: bytes) -> tuple[str | None, list[_Part]] | None:
     """The ``report-type`` and the body parts of a top-level ``multipart/report``; None otherwise."""
-    top = _entity(data)
+    match = re.search(rb"\r?\n\r?\n", data)
+    head = data if match is None else data[: match.start()]
+    top = _Part(parse_headers(head), b"")
     media_type, params = top.content_type()
     if media_type != "multipart/report":
-        return None
+        return None  # the common case, decided without copying the body
+    top = _Part(top.headers, b"" if match is None else data[match.end() :])
     boundary = params.get_param("boundary")
     report_type = params.get_param("report-type")
     if not isinstance(boundary, str) or not boundary:
