@@ -211,10 +211,10 @@ def doc_examples() -> list[str]:
 
 
 def test_docs_have_examples():
-    assert len(doc_examples()) == 4
+    assert len(doc_examples()) == 5
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_every_doc_example_loads(index, tmp_path):
     raw = tomllib.loads(doc_examples()[index])
     parse_delivery_config(raw, "queues.md")
@@ -246,12 +246,21 @@ def test_doc_pool_example_behaves_as_described():
 
 
 def test_doc_egress_example_behaves_as_described():
-    provider = parse_delivery_config(tomllib.loads(doc_examples()[3]), "queues.md").path_provider
+    provider = parse_delivery_config(tomllib.loads(doc_examples()[4]), "queues.md").path_provider
     gmail = provider.path_config("unspecified", GMAIL_SITE, "gmail.com")
     assert (gmail.connection_limit, gmail.max_message_rate, gmail.idle_timeout_s) == (8, Rate(500, 60.0), 30.0)
     example = provider.path_config("ip-1", "mx.example.com", "example.com")
     assert (example.connection_limit, example.enable_tls, example.max_deliveries_per_connection) == (
         3, TlsPolicy.REQUIRED, 100)
+
+
+def test_doc_unplumbed_example_behaves_as_described():
+    from trimta.core.pools import HealthRule
+    from trimta.core.units import Rate as R
+
+    sources = parse_delivery_config(tomllib.loads(doc_examples()[3]), "queues.md").sources
+    assert sources["ip-1"].suspend_when_unplumbed == HealthRule(300.0)
+    assert sources["ip-2"].suspend_when_unplumbed == HealthRule(300.0, R(3, 60.0))
 
 
 def test_doc_mistakes_are_the_messages_trimta_gives():
@@ -265,3 +274,16 @@ def test_doc_mistakes_are_the_messages_trimta_gives():
     ]
     for case in cases:
         assert f"    {error(case)}\n" in text
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('remote_port = 0', "sources.ip-1.remote_port: expected a port number from 1 to 65535, got 0"),
+    ('suspend_when_unplumbed = { trigger = "Immediate" }', "sources.ip-1.suspend_when_unplumbed: expected "
+     '{ duration = "5m" } or { trigger = { Threshold = "3/1m" }, duration = "5m" }'),
+    ('suspend_when_unplumbed = { duration = "5m", trigger = "Sometimes" }', "sources.ip-1.suspend_when_unplumbed: "
+     'trigger: expected "Immediate" or { Threshold = "3/1m" }, got \'Sometimes\''),
+])
+def test_a_mistaken_source_health_or_port_names_the_key(table, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_delivery_config(tomllib.loads(f"[sources.ip-1]\n{table}\n"), "trimta.toml")
+    assert message in str(caught.value)

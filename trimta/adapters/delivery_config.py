@@ -41,15 +41,14 @@ from trimta.core.egress_options import (
     parse_path_options,
 )
 from trimta.core.mx import parse_domain_literal
-from trimta.core.pools import DEFAULT_POOL, DEFAULT_SOURCE, UNSPECIFIED, EgressPool, EgressSource
+from trimta.core.pools import DEFAULT_POOL, DEFAULT_SOURCE, UNSPECIFIED, EgressPool, EgressSource, parse_health_rule
 from trimta.core.retry import QueueConfig
 
 QUEUE_KEYS = ("retry_interval", "max_retry_interval", "max_age", "egress_pool", "max_message_rate", "routing_domain")
-SOURCE_KEYS = ("source_address", "ehlo_domain")
+SOURCE_KEYS = ("source_address", "ehlo_domain", "remote_port", "suspend_when_unplumbed")
 # KumoMTA's other make_egress_source options: accepted in sources.toml, not acted on.
-KUMOMTA_SOURCE_OPTIONS = ("remote_port", "ha_proxy_server", "ha_proxy_source_address", "socks5_proxy_server",
-                          "socks5_proxy_source_address", "suspend_when_proxy_unhealthy", "suspend_when_unplumbed",
-                          "ttl", "name")
+KUMOMTA_SOURCE_OPTIONS = ("ha_proxy_server", "ha_proxy_source_address", "socks5_proxy_server",
+                          "socks5_proxy_source_address", "suspend_when_proxy_unhealthy", "ttl", "name")
 # KumoMTA's other make_queue_config options and queue.lua keys: accepted in queues.toml, not acted on.
 KUMOMTA_QUEUE_OPTIONS = ("protocol", "reap_interval", "refresh_interval", "refresh_strategy", "strategy",
                          "timerwheel_tick_interval", "shrink_policy", "provider_name", "overall_max_message_rate")
@@ -214,8 +213,7 @@ def _add_kumomta_sources(sources: dict[str, EgressSource], helper: HelperFile, f
         for option in t.data:
             if option in KUMOMTA_SOURCE_OPTIONS and option != "name":
                 warnings.append(f"{helper.file}: {key}.{option}: a KumoMTA option trimta does not act on; ignored")
-        sources[str(name)] = EgressSource(str(name), t.get("source_address", None, _bind_address),
-                                          t.get("ehlo_domain", None, _host_name))
+        sources[str(name)] = _source(str(name), t)
 
 
 def _add_kumomta_pools(pools: dict[str, EgressPool], helper: HelperFile, file: str,
@@ -380,11 +378,19 @@ def _suggest(name: str, known: Collection[str], what: str) -> str:
 def _parse_sources(data: Any, file: str) -> dict[str, EgressSource]:
     sources = {UNSPECIFIED: DEFAULT_SOURCE}
     for name, table in _tables(data, file, "sources").items():
-        t = Table(table, file, f"sources.{_part(name)}", SOURCE_KEYS)
-        address = t.get("source_address", None, _bind_address)
-        ehlo = t.get("ehlo_domain", None, _host_name)
-        sources[str(name)] = EgressSource(str(name), address, ehlo)
+        sources[str(name)] = _source(str(name), Table(table, file, f"sources.{_part(name)}", SOURCE_KEYS))
     return sources
+
+
+def _source(name: str, t: Table) -> EgressSource:
+    return EgressSource(name, t.get("source_address", None, _bind_address), t.get("ehlo_domain", None, _host_name),
+                        t.get("remote_port", None, _port), t.get("suspend_when_unplumbed", None, parse_health_rule))
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")
+    return value
 
 
 def _bind_address(value: Any) -> str:

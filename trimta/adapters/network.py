@@ -21,6 +21,7 @@ and a stream operation cut short by one leaves the stream unusable, as in trio.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import os
@@ -55,6 +56,11 @@ class NetworkError(Exception):
 
 class ConnectFailed(NetworkError):
     """No connection could be established: refused, unreachable, timed out, bad source."""
+
+
+class SourceUnavailable(ConnectFailed):
+    """The egress source address is not on this host (``EADDRNOTAVAIL`` from ``bind``):
+    KumoMTA's "unplumbed" source. Nothing was sent."""
 
 
 class TransportError(NetworkError):
@@ -151,7 +157,9 @@ class TrioNetworkBackend:
                 try:
                     await sock.bind((source_address, 0))
                 except OSError as exc:
-                    raise ConnectFailed(f"cannot use source address {source_address}: {_os_reason(exc)}") from exc
+                    unplumbed = exc.errno == errno.EADDRNOTAVAIL
+                    error = SourceUnavailable if unplumbed else ConnectFailed
+                    raise error(f"cannot use source address {source_address}: {_os_reason(exc)}") from exc
             with trio.move_on_after(timeout_s) as scope:
                 try:
                     await sock.connect((address, port))

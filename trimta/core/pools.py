@@ -21,19 +21,50 @@ Without configuration, mail leaves through `DEFAULT_POOL`, whose one source,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from trimta.core.units import Rate, parse_duration, parse_rate
 
 UNSPECIFIED = "unspecified"
 
 
 @dataclass(frozen=True, slots=True)
+class HealthRule:
+    """KumoMTA's ``suspend_when_unplumbed``: take the source out of its pools for
+    `duration_s` once its failures reach `threshold` within the rate's period
+    (None: KumoMTA's ``"Immediate"``, the first failure)."""
+
+    duration_s: float
+    threshold: Rate | None = None
+
+
+def parse_health_rule(value: object) -> HealthRule:
+    """``{ duration = "5m", trigger = "Immediate" | { Threshold = "3/1m" } }``."""
+    form = '{ duration = "5m" } or { trigger = { Threshold = "3/1m" }, duration = "5m" }'
+    if not isinstance(value, Mapping) or "duration" not in value or set(value) - {"duration", "trigger"}:
+        raise ValueError(f"expected {form}, got {value!r}")
+    duration_s = parse_duration(value["duration"])
+    trigger = value.get("trigger", "Immediate")
+    if trigger == "Immediate":
+        return HealthRule(duration_s)
+    if isinstance(trigger, Mapping) and set(trigger) == {"Threshold"}:
+        return HealthRule(duration_s, parse_rate(trigger["Threshold"]))
+    raise ValueError(f'trigger: expected "Immediate" or {{ Threshold = "3/1m" }}, got {trigger!r}')
+
+
+@dataclass(frozen=True, slots=True)
 class EgressSource:
-    """One way out: the local address to bind (None: the kernel's choice) and EHLO name."""
+    """One way out: the local address to bind (None: the kernel's choice) and EHLO name;
+    `remote_port` replaces the path's ``smtp_port`` (KumoMTA's port-mapped egress), and
+    `suspend_when_unplumbed` says when a source whose address is not on this host is
+    skipped by its pools."""
 
     name: str
     source_address: str | None = None
     ehlo_domain: str | None = None
+    remote_port: int | None = None
+    suspend_when_unplumbed: HealthRule | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from trimta.services.outcomes import RETRY_AFTER_BUG_S, OutcomeRecorder
 from trimta.services.ready_queue import Connect, Observer, ReadyQueue, SharedLimits
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import Scheduler
+from trimta.services.source_health import SourceHealth
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Egress:
         ready: ReadyQueues,
         due: DueMessages,
         observer: Observer | None = None,
+        health: SourceHealth | None = None,
         clock: Callable[[], float] = time.time,
         linger_s: float = 10.0,
         mta_sts: MtaStsPolicies | None = None,
@@ -151,6 +153,7 @@ class Egress:
         self.ready = ready
         self.due = due
         self.observer = observer
+        self.health = health if health is not None else SourceHealth(clock)
         self.clock = clock
         self.linger_s = linger_s
         self.shared: dict[str, SharedLimits] = {}
@@ -277,8 +280,9 @@ class Egress:
         site = resolution.site
         source_name = await self._select_source(picker, site, message.destination)
         if source_name is None:
-            # Every source of the pool has this site suspended: wait without an attempt.
-            self.scheduler.add(message, self.clock() + SUSPENDED_SOURCES_WAIT_S)
+            # Every source of the pool is suspended (for this site, or for its health) or out
+            # of selections: wait without an attempt, at most until a suspension ends.
+            self.scheduler.add(message, self.clock() + self._wait_for_a_source(picker))
             return
         queue = self.ready_queue(self.sources[source_name], site, message.destination)
         self._use_resolution(queue, message, resolution)
@@ -297,11 +301,16 @@ class Egress:
         """
         refused: set[str] = set()
         while True:
-            name = picker.next(skip=lambda n: n in refused
+            name = picker.next(skip=lambda n: n in refused or self.health.is_suspended(n)
                                or self.rules.ready_queue_suspended(ready_queue_name(n, site)))
             if name is None or await self._selection_allowed(name, site, domain):
                 return name
             refused.add(name)
+
+    def _wait_for_a_source(self, picker: PoolPicker) -> float:
+        ends = [until for name, _ in picker.pool.entries if (until := self.health.suspended_until(name)) is not None]
+        now = self.clock()
+        return min([SUSPENDED_SOURCES_WAIT_S, *(max(until - now, 0.001) for until in ends)])
 
     async def _selection_allowed(self, source: str, site: str, domain: str) -> bool:
         path = self.paths.path_config(source, site, domain)

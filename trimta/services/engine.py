@@ -51,7 +51,8 @@ from trimta.services.outcomes import MessageStore, OutcomeRecorder
 from trimta.services.ready_queue import Connection, ReadyQueueStatistics
 from trimta.services.ready_queues import ReadyQueues
 from trimta.services.scheduler import QueueSummary, Scheduler
-from trimta.services.smtp_client import BrokenTls, OutboundConnection, TlsaLookups, TlsContexts
+from trimta.services.smtp_client import BrokenTls, ConnectionFailed, OutboundConnection, TlsaLookups, TlsContexts
+from trimta.services.source_health import SourceHealth
 from trimta.services.smtp_trace import TraceHub, TracingNetwork
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class DeliveryEngine:
                                    shares_rate=cluster.shares if cluster is not None else None)
         self.ready = ReadyQueues()
         self.broken_tls = BrokenTls(clock)  # remember_broken_tls: hosts whose TLS failed, in memory
+        self.source_health = SourceHealth(clock)  # suspend_when_unplumbed: sources out of their pools for a while
         self.outcomes = OutcomeRecorder(
             spool=spool, logs=logs, scheduler=self.scheduler, clock=clock, rng=self.rng,
             pool_name=lambda m: self.scheduler.config_for(m).egress_pool,
@@ -120,6 +122,7 @@ class DeliveryEngine:
             ready=self.ready,
             due=self.due,
             observer=self.automation,
+            health=self.source_health,
             clock=clock,
             linger_s=linger_s,
             mta_sts=mta_sts,
@@ -141,10 +144,15 @@ class DeliveryEngine:
             network = TracingNetwork(self.network, self.trace, egress_source=source.name,
                                      hosts={address: host for host, address in targets},
                                      in_flight=partial(self._in_flight, source.name))
-        return await OutboundConnection.open(
-            network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
-            broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink, domain=domain,
-        )
+        try:
+            return await OutboundConnection.open(
+                network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
+                broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink, domain=domain,
+            )
+        except ConnectionFailed as exc:
+            if any(failure.source_unavailable for failure in exc.failures):
+                self.source_health.source_unplumbed(source)
+            raise
 
     def _in_flight(self, source: str, recipient: str) -> dict[str, Any] | None:
         """What a trace learns of the message to `recipient` being sent from `source`."""

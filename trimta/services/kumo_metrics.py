@@ -41,6 +41,7 @@ from trimta.services.logs import LogSinkStatistics
 from trimta.services.metrics import OTHER, LabelBudget
 from trimta.services.ready_queue import ReadyQueueStatistics
 from trimta.services.smtp_listener import ListenerStatistics
+from trimta.services.source_health import UNPLUMBED
 
 ESMTP = "esmtp_listener"
 HTTP = "http_listener"
@@ -111,6 +112,7 @@ class KumoCollector:
         out += self._queues()
         out += self._dns()
         out += self._dane()
+        out += self._source_health()
         out += self._process()
         return out
 
@@ -264,6 +266,26 @@ class KumoCollector:
         for result in RESULT_NAMES:  # all of them from the start, so that a rate or "ok is 0" can be alerted on
             family.add((result,), counts.get(result, 0))
         yield family
+
+    def _source_health(self) -> Iterable[Family]:
+        stats = self.engine.source_health.statistics()
+        # Every configured source from the start (0 until it happens), so a rate can be alerted on.
+        keys = sorted({(name, UNPLUMBED) for name in self.engine.egress.sources} | set(stats.failures)
+                      | set(stats.suspensions))
+        failures = Family("egress_source_connection_failures_total",
+                          "Connection failures classified as one of the source-health failure classes", "counter",
+                          ("source", "kind"))
+        for key in keys:
+            failures.add(key, stats.failures.get(key, 0))
+        suspensions = Family("egress_source_health_suspensions_total",
+                             "Times an egress source was auto-suspended by a suspend_when_* rule", "counter",
+                             ("source", "reason"))
+        suspended = Family("egress_source_health_suspended", "1 while an egress source is auto-suspended", "gauge",
+                           ("source", "reason"))
+        for source, reason in keys:
+            suspensions.add((source, reason), stats.suspensions.get((source, reason), 0))
+            suspended.add((source, reason), 1 if source in stats.suspended else 0)
+        yield from (failures, suspensions, suspended)
 
     # --- the process and its disks -----------------------------------------------------------
 

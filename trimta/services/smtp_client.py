@@ -51,6 +51,7 @@ from trimta.adapters.network import (
     NetworkBackend,
     NetworkError,
     NetworkStream,
+    SourceUnavailable,
     TlsFailed,
     tls_context,
 )
@@ -140,6 +141,7 @@ class TargetFailure:
     tls: bool = False  # the TLS handshake, or the EHLO inside TLS, failed
     dane: str | None = None  # the DANE policy the host was under (`Outcome.dane`)
     dane_result: ResultType | None = None  # for TLS reporting: how the session failed DANE
+    source_unavailable: bool = False  # the egress source address is not on this host (nothing was sent)
 
 
 class TlsaLookups(Protocol):
@@ -341,7 +343,7 @@ class OutboundConnection:
             target_path = path
             target_dane: _DaneTarget | None = None
             if path.enable_dane and dane is not None:
-                lookup = await dane.lookup_tlsa(host, path.smtp_port)
+                lookup = await dane.lookup_tlsa(host, source.remote_port or path.smtp_port)
                 decision = decide(lookup)
                 if decision is DaneDecision.DEFER:
                     text = f"DANE: {lookup.detail}; {host} is not used until its TLSA records are known"
@@ -415,12 +417,14 @@ class OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
         client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining)
         try:
-            stream = await network.connect_tcp(
-                address, path.smtp_port, source_address=source.source_address, timeout_s=path.connect_timeout_s
+            stream = await network.connect_tcp(  # a source's remote_port wins over the path's smtp_port
+                address, source.remote_port or path.smtp_port, source_address=source.source_address,
+                timeout_s=path.connect_timeout_s,
             )
         except ConnectFailed as exc:
             answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
-            raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False)) from None
+            raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
+                                              source_unavailable=isinstance(exc, SourceUnavailable))) from None
         connection = cls(stream, client, host=host, address=address, path=path, source=source)
         connection._dane = dane
         if dane is not None:

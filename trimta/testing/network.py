@@ -46,7 +46,14 @@ from typing import Any
 
 import trio
 
-from trimta.adapters.network import RECEIVE_SIZE, ConnectFailed, NetworkStream, TlsFailed, TransportError
+from trimta.adapters.network import (
+    RECEIVE_SIZE,
+    ConnectFailed,
+    NetworkStream,
+    SourceUnavailable,
+    TlsFailed,
+    TransportError,
+)
 from trimta.adapters.tls_info import TlsDetails
 from trimta.protocol import events as ev
 from trimta.protocol.replies import AUTH_FAILED, AUTH_SUCCEEDED, Reply, reply
@@ -596,7 +603,7 @@ class FakeNetwork:
         if (self.local_addresses is not None and source_address is not None
                 and source_address not in self.local_addresses):
             await trio.lowlevel.checkpoint()
-            raise ConnectFailed(f"cannot use source address {source_address}: Cannot assign requested address")
+            raise SourceUnavailable(f"cannot use source address {source_address}: Cannot assign requested address")
         receiver = self.receivers.get((address, port))
         if receiver is None:
             await trio.lowlevel.checkpoint()
