@@ -124,9 +124,9 @@ def test_egress_sources_table_can_override_a_sources_ehlo_domain():
 
 
 def test_ignored_kumomta_options_load_with_a_warning():
-    config = load('[egress.default]\nuse_lmtp = true\nenable_dane = true\n')
+    config = load('[egress.default]\ndispatcher_wakeup_strategy = "Aggressive"\nenable_dane = true\n')
     assert config.warnings == (
-        "trimta.toml: egress.default.use_lmtp: a KumoMTA option trimta does not act on; ignored",
+        "trimta.toml: egress.default.dispatcher_wakeup_strategy: a KumoMTA option trimta does not act on; ignored",
     )
     assert config.path_provider.default.enable_dane is True
 

@@ -87,6 +87,7 @@ tls_certificate = "/etc/trimta/client.pem"
 tls_private_key = { key_data = "-----BEGIN PRIVATE KEY-----" }
 openssl_cipher_list = "ECDHE+AESGCM:!aNULL"
 openssl_options = "NO_TLSV1|NO_TLSV1_1"
+use_lmtp = true
 allow_smtp_auth_plain_without_tls = false
 allow_smtp_auth_plain_without_valid_certificate = false
 provider_name = "bigmail"
@@ -131,6 +132,7 @@ def check_every_option(config: EgressPathConfig) -> None:
                                           KeySource(data="-----BEGIN PRIVATE KEY-----"), "ECDHE+AESGCM:!aNULL",
                                           ("NO_TLSV1", "NO_TLSV1_1"))
     assert config.additional_source_selection_rates == (("warm", Rate(1000, 86400.0, 1000)),)
+    assert config.use_lmtp is True
 
 
 def test_every_option_and_value_form_in_the_default_table(tmp_path):
@@ -319,7 +321,7 @@ max_deliveries_per_connection = 20
 [provider."office365-dane"]
 match=[{MXSuffix=".mx.microsoft"}]
 enable_dane = true
-use_lmtp = false
+readyq_pool_name = "dane"
 provider_connection_limit = 5
 provider_max_message_rate = "local:1_000/h"
 
@@ -352,9 +354,9 @@ connection_limit = 5
 def test_a_kumomta_file_loads_unchanged(tmp_path):
     loaded = load(tmp_path, KUMOMTA_STYLE)
     # Options trimta does not act on load, with a warning pointing at them.
-    lmtp_line = KUMOMTA_STYLE.lstrip("\n").splitlines().index("use_lmtp = false") + 1
+    pool_line = KUMOMTA_STYLE.lstrip("\n").splitlines().index('readyq_pool_name = "dane"') + 1
     assert [(w.line, w.key, w.message) for w in loaded.warnings] == [
-        (lmtp_line, 'provider."office365-dane".use_lmtp', "a KumoMTA option trimta does not act on; ignored"),
+        (pool_line, 'provider."office365-dane".readyq_pool_name', "a KumoMTA option trimta does not act on; ignored"),
     ]
     provider = ShapingProvider(loaded)
     gmail_hosts = ["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com"]

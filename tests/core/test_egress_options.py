@@ -63,6 +63,7 @@ def test_every_option_parses_into_its_field():
         "tls_private_key": "/etc/trimta/client.key",
         "openssl_cipher_list": "ECDHE-RSA-AES128-GCM-SHA256",
         "openssl_options": "NO_TLSV1_3 | NO_TICKET",
+        "use_lmtp": True,
         "allow_smtp_auth_plain_without_tls": True,
         "allow_smtp_auth_plain_without_valid_certificate": True,
         "provider_name": "bigmail",
@@ -99,6 +100,7 @@ def test_every_option_parses_into_its_field():
     assert (config.tls_certificate.path, config.tls_private_key.path) == ("/etc/trimta/client.pem", "/etc/trimta/client.key")
     assert config.openssl_cipher_list == "ECDHE-RSA-AES128-GCM-SHA256"
     assert config.openssl_options == ("NO_TLSV1_3", "NO_TICKET")
+    assert config.use_lmtp is True
     assert config.auth_timeout_s == 19
     assert config.enable_rset and config.try_next_host_on_transport_error
     assert config.max_recipients_per_batch == 10
@@ -181,8 +183,8 @@ def test_kumomta_options_trimta_does_not_act_on_are_kept_aside_as_extra():
     assert overrides == {"connection_limit": 2, "extra": {"ignore_8bit_checks": True}}
     config = apply_options(EgressPathConfig(), overrides)
     assert config.extra == {"ignore_8bit_checks": True}
-    config = apply_options(config, parse_path_options({"use_lmtp": False}, where="t"))
-    assert config.extra == {"ignore_8bit_checks": True, "use_lmtp": False}
+    config = apply_options(config, parse_path_options({"reconnect_strategy": "TerminateSession"}, where="t"))
+    assert config.extra == {"ignore_8bit_checks": True, "reconnect_strategy": "TerminateSession"}
 
 
 def test_enable_dane_is_acted_on_and_off_by_default():

@@ -251,12 +251,12 @@ def test_same_domain_twice_is_not_a_conflict():
 def test_kumomta_options_trimta_ignores_are_kept_as_extra_through_the_merge():
     s = shaping("""
         ["default"]
-        use_lmtp = true
+        reconnect_strategy = "TerminateSession"
         enable_dane = true
         ["gmail.com"]
         enable_mta_sts = false
     """)
-    assert path(s).extra == {"use_lmtp": True}
+    assert path(s).extra == {"reconnect_strategy": "TerminateSession"}
     assert path(s).enable_mta_sts is False
     assert path(s).enable_dane is True
 

@@ -655,3 +655,56 @@ def test_connection_closed_before_the_banner():
     peer = Peer(ClientConnection("client.example"))
     assert peer.reply(b"220 partial") == []
     assert peer.reply(b"") == [ConnectionClosed((Command.BANNER,))]
+
+
+# --- LMTP (RFC 2033) -----------------------------------------------------------------
+
+
+def lmtp_session(*extensions: str) -> Peer:
+    peer = Peer(ClientConnection("client.example", lmtp=True))
+    peer.reply(b"220 mailstore.example LMTP\r\n")
+    assert peer.send(peer.client.send_ehlo()) == b"LHLO client.example\r\n"
+    lines = ["mailstore.example", *extensions]
+    peer.reply(("".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n").encode())
+    peer.written()
+    return peer
+
+
+def test_lmtp_reads_one_reply_per_accepted_recipient_after_the_message():
+    peer = lmtp_session("PIPELINING", "CHUNKING", "8BITMIME")
+    peer.send(peer.client.start_transaction("s@a", ["full@b", "gone@b", "ok@b"], MESSAGE))
+    assert peer.written().endswith(b"DATA\r\n")  # never BDAT under LMTP, though CHUNKING is offered
+    peer.reply(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n354 go\r\n")
+    assert peer.written().endswith(b"\r\n.\r\n")
+    # RFC 2033 4.2: a reply for full@b, then one for ok@b (gone@b was refused at RCPT).
+    [event] = peer.reply(b"452 4.2.2 mailbox full\r\n")
+    assert (event.command, event.recipient, event.reply.code) == (Command.DATA_DOT, "full@b", 452)
+    assert peer.client.awaiting is Command.DATA_DOT
+    [result] = only(peer.reply(b"250 2.1.5 ok@b delivered\r\n"), TransactionResult)
+    assert result.delivered == ("ok@b",)
+    assert [(r.recipient, str(r.reply)) for r in result.not_delivered] == [
+        ("full@b", "452 4.2.2 mailbox full"),
+        ("gone@b", "550 5.1.1 no such user"),
+    ]
+    assert peer.client.state is ClientState.READY
+    peer.send(peer.client.start_transaction("s@a", ["next@b"], MESSAGE))  # no RSET needed
+
+
+def test_lmtp_connection_lost_between_replies_keeps_the_replies_that_came():
+    peer = lmtp_session()
+    peer.send(peer.client.start_transaction("s@a", ["one@b", "two@b"], MESSAGE))
+    peer.reply(b"250 ok\r\n")
+    peer.reply(b"250 ok\r\n")
+    peer.reply(b"250 ok\r\n")
+    peer.reply(b"354 go\r\n")
+    peer.reply(b"250 2.0.0 one@b delivered\r\n")
+    [result] = only(peer.reply(b""), TransactionResult)
+    assert result.delivered == ("one@b",)
+    assert [(r.recipient, r.reply) for r in result.not_delivered] == [("two@b", CONNECTION_LOST)]
+
+
+def test_lmtp_has_no_helo():
+    peer = Peer(ClientConnection("client.example", lmtp=True))
+    peer.reply(b"220 mailstore.example LMTP\r\n")
+    with pytest.raises(ClientUsageError):
+        peer.client.send_helo()

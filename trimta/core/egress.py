@@ -144,6 +144,7 @@ class EgressPathConfig:
     tls_private_key: KeySource | None = None
     openssl_cipher_list: str | None = None
     openssl_options: tuple[str, ...] = ()
+    use_lmtp: bool = False  # LMTP (RFC 2033): LHLO, and a reply per recipient after the message
     allow_smtp_auth_plain_without_tls: bool = False
     allow_smtp_auth_plain_without_valid_certificate: bool = False
     ehlo_domain: str | None = None

@@ -194,6 +194,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "tls_private_key": ("tls_private_key", _key_source),
     "openssl_cipher_list": ("openssl_cipher_list", _cipher_list),
     "openssl_options": ("openssl_options", _openssl_options),
+    "use_lmtp": ("use_lmtp", _boolean),
     "allow_smtp_auth_plain_without_tls": ("allow_smtp_auth_plain_without_tls", _boolean),
     "allow_smtp_auth_plain_without_valid_certificate": (
         "allow_smtp_auth_plain_without_valid_certificate", _boolean),
@@ -219,7 +220,7 @@ IGNORED_KUMOMTA_OPTIONS: frozenset[str] = frozenset({
     "low_memory_reduction_policy", "maintainer_wakeup_strategy", "no_memory_reduction_policy",
     "openssl_cipher_suites", "readyq_pool_name",
     "reconnect_strategy", "refresh_interval", "refresh_strategy", "rustls_cipher_suites",
-    "suspended", "system_shutdown_timeout", "tls_prefer_openssl", "use_lmtp",
+    "suspended", "system_shutdown_timeout", "tls_prefer_openssl",
 })
 
 # Options whose value is a table (a map of named limits, a keysource).

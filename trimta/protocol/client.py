@@ -27,6 +27,10 @@ or needing SMTPUTF8 it lacks): the caller bounces it, with the `Reply` it carrie
 
 A 421 ends the session whenever it comes (RFC 5321 3.8): it answers every command
 still waiting, and the machine moves to CLOSED.
+
+LMTP (RFC 2033), with ``lmtp=True``: ``LHLO`` instead of EHLO (there is no HELO to
+fall back to), and after the message one reply per accepted recipient, in RCPT order,
+each deciding its own recipient. BDAT is not used under LMTP.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class _Transaction:
     rcpt_replies: list[Reply] = field(default_factory=list)
     data_reply: Reply | None = None
     data_command: Command | None = None  # what data_reply answers
+    lmtp_replies: dict[str, Reply] = field(default_factory=dict)  # LMTP: each recipient's reply to the message
     finished_data: bool = False  # the final DATA/BDAT reply came: the server reset itself
     empty_data: bool = False  # a pipelined DATA got 354 with no recipient: a lone "." went
 
@@ -119,11 +124,13 @@ class ClientConnection:
         chunking_allowed: bool = True,
         max_reply_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_reply_lines: int = DEFAULT_MAX_LINES,
+        lmtp: bool = False,
     ) -> None:
         self.ehlo_domain = ehlo_domain
         self._ehlo_argument = commands.check_ehlo_domain(ehlo_domain)
         self.pipelining_allowed = pipelining_allowed
-        self.chunking_allowed = chunking_allowed
+        self.lmtp = lmtp
+        self.chunking_allowed = chunking_allowed and not lmtp
         self._parser = ReplyParser(max_line_bytes=max_reply_line_bytes, max_lines=max_reply_lines)
         self._state = ClientState.GREETING
         self._pending: deque[_Pending] = deque([_Pending(Command.BANNER)])
@@ -212,10 +219,12 @@ class ClientConnection:
     def send_ehlo(self) -> bytes:
         self._check_idle("EHLO", ClientState.HELLO)
         self._pending.append(_Pending(Command.EHLO))
-        return b"EHLO " + self._ehlo_argument + CRLF
+        return (b"LHLO " if self.lmtp else b"EHLO ") + self._ehlo_argument + CRLF
 
     def send_helo(self) -> bytes:
         """HELO: the fallback when EHLO got 5xx (RFC 5321 3.2). No extensions follow."""
+        if self.lmtp:
+            raise ClientUsageError("LMTP has no HELO (RFC 2033 4.1): LHLO is the only greeting")
         self._check_idle("HELO", ClientState.HELLO)
         self._pending.append(_Pending(Command.HELO))
         return b"HELO " + self._ehlo_argument + CRLF
@@ -402,7 +411,10 @@ class ClientConnection:
             case Command.DATA_DOT | Command.BDAT:
                 if code_class == 3:
                     raise ClientProtocolError(f"3xx reply to the end of the message: {received}")
-                self._on_end_of_data(pending.command, received)
+                if self.lmtp and pending.recipient is not None:
+                    self._on_lmtp_reply(pending.recipient, received)
+                else:
+                    self._on_end_of_data(pending.command, received)
             case Command.RSET:
                 if code_class == 2:
                     self._needs_reset = False
@@ -456,7 +468,12 @@ class ClientConnection:
         wanted = transaction.wanted  # always, unless DATA was pipelined
         if received.code == 354:
             self._events.append(ReplyReceived(Command.DATA, received))
-            self._pending.append(_Pending(Command.DATA_DOT))
+            if self.lmtp and wanted:
+                # RFC 2033 4.2: one reply to the message for each recipient RCPT accepted.
+                self._pending.extend(_Pending(Command.DATA_DOT, recipient) for recipient, rcpt
+                                     in zip(transaction.recipients, transaction.rcpt_replies) if _accepted(rcpt))
+            else:
+                self._pending.append(_Pending(Command.DATA_DOT))
             if wanted:
                 self._events.append(BytesToSend(transaction.payload))
             else:
@@ -492,6 +509,20 @@ class ClientConnection:
             # the RCPT replies decided; RSET before the next transaction, to be sure.
             self._finish_transaction(None)
 
+    def _on_lmtp_reply(self, recipient: str, received: Reply) -> None:
+        """One recipient's reply to the message (LMTP); the last one ends the transaction."""
+        transaction = self._current()
+        transaction.lmtp_replies[recipient] = received
+        self._events.append(ReplyReceived(Command.DATA_DOT, received, recipient))
+        transaction.data_command = Command.DATA_DOT
+        if any(p.command is Command.DATA_DOT for p in self._pending):
+            return
+        # The transaction's data_reply: the first refusal, else the last acceptance.
+        replies = list(transaction.lmtp_replies.values())
+        transaction.data_reply = next((r for r in replies if not _accepted(r)), replies[-1])
+        transaction.finished_data = True
+        self._finish_transaction(received)
+
     def _send_next_rcpt(self, transaction: _Transaction) -> None:
         index = len(transaction.rcpt_replies)
         self._pending.append(_Pending(Command.RCPT_TO, transaction.recipients[index]))
@@ -506,15 +537,18 @@ class ClientConnection:
         results = []
         for index, recipient in enumerate(transaction.recipients):
             rcpt = answered[index] if index < len(answered) else None
+            own = transaction.lmtp_replies.get(recipient) if self.lmtp else None
             if not mail_ok:
                 decided_by = transaction.mail_reply
             elif not _accepted(rcpt):
                 decided_by = rcpt
+            elif self.lmtp and transaction.data_command is Command.DATA_DOT:
+                decided_by = own  # its own reply, or (connection lost before it) the reason
             else:
                 decided_by = transaction.data_reply
             decided_by = decided_by or reason
             assert decided_by is not None, "a recipient's fate needs a reply"
-            delivered = mail_ok and _accepted(rcpt) and data_ok
+            delivered = mail_ok and _accepted(rcpt) and (_accepted(own) if own is not None and self.lmtp else data_ok)
             results.append(RecipientResult(recipient, decided_by, rcpt, delivered))
         result = TransactionResult(
             sender=transaction.sender,

@@ -415,7 +415,7 @@ class OutboundConnection:
         dane: _DaneTarget | None = None,
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
-        client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining)
+        client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining, lmtp=path.use_lmtp)
         try:
             stream = await network.connect_tcp(  # a source's remote_port wins over the path's smtp_port
                 address, source.remote_port or path.smtp_port, source_address=source.source_address,
@@ -556,7 +556,7 @@ class OutboundConnection:
         if answer.code // 100 == 2:
             return
         command = Command.EHLO
-        if answer.code // 100 == 5 and self._client.state is ClientState.HELLO:
+        if answer.code // 100 == 5 and self._client.state is ClientState.HELLO and not self._client.lmtp:
             # RFC 5321 3.2: a server that does not know EHLO may still know HELO.
             await self._write(self._client.send_helo())
             answer = (await self._expect(HeloResult)).reply
