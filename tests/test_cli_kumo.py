@@ -213,6 +213,50 @@ def test_inspect_ready_q_as_text(api, capsys):
     ]
 
 
+def test_inspect_ready_q_connections_as_kcli_shows_its_dispatchers(api, capsys):
+    dispatchers = [
+        {"session_id": "7f3a8d4e-9c12-4abc-8def-1234567890ab", "started_at": "2026-11-22T06:42:00Z", "age": "8m12s",
+         "phase": "DeliveringMessage", "detail": "message 0193e6c1", "time_in_current_phase": "1.2s",
+         "messages_delivered": 1391, "messages_transfailed": 4, "messages_failed": 0,
+         "delivered_this_connection": 1391, "overall_rate_per_sec": 2.83},
+        {"session_id": "c2d35e10-aaaa-bbbb-cccc-dddddddddddd", "started_at": "2026-11-22T06:49:30Z", "age": "31s",
+         "phase": {"AcquiringLease": {"label": "shaping-provider-gmail-connection-limit"}}, "detail": None,
+         "time_in_current_phase": "300ms", "messages_delivered": 0, "messages_transfailed": 0,
+         "messages_failed": 0, "delivered_this_connection": 0, "overall_rate_per_sec": 0.0},
+    ]
+    api.answer("GET", "/api/admin/inspect-ready-q/v1", {**READY_Q, "dispatchers": dispatchers})
+    status, out, _ = run_cli(capsys, "inspect-ready-q", "ip-1->mx.example.net@smtp_client", "--connections",
+                             "--endpoint", api.endpoint)
+    assert status == 0
+    lines = out.splitlines()
+    start = lines.index("connections: 3")
+    assert lines[start:start + 9] == [
+        "connections: 3",
+        "  SESSION                               DELIV  TRANS  FAIL    AGE   RATE",
+        "  7f3a8d4e-9c12-4abc-8def-1234567890ab  1,391      4     0  8m12s  2.8/s",
+        "  DeliveringMessage for 1.2s",
+        "  message 0193e6c1",
+        "",
+        "  c2d35e10-aaaa-bbbb-cccc-dddddddddddd      0      0     0    31s  0.0/s",
+        "  AcquiringLease(shaping-provider-gmail-connection-limit) for 300ms",
+        "",
+    ]
+
+
+def test_abort_ready_q_conn_as_kcli(api, capsys):
+    api.answer("POST", "/api/admin/abort-ready-q-conn/v1", "aborted 7f3a8d4e-9c12-4abc-8def-1234567890ab", text=True)
+    status, out, _ = run_cli(capsys, "abort-ready-q-conn", "ip-1->mx.example.net@smtp_client",
+                             "7f3a8d4e-9c12-4abc-8def-1234567890ab", "--endpoint", api.endpoint)
+    assert (status, out) == (0, "aborted 7f3a8d4e-9c12-4abc-8def-1234567890ab\n")
+    assert api.requests[0].body == {"queue_name": "ip-1->mx.example.net@smtp_client",
+                                    "session_id": "7f3a8d4e-9c12-4abc-8def-1234567890ab"}
+    api.answer("POST", "/api/admin/abort-ready-q-conn/v1", {"error": "no matching dispatcher for queue=q session=s"},
+               status=404)
+    status, _, err = run_cli(capsys, "abort-ready-q-conn", "q", "7f3a8d4e-9c12-4abc-8def-1234567890ab",
+                             "--endpoint", api.endpoint)
+    assert status != 0 and "no matching dispatcher" in err
+
+
 def test_resolve_egress_path_config_only_is_toml(api, capsys):
     import tomllib
 

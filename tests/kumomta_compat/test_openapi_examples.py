@@ -272,6 +272,19 @@ def test_inspect_ready_q_ready_q_states_and_ready_q_suspensions(daemon):
     status, states = call(daemon, "GET", "/api/admin/ready-q-states/v1")
     check(states, "api_admin_ready_q_states_v1_get.response", "ReadyQueueStateResponse")
     assert set(states["states_by_ready_queue"][name]) == {"suspended"}
+    # The connection to the stalling listener, named as KumoMTA's AbortReadyQConnV1Request names it.
+    (dispatcher,) = answer["dispatchers"]
+    request = {"queue_name": name, "session_id": dispatcher["session_id"]}
+    check(request, "api_admin_abort_ready_q_conn_v1_post.request", "AbortReadyQConnV1Request")
+    assert call(daemon, "POST", "/api/admin/abort-ready-q-conn/v1", request) == (200, f"aborted {request['session_id']}")
+    wait_until(lambda: not call(daemon, "GET", f"/api/admin/inspect-ready-q/v1?queue_name={name}")[1]["dispatchers"],
+               "the aborted connection to end")
+    assert call(daemon, "POST", "/api/admin/abort-ready-q-conn/v1", request)[0] == 404
+    # The reference's example, sent as it is: queue "string" does not run, so 404 as documented.
+    status, refused = call(daemon, "POST", "/api/admin/abort-ready-q-conn/v1",
+                           example("api_admin_abort_ready_q_conn_v1_post.request"))
+    assert status == 404 and refused["error"] == ("no matching dispatcher for queue=string "
+                                                  "session=9511a32e-66f8-42aa-b151-ccb176df47d9")
 
 
 def test_resolve_egress_path_and_machine_info(daemon):

@@ -7,12 +7,14 @@ standard library's client); the answers are checked against the shapes of
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
 from tests.services.test_http_api import Api, running_api, wait_for
+from trimta.testing.network import STALL, Rule, ScriptedReceiver
 from trimta.adapters.machine import MachineFacts
 from trimta.services.http_kumo import KumoEndpoints
 
@@ -115,6 +117,58 @@ async def test_inspect_ready_q_reports_state_config_and_feeding_queues():
     assert suspended["name"] == name and suspended["reason"] == "provider asked" and suspended["expires"].endswith("Z")
     assert more.json["scheduled_queue_names"] in (["acme@stall.example"], [])  # [] once the message is in flight
     assert unknown.status == 404 and unknown.json == {"error": "no such ready queue ip-9->mx.x@smtp_client"}
+
+
+# --- dispatchers, abort-ready-q-conn ------------------------------------------------------------------
+
+
+async def _dispatchers(api: Api, name: str) -> list[dict]:
+    reply = await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={name}")
+    assert reply.status == 200, reply.body
+    return reply.json["dispatchers"]
+
+
+async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message_again():
+    name = "unspecified->mx.abort.example@smtp_client"
+    receiver = ScriptedReceiver("mx.abort.example", rules=[Rule("data_dot", STALL, times=1)])
+    with trio.fail_after(30):
+        async with kumo_api() as api:
+            api.harness.resolver.add_domain("abort.example", "127.0.0.12")
+            api.harness.network.add_receiver("127.0.0.12", 25, receiver)
+            await api.inject(["stuck@abort.example"], tenant="acme")
+            while not (stuck := await _dispatchers(api, name)) or stuck[0]["phase"] != "DeliveringMessage":
+                await trio.sleep(0.01)
+            (message_id,) = api.harness.spool.messages
+            unknown_session = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
+                                             {"queue_name": name, "session_id": str(uuid.uuid4())})
+            unknown_queue = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
+                                           {"queue_name": "ip-9->mx.x@smtp_client",
+                                            "session_id": stuck[0]["session_id"]})
+            not_uuid = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
+                                      {"queue_name": name, "session_id": "42"})
+            assert not receiver.messages and len(receiver.connections) == 1
+            aborted = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
+                                     {"queue_name": name, "session_id": stuck[0]["session_id"]})
+            await wait_for(lambda: api.harness.records("Delivery"))
+            (after,) = await _dispatchers(api, name)  # the connection that delivered it, idle now
+    (dispatcher,) = stuck
+    assert set(dispatcher) >= {"session_id", "started_at", "age", "phase", "time_in_current_phase",
+                               "messages_delivered", "messages_transfailed", "messages_failed",
+                               "delivered_this_connection", "overall_rate_per_sec"}
+    assert uuid.UUID(dispatcher["session_id"]) and dispatcher["started_at"].endswith("Z")
+    assert dispatcher["detail"] == f"message {message_id}" and dispatcher["messages_delivered"] == 0
+    assert unknown_session.status == 404 and unknown_queue.status == 404
+    assert "no matching dispatcher" in unknown_session.json["error"]
+    assert not_uuid.status == 400 and not_uuid.json["error"].startswith("session_id: expected a UUID")
+    assert (aborted.status, aborted.body) == (200, f"aborted {dispatcher['session_id']}".encode())
+    first, second = receiver.connections
+    assert not first.open and b"QUIT" not in first.client_bytes  # closed at once, no goodbye
+    assert [m.recipients for m in receiver.messages] == [("stuck@abort.example",)]
+    assert receiver.messages[0].connection is second
+    (delivery,) = api.harness.records("Delivery")
+    assert not api.harness.records("TransientFailure")  # the aborted try is not an attempt that failed
+    assert delivery["session_id"] == after["session_id"] != dispatcher["session_id"]
+    assert (after["phase"], after["messages_delivered"], after["delivered_this_connection"]) == ("Idle", 1, 1)
 
 
 # --- resolve-egress-path ----------------------------------------------------------------------------------

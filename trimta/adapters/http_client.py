@@ -159,6 +159,13 @@ class ApiClient:
             raise ApiRefused(status, _error_text(reason, data))
         return data.decode("utf-8", "replace")
 
+    def post_text(self, path: str, body: Any) -> str:
+        """A POST whose answer is text, not JSON (abort-ready-q-conn, as KumoMTA answers it)."""
+        status, reason, _, data = self._exchange("POST", path, None, body)
+        if status >= 400:
+            raise ApiRefused(status, _error_text(reason, data), _try_json(data))
+        return data.decode("utf-8", "replace")
+
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None) -> Any:
         """Send a request and return the decoded JSON answer (None for an empty one)."""
         status, reason, content_type, data = self._exchange(method, path, query, body)

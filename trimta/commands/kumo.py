@@ -1,5 +1,6 @@
 """kcli's inspection verbs, rebind and tracing: provider-summary, inspect-sched-q,
-inspect-ready-q, resolve-egress-path, rebind, trace-smtp-client, trace-smtp-server.
+inspect-ready-q, abort-ready-q-conn, resolve-egress-path, rebind, trace-smtp-client,
+trace-smtp-server.
 
 Each is one request to the daemon's API (KumoMTA's paths, `trimta.services.http_kumo`),
 printed as kcli prints it: inspect-sched-q as JSON, the others as text for people
@@ -24,6 +25,7 @@ INSPECT_SCHED_Q = "/api/admin/inspect-sched-q/v1"
 INSPECT_READY_Q = "/api/admin/inspect-ready-q/v1"
 RESOLVE_EGRESS_PATH = "/api/admin/resolve-egress-path/v1"
 REBIND = "/api/admin/rebind/v1"
+ABORT_READY_Q_CONN = "/api/admin/abort-ready-q-conn/v1"
 TRACE_SMTP_CLIENT = "/api/admin/trace-smtp-client/v1"
 TRACE_SMTP_SERVER = "/api/admin/trace-smtp-server/v1"
 
@@ -56,12 +58,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and with --config its egress path options.")
     p.add_argument("queue_name", metavar="QUEUE", help="a ready queue, as queue-summary names it "
                    "(source->site@smtp_client)")
-    p.add_argument("--connections", action="store_true", help="the connection counts (trimta keeps no "
-                   "per-connection detail)")
+    p.add_argument("--connections", action="store_true", help="each connection (kcli's dispatchers): its "
+                   "session id, counts, age, rate and what it is doing")
     p.add_argument("--show-config", action="store_true", help="the egress path options in force (kcli's --config)")
     p.add_argument("--sched-q", action="store_true", help="the scheduled queues whose messages wait here")
     add_api_options(p)
     p.set_defaults(func=api_command("inspect-ready-q", inspect_ready_q))
+
+    p = subparsers.add_parser(
+        "abort-ready-q-conn", help="abort one connection of a ready queue",
+        description="kcli's abort-ready-q-conn: close the connection SESSION_ID of ready queue QUEUE at once "
+        "(no QUIT); a message it was sending goes back to the queue for the next connection.")
+    p.add_argument("queue_name", metavar="QUEUE_NAME", help="the ready queue (source->site@smtp_client)")
+    p.add_argument("session_id", metavar="SESSION_ID", help="the connection's session id, from "
+                   "inspect-ready-q --connections")
+    add_api_options(p, json_output=False)
+    p.set_defaults(func=api_command("abort-ready-q-conn", abort_ready_q_conn))
 
     p = subparsers.add_parser(
         "resolve-egress-path", help="the ready queue, options and ceilings mail to a domain would get",
@@ -226,9 +238,7 @@ def inspect_ready_q(client: ApiClient, args: argparse.Namespace) -> int:
         lines += ["", f"suspended: {suspended.get('reason')}", f"  expires in: {suspended.get('duration')}"]
     lines += ["", f"connections: {state.get('connection_count', 0):,}"]
     if args.connections:
-        stats = answer.get("statistics") or {}
-        lines += [f"  idle: {stats.get('idle_connections', 0)}", f"  limit: {stats.get('connection_limit', '-')}",
-                  f"  delivered: {stats.get('delivered', 0):,}", f"  failed: {stats.get('failed', 0):,}"]
+        lines += _dispatcher_lines(answer.get("dispatchers") or [])
     if args.sched_q:
         names = answer.get("scheduled_queue_names") or []
         lines += ["", f"scheduled queues: {len(names)}", *(f"  {n}" for n in names)]
@@ -237,6 +247,37 @@ def inspect_ready_q(client: ApiClient, args: argparse.Namespace) -> int:
         lines += ["", "config:", *(f"  {line}" for line in toml_lines(answer.get("path_config") or {}))]
     print("\n".join(lines))
     return 0
+
+
+def abort_ready_q_conn(client: ApiClient, args: argparse.Namespace) -> int:
+    answer = client.post_text(ABORT_READY_Q_CONN, {"queue_name": args.queue_name, "session_id": args.session_id})
+    print(answer.strip() or "OK")
+    return 0
+
+
+def _phase(phase: Any) -> str:
+    """KumoMTA's DispatcherPhase as kcli shows it: ``Idle``, ``AcquiringLease(label)``."""
+    if isinstance(phase, dict):
+        ((name, detail),) = phase.items()
+        return f"{name}({detail.get('label', '')})"
+    return str(phase)
+
+
+def _dispatcher_lines(dispatchers: list[dict[str, Any]]) -> list[str]:
+    """The connections as kcli's --connections table: a row each, its phase and detail below."""
+    if not dispatchers:
+        return []
+    rows = [[d["session_id"], f"{d['messages_delivered']:,}", f"{d['messages_transfailed']:,}",
+             f"{d['messages_failed']:,}", d["age"], f"{d['overall_rate_per_sec']:.1f}/s"] for d in dispatchers]
+    text = table(["SESSION", "DELIV", "TRANS", "FAIL", "AGE", "RATE"], rows, right=(1, 2, 3, 4, 5))
+    header, *lines = text.splitlines()
+    out = [f"  {header}"]
+    for line, d in zip(lines, dispatchers):
+        out += [f"  {line}", f"  {_phase(d['phase'])} for {d['time_in_current_phase']}"]
+        if d.get("detail"):
+            out.append(f"  {d['detail']}")
+        out.append("")
+    return out
 
 
 def _labelled(pairs: list[tuple[str, Any]]) -> list[str]:

@@ -137,7 +137,8 @@ class DeliveryEngine:
         self.received_by_service: Counter[str] = Counter()
 
     async def _connect(
-        self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig, domain: str = ""
+        self, targets: Sequence[tuple[str, str]], source: EgressSource, path: EgressPathConfig, domain: str = "",
+        session_id: str | None = None,
     ) -> Connection:
         network: NetworkBackend = self.network
         if self.trace.subscribers:  # someone runs trace-smtp-client: this connection is traced
@@ -148,6 +149,7 @@ class DeliveryEngine:
             return await OutboundConnection.open(
                 network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,
                 broken_tls=self.broken_tls, dane=self.dane, tls_sink=self.tls_sink, domain=domain,
+                session_id=session_id,
             )
         except ConnectionFailed as exc:
             if any(failure.source_unavailable for failure in exc.failures):

@@ -7,6 +7,7 @@ GET  /api/admin/resolve-egress-path/v1?domain=D[&source=S][&tenant=T][&campaign=
 GET  /api/machine-info
 GET  /api/admin/memory/stats                   text, for people
 POST /api/admin/rebind/v1                      KumoMTA's RebindV1Request
+POST /api/admin/abort-ready-q-conn/v1          {"queue_name": R, "session_id": UUID}
 GET  /api/admin/trace-smtp-client/v1[?source=CIDR&mx_host=H&domain=D&tenant=T...]   streamed, JSON lines
 GET  /api/admin/trace-smtp-server/v1[?source=CIDR]                                 streamed, JSON lines
 ```
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from itertools import islice
 from typing import Any
@@ -37,6 +39,7 @@ from trimta.core.queues import READY_SUFFIX, canonical_ready_queue_name, ready_q
 from trimta.services.engine import DeliveryEngine
 from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time
 from trimta.services.operator_rules import OperatorRules
+from trimta.services.ready_queue import Dispatcher
 from trimta.services.rebind import RebindError, RebindRequest, Rebinder
 from trimta.services.smtp_trace import TraceFilter, TraceHub
 
@@ -55,6 +58,13 @@ def _flag(request: Request, name: str) -> bool:
     if value not in TRUE_WORDS + FALSE_WORDS:
         raise HttpError(400, f"{name}: expected true or false, got {value!r}")
     return value in TRUE_WORDS
+
+
+def _elapsed(seconds: float) -> str:
+    """A dispatcher's age or time in phase: ``"8m12s"``, ``"1.2s"``, ``"350ms"``."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    return format_seconds(round(seconds) if seconds >= 60 else round(seconds, 1))
 
 
 def _required(request: Request, name: str, example: str) -> str:
@@ -104,6 +114,7 @@ class KumoEndpoints:
             "/api/machine-info": {"GET": self.machine_info},
             "/api/admin/memory/stats": {"GET": self.memory_stats},
             "/api/admin/rebind/v1": {"POST": self.rebind},
+            "/api/admin/abort-ready-q-conn/v1": {"POST": self.abort_ready_queue_connection},
             "/api/admin/trace-smtp-client/v1": {"GET": self.trace_smtp_client},
             "/api/admin/trace-smtp-server/v1": {"GET": self.trace_smtp_server},
         }
@@ -224,12 +235,45 @@ class KumoEndpoints:
             },
             "path_config": path_config_json(path),
             "constraints": constraints_json(path),
-            "dispatchers": [],
+            "dispatchers": [self._dispatcher(d) for d in queue.dispatchers()],
             "mx": mx_json(queue.resolution),
             "now": self._now(),
             "scheduled_queue_names": queue.scheduled_queue_names() if include_scheduled else None,
             "statistics": statistics,
         })
+
+    def _dispatcher(self, d: Dispatcher) -> dict[str, Any]:
+        """KumoMTA's DispatcherSummary of one connection task."""
+        now = self.clock()
+        age = now - d.started_at
+        phase: str | dict[str, Any] = d.phase if d.lease is None else {d.phase: {"label": d.lease}}
+        return {
+            "session_id": d.session_id,
+            "started_at": format_time(self._epoch(d.started_at)),
+            "age": _elapsed(age),
+            "phase": phase,
+            "detail": d.detail,
+            "time_in_current_phase": _elapsed(now - d.phase_since),
+            "messages_delivered": d.delivered,
+            "messages_transfailed": d.transfailed,
+            "messages_failed": d.failed,
+            "delivered_this_connection": d.delivered,  # a trimta connection task opens one connection
+            "overall_rate_per_sec": round(d.delivered / age, 3) if age > 0 else 0.0,
+        }
+
+    async def abort_ready_queue_connection(self, request: Request) -> Response:
+        f = JsonFields(read_json(request), "", ("queue_name", "session_id"))
+        name = f.string("queue_name", required=True, non_empty=True) or ""
+        session_text = f.string("session_id", required=True, non_empty=True) or ""
+        try:
+            session_id = str(uuid.UUID(session_text))
+        except ValueError:
+            raise f.error("session_id", f"expected a UUID (from inspect-ready-q's dispatchers), "
+                                        f"got {session_text!r}") from None
+        queue = self.engine.ready.get(name)
+        if queue is None or queue.closed or not queue.abort(session_id):
+            raise HttpError(404, f"no matching dispatcher for queue={name} session={session_id}")
+        return Response(200, f"aborted {session_id}".encode(), "text/plain; charset=utf-8")
 
     async def resolve_egress_path(self, request: Request) -> Response:
         domain = _required(request, "domain", "/api/admin/resolve-egress-path/v1?domain=example.com")

@@ -30,6 +30,11 @@ it until its outcome is recorded, so if even that fails, the error ends the queu
 group and the egress supervisor returns every queued and in-flight message to its
 scheduled queue (`drain`).
 
+Each connection task is a `Dispatcher` (KumoMTA's word): inspect-ready-q lists them with
+their phase, and `abort` cancels one's scope; its socket closes without QUIT, and a
+message it was sending goes back to this queue (an outcome already in hand is recorded
+first, shielded, so an answered message is never sent twice).
+
 Which connections to open and when one closes is decided by pure functions of a
 snapshot (`trimta.core.ready_pool`); the task applies the decisions.
 """
@@ -40,6 +45,7 @@ import logging
 import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,6 +89,8 @@ class Connection(Protocol):
 
     @property
     def usable(self) -> bool: ...
+    @property
+    def session_id(self) -> str: ...
     async def send(self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False) -> Outcome: ...
     async def quit(self) -> None: ...
     async def aclose(self) -> None: ...
@@ -106,8 +114,37 @@ class Observer(Protocol):
 
 
 # (targets, source, path options, the message's destination domain: DANE reports its
-# sessions for it, RFC 8460's policy domain)
-Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig, str], Awaitable[Connection]]
+# sessions for it, RFC 8460's policy domain; the dispatcher's session id, which its records carry)
+Connect = Callable[[Sequence[tuple[str, str]], EgressSource, EgressPathConfig, str, str], Awaitable[Connection]]
+
+
+@dataclass(slots=True)
+class Dispatcher:
+    """One connection task, as KumoMTA's inspect-ready-q lists its dispatchers and
+    abort-ready-q-conn names one: by `session_id`, which the records of the session it
+    opens carry too.
+
+    `phase` is KumoMTA's DispatcherPhase name (Starting, AcquiringLease, Idle,
+    MessageRateThrottled, AttemptingConnection, DeliveringMessage, Closing); `lease`
+    names the limit an AcquiringLease waits for. Times are the queue's clock.
+    """
+
+    session_id: str
+    started_at: float
+    scope: trio.CancelScope
+    phase: str = "Starting"
+    phase_since: float = 0.0
+    lease: str | None = None
+    detail: str | None = None
+    delivered: int = 0
+    transfailed: int = 0
+    failed: int = 0
+    aborted: bool = False  # abort-ready-q-conn: no QUIT, the message in hand goes back
+
+    def enter(self, phase: str, now: float, *, detail: str | None = None, lease: str | None = None) -> None:
+        if phase != self.phase or lease != self.lease:
+            self.phase, self.phase_since, self.lease = phase, now, lease
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +253,7 @@ class ReadyQueue:
         self._by_queue: OrderedDict[str, deque[Message]] = OrderedDict()
         self._count = 0
         self._in_flight: dict[str, Message] = {}
+        self._dispatchers: dict[str, Dispatcher] = {}  # the connection tasks, by session id
         self._waiting = trio.lowlevel.ParkingLot()
         self._connections = 0
         self._idle = 0
@@ -380,6 +418,24 @@ class ReadyQueue:
             self.suspended, self.path.provider or "", self._connections_total,
         )
 
+    def dispatchers(self) -> list[Dispatcher]:
+        """The connection tasks running now, oldest first."""
+        return sorted(self._dispatchers.values(), key=lambda d: d.started_at)
+
+    def abort(self, session_id: str) -> bool:
+        """Abort the connection task `session_id` (KumoMTA's abort-ready-q-conn): its socket
+        is closed without QUIT and a message it was sending goes back to this queue for the
+        next connection, its attempt not counted. False if no such task runs."""
+        dispatcher = self._dispatchers.get(session_id.lower())
+        if dispatcher is None:
+            return False
+        if not dispatcher.aborted:
+            log.warning("%s: connection %s aborted by the operator (%s for %.1fs)", self.name, session_id,
+                        dispatcher.phase, self.clock() - dispatcher.phase_since)
+            dispatcher.aborted = True
+            dispatcher.scope.cancel()
+        return True
+
     # --- the task group ---------------------------------------------------------------------
 
     async def run(self, *, linger_s: float = 10.0) -> None:
@@ -452,8 +508,9 @@ class ReadyQueue:
         for m in self.remove_matching(lambda m: self.expires_at(m) <= now):
             await self.outcomes.expired(m, self)
 
-    async def _next_message(self, scope: trio.CancelScope, *, shared_leases: bool = False) -> Message | None:
+    async def _next_message(self, dispatcher: Dispatcher, *, shared_leases: bool = False) -> Message | None:
         """Wait (idle) for a message; None when the idle deadline passes first."""
+        scope = dispatcher.scope
         while True:
             if self.suspended or self._paused_until > self.clock():
                 return None
@@ -468,6 +525,7 @@ class ReadyQueue:
             if shared_leases:
                 idle_s = min(idle_s, SHARED_IDLE_TIMEOUT_S)
             scope.deadline = trio.current_time() + idle_s
+            dispatcher.enter("Idle", self.clock())
             self._idle += 1
             try:
                 await self._waiting.park()
@@ -491,22 +549,28 @@ class ReadyQueue:
         conn: Connection | None = None
         message: Message | None = None
         leases: list[Lease] = []
+        scope = trio.CancelScope()
+        now = self.clock()
+        dispatcher = Dispatcher(str(uuid.uuid4()), now, scope, phase_since=now)
+        self._dispatchers[dispatcher.session_id] = dispatcher
         try:
-            with trio.CancelScope() as scope:
-                message = await self._next_message(scope)
+            with scope:
+                message = await self._next_message(dispatcher)
                 if message is None:
                     return
                 scope.deadline = math.inf
-                turn = await self._reserve_message_turn(message)
+                turn = await self._reserve_message_turn(message, dispatcher)
                 if turn is None:
                     message = None  # put back: the queue waits
                     return
-                if self.limits is not None and not await self._cluster_admit(message, self.limits, leases):
+                if self.limits is not None and not await self._cluster_admit(message, self.limits, leases,
+                                                                             dispatcher):
                     message = None  # put back: the queue waits for a lease or a connection turn
                     return
                 # MTA-STS enforce: whether this connection will have required verified TLS.
                 verified = self.mta_sts.path_for(self.path, message.destination).enable_tls is TlsPolicy.REQUIRED
-                conn = await self._open(message)
+                dispatcher.enter("AttemptingConnection", self.clock())
+                conn = await self._open(message, dispatcher)
                 if conn is None:
                     message = None  # its outcome is recorded
                     return
@@ -522,14 +586,16 @@ class ReadyQueue:
                     # A message in hand: the idle deadline set while waiting for it is over.
                     scope.deadline = math.inf
                     if not sent:
-                        await self._use_reserved_turn(turn)
-                    elif not await self._wait_for_message_rate(message):
+                        await self._use_reserved_turn(turn, dispatcher)
+                    elif not await self._wait_for_message_rate(message, dispatcher):
                         message = None  # put back: the wait is longer than the idle timeout
                         break
-                    if self.limits is not None and not await self._shared_message_turn(message, self.limits):
+                    if self.limits is not None and not await self._shared_message_turn(message, self.limits,
+                                                                                       dispatcher):
                         message = None  # put back, as above, for a rate shared by the nodes
                         break
-                    await self._deliver(conn, message)
+                    dispatcher.enter("DeliveringMessage", self.clock(), detail=f"message {message.id}")
+                    await self._deliver(conn, message, dispatcher)
                     message = None
                     sent += 1
                     if should_close(ConnectionState(
@@ -537,8 +603,8 @@ class ReadyQueue:
                         connections=self._connections, connection_limit=self.path.connection_limit,
                     )) or (leases and self.limits is not None and not self.limits.keep(leases)):
                         break
-                    message = await self._next_message(scope, shared_leases=bool(leases))
-            if message is not None:  # cut short by the idle deadline with a message in hand
+                    message = await self._next_message(dispatcher, shared_leases=bool(leases))
+            if message is not None:  # cut short by the idle deadline or an abort, a message in hand
                 self._in_flight.pop(message.id, None)
                 self._put_back(message)
                 message = None
@@ -552,13 +618,16 @@ class ReadyQueue:
                 self._in_flight.pop(message.id, None)
         finally:
             # The slot is free only once the socket is: limits count open connections.
+            dispatcher.enter("Closing", self.clock())
             if conn is not None:
                 with trio.CancelScope(shield=True):
-                    with trio.move_on_after(self.path.rset_timeout_s):
-                        await conn.quit()
+                    if not dispatcher.aborted:
+                        with trio.move_on_after(self.path.rset_timeout_s):
+                            await conn.quit()
                     await conn.aclose()
             if leases:
                 await self._release(leases)
+            self._dispatchers.pop(dispatcher.session_id, None)
             self._connections -= 1
             self._changed.set()
             for limits in self._all_shared():
@@ -600,10 +669,12 @@ class ReadyQueue:
         self._rate_blocked_until = max(self._rate_blocked_until, self.clock() + wait_s)
         self._changed.set()
 
-    async def _cluster_admit(self, message: Message, limits: LimitsBackend, leases: list[Lease]) -> bool:
+    async def _cluster_admit(self, message: Message, limits: LimitsBackend, leases: list[Lease],
+                             dispatcher: Dispatcher) -> bool:
         """Before connecting: a lease of every shared connection limit, then a turn of the
         shared connection rate. False (message put back, leases given back) if one is refused."""
         for scope, limit in self._shared_connection_limits(limits):
+            dispatcher.enter("AcquiringLease", self.clock(), lease=scope)
             self._leasing += 1
             try:
                 lease = await limits.lease(scope, limit)
@@ -631,7 +702,7 @@ class ReadyQueue:
             while leases:
                 await limits.release(leases.pop())
 
-    async def _shared_message_turn(self, message: Message, limits: LimitsBackend) -> bool:
+    async def _shared_message_turn(self, message: Message, limits: LimitsBackend, dispatcher: Dispatcher) -> bool:
         """Wait for a turn of every message rate shared with the other nodes; False (message
         put back) if a wait is longer than the idle timeout."""
         for limit, scope, rate in self._shared_rates(limits):
@@ -639,6 +710,7 @@ class ReadyQueue:
                 if wait > self.path.idle_timeout_s:
                     self._give_back(message, wait)
                     return False
+                dispatcher.enter("MessageRateThrottled", self.clock())
                 await trio.sleep(wait)
         return True
 
@@ -662,7 +734,8 @@ class ReadyQueue:
                     g.try_acquire(now)
         return wait
 
-    async def _wait_for_message_rate(self, message: Message, *, reserve: bool = False) -> bool:
+    async def _wait_for_message_rate(self, message: Message, dispatcher: Dispatcher, *,
+                                     reserve: bool = False) -> bool:
         """Wait for the message rate; False (message put back) if that would idle too long."""
         while (wait := self._message_wait_s(self.clock(), reserve=reserve)) > 0:
             if wait > self.path.idle_timeout_s:
@@ -671,18 +744,19 @@ class ReadyQueue:
                 self._rate_blocked_until = self.clock() + wait
                 self._changed.set()
                 return False
+            dispatcher.enter("MessageRateThrottled", self.clock())
             await trio.sleep(wait)
         return True
 
-    async def _reserve_message_turn(self, message: Message) -> _ReservedTurn | None:
+    async def _reserve_message_turn(self, message: Message, dispatcher: Dispatcher) -> _ReservedTurn | None:
         """Wait for the message rate and reserve the turn for a connection about to be
         opened; None (message put back) if that would idle too long."""
-        if not await self._wait_for_message_rate(message, reserve=True):
+        if not await self._wait_for_message_rate(message, dispatcher, reserve=True):
             return None
         # No checkpoint since the reservation: these are the limiters that made it.
         return _ReservedTurn(self._message_limiters())
 
-    async def _use_reserved_turn(self, turn: _ReservedTurn) -> None:
+    async def _use_reserved_turn(self, turn: _ReservedTurn, dispatcher: Dispatcher) -> None:
         """Count the reserved turn's message as it is sent, once the rate's cap has room.
 
         The connection waits here even past its idle timeout, since it was opened for
@@ -690,19 +764,22 @@ class ReadyQueue:
         (for a limit too large to log, until its next interval).
         """
         while (wait := max((g.redeem_wait_s(self.clock()) for g in turn.limiters), default=0.0)) > 0:
+            dispatcher.enter("MessageRateThrottled", self.clock())
             await trio.sleep(wait)
         now = self.clock()
         for g in turn.limiters:
             g.redeem(now)
 
-    async def _open(self, message: Message) -> Connection | None:
+    async def _open(self, message: Message, dispatcher: Dispatcher) -> Connection | None:
         """Connect for `message`; on failure its outcome is recorded and None returned."""
         resolution = self.resolution
         targets = resolution.targets if resolution is not None else ()
         path = self.mta_sts.path_for(self.path, message.destination)
         try:
-            conn = await self.connect(targets, self.source, path, message.destination)
+            conn = await self.connect(targets, self.source, path, message.destination, dispatcher.session_id)
         except ConnectionFailed as failure:
+            dispatcher.transfailed += not failure.outcome.permanent
+            dispatcher.failed += failure.outcome.permanent
             outcome = self.mta_sts.failed(message.destination, failure.outcome, failure.failures, self.tls_sink)
             self._failed += 1
             if failure.outcome.connection_failure:
@@ -722,27 +799,35 @@ class ReadyQueue:
         self.mta_sts.opened(message.destination, conn, path, self.tls_sink)
         return conn
 
-    async def _deliver(self, conn: Connection, message: Message) -> None:
-        """One transaction for `message`, and its outcome recorded; then it is no longer in flight."""
+    async def _deliver(self, conn: Connection, message: Message, dispatcher: Dispatcher) -> None:
+        """One transaction for `message`, and its outcome recorded; then it is no longer in flight.
+
+        An outcome in hand is recorded even if the connection is being aborted (or the
+        daemon stopped) meanwhile: a message the receiver took is never sent again."""
         data = await self.outcomes.load_data(message)
         outcome = await conn.send(message.sender, message.recipient, data, smtputf8=message.reception.smtputf8)
-        if self.observer is not None:
-            self.observer.observe(message, outcome, self)
-        if outcome.delivered:
-            self._delivered += 1
-            await self.outcomes.delivered(message, outcome, self)
-        elif self.path.try_next_host_on_transport_error and _transport_error(outcome, conn):
-            # KumoMTA's option: logged, then straight to the next connection, not to a retry.
-            self._failed += 1
+        with trio.CancelScope(shield=True):
+            if self.observer is not None:
+                self.observer.observe(message, outcome, self)
+            if outcome.delivered:
+                self._delivered += 1
+                dispatcher.delivered += 1
+                await self.outcomes.delivered(message, outcome, self)
+            elif self.path.try_next_host_on_transport_error and _transport_error(outcome, conn):
+                # KumoMTA's option: logged, then straight to the next connection, not to a retry.
+                self._failed += 1
+                dispatcher.transfailed += 1
+                self._in_flight.pop(message.id, None)
+                if await self.outcomes.failed_over(message, outcome, self):
+                    self._put_back(message)
+                    self._changed.set()
+                return
+            else:
+                self._failed += 1
+                dispatcher.transfailed += not outcome.permanent
+                dispatcher.failed += outcome.permanent
+                await self.outcomes.failed(message, outcome, self)
             self._in_flight.pop(message.id, None)
-            if await self.outcomes.failed_over(message, outcome, self):
-                self._put_back(message)
-                self._changed.set()
-            return
-        else:
-            self._failed += 1
-            await self.outcomes.failed(message, outcome, self)
-        self._in_flight.pop(message.id, None)
 
     # --- operator actions ----------------------------------------------------------------------
 

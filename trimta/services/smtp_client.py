@@ -261,6 +261,7 @@ class OutboundConnection:
         address: str,
         path: EgressPathConfig,
         source: EgressSource,
+        session_id: str | None = None,
     ) -> None:
         self._stream: NetworkStream | None = stream
         self._client = client
@@ -276,7 +277,7 @@ class OutboundConnection:
         # The DANE outcome of the session, for records: "dane-ee", "dane-ta", "insecure"; None without DANE.
         self.dane: str | None = None
         # What the records of this session's outcomes say about it (made once established).
-        self.session: SessionInfo = SessionInfo(str(uuid.uuid4()), delivery_protocol="ESMTP",
+        self.session: SessionInfo = SessionInfo(session_id or str(uuid.uuid4()), delivery_protocol="ESMTP",
                                                 source_address=stream.local_address)
         # The running transaction's deadline, and what it was last set for: (command
         # awaited, its timeout, whether sending).
@@ -314,6 +315,7 @@ class OutboundConnection:
         dane: TlsaLookups | None = None,
         tls_sink: TlsSessionSink | None = None,
         domain: str = "",
+        session_id: str | None = None,
     ) -> OutboundConnection:
         """A session with the first target that gives one; raises `ConnectionFailed`.
 
@@ -321,7 +323,8 @@ class OutboundConnection:
         The next target is tried when one refuses or does not answer the connection,
         greets with anything but 2xx, refuses EHLO and HELO, or fails the TLS that
         `path.enable_tls` asks for. `tls_contexts` gives the SSL context for a policy
-        (tests pass one that trusts their own CA).
+        (tests pass one that trusts their own CA). `session_id` (a UUID) is the session's
+        in its records: the ready queue's dispatcher's; a new one if not given.
 
         With ``opportunistic_tls_reconnect_on_failed_handshake``, an opportunistic
         handshake that fails (or the EHLO after it) reconnects to the same target
@@ -367,7 +370,7 @@ class OutboundConnection:
                     target_path = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
             try:
                 connection = await cls._open_target(network, host, address, source, target_path, ehlo_domain,
-                                                    tls_contexts, target_dane)
+                                                    tls_contexts, target_dane, session_id)
             except _TargetFailed as exc:
                 log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
                 if target_dane is not None:
@@ -384,7 +387,7 @@ class OutboundConnection:
                     plaintext = dataclasses.replace(path, enable_tls=TlsPolicy.DISABLED)
                     try:
                         connection = await cls._open_target(network, host, address, source, plaintext,
-                                                            ehlo_domain, tls_contexts)
+                                                            ehlo_domain, tls_contexts, None, session_id)
                         connection.skipped = tuple(failures)
                         return connection
                     except _TargetFailed as again:
@@ -413,6 +416,7 @@ class OutboundConnection:
         ehlo_domain: str,
         tls_contexts: TlsContexts,
         dane: _DaneTarget | None = None,
+        session_id: str | None = None,
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
         client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining, lmtp=path.use_lmtp)
@@ -425,7 +429,8 @@ class OutboundConnection:
             answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
             raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
                                               source_unavailable=isinstance(exc, SourceUnavailable))) from None
-        connection = cls(stream, client, host=host, address=address, path=path, source=source)
+        connection = cls(stream, client, host=host, address=address, path=path, source=source,
+                         session_id=session_id)
         connection._dane = dane
         if dane is not None:
             # DANE applies only to a host whose TLSA answer was DNSSEC-secure: the record's
@@ -612,6 +617,10 @@ class OutboundConnection:
         self._fail(self._lost_reply(command), command)
 
     # --- What the caller reads ---------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
 
     @property
     def usable(self) -> bool:
