@@ -141,6 +141,36 @@ def test_provider_summary_by_pool(api, capsys):
     assert out.splitlines() == ["PROVIDER  POOL      D  T  F  C  Q", "gmail     warm  1,100  0  0  -  -"]
 
 
+SCHEDULED = """\
+# TYPE scheduled_count gauge
+scheduled_count{queue="acme@example.net"} 3000
+scheduled_count{queue="spring:acme@example.org"} 1000
+scheduled_count{queue="acme@example.com!relay.example"} 5
+scheduled_count{queue="acme@gmail.com"} 7
+"""
+
+
+def test_provider_summary_show_domains_places_the_queued_domains_by_site(api, capsys, monkeypatch):
+    import trimta.commands.kumo as kumo
+
+    monkeypatch.setattr(kumo, "SITE_LOOKUPS", 1)  # one lookup at a time: the answers go in domain order
+    api.answer("GET", "/metrics", METRICS + SCHEDULED, text=True)
+    api.answer("GET", "/api/admin/resolve-egress-path/v1",
+               {"mx": {"site_name": "mx.example.net"}},  # example.net
+               {"mx": {"site_name": "mx.example.net"}},  # example.org: hosted by the same MX
+               {"mx": {"site_name": "gmail-smtp-in.l.google.com"}},  # gmail.com: the "gmail" provider's row
+               {"mx": None, "mx_error": "DNS lookup for relay.example timed out"})  # relay.example
+    status, out, _ = run_cli(capsys, "provider-summary", "--show-domains", "--endpoint", api.endpoint)
+    assert status == 0
+    assert sorted(r.query["domain"] for r in api.requests[1:]) == ["example.net", "example.org", "gmail.com",
+                                                                  "relay.example"]
+    assert out.splitlines() == [
+        "PROVIDER            D   T  F  C      Q  DOMAINS",
+        "mx.example.net      5   0  0  0  4,000  example.net, example.org",
+        "gmail           1,200  30  2  3      0  -",
+    ]
+
+
 def test_inspect_sched_q_asks_for_five_by_default_and_prints_json(api, capsys):
     api.answer("GET", "/api/admin/inspect-sched-q/v1", {"queue_name": "acme@example.net", "messages": []})
     run_cli(capsys, "inspect-sched-q", "acme@example.net", "--endpoint", api.endpoint)

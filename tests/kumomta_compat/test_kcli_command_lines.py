@@ -150,3 +150,19 @@ def test_kclis_rebind_example_with_its_reason_moves_the_queue(daemon, capsys, mo
     assert status == 0, err
     assert out.splitlines()[0] == "rebound 1 message of 1 matched", out
     assert "example.com!foo.com" in out
+
+
+def test_provider_summary_show_domains_against_the_daemon(daemon, capsys, monkeypatch):
+    # ok.example is routed to [127.0.0.42], where nothing listens here: refused, it waits an hour.
+    assert call(daemon, "POST", "/api/inject/v1", {"envelope_sender": "s@sender.example", "content": "Subject: x\n\nx\n",
+                                                   "recipients": ["x@ok.example"]})[0] == 200
+    deadline = time.monotonic() + 30
+    while queued(daemon).get("ok.example![127.0.0.42]") != 1:
+        assert time.monotonic() < deadline, queued(daemon)
+        time.sleep(0.05)
+    status, out, err = kcli(daemon, "kcli provider-summary --show-domains", capsys, monkeypatch)
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["PROVIDER", "D", "T", "F", "C", "Q", "DOMAINS"]
+    # The queue's routing domain is what its MX is resolved for: its site's row lists it, as kcli's does.
+    assert ["127.0.0.42", "0", "1", "0", "0", "0", "[127.0.0.42]"] in [row.split() for row in rows]

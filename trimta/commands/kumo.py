@@ -14,12 +14,14 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from trimta.adapters.http_client import ApiClient, stream_lines
+from trimta.adapters.http_client import ApiClient, ApiRefused, stream_lines
 from trimta.commands._api import UsageError, add_api_options, api_command, plural, print_json, table
+from trimta.core.queues import parse_queue_name
 
 INSPECT_SCHED_Q = "/api/admin/inspect-sched-q/v1"
 INSPECT_READY_Q = "/api/admin/inspect-ready-q/v1"
@@ -37,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "provider, else the site the MX hosts make): D delivered, T transient failures, F failures, "
         "C open connections, Q queued in ready queues; largest volume first.")
     p.add_argument("--by-pool", action="store_true", help="one row per provider and egress pool")
+    p.add_argument("--show-domains", action="store_true", help="a DOMAINS column: for rows named by a site "
+                   "(no provider matched), the domains of the scheduled queues whose MX hosts make that site "
+                   "(only domains with mail waiting in a scheduled queue are known)")
     p.add_argument("--limit", type=int, metavar="N", help="show at most N rows")
     add_api_options(p)
     p.set_defaults(func=api_command("provider-summary", provider_summary))
@@ -150,20 +155,65 @@ TRACE_OPTIONS = (
 
 
 def provider_summary(client: ApiClient, args: argparse.Namespace) -> int:
-    rows = provider_rows(client.get_text("/metrics"), by_pool=args.by_pool)
-    if args.json:
-        print_json(rows)
-        return 0
+    metrics = client.get_text("/metrics")
+    rows = provider_rows(metrics, by_pool=args.by_pool)
     shown = rows[:args.limit] if args.limit else rows
+    site_domains = site_domains_of(client, metrics) if args.show_domains else {}
+    if args.show_domains:
+        for row in shown:
+            row["domains"] = sorted(site_domains.get(row["provider"], ()))
+    if args.json:
+        print_json(shown)
+        return 0
     if not shown:
         print("no traffic recorded by provider yet")
         return 0
-    headers = ["PROVIDER", *(["POOL"] if args.by_pool else []), "D", "T", "F", "C", "Q"]
+    with_domains = bool(site_domains)  # as kcli: the column only when some domain was placed
+    headers = ["PROVIDER", *(["POOL"] if args.by_pool else []), "D", "T", "F", "C", "Q",
+               *(["DOMAINS"] if with_domains else [])]
     body = [[r["provider"], *([r["pool"]] if args.by_pool else []), f"{r['delivered']:,}", f"{r['transfail']:,}",
-             f"{r['fail']:,}", _count(r["connections"]), _count(r["queued"])] for r in shown]
+             f"{r['fail']:,}", _count(r["connections"]), _count(r["queued"]),
+             *([", ".join(r["domains"])] if with_domains else [])] for r in shown]
     first_number = 2 if args.by_pool else 1
     print(table(headers, body, right=tuple(range(first_number, first_number + 5))))
     return 0
+
+
+SITE_LOOKUPS = 8  # resolve-egress-path requests in flight at once for --show-domains
+
+
+def site_domains_of(client: ApiClient, metrics: str) -> dict[str, set[str]]:
+    """The domains of the scheduled queues in ``scheduled_count``, by the site their MX
+    hosts make, as the daemon resolves them (resolve-egress-path: its resolver and cache).
+
+    A queue with a routing domain counts under the routing domain, whose MX is used; a
+    domain the daemon cannot answer for is left out."""
+    domains: set[str] = set()
+    for family in text_string_to_metric_families(metrics):
+        if family.name != "scheduled_count":
+            continue
+        for sample in family.samples:
+            try:
+                _, _, domain, routing_domain = parse_queue_name(sample.labels.get("queue", ""))
+            except ValueError:
+                continue
+            domains.add(routing_domain or domain)
+
+    def site_of(domain: str) -> tuple[str, str | None]:
+        try:
+            answer = client.get(RESOLVE_EGRESS_PATH, {"domain": domain})
+        except ApiRefused:
+            return domain, None
+        mx = answer.get("mx") if isinstance(answer, dict) else None
+        # No MX answer: the domain stands for its own site, as delivery has it.
+        return domain, (mx or {}).get("site_name") or domain
+
+    by_site: dict[str, set[str]] = defaultdict(set)
+    with ThreadPoolExecutor(max_workers=SITE_LOOKUPS) as pool:
+        for domain, site in pool.map(site_of, sorted(domains)):
+            if site is not None:
+                by_site[site].add(domain)
+    return dict(by_site)
 
 
 def _count(n: int | None) -> str:
