@@ -214,7 +214,7 @@ class App:
             config.listeners, http_connections=config.http.max_connections if config.http.enabled else 0,
             limit=raise_descriptor_limit(),
         )
-        server_trace = TraceHub()  # trace-smtp-server's subscribers (listeners served in the daemon)
+        server_trace = TraceHub()  # trace-smtp-server's subscribers (every listener, its workers too)
         listeners = [make_listener(lc, workers=lc.workers, acceptor=acceptor, logs=logs, trace=server_trace)
                      for lc in listener_configs]
         try:
@@ -267,8 +267,7 @@ class App:
                                 engine=engine, rules=engine.rules,
                                 node_id=node_id_for(config.cluster or ClusterConfig(redis_url=""), config.spool.path),
                                 known_tenants=api.known_tenants, server_trace=server_trace,
-                                traced_listeners=[lst.config.name for lst in listeners
-                                                  if isinstance(lst, SmtpListener)]).routes())
+                                traced_listeners=[lst.config.name for lst in listeners]).routes())
                             accept_scopes.append(scope := trio.CancelScope())
                             running.http_addresses = await ingress.start(
                                 _serve_in_scope, partial(serve_api, config.http, api),

@@ -103,3 +103,4 @@ def test_trace_smtp_server_filters_by_source_only(daemon):
         tracer.communicate(timeout=10)
     status, answer = call(daemon, "GET", "/api/admin/trace-smtp-server/v1?domain=example.org")
     assert status == 400 and answer["error"] == "domain: trace-smtp-server filters by source only"
+

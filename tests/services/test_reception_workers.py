@@ -23,6 +23,7 @@ from trimta.services.reception_workers import (
     make_listener,
 )
 from trimta.services.smtp_listener import SmtpListener
+from trimta.services.smtp_trace import TraceFilter, TraceHub
 
 from .conftest import read_reply
 
@@ -95,13 +96,13 @@ def test_one_worker_means_no_worker_process(tmp_path):
 class Daemon:
     """The daemon's side: a real spool and log sink, the listener over 2 processes."""
 
-    def __init__(self, tmp_path, **listener_options) -> None:
+    def __init__(self, tmp_path, trace: TraceHub | None = None, **listener_options) -> None:
         self.spool = Spool(SqliteStorage(tmp_path / "spool"))
         self.logs = LogSink(JsonLinesWriter(tmp_path / "logs", max_file_size_bytes=10**9, max_segment_duration_s=3600))
         self.records = self.logs.subscribe()
         acceptor = Acceptor(spool=self.spool, logs=self.logs, tenancy=TenancyConfig(), hostname="mx.test")
         config = ListenerConfig(host="127.0.0.1", port=0, hostname="mx.test", **listener_options)
-        self.listener = ReceptionWorkers(config, workers=2, acceptor=acceptor, logs=self.logs)
+        self.listener = ReceptionWorkers(config, workers=2, acceptor=acceptor, logs=self.logs, trace=trace)
 
     async def start(self, nursery: trio.Nursery) -> tuple:
         await nursery.start(self.spool.run)
@@ -171,6 +172,39 @@ async def test_messages_taken_by_either_process_are_durable_and_logged_once(tmp_
     reopened.close()
     assert sorted(m.recipient for m in restored.messages) == sorted(f"r{n}@example.net" for n in range(40))
     assert len(daemon.received("Reception")) == 40
+
+
+async def test_sessions_of_every_process_are_traced_on_the_daemons_hub(tmp_path):
+    hub = TraceHub()
+    daemon = Daemon(tmp_path, trace=hub)
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            address = await daemon.start(nursery)
+            assert not daemon.listener.workers_tracing
+            everyone = hub.subscribe(TraceFilter.parse({"source": ["127.0.0.0/8"]}))
+            nobody = hub.subscribe(TraceFilter.parse({"source": ["10.0.0.0/8"]}))
+            while not daemon.listener.workers_tracing:  # the worker has said it traces
+                await trio.sleep(0.01)
+            for n in range(20):
+                assert (await send_message(address, n)).startswith(b"250 ")
+            assert daemon.listener.local.statistics().connections_total < 20  # the worker took some
+            events: list[dict] = []
+            while sum(e["kind"] == "Closed" for e in events) < 20:
+                events.append(await everyone.receive.receive())
+            unseen = nobody.receive.statistics().current_buffer_used
+            everyone.close()
+            nobody.close()
+            while daemon.listener.tracing_workers:
+                await trio.sleep(0.01)  # tracing ends in the worker too once nobody traces
+            nursery.cancel_scope.cancel()
+    sessions = {e["session_id"] for e in events}
+    assert len(sessions) == 20 and sum(e["kind"] == "Connected" for e in events) == 20
+    connected = [e for e in events if e["kind"] == "Connected"]
+    assert all(e["session"]["source"] == "127.0.0.1" and e["when"].endswith("Z") for e in connected)
+    reads = "".join(e.get("data", "") for e in events if e["kind"] == "Read")
+    assert all(f"RCPT TO:<r{n}@example.net>" in reads for n in range(20))  # what every client sent
+    assert sum("250 2.0.0 OK ids=" in e.get("data", "") for e in events if e["kind"] == "Write") == 20
+    assert unseen == 0  # the other filter admitted no session, in any process
 
 
 async def test_refusals_in_a_worker_reach_the_daemons_log(tmp_path):

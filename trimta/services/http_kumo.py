@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
@@ -44,6 +45,8 @@ from trimta.services.rebind import RebindError, RebindRequest, Rebinder
 from trimta.services.smtp_trace import TraceFilter, TraceHub
 
 Route = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger(__name__)
 
 def _line(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
@@ -353,10 +356,9 @@ class KumoEndpoints:
 
     async def trace_smtp_server(self, request: Request) -> Response:
         """KumoMTA's trace-smtp-server: incoming sessions, filtered by the client's address
-        (``source``), of the listeners served in the daemon itself (``workers = 1``)."""
+        (``source``), of every SMTP listener (those served by reception workers too)."""
         if self.server_trace is None or not self.traced_listeners:
-            raise HttpError(409, "no listener of this daemon can be traced: each runs in reception worker processes "
-                            "([[listener]] workers); set workers = 1 on a listener to trace its sessions")
+            raise HttpError(409, "this daemon has no SMTP listener to trace")
         extra = set(request.query) - {"source"}
         if extra:
             raise HttpError(400, f"{sorted(extra)[0]}: trace-smtp-server filters by source only")
@@ -371,6 +373,8 @@ class KumoEndpoints:
         async def events() -> AsyncGenerator[bytes, None]:
             subscriber = hub.subscribe(trace_filter)
             try:
+                if not await hub.ready():  # reception workers: "Tracing" once they trace too
+                    log.warning("a reception worker did not start tracing in time; its sessions may be missed")
                 yield _line({"kind": "Tracing", "filter": {k: sorted(v) for k, v in request.query.items()},
                              **{k: list(v) for k, v in about.items()}})
                 while True:

@@ -32,6 +32,11 @@ queued even if the worker dies before hearing the answer: at worst the client se
 it again and it is delivered twice, never lost. If the daemon dies, every worker
 sees its socket end and exits.
 
+Tracing (trace-smtp-server): while anyone traces on the daemon's hub, the daemon tells
+every worker so (a ``trace`` frame, acknowledged); a worker then traces its sessions and
+sends each event to the daemon with its session's properties, and the daemon's hub
+filters them for its subscribers as it does its own sessions' events.
+
 Shutdown follows the daemon's: `serve` being cancelled makes every process stop
 accepting and finish its sessions; cancelling the handler nursery (the end of the
 grace period) closes the workers' sockets, which makes them cancel what is left.
@@ -86,7 +91,7 @@ from trimta.services.acceptance import (
 )
 from trimta.services.logs import LogSink
 from trimta.services.smtp_listener import ListenerStatistics, SmtpListener
-from trimta.services.smtp_trace import TraceHub
+from trimta.services.smtp_trace import RelayedTraceHub, TraceHub
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +239,8 @@ class ReceptionWorkers:
     (it falls to 0 when they have all ended).
     """
 
-    def __init__(self, config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink) -> None:
+    def __init__(self, config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink,
+                 trace: TraceHub | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.config = config
@@ -245,12 +251,17 @@ class ReceptionWorkers:
         # in shared memory (row 0 is the daemon's, row i worker i's).
         self.process_config = config
         self.counts = SharedConnectionCounts.create(workers)
-        self.local = SmtpListener(config, acceptor=acceptor, logs=logs, counts=self.counts)
+        self.local = SmtpListener(config, acceptor=acceptor, logs=logs, counts=self.counts, trace=trace)
+        self.trace = trace
+        if trace is not None:
+            trace.watchers.append(self._tell_tracing)
+            trace.relays.append(lambda: self.workers_tracing)
         self._decoder = MetadataDecoder(max_receptions=4096)
         self._stopping = False
         self._channels: dict[int, Channel] = {}
         self._pids: dict[int, int] = {}
         self._statistics: dict[int, tuple[int, int, int, int]] = {}
+        self._tracing: dict[int, bool] = {}  # what each worker last said it does: trace or not
         self._finished = ListenerStatistics(0, 0, 0, 0)  # of workers that have exited
         self.restarts = 0
 
@@ -259,6 +270,20 @@ class ReceptionWorkers:
         self.acceptor.signer = signer
         for channel in self._channels.values():
             channel.send(["signer"], pickle.dumps(signer))
+
+    def _tell_tracing(self, tracing: bool) -> None:
+        for channel in self._channels.values():
+            channel.send(["trace", tracing])
+
+    @property
+    def tracing_workers(self) -> int:
+        """How many running workers trace their sessions now, as they last said."""
+        return sum(self._tracing.values())
+
+    @property
+    def workers_tracing(self) -> bool:
+        """Every running worker has acknowledged that it traces its sessions now."""
+        return self.trace is not None and self.trace.tracing and all(self._tracing.values())
 
     @property
     def worker_pids(self) -> list[int]:
@@ -361,6 +386,9 @@ class ReceptionWorkers:
                             self.workers, self.counts.key, self.acceptor.signer, self.acceptor.log_fields)
         link.channel.send(["setup"], pickle.dumps(setup))
         self._channels[index] = link.channel
+        self._tracing[index] = False
+        if self.trace is not None and self.trace.tracing:
+            link.channel.send(["trace", True])
         try:
             # The committer runs in a nursery of its own, which a worker's end does not
             # cancel: what the daemon received is committed, logged and queued in any case.
@@ -383,6 +411,7 @@ class ReceptionWorkers:
         finally:
             del self._channels[index]
             del self._pids[index]
+            del self._tracing[index]
             with trio.CancelScope(shield=True):
                 await link.channel.stream.aclose()
                 with trio.move_on_after(EXIT_TIMEOUT_S):
@@ -422,6 +451,11 @@ class ReceptionWorkers:
                 self._statistics[index] = tuple(header[1:5])
             elif kind == "record":
                 self.logs.emit(header[1])
+            elif kind == "trace-event":
+                if self.trace is not None:
+                    self.trace.deliver(header[1], header[2])
+            elif kind == "tracing":
+                self._tracing[index] = bool(header[1])
             elif kind == "ready":
                 link.is_ready = True
                 link.ready.set()
@@ -498,11 +532,11 @@ def decode_store(header: list[Any], body: bytes, decoder: MetadataDecoder | None
 def make_listener(
     config: ListenerConfig, *, workers: int, acceptor: Acceptor, logs: LogSink, trace: TraceHub | None = None
 ) -> SmtpListener | ReceptionWorkers:
-    """The listener for one ``[[listener]]`` table: in the daemon alone (its sessions
-    traced on `trace` while anyone traces), or over `workers` processes."""
+    """The listener for one ``[[listener]]`` table: in the daemon alone, or over `workers`
+    processes; its sessions, in every process, are traced on `trace` while anyone traces."""
     if workers <= 1:
         return SmtpListener(config, acceptor=acceptor, logs=logs, trace=trace)
-    return ReceptionWorkers(config, workers=workers, acceptor=acceptor, logs=logs)
+    return ReceptionWorkers(config, workers=workers, acceptor=acceptor, logs=logs, trace=trace)
 
 
 def _counts(s: ListenerStatistics) -> tuple[int, int, int, int]:
@@ -619,7 +653,9 @@ async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None =
     if counts_fd is not None:
         counts = SharedConnectionCounts.attach(counts_fd, processes=setup.processes, row=setup.index,
                                                key=setup.counts_key)
-    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel), counts=counts)
+    trace = RelayedTraceHub(lambda properties, event: channel.send(["trace-event", dict(properties), event]))
+    listener = SmtpListener(setup.listener, acceptor=acceptor, logs=ForwardingLogs(channel), counts=counts,
+                            trace=trace)
     listeners = [listener_from_fd(fd) for fd in listen_fds]
     accepting = trio.CancelScope()
 
@@ -629,6 +665,9 @@ async def run_worker(ipc_fd: int, listen_fds: list[int], counts_fd: int | None =
                 acceptor.stored(request, error, routing[0] if routing else ())
         elif header[0] == "signer":
             acceptor.signer = pickle.loads(body)
+        elif header[0] == "trace":
+            trace.on = bool(header[1])
+            channel.send(["tracing", trace.on])
         elif header[0] == "stop":
             accepting.cancel()
 

@@ -421,7 +421,7 @@ class Session:
         self.timer = trio.CancelScope()
         hub = listener.trace
         # Someone runs trace-smtp-server: this session's bytes are events (nobody: None, no cost).
-        self.traced = hub.server_session(peer, self.config.name) if hub is not None and hub.subscribers else None
+        self.traced = hub.server_session(peer, self.config.name) if hub is not None and hub.tracing else None
 
     async def _send(self, data: bytes | bytearray) -> None:
         if self.traced is not None:

@@ -13,9 +13,11 @@ message's sender, recipient, domain, tenant, campaign, routing domain and pool (
 among the messages in flight). A session that a newly known property excludes sends
 no more events.
 
-Incoming sessions (`TraceHub.server_session`) are traced by the listener itself, when it
-runs in the daemon (``workers = 1``); their one property is the client's address
-(``source``).
+Incoming sessions (`TraceHub.server_session`) are traced by the listener that serves
+them; their one property is the client's address (``source``). A reception worker
+process traces its sessions on a `RelayedTraceHub`, switched on by the daemon while
+anyone traces, whose events travel to the daemon's hub with the session's properties
+(`TraceHub.deliver`): the filters are applied there, as for the daemon's own sessions.
 
 Each subscriber has a bounded buffer; events that do not fit are dropped and counted
 (the subscriber is told how many), so a slow reader never slows delivery.
@@ -41,6 +43,8 @@ from trimta.adapters.tls_info import TlsDetails
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BUFFER_EVENTS = 1024
+RELAY_READY_S = 2.0  # how long a new subscription waits for reception workers to start tracing
+RELAY_POLL_S = 0.01
 MAX_DATA_CHARS = 4096  # of one event's data (a message body is cut, as kcli's --terse would)
 _RCPT = re.compile(rb"^RCPT TO:<([^>]*)>", re.IGNORECASE | re.MULTILINE)
 _MAIL = re.compile(rb"^MAIL FROM:<([^>]*)>", re.IGNORECASE | re.MULTILINE)
@@ -112,7 +116,7 @@ class Subscriber:
             self.dropped += 1
 
     def close(self) -> None:
-        self.hub.subscribers.discard(self)
+        self.hub.unsubscribe(self)
         self.send.close()
 
 
@@ -122,11 +126,42 @@ class TraceHub:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.subscribers: set[Subscriber] = set()
         self.clock = clock
+        # Told True when the first subscriber comes and False when the last leaves
+        # (reception workers: they trace their sessions only meanwhile).
+        self.watchers: list[Callable[[bool], None]] = []
+        # One per group of processes relaying their sessions' events here: True once each
+        # of them has said it traces (so a subscriber told "tracing" misses no new session).
+        self.relays: list[Callable[[], bool]] = []
+
+    @property
+    def tracing(self) -> bool:
+        """Whether sessions are to be traced now (someone is subscribed)."""
+        return bool(self.subscribers)
 
     def subscribe(self, trace_filter: TraceFilter, buffer: int = BUFFER_EVENTS) -> Subscriber:
         subscriber = Subscriber(self, trace_filter, buffer)
         self.subscribers.add(subscriber)
+        if len(self.subscribers) == 1:
+            self._tell_watchers(True)
         return subscriber
+
+    async def ready(self, timeout_s: float = RELAY_READY_S) -> bool:
+        """Wait (at most `timeout_s`) until every relaying process traces; False if one did not."""
+        with trio.move_on_after(timeout_s):
+            while not all(relay() for relay in self.relays):
+                await trio.sleep(RELAY_POLL_S)
+            return True
+        return False
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            if not self.subscribers:
+                self._tell_watchers(False)
+
+    def _tell_watchers(self, tracing: bool) -> None:
+        for watcher in list(self.watchers):
+            watcher(tracing)
 
     def server_session(self, peer: str, listener: str) -> TraceSession:
         """A traced incoming session (trace-smtp-server): its `Connected` event is sent."""
@@ -135,7 +170,7 @@ class TraceHub:
         return session
 
     def event(self, session: TraceSession, kind: str, data: str | None = None) -> None:
-        if not self.subscribers:
+        if not self.tracing:
             return
         event: dict[str, Any] = {
             "session_id": session.id,
@@ -147,9 +182,31 @@ class TraceHub:
             event["data"] = data if len(data) <= MAX_DATA_CHARS else data[:MAX_DATA_CHARS] + "..."
         if kind in ("Connected", "Message"):
             event["session"] = dict(session.properties)
+        self.deliver(session.properties, event)
+
+    def deliver(self, properties: Mapping[str, Any], event: dict[str, Any]) -> None:
+        """Offer `event`, of a session with `properties`, to each subscriber admitting it."""
         for subscriber in list(self.subscribers):
-            if subscriber.filter.admits(session.properties):
+            if subscriber.filter.admits(properties):
                 subscriber.offer(event)
+
+
+class RelayedTraceHub(TraceHub):
+    """A reception worker's hub: it traces while the daemon says someone does, and hands
+    each event, with its session's properties, to `forward` (the daemon's hub delivers it)."""
+
+    def __init__(self, forward: Callable[[Mapping[str, Any], dict[str, Any]], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        self.forward = forward
+        self.on = False
+
+    @property
+    def tracing(self) -> bool:
+        return self.on
+
+    def deliver(self, properties: Mapping[str, Any], event: dict[str, Any]) -> None:
+        self.forward(properties, event)
 
 
 class TraceSession:
