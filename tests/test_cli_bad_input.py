@@ -46,6 +46,7 @@ BASELINE_BY_DEST = {
     "queue_name": "acme@example.com",
     "source": "unspecified",
     "target": "http://127.0.0.1:9",
+    "session_id": "7f3a8d4e-9c12-4abc-8def-1234567890ab",
 }
 BASELINE_BY_METAVAR = {
     "DOMAIN": "example.com", "ADDR": "someone@example.com", "ID": "0001aa", "NAME": "ip-1",
@@ -139,6 +140,8 @@ def bad_values(action: argparse.Action, files: Files) -> list[str]:
         return ["many", "0"] if action.dest == "limit" else ["many"]
     if action.metavar == "URL":
         return ["ftp://127.0.0.1/", "http://"]
+    if action.metavar == "SESSION_ID":
+        return ["42", "7f3a8d4e-9c12-4abc-8def"]
     return []
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trimta.adapters.cluster_config import ClusterConfig, node_id_for, node_uuid
-from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config
+from trimta.adapters.config import Config, ConfigError, ListenerConfig, load_config, restart_needed
 from trimta.adapters.listen import raise_descriptor_limit
 from trimta.adapters.dns import DnsResolver
 from trimta.adapters.mta_sts_fetch import PolicyFetcher
@@ -50,7 +50,7 @@ from trimta.core.records import LogFields
 from trimta.services.acceptance import Acceptor
 from trimta.services.cluster_limits import RedisCluster
 from trimta.services.engine import DeliveryEngine
-from trimta.services.http_api import HttpApi, serve_api
+from trimta.services.http_api import HttpApi, ReloadOutcome, serve_api
 from trimta.services.http_kumo import KumoEndpoints
 from trimta.services.smtp_trace import TraceHub
 from trimta.services.log_hooks import run_log_hooks, attach_all
@@ -331,21 +331,22 @@ async def _serve_in_scope(
             raise OSError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
 
 
-async def reload_shaping(running: Running) -> str | None:
+async def reload_shaping(running: Running) -> ReloadOutcome:
     """Re-read the configuration's shaping and apply it to live ready queues (SIGHUP, the
     reload endpoint), and its DKIM data files and keys (for new messages, in every
     reception worker too). A file with errors leaves the running rules in place: the
-    error is logged and returned; None means reloaded."""
+    error is logged and returned. Changed tables a reload does not apply (listeners,
+    logs...) are logged and named in the outcome: they wait for a restart."""
     source = running.config.source
     if source.startswith("<"):
         log.info("reload: running on the embedded default, nothing to re-read")
-        return "running on the embedded default: there is no file to re-read"
+        return ReloadOutcome("running on the embedded default: there is no file to re-read")
     acceptor = running.acceptor
     try:
         fresh = load_config(source, dkim_previous=running.dkim_signer)
     except ConfigError as exc:
         log.error("reload failed, keeping the running rules: %s", exc)
-        return str(exc)
+        return ReloadOutcome(str(exc))
     running.shaping, paths = egress_paths(fresh, running.shaping)
     await running.engine.reload(fresh.delivery, paths)
     running.dkim_signer = fresh.dkim_signer
@@ -357,7 +358,11 @@ async def reload_shaping(running: Running) -> str | None:
         if fresh.dkim_signer is not None:
             log.info("reloaded DKIM from %s", ", ".join(str(f) for f in fresh.dkim.files))
     log.info("reloaded shaping from %s", source)
-    return None
+    waiting = restart_needed(running.config, fresh)
+    if waiting:
+        log.warning("reload: %s changed in %s; a reload does not apply %s: restart the daemon for it",
+                    ", ".join(waiting), source, "these" if len(waiting) > 1 else "it")
+    return ReloadOutcome(restart_needed=tuple(waiting))
 
 
 def egress_paths(

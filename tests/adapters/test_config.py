@@ -117,3 +117,18 @@ def test_logs_headers_and_meta_refuse_what_kumomta_would_not_match(tmp_path, tex
     with pytest.raises(ConfigError, match="logs") as info:
         load_config(write(tmp_path, f"[logs]\n{text}\n"))
     assert hint in str(info.value)
+
+
+def test_restart_needed_names_the_tables_a_reload_does_not_apply(tmp_path):
+    from trimta.adapters.config import restart_needed
+
+    base = '[[listener]]\nlisten = "127.0.0.1:2525"\n[logs]\nflush_interval = "50ms"\n[egress.default]\nconnection_limit = 5\n'
+    path = tmp_path / "trimta.toml"
+    path.write_text(base)
+    running = load_config(path)
+    assert restart_needed(running, load_config(path)) == []  # the same file: nothing waits
+    path.write_text(base.replace("connection_limit = 5", "connection_limit = 6"))
+    assert restart_needed(running, load_config(path)) == []  # a reload applies [egress]
+    path.write_text(base.replace('"50ms"', '"1s"').replace("2525", "2526") + '[dns]\ntimeout = "3s"\n')
+    assert restart_needed(running, load_config(path)) == ["[[listener]] (and [kumomta] listener_domains)", "[logs]",
+                                                          "[dns]"]

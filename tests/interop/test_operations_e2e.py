@@ -141,9 +141,18 @@ def test_shaping_reload_through_the_api_and_the_cli(make_daemon, dns, receiver):
     shaping.write_text('["ops.test"]\nconnection_limit = 2\n')
     text = d.config_path.read_text()
     d.config_path.write_text(text + f'\n[shaping]\nfiles = ["{shaping}"]\n')
-    result = subprocess.run([sys.executable, "-m", "trimta", "shaping", "reload", "--endpoint",
-                             f"http://127.0.0.1:{d.http_port}"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    reload = [sys.executable, "-m", "trimta", "shaping", "reload", "--endpoint", f"http://127.0.0.1:{d.http_port}"]
+    result = subprocess.run(reload, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+    assert result.stdout == "reloaded: the daemon shapes with the files as they are now\n"
+    # A table only a restart applies: the reload says so (and still applies the rest).
+    d.config_path.write_text(d.config_path.read_text().replace('flush_interval = "50ms"', 'flush_interval = "1s"'))
+    result = subprocess.run(reload, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "not applied until the daemon restarts: [logs]"
+    assert api(d, "POST", "/api/admin/shaping/reload/v1", {}) == (200, {"status": "reloaded",
+                                                                       "restart_needed": ["[logs]"]})
+    assert "reload: [logs] changed in" in d.stderr() and "restart the daemon for it" in d.stderr()
     shaping.write_text('["ops.test"]\nconection_limit = 2\n')
     status, answer = api(d, "POST", "/api/admin/shaping/reload/v1", {})
     assert status == 422

@@ -228,6 +228,30 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
+# What a reload (SIGHUP, `trimta shaping reload`) does not apply, by Config field: a
+# change to any of these waits for a restart. The shaping files, [egress], the queue and
+# tenant settings, sources, pools and DKIM are applied at once.
+RESTART_ONLY = {
+    "hostname": "hostname",
+    "listeners": "[[listener]] (and [kumomta] listener_domains)",
+    "tenancy": "[tenancy] (and the queues file's tenant headers)",
+    "spool": "[spool]",
+    "logs": "[logs]",
+    "dns": "[dns]",
+    "http": "[http]",
+    "webhooks": "[[logs.webhook]]",
+    "log_hooks": "[[logs.amqp]], [[logs.redis_stream]]",
+    "cluster": "[cluster]",
+    "tls_reporting": "[tls_reporting]",
+}
+
+
+def restart_needed(running: Config, fresh: Config) -> list[str]:
+    """The tables whose settings differ between the running configuration and `fresh`,
+    the file as it is now, that only a restart applies (`RESTART_ONLY`)."""
+    return [table for name, table in RESTART_ONLY.items() if getattr(running, name) != getattr(fresh, name)]
+
+
 # --- Loading ----------------------------------------------------------------------
 
 

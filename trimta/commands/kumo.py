@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -300,6 +301,11 @@ def inspect_ready_q(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def abort_ready_q_conn(client: ApiClient, args: argparse.Namespace) -> int:
+    try:
+        uuid.UUID(args.session_id)
+    except ValueError:
+        raise UsageError(f"SESSION_ID: expected a UUID, as inspect-ready-q --connections shows it; "
+                         f"got {args.session_id!r}") from None
     answer = client.post_text(ABORT_READY_Q_CONN, {"queue_name": args.queue_name, "session_id": args.session_id})
     print(answer.strip() or "OK")
     return 0

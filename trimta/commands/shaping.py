@@ -103,8 +103,11 @@ def run_reload(client: ApiClient, args: argparse.Namespace) -> int:
     answer = client.post("/api/admin/shaping/reload/v1", {})
     if args.json:
         print(json.dumps(answer))
-    else:
-        print("reloaded: the daemon shapes with the files as they are now")
+        return 0
+    print("reloaded: the daemon shapes with the files as they are now")
+    waiting = answer.get("restart_needed") if isinstance(answer, dict) else None
+    if waiting:
+        print(f"not applied until the daemon restarts: {', '.join(waiting)}")
     return 0
 
 

@@ -110,6 +110,15 @@ FALSE_WORDS = ("false", "0", "no", "")
 # --- helpers: durations and times ------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What a reload did: `error` if the file was refused (the running rules stay), else
+    the changed tables that only a restart applies (`restart_needed`)."""
+
+    error: str | None = None
+    restart_needed: tuple[str, ...] = ()
+
+
 def format_duration(seconds: float) -> str:
     """Whole seconds as ``"1h59m30s"`` (what `units.parse_duration` reads back)."""
     total = max(0, int(seconds))
@@ -294,7 +303,7 @@ class HttpApi:
         max_message_size_bytes: int = 20_000_000,
         max_metric_tenants: int = 100,
         max_metric_sites: int = 100,
-        reload: Callable[[], Awaitable[str | None]] | None = None,
+        reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
         known_tenants: Callable[[], Collection[str]] | None = None,
         deferred_dir: Path | None = None,
         spool_dir: Path | None = None,
@@ -649,10 +658,10 @@ class HttpApi:
         """Re-read the shaping files and [egress] tables, as SIGHUP does (trimta's own endpoint)."""
         if self.reload is None:
             raise HttpError(409, "this daemon was started without a configuration file to re-read")
-        problem = await self.reload()
-        if problem is not None:
-            raise HttpError(422, f"reload refused, the running rules stay: {problem}")
-        return json_response(200, {"status": "reloaded"})
+        outcome = await self.reload()
+        if outcome.error is not None:
+            raise HttpError(422, f"reload refused, the running rules stay: {outcome.error}")
+        return json_response(200, {"status": "reloaded", "restart_needed": list(outcome.restart_needed)})
 
     # --- xfer (trimta.services.xfer) --------------------------------------------------------------
 
