@@ -233,3 +233,31 @@ async def test_a_shaping_file_switches_mta_sts_off_for_one_domain(autojump_clock
         await until(lambda: h.records("Delivery") and h.records("TransientFailure"))
     assert [m.recipients for m in plain.messages] == [("a@legacy.example",)]
     assert h.records("TransientFailure")[0]["recipient"] == "b@strict.example"
+
+
+async def test_resolve_egress_path_shows_the_queue_and_tls_mail_gets_under_enforce(autojump_clock):
+    import json
+
+    from trimta.adapters.http import Request
+    from trimta.services.http_kumo import KumoEndpoints
+
+    h, policies, _ = harness()
+    two_mx(h, "example.com")
+    publish(h, policies, "example.com", policy("enforce", "mx1.example.com"))
+    two_mx(h, "example.org")  # no policy: all its hosts, opportunistic TLS
+
+    async def resolve(domain: str) -> dict:
+        endpoints = KumoEndpoints(engine=h.engine, rules=h.engine.rules, node_id="n", clock=trio.current_time)
+        request = Request("GET", f"/api/admin/resolve-egress-path/v1?domain={domain}",
+                          "/api/admin/resolve-egress-path/v1", {"domain": [domain]}, (), b"", "127.0.0.1")
+        return json.loads((await endpoints.resolve_egress_path(request)).body)
+
+    async with h.running():
+        enforced = await resolve("example.com")
+        plain = await resolve("example.org")
+    assert enforced["queue_name"] == "unspecified->mx1.example.com@smtp_client"
+    assert enforced["mx"]["by_preference"] == {"10": ["mx1.example.com"]}
+    assert enforced["path_config"]["enable_tls"] == "Required"
+    assert enforced["mta_sts"]["mode"] == "enforce" and enforced["mta_sts"]["excluded"] == ["backup.other.net"]
+    assert plain["path_config"]["enable_tls"] == "Opportunistic" and "mta_sts" not in plain
+    assert plain["mx"]["by_preference"] == {"10": ["mx1.example.org"], "20": ["backup.other.net"]}

@@ -201,7 +201,7 @@ class Egress:
             message = group[0]
             if await self._admitted(message):
                 if resolution is None:
-                    resolution = await self._resolve(domain)
+                    resolution = await self.resolve(domain)
                 await self._route_one(message, resolution)
             group.popleft()
 
@@ -236,7 +236,9 @@ class Egress:
             return False
         return True
 
-    async def _resolve(self, domain: str) -> MxResolution:
+    async def resolve(self, domain: str) -> MxResolution:
+        """`domain`'s MX hosts as delivery uses them: MTA-STS applied (under enforce, only the
+        hosts the policy lists; their site is the queue's). Also for resolve-egress-path."""
         rollup = self.paths.rollup(domain)
         self.mx_resolving += 1
         try:

@@ -34,6 +34,7 @@ import trio
 from trimta.adapters.http import HttpError, JsonFields, Request, Response, json_response, read_json
 from trimta.adapters.machine import MachineFacts, memory_report, read_machine_facts
 from trimta.adapters.spool import SpoolError
+from trimta.core.egress import TlsPolicy
 from trimta.core.kumo_views import constraints_json, format_seconds, mx_json, path_config_json, queue_config_json
 from trimta.core.message import Message
 from trimta.core.queues import READY_SUFFIX, canonical_ready_queue_name, ready_queue_name
@@ -288,14 +289,14 @@ class KumoEndpoints:
         if source not in sources:
             raise HttpError(404, f"no egress source named {source!r} (known: {', '.join(sorted(sources))})")
         paths = self.engine.paths
-        resolution = await self.engine.resolver.resolve_mx(domain, mx_rollup=paths.rollup(domain))
-        if resolution.ok:
-            paths.observe(resolution)
-            site = resolution.site
-        else:
-            site = domain  # as KumoMTA: no MX answer, the domain stands for its site
+        # As delivery resolves it: MTA-STS applied, so the site and queue are the ones mail gets.
+        resolution = await self.engine.egress.resolve(domain)
+        site = resolution.site if resolution.ok else domain  # as KumoMTA: no MX answer, the domain is its site
         queue_config = self.engine.delivery.queue_config(tenant, campaign, domain)
         path = paths.path_config(source, site, domain)
+        applied = resolution.mta_sts
+        if applied is not None and applied.enforced and path.enable_tls is not TlsPolicy.REQUIRED:
+            path = dataclasses.replace(path, enable_tls=TlsPolicy.REQUIRED)  # as each connection for it is opened
         answer: dict[str, Any] = {
             "domain": domain,
             "source": source,
@@ -307,6 +308,10 @@ class KumoEndpoints:
         }
         if not resolution.ok and resolution.reply is not None:
             answer["mx_error"] = resolution.reply.text
+        if applied is not None:  # trimta's: the MTA-STS policy delivery applies to the domain
+            answer["mta_sts"] = {"mode": applied.mode.value, "mx": list(applied.policy.mx),
+                                 "max_age": applied.policy.max_age_s, "id": applied.policy_id,
+                                 "excluded": list(applied.excluded), "how": applied.how}
         return json_response(200, answer)
 
     # --- the machine ------------------------------------------------------------------------------
