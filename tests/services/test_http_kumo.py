@@ -150,7 +150,9 @@ async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message
             aborted = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
                                      {"queue_name": name, "session_id": stuck[0]["session_id"]})
             await wait_for(lambda: api.harness.records("Delivery"))
-            (after,) = await _dispatchers(api, name)  # the connection that delivered it, idle now
+            while len(now := await _dispatchers(api, name)) != 1:  # the aborted one may still be closing
+                await trio.sleep(0.01)
+            (after,) = now  # the connection that delivered it, idle now
     (dispatcher,) = stuck
     assert set(dispatcher) >= {"session_id", "started_at", "age", "phase", "time_in_current_phase",
                                "messages_delivered", "messages_transfailed", "messages_failed",
