@@ -20,7 +20,8 @@ the caller's: it waits for work inside its own cancel scope.
 
 Error handling: nothing the peer does raises out of `send`; it becomes an
 `Outcome`. `open` raises `ConnectionFailed`, carrying the `Outcome` to record for
-the message and the failure of each target tried.
+the message and the failure of each target tried (`trimta.services.smtp_targets`: the
+plan of targets, their failures, the memory of broken TLS).
 
 DANE (RFC 7672), on a path with ``enable_dane``: before connecting to an MX host its
 TLSA records are looked up (`TlsaLookups`, the DNS adapter). Secure usable records
@@ -40,8 +41,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import NoReturn, Protocol, TypeVar
+from typing import NoReturn, TypeVar
 
 import trio
 
@@ -57,18 +57,15 @@ from trimta.adapters.network import (
 )
 from trimta.core.dane import (
     DaneDecision,
-    TlsaLookup,
     Verdict,
     check,
     decide,
-    policy_label,
-    presentation,
     usage_label,
 )
 from trimta.core.egress import ClientTls, EgressPathConfig, KeySource, TlsPolicy
 from trimta.core.outcome import Outcome, OutcomeKind, SessionInfo, outcome_kind
 from trimta.core.pools import EgressSource
-from trimta.core.tls_report import PolicyRef, PolicyType, ResultType, SessionResult, TlsSessionSink
+from trimta.core.tls_report import ResultType, TlsSessionSink
 from trimta.protocol.client import CONNECTION_LOST, NEED_DATA, ClientConnection, ClientState
 from trimta.protocol.client_errors import ClientProtocolError, ClientUsageError, MessageNotSendable
 from trimta.protocol.client_events import (
@@ -86,6 +83,17 @@ from trimta.protocol.client_events import (
     TransactionResult,
 )
 from trimta.protocol.replies import Reply, reply
+from trimta.services.smtp_targets import (
+    BrokenTls,
+    ConnectionFailed,
+    DaneTarget,
+    TargetFailed,
+    TargetFailure,
+    TlsaLookups,
+    all_failed,
+    connection_plan,
+    report_dane_session,
+)
 
 __all__ = [
     "QUIT_TIMEOUT_S",
@@ -129,90 +137,12 @@ _SPELLING = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TargetFailure:
-    """Why one (host, address) target gave no session; `connected` if TCP got through."""
-
-    host: str
-    address: str
-    reply: Reply
-    command: str
-    connected: bool
-    tls: bool = False  # the TLS handshake, or the EHLO inside TLS, failed
-    dane: str | None = None  # the DANE policy the host was under (`Outcome.dane`)
-    dane_result: ResultType | None = None  # for TLS reporting: how the session failed DANE
-    source_unavailable: bool = False  # the egress source address is not on this host (nothing was sent)
-
-
-class TlsaLookups(Protocol):
-    """Where DANE asks for an MX host's TLSA records (`trimta.adapters.dns.DnsResolver`)."""
-
-    async def lookup_tlsa(self, host: str, port: int = 25) -> TlsaLookup: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _DaneTarget:
-    """DANE applied to one MX host: its secure TLSA lookup and what it demands."""
-
-    lookup: TlsaLookup
-    decision: DaneDecision
-
-    @property
-    def label(self) -> str:
-        return policy_label(self.lookup.records)
-
-
 # How a failed DANE certificate check is reported (RFC 8460 section 4.3).
 _VERDICT_RESULTS = {
     Verdict.NO_MATCH: ResultType.VALIDATION_FAILURE,
     Verdict.NAME_MISMATCH: ResultType.CERTIFICATE_HOST_MISMATCH,
     Verdict.CHAIN_INVALID: ResultType.CERTIFICATE_NOT_TRUSTED,
 }
-
-
-class BrokenTls:
-    """The hosts whose TLS failed, each for as long as its path's ``remember_broken_tls`` says.
-
-    Kept in this process's memory only, as KumoMTA does: a restart forgets. `clock`
-    is the caller's (trio's current_time in the engine, so virtual time in tests).
-    """
-
-    def __init__(self, clock: Callable[[], float], *, max_hosts: int = 100_000) -> None:
-        self._clock = clock
-        self._until: dict[str, float] = {}
-        self._max_hosts = max_hosts
-
-    def remember(self, host: str, for_s: float) -> None:
-        if len(self._until) >= self._max_hosts:
-            now = self._clock()
-            self._until = {h: t for h, t in self._until.items() if t > now}
-            if len(self._until) >= self._max_hosts:
-                self._until.clear()
-        self._until[host.lower()] = self._clock() + for_s
-
-    def is_broken(self, host: str) -> bool:
-        until = self._until.get(host.lower())
-        if until is None:
-            return False
-        if until <= self._clock():
-            del self._until[host.lower()]
-            return False
-        return True
-
-
-class ConnectionFailed(Exception):
-    """No target gave a usable session. `outcome` is what the message gets."""
-
-    def __init__(self, outcome: Outcome, failures: Sequence[TargetFailure] = ()) -> None:
-        super().__init__(str(outcome.reply))
-        self.outcome = outcome
-        self.failures = tuple(failures)
-
-
-class _TargetFailed(Exception):
-    def __init__(self, failure: TargetFailure) -> None:
-        super().__init__(str(failure.reply))
-        self.failure = failure
 
 
 class _SessionLost(Exception):
@@ -223,30 +153,6 @@ class _SessionLost(Exception):
         super().__init__(str(reason))
         self.reason = reason
         self.command = command
-
-
-def connection_plan(
-    targets: Sequence[tuple[str, str]], path: EgressPathConfig
-) -> tuple[list[tuple[str, str]], Outcome | None]:
-    """The targets to try, in order, or the outcome when there are none.
-
-    Targets in ``skip_hosts`` are left out as if DNS had not listed them; if that
-    leaves nothing, the message waits (451 4.4.4). Targets in ``prohibited_hosts``
-    are never contacted; if only those are left, the destination points at a host
-    we must not deliver to (loopback: a mail loop) and the message bounces (550 5.4.4).
-    """
-    eligible = [(host, address) for host, address in targets if not path.is_skipped(address)]
-    if not targets:
-        return [], Outcome(OutcomeKind.TRANSIENT, reply(451, "4.4.4", "No host to connect to"), command="connect")
-    if not eligible:
-        text = "Every MX host is on the skip_hosts list"
-        return [], Outcome(OutcomeKind.TRANSIENT, reply(451, "4.4.4", text), command="connect")
-    allowed = [(host, address) for host, address in eligible if not path.is_prohibited(address)]
-    if not allowed:
-        names = ", ".join(f"{host}[{address}]" for host, address in eligible)
-        text = f"Every MX host is on the prohibited_hosts list: {names}"
-        return [], Outcome(OutcomeKind.PERMANENT, reply(550, "5.4.4", text), command="connect")
-    return allowed, None
 
 
 class OutboundConnection:
@@ -273,7 +179,7 @@ class OutboundConnection:
         # The targets that gave no session before this one (for TLS reporting).
         self.skipped: tuple[TargetFailure, ...] = ()
         self._tls_version: str | None = None
-        self._dane: _DaneTarget | None = None
+        self._dane: DaneTarget | None = None
         # The DANE outcome of the session, for records: "dane-ee", "dane-ta", "insecure"; None without DANE.
         self.dane: str | None = None
         # What the records of this session's outcomes say about it (made once established).
@@ -344,7 +250,7 @@ class OutboundConnection:
         failures: list[TargetFailure] = []
         for host, address in plan:
             target_path = path
-            target_dane: _DaneTarget | None = None
+            target_dane: DaneTarget | None = None
             if path.enable_dane and dane is not None:
                 lookup = await dane.lookup_tlsa(host, source.remote_port or path.smtp_port)
                 decision = decide(lookup)
@@ -353,11 +259,11 @@ class OutboundConnection:
                     failure = TargetFailure(host, address, reply(451, "4.7.5", text), "connect", False,
                                             dane="failed", dane_result=ResultType.DNSSEC_INVALID)
                     failures.append(failure)
-                    _report(tls_sink, domain, lookup, address, source, ResultType.DNSSEC_INVALID, lookup.detail)
+                    report_dane_session(tls_sink, domain, lookup, address, source, ResultType.DNSSEC_INVALID, lookup.detail)
                     continue
                 if decision is not DaneDecision.NOT_APPLICABLE:
                     # DANE wins over enable_tls and MTA-STS for this host; the check is ours.
-                    target_dane = _DaneTarget(lookup, decision)
+                    target_dane = DaneTarget(lookup, decision)
                     target_path = dataclasses.replace(path, enable_tls=TlsPolicy.REQUIRED_INSECURE)
             if target_dane is None and path.remember_broken_tls_s and broken_tls is not None \
                     and broken_tls.is_broken(host):
@@ -371,12 +277,12 @@ class OutboundConnection:
             try:
                 connection = await cls._open_target(network, host, address, source, target_path, ehlo_domain,
                                                     tls_contexts, target_dane, session_id)
-            except _TargetFailed as exc:
+            except TargetFailed as exc:
                 log.debug("no session with %s[%s]: %s", host, address, exc.failure.reply)
                 if target_dane is not None:
                     exc.failure = dataclasses.replace(exc.failure, dane=target_dane.label)
                     if exc.failure.dane_result is not None:
-                        _report(tls_sink, domain, target_dane.lookup, address, source, exc.failure.dane_result,
+                        report_dane_session(tls_sink, domain, target_dane.lookup, address, source, exc.failure.dane_result,
                                 str(exc.failure.reply))
                 failures.append(exc.failure)
                 if not exc.failure.tls:
@@ -390,7 +296,7 @@ class OutboundConnection:
                                                             ehlo_domain, tls_contexts, None, session_id)
                         connection.skipped = tuple(failures)
                         return connection
-                    except _TargetFailed as again:
+                    except TargetFailed as again:
                         failures.append(again.failure)
                 continue
             connection.skipped = tuple(failures)
@@ -398,12 +304,12 @@ class OutboundConnection:
                 return connection
             if target_dane.decision is DaneDecision.UNAUTHENTICATED:
                 # Delivered over TLS as RFC 7672 says, yet the records are of no use: the domain wants to know.
-                _report(tls_sink, domain, target_dane.lookup, address, source, ResultType.TLSA_INVALID,
+                report_dane_session(tls_sink, domain, target_dane.lookup, address, source, ResultType.TLSA_INVALID,
                         "no usable TLSA record: TLS without authentication")
             else:
-                _report(tls_sink, domain, target_dane.lookup, address, source, None)
+                report_dane_session(tls_sink, domain, target_dane.lookup, address, source, None)
             return connection
-        raise ConnectionFailed(_all_failed(failures), failures)
+        raise ConnectionFailed(all_failed(failures), failures)
 
     @classmethod
     async def _open_target(
@@ -415,7 +321,7 @@ class OutboundConnection:
         path: EgressPathConfig,
         ehlo_domain: str,
         tls_contexts: TlsContexts,
-        dane: _DaneTarget | None = None,
+        dane: DaneTarget | None = None,
         session_id: str | None = None,
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
@@ -427,7 +333,7 @@ class OutboundConnection:
             )
         except ConnectFailed as exc:
             answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
-            raise _TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
+            raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
                                               source_unavailable=isinstance(exc, SourceUnavailable))) from None
         connection = cls(stream, client, host=host, address=address, path=path, source=source,
                          session_id=session_id)
@@ -444,7 +350,7 @@ class OutboundConnection:
         return connection
 
     async def _establish(self, tls_contexts: TlsContexts) -> None:
-        """Banner, EHLO/HELO, and STARTTLS per policy; raises `_TargetFailed`."""
+        """Banner, EHLO/HELO, and STARTTLS per policy; raises `TargetFailed`."""
         greeting = await self._expect(Greeting)
         if greeting.reply.code // 100 != 2:
             await self._goodbye()
@@ -488,7 +394,7 @@ class OutboundConnection:
             return f"DANE: {self.peer_host} has DNSSEC-signed TLSA records"
         return f"enable_tls = {self.path.enable_tls.value}"
 
-    async def _check_dane(self, dane: _DaneTarget) -> None:
+    async def _check_dane(self, dane: DaneTarget) -> None:
         """RFC 7672 section 3: the certificates the server sent against its TLSA records, before EHLO.
 
         No usable record: TLS without authentication is all DANE asks. Otherwise one
@@ -600,7 +506,7 @@ class OutboundConnection:
             tls = self._client.tls_active  # the handshake or the EHLO after it: TLS failing
         failure = TargetFailure(self.peer_host, self.peer_address, answer, _SPELLING[command], connected=True,
                                 tls=tls, dane_result=dane_result)
-        raise _TargetFailed(failure)
+        raise TargetFailed(failure)
 
     async def _expect(self, kind: type[_E]) -> _E:
         """The next event during session setup, which must be `kind`; else the target failed."""
@@ -939,33 +845,4 @@ def _decided_by(result: TransactionResult, recipient: RecipientResult, cut_at: C
     return _SPELLING[cut_at] if cut_at is not None else "connect"
 
 
-def _all_failed(failures: Sequence[TargetFailure]) -> Outcome:
-    """The outcome when every target failed: transient, naming the last error."""
-    last = failures[-1]
-    text = f"No session with any of {len(failures)} host(s); last: {last.host}[{last.address}]: {last.reply}"
-    if len(failures) == 1:
-        text = f"No session with {last.host}[{last.address}]: {last.reply}"
-    connected = [f for f in failures if f.connected]
-    peer = connected[-1] if connected else None
-    return Outcome(
-        kind=OutcomeKind.TRANSIENT,
-        reply=reply(451, "4.4.1", text),
-        peer_host=peer.host if peer else None,
-        peer_address=peer.address if peer else None,
-        command=last.command,
-        connection_failure=True,
-        dane=next((f.dane for f in reversed(failures) if f.dane), None),
-    )
 
-
-def _report(
-    sink: TlsSessionSink | None, domain: str, lookup: TlsaLookup, address: str, source: EgressSource,
-    result: ResultType | None, detail: str = "",
-) -> None:
-    """One session (or failure to get one) under a host's DANE policy, for TLS reporting (RFC 8460)."""
-    if sink is None:
-        return
-    policy = PolicyRef(PolicyType.TLSA, (domain or lookup.host).lower(),
-                       tuple(presentation(r) for r in lookup.records), mode="dane")
-    sink.session(SessionResult(policy, result, receiving_mx_hostname=lookup.host, receiving_ip=address,
-                               sending_mta_ip=source.source_address or "", additional_information=detail))
