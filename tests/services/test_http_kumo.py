@@ -123,9 +123,10 @@ async def test_inspect_ready_q_reports_state_config_and_feeding_queues():
 
 
 async def _dispatchers(api: Api, name: str) -> list[dict]:
+    """The ready queue's connection tasks ([] while the queue is not running yet)."""
     reply = await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={name}")
-    assert reply.status == 200, reply.body
-    return reply.json["dispatchers"]
+    assert reply.status in (200, 404), reply.body
+    return reply.json["dispatchers"] if reply.status == 200 else []
 
 
 async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message_again():
@@ -171,6 +172,43 @@ async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message
     assert not api.harness.records("TransientFailure")  # the aborted try is not an attempt that failed
     assert delivery["session_id"] == after["session_id"] != dispatcher["session_id"]
     assert (after["phase"], after["messages_delivered"], after["delivered_this_connection"]) == ("Idle", 1, 1)
+
+
+async def test_connection_limited_and_rate_throttled_states_as_kumomta_reports_them():
+    from tests.services.test_http_api import DELIVERY
+    from trimta.testing.harness import DeliveryHarness
+    from trimta.testing.network import stalling
+
+    limited = "unspecified->mx.limited.example@smtp_client"
+    paced = "unspecified->mx.paced.example@smtp_client"
+    h = DeliveryHarness(config=DELIVERY + """
+[egress.domains."limited.example"]
+connection_limit = 1
+[egress.domains."paced.example"]
+max_connection_rate = "1/h"
+""")
+    for domain, address in (("limited.example", "127.0.0.13"), ("paced.example", "127.0.0.14")):
+        h.resolver.add_domain(domain, address)
+        h.network.add_receiver(address, 25, stalling())  # each connection holds its message
+    with trio.fail_after(20):
+        async with kumo_api(harness=h) as api:
+            await api.inject(["a@limited.example", "b@limited.example", "c@limited.example"])
+            await api.inject(["d@paced.example", "e@paced.example"])
+            while not {limited, paced} <= set((await api.call("GET", "/api/admin/ready-q-states/v1"))
+                                              .json["states_by_ready_queue"]):
+                await trio.sleep(0.01)
+            states = (await api.call("GET", "/api/admin/ready-q-states/v1")).json["states_by_ready_queue"]
+            one = (await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={limited}")).json
+            other = (await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={paced}")).json
+    assert set(states[limited]) == {"connection_limited"}
+    assert states[limited]["connection_limited"]["context"] == f"connection_limit 1 for {limited}"
+    assert set(states[paced]) == {"connection_rate_throttled"}
+    assert states[paced]["connection_rate_throttled"]["context"] == "max_connection_rate 1/h"
+    assert one["state"]["connection_limited"] == states[limited]["connection_limited"]
+    assert one["state"]["connection_limited"]["since"].endswith("Z") and one["state"]["connection_count"] == 1
+    assert one["state"]["connection_rate_throttled"] is None
+    assert other["state"]["connection_rate_throttled"] == states[paced]["connection_rate_throttled"]
+    assert other["state"]["connection_limited"] is None and other["state"]["connection_count"] == 1
 
 
 # --- resolve-egress-path ----------------------------------------------------------------------------------

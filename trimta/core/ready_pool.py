@@ -43,6 +43,19 @@ def connections_to_open(state: PoolState) -> int:
     return max(0, min(wanted, room))
 
 
+def connection_limited(state: PoolState) -> str | None:
+    """Which connection limit keeps messages waiting with no connection to take them:
+    ``"connection_limit"`` (the path's), ``"shared"`` (a provider or named limit), or
+    None when none does (no such message, the queue held, or room to open one)."""
+    if state.held or state.queued - state.idle - state.starting <= 0:
+        return None
+    if state.connections >= state.connection_limit:
+        return "connection_limit"
+    if state.provider_room is not None and state.provider_room <= 0:
+        return "shared"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionState:
     """One connection after a message: what the closing decision sees."""

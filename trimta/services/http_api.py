@@ -602,8 +602,9 @@ class HttpApi:
         return json_response(200, {"id": message.id, "state": state, "message": meta})
 
     async def ready_queue_states(self, request: Request) -> Response:
-        """KumoMTA's ready-q-states: the states in force per running ready queue (`?queues=A,B` for some).
-        trimta reports the state it knows the start of: ``suspended`` (by an operator or automation)."""
+        """KumoMTA's ready-q-states: the states in force per running ready queue (`?queues=A,B` for some):
+        ``suspended`` (by an operator or automation), ``connection_limited`` (a connection limit
+        is full, or with [cluster] a lease was refused), ``connection_rate_throttled``."""
         asked = {canonical_ready_queue_name(n.strip()) for n in (request.query_value("queues") or "").split(",")
                  if n.strip()}
         running = {stats.name for stats in self.engine.queue_summary().ready}
@@ -614,6 +615,12 @@ class HttpApi:
                 continue
             states.setdefault(name, {}).setdefault(
                 "suspended", {"context": rule.reason, "since": format_time(self._epoch(rule.created))})
+        for queue in self.engine.ready:
+            if queue.closed or (asked and queue.name not in asked):
+                continue
+            for kind, state in queue.states().items():
+                states.setdefault(queue.name, {})[kind] = {"context": state.context,
+                                                           "since": format_time(self._epoch(state.since))}
         return json_response(200, {"states_by_ready_queue": states})
 
     async def queue_summary(self, request: Request) -> Response:

@@ -59,10 +59,10 @@ from trimta.core.outcome import Outcome
 from trimta.core.pools import EgressSource
 from trimta.core.queues import ready_queue_name
 from trimta.core.shaping_automation import AutomationRule
-from trimta.core.ready_pool import ConnectionState, PoolState, connections_to_open, should_close
+from trimta.core.ready_pool import ConnectionState, PoolState, connection_limited, connections_to_open, should_close
 from trimta.core.throttle import Gcra
 from trimta.core.tls_report import TlsSessionSink
-from trimta.core.units import Rate
+from trimta.core.units import Rate, format_rate
 from trimta.services.mta_sts_sessions import StsQueueState
 from trimta.services.cluster_limits import Lease, LimitsBackend
 from trimta.services.smtp_client import ConnectionFailed
@@ -145,6 +145,23 @@ class Dispatcher:
         if phase != self.phase or lease != self.lease:
             self.phase, self.phase_since, self.lease = phase, now, lease
         self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A state a ready queue is in (KumoMTA's QueueState): why, and since when (queue clock)."""
+
+    context: str
+    since: float
+
+
+def _state(current: QueueState | None, context: str | None, now: float) -> QueueState | None:
+    """The state after seeing `context` now: kept (with its start) while it stays the same."""
+    if context is None:
+        return None
+    if current is not None and current.context == context:
+        return current
+    return QueueState(context, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +271,10 @@ class ReadyQueue:
         self._count = 0
         self._in_flight: dict[str, Message] = {}
         self._dispatchers: dict[str, Dispatcher] = {}  # the connection tasks, by session id
+        # KumoMTA's ready-queue states: (context, since) while a limit holds connections back.
+        self._limited: QueueState | None = None  # a connection limit is full
+        self._lease_limited: QueueState | None = None  # [cluster]: a shared limit's lease was refused
+        self._rate_throttled: QueueState | None = None  # max_connection_rate says wait
         self._waiting = trio.lowlevel.ParkingLot()
         self._connections = 0
         self._idle = 0
@@ -418,6 +439,25 @@ class ReadyQueue:
             self.suspended, self.path.provider or "", self._connections_total,
         )
 
+    def states(self) -> dict[str, QueueState]:
+        """KumoMTA's ready-queue states in force, by name (``connection_limited``,
+        ``connection_rate_throttled``; suspensions are the operator rules')."""
+        out: dict[str, QueueState] = {}
+        limited = self._lease_limited or self._limited
+        if limited is not None:
+            out["connection_limited"] = limited
+        if self._rate_throttled is not None:
+            out["connection_rate_throttled"] = self._rate_throttled
+        return out
+
+    def _limit_context(self, which: str | None) -> str | None:
+        if which == "connection_limit":
+            return f"connection_limit {self.path.connection_limit} for {self.name}"
+        if which == "shared":
+            full = [s.name for s in self._all_shared() if s.room() == 0]
+            return f"connection limit {', '.join(full) or 'shared'} is full"
+        return None
+
     def dispatchers(self) -> list[Dispatcher]:
         """The connection tasks running now, oldest first."""
         return sorted(self._dispatchers.values(), key=lambda d: d.started_at)
@@ -487,20 +527,27 @@ class ReadyQueue:
         )
 
     def _start_connections(self) -> None:
-        """Start the connections `connections_to_open` asks for, as the connection rate allows."""
+        """Start the connections `connections_to_open` asks for, as the connection rate allows;
+        then note whether a connection limit or the connection rate holds more back."""
         assert self._nursery is not None
         wanted = connections_to_open(self.pool_state())
         if self._lease_refused:
             wanted = max(0, min(wanted, 1 - self._starting - self._leasing))
         now = self.clock()
+        throttled: str | None = None
         for _ in range(wanted):
             if self._connection_rate is not None and self._connection_rate.try_acquire(now) > 0:
-                return
+                rate = self.path.max_connection_rate
+                throttled = f"max_connection_rate {format_rate(rate)}" if rate is not None else "max_connection_rate"
+                break
             self._connections += 1
             self._starting += 1
             for limits in self._all_shared():
                 limits.connections += 1
             self._nursery.start_soon(self._connection)
+        # With the connections just started counted: what waits for a connection, and why.
+        self._rate_throttled = _state(self._rate_throttled, throttled, now)
+        self._limited = _state(self._limited, self._limit_context(connection_limited(self.pool_state())), now)
 
     async def _sweep_expired(self) -> None:
         """max_age holds in the ready queue too: expire what waited here too long."""
@@ -682,17 +729,23 @@ class ReadyQueue:
                 self._leasing -= 1
             self._lease_refused = lease is None
             if lease is None:
+                self._lease_limited = _state(self._lease_limited, f"TooManyLeases for {scope}", self.clock())
                 await self._release(leases)
                 self._give_back(message, LEASE_RETRY_S)
                 return False
             leases.append(lease)
+        self._lease_limited = None
         rate = self.path.max_connection_rate
         if rate is not None and limits.shares(rate):
             wait = await limits.take("max_connection_rate", self.name, rate)
             if wait > 0:
+                self._rate_throttled = _state(self._rate_throttled,
+                                              f"max_connection_rate {format_rate(rate)} (shared by the nodes)",
+                                              self.clock())
                 await self._release(leases)
                 self._give_back(message, wait)
                 return False
+            self._rate_throttled = None
         return True
 
     async def _release(self, leases: list[Lease]) -> None:
