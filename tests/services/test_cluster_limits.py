@@ -179,3 +179,35 @@ async def test_an_unexpected_error_in_a_beat_is_logged_and_the_node_goes_on_loca
         assert await limits.lease("conn", 2) is not None
         nursery.cancel_scope.cancel()
     assert "the heartbeat failed" in caplog.text
+
+
+async def test_a_node_starting_while_the_store_is_away_divides_by_the_nodes_it_saw_last(autojump_clock, tmp_path):
+    from trimta.adapters.cluster_config import read_nodes_seen, write_nodes_seen
+
+    store = Store()
+    others = [ClusterLimits(store, node_id=n, lease_period_s=3) for n in ("b", "c")]
+    for node in others:
+        await node.beat()
+    first = ClusterLimits(store, node_id="a", lease_period_s=3, nodes_seen=read_nodes_seen(tmp_path),
+                          keep_nodes_seen=lambda n: write_nodes_seen(tmp_path, n))
+    assert first.nodes_alive == 1  # nothing kept yet
+    await first.beat()
+    assert first.nodes_alive == 3 and read_nodes_seen(tmp_path) == 3
+    # A restart of "a" while the store is away: a limit of 9 leases gives it 9 / 3.
+    store.down = True
+    again = ClusterLimits(store, node_id="a", lease_period_s=3, nodes_seen=read_nodes_seen(tmp_path))
+    await again.beat()
+    leases = [await again.lease("conn", 9) for _ in range(4)]
+    assert [lease is not None for lease in leases] == [True, True, True, False]
+    # Without the kept count (a node that never saw the others) it counts itself alone.
+    alone = ClusterLimits(store, node_id="d", lease_period_s=3, nodes_seen=read_nodes_seen(tmp_path / "new"))
+    await alone.beat()
+    assert sum([await alone.lease("conn", 9) is not None for _ in range(10)]) == 9
+
+
+def test_the_kept_count_of_nodes_tolerates_a_damaged_file(tmp_path):
+    from trimta.adapters.cluster_config import NODES_SEEN_FILE, read_nodes_seen
+
+    for text in ("", "three\n", "0\n", "-2\n"):
+        (tmp_path / NODES_SEEN_FILE).write_text(text)
+        assert read_nodes_seen(tmp_path) == 1

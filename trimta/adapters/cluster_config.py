@@ -30,6 +30,9 @@ from trimta.core import units
 
 KEYS = ("redis", "password_file", "node_id", "timeout", "pool_size", "token", "lease_period")
 NODE_ID_FILE = "node_id"
+# How many nodes were alive at the last heartbeat that had an answer: a node that starts
+# while the store is away divides its limits by this, not by 1.
+NODES_SEEN_FILE = "cluster_nodes_seen"
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -152,6 +155,24 @@ def node_id_for(config: ClusterConfig | None, spool_dir: Path) -> str:
     temporary.write_text(new + "\n", encoding="ascii")
     temporary.replace(path)
     return new
+
+
+def read_nodes_seen(spool_dir: Path) -> int:
+    """The number of nodes last seen alive, as `write_nodes_seen` kept it; 1 if none was kept
+    (or the file is unreadable: then this node counts itself alone, as before it knew)."""
+    try:
+        text = (spool_dir / NODES_SEEN_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return 1
+    return int(text) if text.isdigit() and int(text) >= 1 else 1
+
+
+def write_nodes_seen(spool_dir: Path, nodes: int) -> None:
+    """Keep the number of nodes seen alive (replaced whole, so a crash leaves the old or the new)."""
+    path = spool_dir / NODES_SEEN_FILE
+    temporary = path.with_name(NODES_SEEN_FILE + ".tmp")
+    temporary.write_text(f"{nodes}\n", encoding="ascii")
+    temporary.replace(path)
 
 
 # The namespace of the UUIDs made from node ids that are not UUIDs ("mta-1").

@@ -11,7 +11,9 @@ Delivery asks a `LimitsBackend` for what several nodes share: a turn of a rate
   the timeout, an error reply) it logs one warning, says so in `statistics()` (the
   ``trimta_cluster_redis_available`` gauge), and answers from a `NodeLimits` whose
   share is the number of nodes last seen alive — so N nodes together stay near each
-  limit, each allowed at least 1. Its `run` task beats this node's heartbeat (how the
+  limit, each allowed at least 1. That number is kept in the spool directory
+  (``cluster_nodes_seen``), so a node that starts while the store is away divides by
+  the count of its last run, not by 1. Its `run` task beats this node's heartbeat (how the
   others count it alive), extends the leases it holds, and, while the store is away,
   tries it again every beat; the first answer brings the node back to shared limits.
 
@@ -27,6 +29,7 @@ meaning: that one stays on the node). `shares` says which.
 from __future__ import annotations
 
 import itertools
+from functools import partial
 import logging
 import secrets
 from collections import Counter
@@ -37,7 +40,13 @@ from typing import Protocol
 
 import trio
 
-from trimta.adapters.cluster_config import ClusterConfig, display_url, node_id_for
+from trimta.adapters.cluster_config import (
+    ClusterConfig,
+    display_url,
+    node_id_for,
+    read_nodes_seen,
+    write_nodes_seen,
+)
 from trimta.adapters.redis_limits import ClusterUnavailable, RedisLimits
 from trimta.core.throttle import Gcra
 from trimta.core.units import Rate
@@ -161,7 +170,11 @@ class ClusterLimits:
     """Shared limits through a `SharedStore`, local shares while it is away (see the module)."""
 
     def __init__(self, store: SharedStore, *, node_id: str, lease_period_s: float = 10.0,
-                 name: str = "the shared store", clock: Callable[[], float] | None = None) -> None:
+                 name: str = "the shared store", clock: Callable[[], float] | None = None,
+                 nodes_seen: int = 1, keep_nodes_seen: Callable[[int], None] | None = None) -> None:
+        """`nodes_seen`: the nodes alive at the last beat of an earlier run (kept by
+        `keep_nodes_seen`, called when the count changes), so a node that starts while
+        the store is away takes its share of each limit, not all of it."""
         self.store = store
         self.name = name  # for the log: the store's URL without a password
         self.node_id = node_id
@@ -169,7 +182,9 @@ class ClusterLimits:
         self.beat_s = lease_period_s / 3
         self.local = NodeLimits(clock=clock)
         self.available = True  # optimistic until the first call says otherwise
-        self.nodes_alive = 1
+        self.nodes_alive = max(1, nodes_seen)
+        self.local.share = self.nodes_alive
+        self._keep_nodes_seen = keep_nodes_seen
         self.outages = 0
         self.local_answers = 0
         # Every lease this node holds, shared or local, by scope: the local share counts them all.
@@ -262,7 +277,13 @@ class ClusterLimits:
         except ClusterUnavailable as exc:
             self._went_away(exc)
             return
-        self.nodes_alive = max(1, alive)
+        alive = max(1, alive)
+        if alive != self.nodes_alive and self._keep_nodes_seen is not None:
+            try:
+                self._keep_nodes_seen(alive)
+            except OSError as exc:
+                log.warning("cluster: cannot keep the number of nodes seen (%d): %s", alive, exc)
+        self.nodes_alive = alive
         self.local.share = self.nodes_alive
         if not self.available:
             self.available = True
@@ -311,7 +332,9 @@ class RedisCluster:
     def __init__(self, config: ClusterConfig, spool_dir: Path) -> None:
         self.store = RedisLimits.from_config(config)
         self.limits = ClusterLimits(self.store, node_id=node_id_for(config, spool_dir),
-                                    lease_period_s=config.lease_period_s, name=display_url(config.redis_url))
+                                    lease_period_s=config.lease_period_s, name=display_url(config.redis_url),
+                                    nodes_seen=read_nodes_seen(spool_dir),
+                                    keep_nodes_seen=partial(write_nodes_seen, spool_dir))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The client's session and the beat; started once the first beat has an answer (or not)."""
