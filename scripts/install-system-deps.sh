@@ -23,6 +23,8 @@ command -v ldns-signzone >/dev/null 2>&1 || missing="$missing ldnsutils"
 perl -MMail::DKIM::Verifier -e1 >/dev/null 2>&1 || missing="$missing libmail-dkim-perl"
 perl -MCrypt::PK::Ed25519 -e1 >/dev/null 2>&1 || missing="$missing libcryptx-perl"
 { command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ]; } || missing="$missing opendkim opendkim-tools"
+# Egress through a proxy: HAProxy taking the PROXY v2 header (ha_proxy_server).
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing="$missing haproxy"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != "0" ]; then
     echo "install-system-deps: need root to install:$missing (tests using them will be skipped)" >&2

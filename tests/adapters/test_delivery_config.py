@@ -211,10 +211,10 @@ def doc_examples() -> list[str]:
 
 
 def test_docs_have_examples():
-    assert len(doc_examples()) == 5
+    assert len(doc_examples()) == 6
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_every_doc_example_loads(index, tmp_path):
     raw = tomllib.loads(doc_examples()[index])
     parse_delivery_config(raw, "queues.md")
@@ -246,7 +246,7 @@ def test_doc_pool_example_behaves_as_described():
 
 
 def test_doc_egress_example_behaves_as_described():
-    provider = parse_delivery_config(tomllib.loads(doc_examples()[4]), "queues.md").path_provider
+    provider = parse_delivery_config(tomllib.loads(doc_examples()[5]), "queues.md").path_provider
     gmail = provider.path_config("unspecified", GMAIL_SITE, "gmail.com")
     assert (gmail.connection_limit, gmail.max_message_rate, gmail.idle_timeout_s) == (8, Rate(500, 60.0), 30.0)
     example = provider.path_config("ip-1", "mx.example.com", "example.com")
@@ -261,6 +261,13 @@ def test_doc_unplumbed_example_behaves_as_described():
     sources = parse_delivery_config(tomllib.loads(doc_examples()[3]), "queues.md").sources
     assert sources["ip-1"].suspend_when_unplumbed == HealthRule(300.0)
     assert sources["ip-2"].suspend_when_unplumbed == HealthRule(300.0, R(3, 60.0))
+
+
+def test_doc_haproxy_example_behaves_as_described():
+    (source,) = [s for n, s in parse_delivery_config(tomllib.loads(doc_examples()[4]), "queues.md").sources.items()
+                 if n != "unspecified"]
+    assert (source.ha_proxy_server, source.ha_proxy_source_address) == (("10.0.0.5", 5000), "192.0.2.10")
+    assert source.suspend_when_proxy_unhealthy.duration_s == 600
 
 
 def test_doc_mistakes_are_the_messages_trimta_gives():
@@ -284,6 +291,40 @@ def test_doc_mistakes_are_the_messages_trimta_gives():
      'trigger: expected "Immediate" or { Threshold = "3/1m" }, got \'Sometimes\''),
 ])
 def test_a_mistaken_source_health_or_port_names_the_key(table, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_delivery_config(tomllib.loads(f"[sources.ip-1]\n{table}\n"), "trimta.toml")
+    assert message in str(caught.value)
+
+
+def test_a_source_through_haproxy():
+    from trimta.core.pools import HealthRule
+
+    sources = parse_delivery_config(tomllib.loads(
+        '[sources.ip-1]\nha_proxy_server = "10.0.0.1:5000"\nha_proxy_source_address = "192.0.2.10"\n'
+        'suspend_when_proxy_unhealthy = { duration = "10m" }\n'
+        '[sources.ip-6]\nha_proxy_server = "[2001:db8::1]:5000"\nha_proxy_source_address = "2001:db8::10"\n'
+    ), "trimta.toml").sources
+    assert (sources["ip-1"].ha_proxy_server, sources["ip-1"].ha_proxy_source_address) == (("10.0.0.1", 5000),
+                                                                                           "192.0.2.10")
+    assert sources["ip-1"].suspend_when_proxy_unhealthy == HealthRule(600.0) and sources["ip-1"].proxied
+    assert sources["ip-6"].ha_proxy_server == ("2001:db8::1", 5000) and not sources["unspecified"].proxied
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('ha_proxy_server = "10.0.0.1:5000"', "sources.ip-1.ha_proxy_server: ha_proxy_server needs "
+     "ha_proxy_source_address too"),
+    ('ha_proxy_source_address = "192.0.2.10"', "sources.ip-1.ha_proxy_source_address: ha_proxy_source_address "
+     "needs ha_proxy_server too"),
+    ('ha_proxy_server = "proxy.example.com:5000"\nha_proxy_source_address = "192.0.2.10"',
+     "sources.ip-1.ha_proxy_server: expected the proxy's IP address and port"),
+    ('ha_proxy_server = "10.0.0.1"\nha_proxy_source_address = "192.0.2.10"',
+     "sources.ip-1.ha_proxy_server: expected the proxy's IP address and port"),
+    ('ha_proxy_server = "10.0.0.1:5000"\nha_proxy_source_address = "mta1"',
+     'sources.ip-1.ha_proxy_source_address: expected an IP address, like "192.0.2.10"'),
+    ('suspend_when_proxy_unhealthy = { duration = "5m" }',
+     "sources.ip-1.suspend_when_proxy_unhealthy: this source has no ha_proxy_server"),
+])
+def test_a_mistaken_proxy_setting_names_the_key(table, message):
     with pytest.raises(ConfigError) as caught:
         parse_delivery_config(tomllib.loads(f"[sources.ip-1]\n{table}\n"), "trimta.toml")
     assert message in str(caught.value)

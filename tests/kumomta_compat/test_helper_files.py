@@ -64,6 +64,28 @@ def test_sources_and_weighted_pools(tmp_path):
     assert d.pools["pool-2"].entries == (("ip-2", 2), ("ip-3", 1))
 
 
+def test_sources_through_a_proxy_as_kumomtas_sources_lua_takes_them(tmp_path):
+    (tmp_path / "sources.toml").write_text("""
+[source."ip-1"]
+ha_proxy_server = "10.0.0.5:5000"
+ha_proxy_source_address = "10.0.0.1"
+suspend_when_proxy_unhealthy = { trigger = { Threshold = "3/5m" }, duration = "10m" }
+ehlo_domain = "mta1.examplecorp.com"
+
+[source."ip-2"]
+socks5_proxy_server = "10.0.0.6:5000"
+socks5_proxy_source_address = "10.0.0.2"
+""")
+    (tmp_path / "trimta.toml").write_text('[kumomta]\nsources = "sources.toml"\n')
+    config = load_config(tmp_path / "trimta.toml")
+    ip1 = config.delivery.sources["ip-1"]
+    assert (ip1.ha_proxy_server, ip1.ha_proxy_source_address) == (("10.0.0.5", 5000), "10.0.0.1")
+    assert ip1.suspend_when_proxy_unhealthy.duration_s == 600 and ip1.suspend_when_proxy_unhealthy.threshold.limit == 3
+    assert not config.delivery.sources["ip-2"].proxied
+    socks = [w for w in config.delivery.warnings if "socks5" in w]
+    assert len(socks) == 2 and all("goes out directly, not through a SOCKS5 proxy" in w for w in socks)
+
+
 def test_queue_settings_resolve_in_kumomtas_order(tmp_path):
     d = load(tmp_path).delivery
     # [queue.default] max_age 24 hours; [queue.'gmail.com'] 22 hours, retry 17 mins;

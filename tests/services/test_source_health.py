@@ -130,3 +130,40 @@ egress_pool = "mypool"
             await h.inject(recipients=["a@example.com"])
             await h.wait_until_settled()
     assert len(mx.messages) == 1 and h.network.connect_attempts == [("127.0.0.3", "127.0.0.80", 2525)]
+
+
+PROXIED = """
+[egress.default]
+prohibited_hosts = []
+idle_timeout = "1s"
+[sources.proxied]
+ha_proxy_server = "127.0.0.90:5000"
+ha_proxy_source_address = "192.0.2.7"
+{rule}
+[sources.here]
+source_address = "127.0.0.3"
+[pools.mypool]
+entries = [{{ name = "proxied" }}, {{ name = "here" }}]
+[queues]
+egress_pool = "mypool"
+retry_interval = "1h"
+"""
+
+
+async def test_a_source_whose_proxy_does_not_answer_is_suspended_by_its_threshold(autojump_clock):
+    h = DeliveryHarness(config=PROXIED.format(rule='suspend_when_proxy_unhealthy = { trigger = { Threshold = '
+                                                   '"2/1h" }, duration = "1h" }'),
+                        network=FakeNetwork(local_addresses=["127.0.0.3"]))
+    h.resolver.add_domain("example.com", "127.0.0.80")
+    mx = h.network.add_receiver("127.0.0.80", 25, accepting())  # nothing at the proxy's address
+    with trio.fail_after(10**6):
+        async with h.running():
+            await send_rounds(h, 10, 30)
+    failures = h.records("TransientFailure")
+    assert len(failures) == 2  # two failed turns of "proxied", then it is suspended for the hour
+    assert all("through proxy 127.0.0.90:5000 failed: the proxy:" in f["response"]["content"] for f in failures)
+    assert len(mx.messages) == 8 and all(m.connection.source_address == "127.0.0.3" for m in mx.messages)
+    stats = h.engine.source_health.statistics()
+    assert stats.failures == {("proxied", "ProxyUnhealthy"): 2}
+    assert stats.suspensions == {("proxied", "ProxyUnhealthy"): 1}
+    assert stats.reasons == {"proxied": "ProxyUnhealthy"}

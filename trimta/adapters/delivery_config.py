@@ -45,10 +45,11 @@ from trimta.core.pools import DEFAULT_POOL, DEFAULT_SOURCE, UNSPECIFIED, EgressP
 from trimta.core.retry import QueueConfig
 
 QUEUE_KEYS = ("retry_interval", "max_retry_interval", "max_age", "egress_pool", "max_message_rate", "routing_domain")
-SOURCE_KEYS = ("source_address", "ehlo_domain", "remote_port", "suspend_when_unplumbed")
+SOURCE_KEYS = ("source_address", "ehlo_domain", "remote_port", "suspend_when_unplumbed", "ha_proxy_server",
+               "ha_proxy_source_address", "suspend_when_proxy_unhealthy")
 # KumoMTA's other make_egress_source options: accepted in sources.toml, not acted on.
-KUMOMTA_SOURCE_OPTIONS = ("ha_proxy_server", "ha_proxy_source_address", "socks5_proxy_server",
-                          "socks5_proxy_source_address", "suspend_when_proxy_unhealthy", "ttl", "name")
+KUMOMTA_SOURCE_OPTIONS = ("socks5_proxy_server", "socks5_proxy_source_address", "socks5_proxy_username",
+                          "socks5_proxy_password", "ttl", "name")
 # KumoMTA's other make_queue_config options and queue.lua keys: accepted in queues.toml, not acted on.
 KUMOMTA_QUEUE_OPTIONS = ("protocol", "reap_interval", "refresh_interval", "refresh_strategy", "strategy",
                          "timerwheel_tick_interval", "shrink_policy", "provider_name", "overall_max_message_rate")
@@ -212,7 +213,10 @@ def _add_kumomta_sources(sources: dict[str, EgressSource], helper: HelperFile, f
         t = Table(table, helper.file, key, (*SOURCE_KEYS, *KUMOMTA_SOURCE_OPTIONS))
         for option in t.data:
             if option in KUMOMTA_SOURCE_OPTIONS and option != "name":
-                warnings.append(f"{helper.file}: {key}.{option}: a KumoMTA option trimta does not act on; ignored")
+                also = (": this source's mail goes out directly, not through a SOCKS5 proxy"
+                        if option.startswith("socks5") else "")
+                warnings.append(f"{helper.file}: {key}.{option}: a KumoMTA option trimta does not act on; "
+                                f"ignored{also}")
         sources[str(name)] = _source(str(name), t)
 
 
@@ -383,8 +387,46 @@ def _parse_sources(data: Any, file: str) -> dict[str, EgressSource]:
 
 
 def _source(name: str, t: Table) -> EgressSource:
+    server = t.get("ha_proxy_server", None, _proxy_server)
+    proxy_source = t.get("ha_proxy_source_address", None, _proxy_address)
+    if (server is None) != (proxy_source is None):
+        missing, given = ("ha_proxy_source_address", "ha_proxy_server") if server else \
+            ("ha_proxy_server", "ha_proxy_source_address")
+        raise t.error(given, f"{given} needs {missing} too: connections go through the proxy only with both "
+                             f"(the proxy's address:port, and the address it connects from)")
+    unhealthy = t.get("suspend_when_proxy_unhealthy", None, parse_health_rule)
+    if unhealthy is not None and server is None:
+        raise t.error("suspend_when_proxy_unhealthy", "this source has no ha_proxy_server to be unhealthy")
     return EgressSource(name, t.get("source_address", None, _bind_address), t.get("ehlo_domain", None, _host_name),
-                        t.get("remote_port", None, _port), t.get("suspend_when_unplumbed", None, parse_health_rule))
+                        t.get("remote_port", None, _port), t.get("suspend_when_unplumbed", None, parse_health_rule),
+                        server, proxy_source, unhealthy)
+
+
+def _proxy_server(value: Any) -> tuple[str, int]:
+    """``"10.0.0.1:5000"`` or ``"[2001:db8::1]:5000"``: the proxy's IP address and port."""
+    form = 'expected the proxy\'s IP address and port, like "10.0.0.1:5000" or "[2001:db8::1]:5000"'
+    if not isinstance(value, str):
+        raise ValueError(f"{form}, got {value!r}")
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{form}, got {value!r} (a host name is not taken: give the address)") from None
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{form}, got {value!r}")
+    return str(address), int(port)
+
+
+def _proxy_address(value: Any) -> str:
+    """The address the proxy connects from (an address of the proxy's host, not this one's)."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected an IP address, like "192.0.2.10", got {value!r}')
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError(f'expected an IP address, like "192.0.2.10", got {value!r}') from None
 
 
 def _port(value: Any) -> int:

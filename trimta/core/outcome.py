@@ -37,6 +37,10 @@ class SessionInfo:
     tls_protocol_version: str | None = None
     tls_peer_subject_name: tuple[str, ...] | None = None
     peer_is_secure: bool = False
+    # Through a proxy: `source_address` is the one the proxy connects from (port 0: the
+    # proxy's choice), `proxy_server` the proxy's ``ip:port``, `proxy_protocol` ``"haproxy"``.
+    proxy_server: str | None = None
+    proxy_protocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ UNSPECIFIED = "unspecified"
 
 @dataclass(frozen=True, slots=True)
 class HealthRule:
-    """KumoMTA's ``suspend_when_unplumbed``: take the source out of its pools for
+    """KumoMTA's ``suspend_when_unplumbed`` and ``suspend_when_proxy_unhealthy``: take the source out of its pools for
     `duration_s` once its failures reach `threshold` within the rate's period
     (None: KumoMTA's ``"Immediate"``, the first failure)."""
 
@@ -58,13 +58,24 @@ class EgressSource:
     """One way out: the local address to bind (None: the kernel's choice) and EHLO name;
     `remote_port` replaces the path's ``smtp_port`` (KumoMTA's port-mapped egress), and
     `suspend_when_unplumbed` says when a source whose address is not on this host is
-    skipped by its pools."""
+    skipped by its pools.
+
+    Through an HAProxy egress server (KumoMTA's ``ha_proxy_server``, ``(address, port)``):
+    connections go to the proxy, which connects from `ha_proxy_source_address` to the
+    MX host; `suspend_when_proxy_unhealthy` skips the source while the proxy fails."""
 
     name: str
     source_address: str | None = None
     ehlo_domain: str | None = None
     remote_port: int | None = None
     suspend_when_unplumbed: HealthRule | None = None
+    ha_proxy_server: tuple[str, int] | None = None
+    ha_proxy_source_address: str | None = None
+    suspend_when_proxy_unhealthy: HealthRule | None = None
+
+    @property
+    def proxied(self) -> bool:
+        return self.ha_proxy_server is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,10 +172,10 @@ def _session_fields(session: SessionInfo | None, delivery_protocol: str | None =
     """KumoMTA's per-session fields; the optional ones left out when unknown, as KumoMTA does."""
     if session is None:
         return {"source_address": None, "delivery_protocol": delivery_protocol}
-    fields: dict[str, Any] = {
-        "source_address": {"address": session.source_address} if session.source_address else None,
-        "delivery_protocol": session.delivery_protocol,
-    }
+    source: dict[str, Any] | None = {"address": session.source_address} if session.source_address else None
+    if source is not None and session.proxy_server is not None:
+        source.update(server=session.proxy_server, protocol=session.proxy_protocol)  # KumoMTA's MaybeProxiedSourceAddress
+    fields: dict[str, Any] = {"source_address": source, "delivery_protocol": session.delivery_protocol}
     if session.tls_cipher is not None:
         fields["tls_cipher"] = session.tls_cipher
     if session.tls_protocol_version is not None:

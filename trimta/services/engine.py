@@ -154,6 +154,8 @@ class DeliveryEngine:
         except ConnectionFailed as exc:
             if any(failure.source_unavailable for failure in exc.failures):
                 self.source_health.source_unplumbed(source)
+            elif any(failure.proxy_unhealthy for failure in exc.failures):
+                self.source_health.proxy_unhealthy(source)
             raise
 
     def _in_flight(self, source: str, recipient: str) -> dict[str, Any] | None:

@@ -41,7 +41,7 @@ from trimta.services.logs import LogSinkStatistics
 from trimta.services.metrics import OTHER, LabelBudget
 from trimta.services.ready_queue import ReadyQueueStatistics
 from trimta.services.smtp_listener import ListenerStatistics
-from trimta.services.source_health import UNPLUMBED
+from trimta.services.source_health import PROXY_UNHEALTHY, UNPLUMBED
 
 ESMTP = "esmtp_listener"
 HTTP = "http_listener"
@@ -270,8 +270,10 @@ class KumoCollector:
     def _source_health(self) -> Iterable[Family]:
         stats = self.engine.source_health.statistics()
         # Every configured source from the start (0 until it happens), so a rate can be alerted on.
-        keys = sorted({(name, UNPLUMBED) for name in self.engine.egress.sources} | set(stats.failures)
-                      | set(stats.suspensions))
+        sources = self.engine.egress.sources
+        keys = sorted({(name, UNPLUMBED) for name in sources}
+                      | {(name, PROXY_UNHEALTHY) for name, source in sources.items() if source.proxied}
+                      | set(stats.failures) | set(stats.suspensions))
         failures = Family("egress_source_connection_failures_total",
                           "Connection failures classified as one of the source-health failure classes", "counter",
                           ("source", "kind"))
@@ -284,8 +286,11 @@ class KumoCollector:
                            ("source", "reason"))
         for source, reason in keys:
             suspensions.add((source, reason), stats.suspensions.get((source, reason), 0))
-            suspended.add((source, reason), 1 if source in stats.suspended else 0)
-        yield from (failures, suspensions, suspended)
+            suspended.add((source, reason), 1 if stats.reasons.get(source) == reason else 0)
+        proxy = Family("proxy_connection_failures", "How many times a connection attempt to a proxy server has "
+                       "failed", "counter")
+        proxy.set(sum(n for (_, kind), n in stats.failures.items() if kind == PROXY_UNHEALTHY))
+        yield from (failures, suspensions, suspended, proxy)
 
     # --- the process and its disks -----------------------------------------------------------
 

@@ -82,6 +82,7 @@ from trimta.protocol.client_events import (
     StartTlsResult,
     TransactionResult,
 )
+from trimta.protocol.proxy_header import proxy_v2_header
 from trimta.protocol.replies import Reply, reply
 from trimta.services.smtp_targets import (
     BrokenTls,
@@ -185,6 +186,11 @@ class OutboundConnection:
         # What the records of this session's outcomes say about it (made once established).
         self.session: SessionInfo = SessionInfo(session_id or str(uuid.uuid4()), delivery_protocol="ESMTP",
                                                 source_address=stream.local_address)
+        if source.ha_proxy_server is not None and source.ha_proxy_source_address is not None:
+            proxy_host, proxy_port = source.ha_proxy_server
+            self.session = dataclasses.replace(
+                self.session, source_address=_host_port(source.ha_proxy_source_address, 0),
+                proxy_server=_host_port(proxy_host, proxy_port), proxy_protocol="haproxy")
         # The running transaction's deadline, and what it was last set for: (command
         # awaited, its timeout, whether sending).
         self._timer: trio.CancelScope | None = None
@@ -326,15 +332,17 @@ class OutboundConnection:
     ) -> OutboundConnection:
         # Made first: a bad EHLO domain (a configuration error) raises before any connection.
         client = ClientConnection(ehlo_domain, pipelining_allowed=path.enable_pipelining, lmtp=path.use_lmtp)
-        try:
-            stream = await network.connect_tcp(  # a source's remote_port wins over the path's smtp_port
-                address, source.remote_port or path.smtp_port, source_address=source.source_address,
-                timeout_s=path.connect_timeout_s,
-            )
-        except ConnectFailed as exc:
-            answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
-            raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
-                                              source_unavailable=isinstance(exc, SourceUnavailable))) from None
+        port = source.remote_port or path.smtp_port  # a source's remote_port wins over the path's smtp_port
+        if source.proxied:
+            stream = await _through_proxy(network, source, host, address, port, path.connect_timeout_s)
+        else:
+            try:
+                stream = await network.connect_tcp(address, port, source_address=source.source_address,
+                                                   timeout_s=path.connect_timeout_s)
+            except ConnectFailed as exc:
+                answer = reply(451, "4.4.1", f"Connection to {host}[{address}] failed: {exc.message}")
+                raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
+                                                 source_unavailable=isinstance(exc, SourceUnavailable))) from None
         connection = cls(stream, client, host=host, address=address, path=path, source=source,
                          session_id=session_id)
         connection._dane = dane
@@ -810,6 +818,42 @@ async def _secret(source: KeySource | None) -> str:
     assert source.path is not None
     text = await trio.Path(source.path).read_text(encoding="utf-8")
     return text.removesuffix("\n").removesuffix("\r")
+
+
+async def _through_proxy(network: NetworkBackend, source: EgressSource, host: str, address: str, port: int,
+                         timeout_s: float) -> NetworkStream:
+    """A stream to `address`:`port` through the source's HAProxy server: connected to the
+    proxy, the PROXY v2 header sent (connect from ``ha_proxy_source_address``); then SMTP.
+    Whether the proxy reached the MX host shows in the banner (it closes if it did not)."""
+    assert source.ha_proxy_server is not None and source.ha_proxy_source_address is not None
+    proxy_host, proxy_port = source.ha_proxy_server
+    proxy = _host_port(proxy_host, proxy_port)
+    try:
+        header = proxy_v2_header(source.ha_proxy_source_address, address, port)
+    except ValueError as exc:  # an IPv6 MX address for an IPv4 proxy source: this host cannot be reached so
+        answer = reply(451, "4.4.1", f"{host}[{address}] skipped: {exc}")
+        raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False)) from None
+    try:
+        stream = await network.connect_tcp(proxy_host, proxy_port, source_address=source.source_address,
+                                           timeout_s=timeout_s)
+    except ConnectFailed as exc:
+        answer = reply(451, "4.4.1", f"Connection to {host}[{address}] through proxy {proxy} failed: "
+                                     f"the proxy: {exc.message}")
+        raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False, proxy_unhealthy=True,
+                                         source_unavailable=isinstance(exc, SourceUnavailable))) from None
+    try:
+        await stream.send_all(header)
+    except NetworkError as exc:
+        await trio.aclose_forcefully(stream)  # type: ignore[arg-type]
+        answer = reply(451, "4.4.1", f"Connection to {host}[{address}] through proxy {proxy} failed: "
+                                     f"the proxy closed it: {exc}")
+        raise TargetFailed(TargetFailure(host, address, answer, "connect", connected=False,
+                                         proxy_unhealthy=True)) from None
+    return stream
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _spell(command: Command | None) -> str:

@@ -36,6 +36,7 @@ class TargetFailure:
     dane: str | None = None  # the DANE policy the host was under (`Outcome.dane`)
     dane_result: ResultType | None = None  # for TLS reporting: how the session failed DANE
     source_unavailable: bool = False  # the egress source address is not on this host (nothing was sent)
+    proxy_unhealthy: bool = False  # the source's proxy could not be reached (the MX host was not tried)
 
 
 class TlsaLookups(Protocol):

@@ -1,4 +1,5 @@
-"""Egress source health: a source whose address is not on this host is taken out of its pools.
+"""Egress source health: a source whose address is not on this host, or whose proxy does
+not answer, is taken out of its pools.
 
 KumoMTA's ``suspend_when_unplumbed``: when binding a source's address fails with
 ``EADDRNOTAVAIL`` (the address was removed from the interface, or never plumbed),
@@ -10,10 +11,14 @@ suspended, the pool's mail waits until the earliest suspension ends. Suspensions
 this process's own (no cluster coordination, as in KumoMTA) and are forgotten at a
 restart, when the addresses are looked at afresh.
 
-Every unplumbed failure is counted whether a rule is set or not
-(``egress_source_connection_failures_total{source, kind="Unplumbed"}``), so an
-operator sees the signal before opting in. A suspension is logged at WARNING, its end
-at INFO.
+KumoMTA's ``suspend_when_proxy_unhealthy`` works the same way for a source sending
+through an HAProxy server (``ha_proxy_server``): the failures it counts are connections
+to the proxy that fail (refused, timed out, closed before the PROXY header went).
+
+Every failure is counted whether a rule is set or not
+(``egress_source_connection_failures_total{source, kind="Unplumbed"|"ProxyUnhealthy"}``),
+so an operator sees the signal before opting in. A suspension is logged at WARNING, its
+end at INFO.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from trimta.core.pools import EgressSource
+from trimta.core.pools import EgressSource, HealthRule
 
 log = logging.getLogger(__name__)
 
 UNPLUMBED = "Unplumbed"
+PROXY_UNHEALTHY = "ProxyUnhealthy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,7 @@ class SourceHealthStatistics:
     failures: dict[tuple[str, str], int]  # (source, kind) -> failures since start
     suspensions: dict[tuple[str, str], int]  # (source, reason) -> times suspended since start
     suspended: dict[str, float]  # source -> when its suspension ends (clock seconds)
+    reasons: dict[str, str] = field(default_factory=dict)  # source -> the kind of failure it is suspended for
 
 
 class SourceHealth:
@@ -45,28 +52,45 @@ class SourceHealth:
         self._failures: Counter[tuple[str, str]] = Counter()
         self._suspensions: Counter[tuple[str, str]] = Counter()
         self._until: dict[str, float] = {}
-        self._recent: dict[str, deque[float]] = {}
+        self._why: dict[str, str] = {}  # source -> the kind of failure that suspended it
+        self._recent: dict[tuple[str, str], deque[float]] = {}
 
     def source_unplumbed(self, source: EgressSource) -> None:
         """Binding `source`'s address failed with EADDRNOTAVAIL; suspend it if its rule says so."""
-        self._failures[(source.name, UNPLUMBED)] += 1
-        rule = source.suspend_when_unplumbed
+        if self._failed(source, UNPLUMBED, source.suspend_when_unplumbed):
+            log.warning("egress source %s suspended for %gs: its address %s is not on this host (EADDRNOTAVAIL); "
+                        "its pools use their other sources meanwhile", source.name, self._duration(source),
+                        source.source_address)
+
+    def proxy_unhealthy(self, source: EgressSource) -> None:
+        """Connecting to `source`'s proxy failed; suspend the source if its rule says so."""
+        if self._failed(source, PROXY_UNHEALTHY, source.suspend_when_proxy_unhealthy):
+            server = source.ha_proxy_server
+            log.warning("egress source %s suspended for %gs: its proxy %s does not answer; its pools use their "
+                        "other sources meanwhile", source.name, self._duration(source),
+                        f"{server[0]}:{server[1]}" if server else "?")
+
+    def _duration(self, source: EgressSource) -> float:
+        return self._until.get(source.name, self.clock()) - self.clock()
+
+    def _failed(self, source: EgressSource, kind: str, rule: HealthRule | None) -> bool:
+        """Count a failure of `kind`; True when it suspends the source (its rule fired)."""
+        self._failures[(source.name, kind)] += 1
         now = self.clock()
         if rule is None or self.is_suspended(source.name):
-            return
+            return False
         if rule.threshold is not None:
-            recent = self._recent.setdefault(source.name, deque())
+            recent = self._recent.setdefault((source.name, kind), deque())
             recent.append(now)
             while recent and recent[0] <= now - rule.threshold.period_s:
                 recent.popleft()
             if len(recent) < rule.threshold.limit:
-                return
+                return False
             recent.clear()
         self._until[source.name] = now + rule.duration_s
-        self._suspensions[(source.name, UNPLUMBED)] += 1
-        log.warning("egress source %s suspended for %gs: its address %s is not on this host (EADDRNOTAVAIL); "
-                    "its pools use their other sources meanwhile", source.name, rule.duration_s,
-                    source.source_address)
+        self._why[source.name] = kind
+        self._suspensions[(source.name, kind)] += 1
+        return True
 
     def is_suspended(self, name: str) -> bool:
         until = self._until.get(name)
@@ -75,7 +99,9 @@ class SourceHealth:
         if self.clock() < until:
             return True
         del self._until[name]
-        log.info("egress source %s: its suspension for an unplumbed address ended", name)
+        why = self._why.pop(name, UNPLUMBED)
+        log.info("egress source %s: its suspension for %s ended", name,
+                 "an unplumbed address" if why == UNPLUMBED else "an unhealthy proxy")
         return False
 
     def suspended_until(self, name: str) -> float | None:
@@ -84,5 +110,6 @@ class SourceHealth:
 
     def statistics(self) -> SourceHealthStatistics:
         now = self.clock()
-        return SourceHealthStatistics(dict(self._failures), dict(self._suspensions),
-                                      {name: until for name, until in self._until.items() if until > now})
+        suspended = {name: until for name, until in self._until.items() if until > now}
+        return SourceHealthStatistics(dict(self._failures), dict(self._suspensions), suspended,
+                                      {name: self._why.get(name, UNPLUMBED) for name in suspended})
