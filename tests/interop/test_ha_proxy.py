@@ -14,10 +14,12 @@ import subprocess
 import time
 import urllib.request
 
+import jsonschema
 import pytest
 from aiosmtpd.controller import Controller
 
 from tests.dnsmasq import Dnsmasq
+from tests.kumomta_compat.log_record_schema import SCHEMA, TRIMTA_SCHEMA
 
 from .conftest import free_port, tool
 
@@ -132,6 +134,9 @@ enable_tls = "Disabled"
         assert receiver.peers == [PROXY_SOURCE] * 5
         assert deliveries[0]["source_address"] == {"address": f"{PROXY_SOURCE}:0", "server": f"{PROXY}:{haproxy}",
                                                    "protocol": "haproxy"}
+        for record in (*deliveries, failure):  # as KumoMTA's JsonLogRecord (its MaybeProxiedSourceAddress)
+            jsonschema.validate(record, SCHEMA)
+            jsonschema.validate(record, TRIMTA_SCHEMA)
         assert "egress source dead suspended for 300s: its proxy" in daemon.stderr()
         labels = '{source="dead",reason="ProxyUnhealthy"}'
         assert metric(daemon, f"egress_source_health_suspended{labels}") == 1
