@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -117,10 +118,24 @@ retry_interval = "1h"
 smtp_port = {mx_port}
 prohibited_hosts = []
 enable_tls = "Disabled"
+idle_timeout = "1s"  # the traced session ends soon after the last message
 """).start()
+        # kcli's trace of the first session to the MX host: known behind the proxy from the PROXY header.
+        tracer = subprocess.Popen([sys.executable, "-m", "trimta", "--endpoint", f"http://127.0.0.1:{daemon.http_port}",
+                                   "trace-smtp-client", "--mx-addr", MX, "--only-one"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert tracer.stderr.readline() == "tracing outgoing SMTP sessions (Ctrl-C to stop)\n"
         with smtplib.SMTP(daemon.host, daemon.port, timeout=10) as client:
             for i in range(6):
                 client.sendmail("s@example.com", [f"r{i}@proxy.test"], "Subject: x\r\n\r\nhi\r\n")
+        try:
+            traced, _ = tracer.communicate(timeout=60)
+        finally:
+            tracer.kill()
+        tag = traced.split()[0]
+        assert f"connected to proxy {PROXY}:{haproxy} from proxied" in traced
+        assert f"{tag} === Proxy PROXY from {PROXY_SOURCE} to {MX}:{mx_port}" in traced
+        assert f"{tag} -> EHLO mx.trimta.test" in traced and f"{tag} <- 250 " in traced
         deadline = time.monotonic() + 60
         while len(daemon.records("Delivery")) + len(daemon.records("TransientFailure")) < 6:
             assert time.monotonic() < deadline, (daemon.records(), daemon.stderr())

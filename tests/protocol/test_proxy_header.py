@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trimta.protocol.proxy_header import proxy_v2_header
+from trimta.protocol.proxy_header import parse_proxy_v2_header, proxy_v2_header
 
 
 def test_ipv4_header_is_the_signature_the_proxy_command_and_the_addresses():
@@ -30,3 +30,16 @@ def test_ipv6_header():
 def test_addresses_of_two_families_or_a_name_are_refused(source, destination):
     with pytest.raises(ValueError):
         proxy_v2_header(source, destination, 25)
+
+
+@pytest.mark.parametrize(("source", "destination", "port"), [("10.0.0.1", "192.0.2.25", 25),
+                                                             ("2001:db8::1", "2001:db8::25", 2525)])
+def test_a_header_reads_back(source, destination, port):
+    assert parse_proxy_v2_header(proxy_v2_header(source, destination, port) + b"EHLO x\r\n") == (
+        source, destination, port)
+
+
+@pytest.mark.parametrize("data", [b"EHLO mx.example.com\r\n", b"\r\n\r\n\x00\r\nQUIT\n\x21", b"",
+                                  proxy_v2_header("10.0.0.1", "192.0.2.25", 25)[:20]])
+def test_anything_else_is_no_header(data):
+    assert parse_proxy_v2_header(data) is None

@@ -525,6 +525,10 @@ def trace_lines(event: dict[str, Any], *, terse: bool = False, server: bool = Fa
     if kind == "Connected" and server:
         return [f"{tag} === {event.get('when')} connection from {props.get('source')} to listener "
                 f"{props.get('listener')}"]
+    if kind == "Connected" and props.get("proxy"):
+        source = props.get("source") or "the default address"
+        return [f"{tag} === {event.get('when')} connected to proxy {props.get('proxy')} from "
+                f"{props.get('egress_source')} ({source})"]
     if kind == "Connected":
         source = props.get("source") or "the default address"
         return [f"{tag} === {event.get('when')} connected to {props.get('mx_host')}[{props.get('mx_addr')}]"

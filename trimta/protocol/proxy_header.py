@@ -38,3 +38,19 @@ def proxy_v2_header(source: str, destination: str, destination_port: int) -> byt
     family = TCP_OVER_IPV4 if src.version == 4 else TCP_OVER_IPV6
     addresses = src.packed + dst.packed + struct.pack("!HH", 0, destination_port)
     return SIGNATURE + bytes((VERSION_2_PROXY, family)) + struct.pack("!H", len(addresses)) + addresses
+
+
+def parse_proxy_v2_header(data: bytes) -> tuple[str, str, int] | None:
+    """(source, destination, destination port) of a PROXY v2 TCP header at the start of
+    `data` (what `proxy_v2_header` makes); None when `data` does not start with one."""
+    if not data.startswith(SIGNATURE) or len(data) < 16 or data[12] != VERSION_2_PROXY:
+        return None
+    family = data[13]
+    size = 4 if family == TCP_OVER_IPV4 else 16 if family == TCP_OVER_IPV6 else 0
+    (length,) = struct.unpack("!H", data[14:16])
+    if not size or length < 2 * size + 4 or len(data) < 16 + 2 * size + 4:
+        return None
+    source = ipaddress.ip_address(data[16:16 + size])
+    destination = ipaddress.ip_address(data[16 + size:16 + 2 * size])
+    (port,) = struct.unpack("!H", data[16 + 2 * size + 2:16 + 2 * size + 4])
+    return str(source), str(destination), port

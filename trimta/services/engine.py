@@ -144,7 +144,7 @@ class DeliveryEngine:
         if self.trace.subscribers:  # someone runs trace-smtp-client: this connection is traced
             network = TracingNetwork(self.network, self.trace, egress_source=source.name,
                                      hosts={address: host for host, address in targets},
-                                     in_flight=partial(self._in_flight, source.name))
+                                     in_flight=partial(self._in_flight, source.name), proxy=source.ha_proxy_server)
         try:
             return await OutboundConnection.open(
                 network, targets, source=source, path=path, hostname=self.hostname, tls_contexts=self.tls_contexts,

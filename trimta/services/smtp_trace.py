@@ -39,6 +39,7 @@ import trio
 
 from trimta.adapters.network import NetworkBackend, NetworkStream
 from trimta.adapters.tls_info import TlsDetails
+from trimta.protocol.proxy_header import parse_proxy_v2_header
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -180,7 +181,7 @@ class TraceHub:
         }
         if data is not None:
             event["data"] = data if len(data) <= MAX_DATA_CHARS else data[:MAX_DATA_CHARS] + "..."
-        if kind in ("Connected", "Message"):
+        if kind in ("Connected", "Message", "Proxy"):
             event["session"] = dict(session.properties)
         self.deliver(session.properties, event)
 
@@ -213,14 +214,23 @@ class TraceSession:
     """The properties and events of one traced connection."""
 
     def __init__(self, hub: TraceHub, properties: dict[str, Any],
-                 in_flight: Callable[[str], Mapping[str, Any] | None]) -> None:
+                 in_flight: Callable[[str], Mapping[str, Any] | None], hosts: Mapping[str, str] | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.hub = hub
         self.properties = properties
         self.in_flight = in_flight
+        self.hosts = hosts or {}  # MX address -> host name, for a session through a proxy
         self.closed = False
 
     def wrote(self, data: bytes) -> None:
+        if "proxy" in self.properties and "mx_addr" not in self.properties:
+            header = parse_proxy_v2_header(data)
+            if header is not None:  # through HAProxy: the header says which MX host, from which address
+                source, destination, port = header
+                self.properties.update(mx_addr=destination, mx_host=self.hosts.get(destination), port=port,
+                                       proxy_source=source)
+                self.hub.event(self, "Proxy", f"PROXY from {source} to {destination}:{port}")
+                return
         for match in _MAIL.finditer(data):
             self.properties["mail_from"] = match.group(1).decode("utf-8", "replace")
         recipients = [m.group(1).decode("utf-8", "replace") for m in _RCPT.finditer(data)]
@@ -288,21 +298,26 @@ class TracingNetwork:
     """The engine's network for one egress source, tracing its connections while anyone traces."""
 
     def __init__(self, network: NetworkBackend, hub: TraceHub, *, egress_source: str, hosts: Mapping[str, str],
-                 in_flight: Callable[[str], Mapping[str, Any] | None]) -> None:
+                 in_flight: Callable[[str], Mapping[str, Any] | None],
+                 proxy: tuple[str, int] | None = None) -> None:
         self.network = network
         self.hub = hub
         self.egress_source = egress_source
         self.hosts = hosts
         self.in_flight = in_flight
+        self.proxy = proxy  # the source's HAProxy server: connections to it are to an MX host behind it
 
     async def connect_tcp(self, address: str, port: int, *, source_address: str | None = None,
                           timeout_s: float = 60.0) -> NetworkStream:
         stream = await self.network.connect_tcp(address, port, source_address=source_address, timeout_s=timeout_s)
         if not self.hub.subscribers:
             return stream
-        session = TraceSession(self.hub, {
-            "source": source_address, "egress_source": self.egress_source, "mx_host": self.hosts.get(address),
-            "mx_addr": address, "port": port,
-        }, self.in_flight)
+        if self.proxy == (address, port):  # the MX host is known once the PROXY header names it
+            properties: dict[str, Any] = {"source": source_address, "egress_source": self.egress_source,
+                                          "proxy": f"{address}:{port}" if ":" not in address else f"[{address}]:{port}"}
+        else:
+            properties = {"source": source_address, "egress_source": self.egress_source,
+                          "mx_host": self.hosts.get(address), "mx_addr": address, "port": port}
+        session = TraceSession(self.hub, properties, self.in_flight, self.hosts)
         self.hub.event(session, "Connected")
         return TracingStream(stream, session)
