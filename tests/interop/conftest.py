@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def metric(daemon, line_start: str) -> float | None:
+    """The value of the daemon's /metrics line starting with `line_start` (name and labels); None if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+    return None
 
 
 def tool(name: str) -> str:

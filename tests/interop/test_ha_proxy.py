@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import jsonschema
 import pytest
@@ -22,7 +21,7 @@ from aiosmtpd.controller import Controller
 from tests.dnsmasq import Dnsmasq
 from tests.kumomta_compat.log_record_schema import SCHEMA, TRIMTA_SCHEMA
 
-from .conftest import free_port, tool
+from .conftest import free_port, metric, tool
 
 PROXY = "127.0.0.50"
 PROXY_SOURCE = "127.0.0.61"  # the address the proxy connects from, as the header asks
@@ -72,14 +71,6 @@ backend out
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def metric(daemon, line_start: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.split()[-1])
-    return None
 
 
 def test_mail_goes_out_through_haproxy_and_a_dead_proxy_suspends_its_source(make_daemon, haproxy, tmp_path):

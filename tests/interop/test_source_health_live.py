@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import smtplib
 import time
-import urllib.request
 
 from aiosmtpd.controller import Controller
 
 from tests.dnsmasq import Dnsmasq
 
-from .conftest import free_port
+from .conftest import free_port, metric
 
 
 class Receiver:
@@ -26,14 +25,6 @@ class Receiver:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(list(envelope.rcpt_tos))
         return "250 2.0.0 accepted"
-
-
-def metric(daemon, line_start: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.split()[-1])
-    return None
 
 
 def test_an_unplumbed_source_is_suspended_and_its_pool_sends_through_the_other(make_daemon, tmp_path):

@@ -123,10 +123,15 @@ async def test_inspect_ready_q_reports_state_config_and_feeding_queues():
 
 
 async def _dispatchers(api: Api, name: str) -> list[dict]:
-    """The ready queue's connection tasks ([] while the queue is not running yet)."""
     reply = await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={name}")
-    assert reply.status in (200, 404), reply.body
-    return reply.json["dispatchers"] if reply.status == 200 else []
+    assert reply.status == 200, reply.body
+    return reply.json["dispatchers"]
+
+
+def _phases(api: Api, name: str) -> list[str]:
+    """The phases of the ready queue's connection tasks, as the engine has them ([] before it runs)."""
+    queue = api.harness.engine.ready.get(name)
+    return [d.phase for d in queue.dispatchers()] if queue is not None else []
 
 
 async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message_again():
@@ -137,8 +142,8 @@ async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message
             api.harness.resolver.add_domain("abort.example", "127.0.0.12")
             api.harness.network.add_receiver("127.0.0.12", 25, receiver)
             await api.inject(["stuck@abort.example"], tenant="acme")
-            while not (stuck := await _dispatchers(api, name)) or stuck[0]["phase"] != "DeliveringMessage":
-                await trio.sleep(0.01)
+            await wait_for(lambda: _phases(api, name) == ["DeliveringMessage"])
+            stuck = await _dispatchers(api, name)
             (message_id,) = api.harness.spool.messages
             unknown_session = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
                                              {"queue_name": name, "session_id": str(uuid.uuid4())})
@@ -150,10 +155,9 @@ async def test_inspect_ready_q_lists_connections_and_abort_one_sends_its_message
             assert not receiver.messages and len(receiver.connections) == 1
             aborted = await api.call("POST", "/api/admin/abort-ready-q-conn/v1",
                                      {"queue_name": name, "session_id": stuck[0]["session_id"]})
-            await wait_for(lambda: api.harness.records("Delivery"))
-            while len(now := await _dispatchers(api, name)) != 1:  # the aborted one may still be closing
-                await trio.sleep(0.01)
-            (after,) = now  # the connection that delivered it, idle now
+            # Delivered, and the aborted connection (which may still be closing then) gone.
+            await wait_for(lambda: api.harness.records("Delivery") and _phases(api, name) == ["Idle"])
+            (after,) = await _dispatchers(api, name)  # the connection that delivered it
     (dispatcher,) = stuck
     assert set(dispatcher) >= {"session_id", "started_at", "age", "phase", "time_in_current_phase",
                                "messages_delivered", "messages_transfailed", "messages_failed",
@@ -194,9 +198,8 @@ max_connection_rate = "1/h"
         async with kumo_api(harness=h) as api:
             await api.inject(["a@limited.example", "b@limited.example", "c@limited.example"])
             await api.inject(["d@paced.example", "e@paced.example"])
-            while not {limited, paced} <= set((await api.call("GET", "/api/admin/ready-q-states/v1"))
-                                              .json["states_by_ready_queue"]):
-                await trio.sleep(0.01)
+            queues = api.harness.engine.ready
+            await wait_for(lambda: all(queues.get(n) is not None and queues.get(n).states() for n in (limited, paced)))
             states = (await api.call("GET", "/api/admin/ready-q-states/v1")).json["states_by_ready_queue"]
             one = (await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={limited}")).json
             other = (await api.call("GET", f"/api/admin/inspect-ready-q/v1?queue_name={paced}")).json

@@ -537,7 +537,7 @@ class ClientConnection:
         results = []
         for index, recipient in enumerate(transaction.recipients):
             rcpt = answered[index] if index < len(answered) else None
-            own = transaction.lmtp_replies.get(recipient) if self.lmtp else None
+            own = transaction.lmtp_replies.get(recipient)  # LMTP only: its own reply to the message
             if not mail_ok:
                 decided_by = transaction.mail_reply
             elif not _accepted(rcpt):
@@ -548,7 +548,7 @@ class ClientConnection:
                 decided_by = transaction.data_reply
             decided_by = decided_by or reason
             assert decided_by is not None, "a recipient's fate needs a reply"
-            delivered = mail_ok and _accepted(rcpt) and (_accepted(own) if own is not None and self.lmtp else data_ok)
+            delivered = mail_ok and _accepted(rcpt) and (_accepted(own) if own is not None else data_ok)
             results.append(RecipientResult(recipient, decided_by, rcpt, delivered))
         result = TransactionResult(
             sender=transaction.sender,

@@ -78,6 +78,7 @@ from trimta.services.acceptance import Acceptor
 from trimta.services.engine import DeliveryEngine
 from trimta.services.logs import LogSink
 from trimta.services.operator_rules import OperatorRules
+from trimta.services.ready_queue import QueueState
 from trimta.services.deferred_inject import DeferredInjections
 from trimta.services.inject import InjectResult, Injector, compile_templates, parse_inject_request
 from trimta.services.kumo_metrics import KumoCollector, families_from_registry
@@ -117,6 +118,11 @@ class ReloadOutcome:
 
     error: str | None = None
     restart_needed: tuple[str, ...] = ()
+
+
+def queue_state_json(state: QueueState, epoch: Callable[[float], float]) -> dict[str, str | None]:
+    """KumoMTA's QueueState: why, and since when (`epoch` turns the engine's clock into wall time)."""
+    return {"context": state.context, "since": format_time(epoch(state.since))}
 
 
 def format_duration(seconds: float) -> str:
@@ -614,13 +620,12 @@ class HttpApi:
             if name not in running or (asked and name not in asked):
                 continue
             states.setdefault(name, {}).setdefault(
-                "suspended", {"context": rule.reason, "since": format_time(self._epoch(rule.created))})
+                "suspended", queue_state_json(QueueState(rule.reason, rule.created), self._epoch))
         for queue in self.engine.ready:
             if queue.closed or (asked and queue.name not in asked):
                 continue
             for kind, state in queue.states().items():
-                states.setdefault(queue.name, {})[kind] = {"context": state.context,
-                                                           "since": format_time(self._epoch(state.since))}
+                states.setdefault(queue.name, {})[kind] = queue_state_json(state, self._epoch)
         return json_response(200, {"states_by_ready_queue": states})
 
     async def queue_summary(self, request: Request) -> Response:

@@ -39,9 +39,9 @@ from trimta.core.kumo_views import constraints_json, format_seconds, mx_json, pa
 from trimta.core.message import Message
 from trimta.core.queues import READY_SUFFIX, canonical_ready_queue_name, ready_queue_name
 from trimta.services.engine import DeliveryEngine
-from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time
+from trimta.services.http_api import TRUE_WORDS, FALSE_WORDS, format_duration, format_time, queue_state_json
 from trimta.services.operator_rules import OperatorRules
-from trimta.services.ready_queue import Dispatcher, QueueState
+from trimta.services.ready_queue import Dispatcher
 from trimta.services.rebind import RebindError, RebindRequest, Rebinder
 from trimta.services.smtp_trace import TraceFilter, TraceHub
 
@@ -209,6 +209,7 @@ class KumoEndpoints:
             raise HttpError(404, f"no such ready queue {name}")
         stats = queue.statistics()
         states = queue.states()
+        limited, throttled = states.get("connection_limited"), states.get("connection_rate_throttled")
         path = queue.path
         suspension = None
         for rule in self.rules.ready_queue_suspensions():
@@ -235,8 +236,8 @@ class KumoEndpoints:
                 # trimta has no dispatcher watchdog: no SMTP step waits longer than its timeout.
                 "watchdog_threshold": format_seconds(max(steps)),
                 "suspended": suspension,
-                "connection_limited": self._queue_state(states.get("connection_limited")),
-                "connection_rate_throttled": self._queue_state(states.get("connection_rate_throttled")),
+                "connection_limited": queue_state_json(limited, self._epoch) if limited else None,
+                "connection_rate_throttled": queue_state_json(throttled, self._epoch) if throttled else None,
             },
             "path_config": path_config_json(path),
             "constraints": constraints_json(path),
@@ -246,12 +247,6 @@ class KumoEndpoints:
             "scheduled_queue_names": queue.scheduled_queue_names() if include_scheduled else None,
             "statistics": statistics,
         })
-
-    def _queue_state(self, state: QueueState | None) -> dict[str, Any] | None:
-        """KumoMTA's QueueState: why, and since when."""
-        if state is None:
-            return None
-        return {"context": state.context, "since": format_time(self._epoch(state.since))}
 
     def _dispatcher(self, d: Dispatcher) -> dict[str, Any]:
         """KumoMTA's DispatcherSummary of one connection task."""

@@ -57,21 +57,20 @@ class SourceHealth:
 
     def source_unplumbed(self, source: EgressSource) -> None:
         """Binding `source`'s address failed with EADDRNOTAVAIL; suspend it if its rule says so."""
-        if self._failed(source, UNPLUMBED, source.suspend_when_unplumbed):
+        rule = source.suspend_when_unplumbed
+        if self._failed(source, UNPLUMBED, rule) and rule is not None:  # counted with or without a rule
             log.warning("egress source %s suspended for %gs: its address %s is not on this host (EADDRNOTAVAIL); "
-                        "its pools use their other sources meanwhile", source.name, self._duration(source),
+                        "its pools use their other sources meanwhile", source.name, rule.duration_s,
                         source.source_address)
 
     def proxy_unhealthy(self, source: EgressSource) -> None:
         """Connecting to `source`'s proxy failed; suspend the source if its rule says so."""
-        if self._failed(source, PROXY_UNHEALTHY, source.suspend_when_proxy_unhealthy):
+        rule = source.suspend_when_proxy_unhealthy
+        if self._failed(source, PROXY_UNHEALTHY, rule) and rule is not None:
             server = source.ha_proxy_server
             log.warning("egress source %s suspended for %gs: its proxy %s does not answer; its pools use their "
-                        "other sources meanwhile", source.name, self._duration(source),
+                        "other sources meanwhile", source.name, rule.duration_s,
                         f"{server[0]}:{server[1]}" if server else "?")
-
-    def _duration(self, source: EgressSource) -> float:
-        return self._until.get(source.name, self.clock()) - self.clock()
 
     def _failed(self, source: EgressSource, kind: str, rule: HealthRule | None) -> bool:
         """Count a failure of `kind`; True when it suspends the source (its rule fired)."""
