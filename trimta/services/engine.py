@@ -141,7 +141,7 @@ class DeliveryEngine:
         session_id: str | None = None,
     ) -> Connection:
         network: NetworkBackend = self.network
-        if self.trace.subscribers:  # someone runs trace-smtp-client: this connection is traced
+        if self.trace.tracing:  # someone runs trace-smtp-client: this connection is traced
             network = TracingNetwork(self.network, self.trace, egress_source=source.name,
                                      hosts={address: host for host, address in targets},
                                      in_flight=partial(self._in_flight, source.name), proxy=source.ha_proxy_server)

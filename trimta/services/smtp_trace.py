@@ -310,7 +310,7 @@ class TracingNetwork:
     async def connect_tcp(self, address: str, port: int, *, source_address: str | None = None,
                           timeout_s: float = 60.0) -> NetworkStream:
         stream = await self.network.connect_tcp(address, port, source_address=source_address, timeout_s=timeout_s)
-        if not self.hub.subscribers:
+        if not self.hub.tracing:
             return stream
         if self.proxy == (address, port):  # the MX host is known once the PROXY header names it
             properties: dict[str, Any] = {"source": source_address, "egress_source": self.egress_source,
